@@ -1,0 +1,91 @@
+//! The command line (DESIGN 4): `serve`, `worker`, `migrate`, `orgs create`, `verify`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "accommador",
+    version,
+    about = "User-lifecycle webhooks: users, their events, and signed deliveries.",
+    long_about = "User-lifecycle webhooks. Every setting has a built-in default, can be set in a \
+TOML file (--config), is overridden by ACCOMMADOR_* environment variables, then by flags."
+)]
+pub struct Cli {
+    /// TOML configuration file (keys are the env names without ACCOMMADOR_, lower-cased).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP API (and, with the delivery engine, its workers).
+    Serve(ServeArgs),
+    /// Run delivery workers only (needs a postgres:// database).
+    Worker(WorkerArgs),
+    /// Apply database migrations and exit.
+    Migrate(DatabaseArgs),
+    /// Manage organizations directly on the database.
+    #[command(subcommand)]
+    Orgs(OrgsCommand),
+    /// Verify a webhook request saved to files (exit 0 if the signature is valid).
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DatabaseArgs {
+    /// sqlite://PATH or postgres://… [env: ACCOMMADOR_DATABASE_URL] [default: sqlite://accommador.db]
+    #[arg(long, value_name = "URL")]
+    pub database: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on [env: ACCOMMADOR_LISTEN] [default: 127.0.0.1:8080]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Serve the API only; leave deliveries to `accommador worker` instances.
+    #[arg(long)]
+    pub no_worker: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Address for /healthz, /readyz and /metrics [default: 127.0.0.1:8080]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OrgsCommand {
+    /// Create an organization and print its id and a new API key (shown once).
+    Create {
+        /// The organization's name.
+        name: String,
+        /// Print {"id", "name", "api_key"} as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The endpoint's signing secret (whsec_…).
+    #[arg(long, value_name = "whsec_…")]
+    pub secret: String,
+    /// The request headers: `Name: value` lines (as `curl -D` writes) or a JSON object.
+    #[arg(long, value_name = "FILE")]
+    pub headers: PathBuf,
+    /// The raw request body.
+    #[arg(long, value_name = "FILE")]
+    pub body: PathBuf,
+}

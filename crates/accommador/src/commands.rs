@@ -1,0 +1,157 @@
+//! What each subcommand does, on top of the library; `main` only parses and reports.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, bail};
+
+use crate::cli::{Cli, Command, DatabaseArgs, OrgsCommand, VerifyArgs};
+use crate::config::{Overrides, Settings};
+use crate::service::{Service, ServiceError};
+use crate::startup::{Application, shutdown_signal};
+use crate::store::{DatabaseUrl, Ownership, Store};
+use crate::telemetry;
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = cli.config.as_deref();
+    match cli.command {
+        Command::Serve(args) => {
+            let settings = Settings::load(
+                config,
+                &Overrides {
+                    listen: args.listen,
+                    database_url: args.database.database,
+                },
+            )?;
+            telemetry::init_logging(settings.log_format);
+            if args.no_worker {
+                tracing::info!("--no-worker: serving the API only");
+            }
+            let app = Application::build(&settings).await?;
+            app.run_until(shutdown_signal()).await
+        }
+        Command::Worker(args) => {
+            let settings = load_with_database(config, &args.database)?;
+            match DatabaseUrl::parse(&settings.database_url) {
+                Ok(DatabaseUrl::Sqlite(_)) => bail!(
+                    "`accommador worker` needs a postgres:// database; with SQLite, \
+                     `accommador serve` runs the delivery workers in its own process"
+                ),
+                Err(e) => bail!(e),
+            }
+        }
+        Command::Migrate(args) => {
+            let settings = load_with_database(config, &args)?;
+            open_tool_store(&settings.database_url).await?;
+            eprintln!("migrations applied to {}", settings.database_url);
+            Ok(())
+        }
+        Command::Orgs(OrgsCommand::Create {
+            name,
+            json,
+            database,
+        }) => {
+            let settings = load_with_database(config, &database)?;
+            let store = open_tool_store(&settings.database_url).await?;
+            let org = match Service::new(store).create_org(&name).await {
+                Ok(org) => org,
+                Err(ServiceError::Invalid(errors)) => {
+                    bail!("invalid organization name: {}", errors[0].detail)
+                }
+                Err(e) => return Err(e).context("creating the organization"),
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"id": org.id, "name": org.name, "api_key": org.api_key})
+                );
+            } else {
+                println!("organization: {}", org.id);
+                println!("api key:      {}", org.api_key);
+                eprintln!("(the API key is shown only now; store it somewhere safe)");
+            }
+            Ok(())
+        }
+        Command::Verify(args) => verify(&args),
+    }
+}
+
+fn load_with_database(
+    config: Option<&std::path::Path>,
+    db: &DatabaseArgs,
+) -> anyhow::Result<Settings> {
+    Settings::load(
+        config,
+        &Overrides {
+            listen: None,
+            database_url: db.database.clone(),
+        },
+    )
+}
+
+async fn open_tool_store(url: &str) -> anyhow::Result<Store> {
+    let url = DatabaseUrl::parse(url).map_err(anyhow::Error::msg)?;
+    tokio::task::spawn_blocking(move || Store::open(&url, Ownership::Tool))
+        .await
+        .context("opening the store")?
+}
+
+fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
+    use accommador_webhooks::{Secret, Verifier, WebhookHeaders};
+    let secret = Secret::parse(&args.secret).context("--secret")?;
+    let raw = std::fs::read_to_string(&args.headers)
+        .with_context(|| format!("reading {}", args.headers.display()))?;
+    let body =
+        std::fs::read(&args.body).with_context(|| format!("reading {}", args.body.display()))?;
+    let pairs = parse_header_file(&raw)
+        .with_context(|| format!("reading headers from {}", args.headers.display()))?;
+    let headers = WebhookHeaders::from_pairs(pairs.iter().map(|(k, v)| (k, v)))?;
+    Verifier::new(secret).verify(&headers, &body)?;
+    println!("valid signature for webhook-id {}", headers.id);
+    Ok(())
+}
+
+/// `Name: value` lines (a status line and blank lines are skipped), or a JSON object.
+fn parse_header_file(raw: &str) -> anyhow::Result<Vec<(String, String)>> {
+    if raw.trim_start().starts_with('{') {
+        let map: BTreeMap<String, serde_json::Value> =
+            serde_json::from_str(raw).context("the headers file is not a JSON object")?;
+        return Ok(map
+            .into_iter()
+            .map(|(k, v)| match v {
+                serde_json::Value::String(s) => (k, s),
+                other => (k, other.to_string()),
+            })
+            .collect());
+    }
+    Ok(raw
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .filter(|(name, _)| !name.contains(' ') && !name.is_empty())
+        .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_files_in_curl_and_json_forms() {
+        let curl = "HTTP/1.1 200 OK\r\nwebhook-id: msg_1\r\nWebhook-Timestamp: 123\r\n\r\n";
+        assert_eq!(
+            parse_header_file(curl).unwrap(),
+            vec![
+                ("webhook-id".into(), "msg_1".into()),
+                ("Webhook-Timestamp".into(), "123".into())
+            ]
+        );
+        let json = r#"{"webhook-id": "msg_1", "webhook-timestamp": 123}"#;
+        assert_eq!(
+            parse_header_file(json).unwrap(),
+            vec![
+                ("webhook-id".into(), "msg_1".into()),
+                ("webhook-timestamp".into(), "123".into())
+            ]
+        );
+    }
+}

@@ -1,0 +1,30 @@
+//! Prefixed, time-sortable identifiers (`usr_01J…`, `evt_01J…`, `org_01J…`): a ULID after a
+//! prefix that names the kind of object, so an ID pasted in the wrong place is obvious.
+
+use ulid::Ulid;
+
+pub const ORG: &str = "org_";
+pub const USER: &str = "usr_";
+pub const EVENT: &str = "evt_";
+pub const API_KEY: &str = "key_";
+
+/// A new ID with the given prefix.
+pub fn new_id(prefix: &str) -> String {
+    let mut s = String::with_capacity(prefix.len() + 26);
+    s.push_str(prefix);
+    s.push_str(&Ulid::generate().to_string());
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_carry_their_prefix_and_a_ulid() {
+        let id = new_id(USER);
+        assert!(id.starts_with("usr_"));
+        assert_eq!(id.len(), 30);
+        assert!(Ulid::from_string(&id[4..]).is_ok());
+    }
+}

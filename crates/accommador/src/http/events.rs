@@ -1,0 +1,100 @@
+//! `/v1/events`: the outbox, read in commit order; also a polling alternative to webhooks.
+//! Bodies are the stored payload bytes, exactly as webhooks send them.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::get;
+
+use super::error::ApiError;
+use super::extract::{Org, QueryParams};
+use super::openapi::{EventList, EventSchema, Problem};
+use super::users::json_response;
+use super::{AppState, list_body};
+use crate::domain::FieldError;
+use crate::service::{PageRequest, ServiceError};
+use crate::store::StoreError;
+use accommador_webhooks::EventType;
+
+pub fn router() -> axum::Router<AppState> {
+    axum::Router::new()
+        .route("/v1/events", get(list_events))
+        .route("/v1/events/{id}", get(get_event))
+}
+
+/// List events
+///
+/// Events in commit order. Following `after=` never skips an event: an event that commits
+/// later always comes after every event already returned.
+#[utoipa::path(get, path = "/v1/events", tag = "events",
+    params(
+        ("type" = Option<String>, Query, description = "user.created, user.updated or user.deleted"),
+        ("limit" = Option<usize>, Query, description = "1–500, default 50"),
+        ("after" = Option<String>, Query, description = "next_cursor of the previous page, or an event ID"),
+    ),
+    responses(
+        (status = 200, description = "A page of events", body = EventList),
+        (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad type, limit or cursor", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = [])))]
+pub async fn list_events(
+    State(state): State<AppState>,
+    Org(org): Org,
+    query: QueryParams,
+) -> Result<Response, ApiError> {
+    let mut errors = Vec::new();
+    let page = PageRequest::parse(
+        query.get("limit", &mut errors),
+        query.get("after", &mut errors),
+        &mut errors,
+    );
+    let event_type = match query.get("type", &mut errors) {
+        None | Some("") => None,
+        Some(t) => match EventType::parse(t).filter(|t| EventType::USER_EVENTS.contains(t)) {
+            Some(t) => Some(t),
+            None => {
+                errors.push(FieldError::new(
+                    "type",
+                    "must be user.created, user.updated or user.deleted",
+                ));
+                None
+            }
+        },
+    };
+    query.reject_unknown(&["limit", "after", "type"], &mut errors);
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    let page = state.service.list_events(&org, event_type, page).await?;
+    let next = page
+        .has_more
+        .then(|| page.items.last().map(|e| e.id.clone()))
+        .flatten();
+    let items: Vec<String> = page.items.into_iter().map(|e| e.payload).collect();
+    Ok(json_response(
+        StatusCode::OK,
+        list_body(&items, next.as_deref()),
+    ))
+}
+
+/// Get an event
+#[utoipa::path(get, path = "/v1/events/{id}", tag = "events",
+    params(("id" = String, Path, description = "evt_…")),
+    responses(
+        (status = 200, description = "The event, byte for byte the webhook body", body = EventSchema),
+        (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such event in this organization", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = [])))]
+pub async fn get_event(
+    State(state): State<AppState>,
+    Org(org): Org,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    match state.service.get_event(&org, &id).await {
+        Ok(event) => Ok(json_response(StatusCode::OK, event.payload)),
+        Err(ServiceError::Store(StoreError::NotFound)) => Err(ApiError::not_found("this event")),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,68 @@
+//! The HTTP API: one router per resource, thin handlers (extract, call one service function,
+//! map the result), one error type ([`error::ApiError`]) turned into problem+json in one place.
+
+pub mod error;
+pub mod events;
+pub mod extract;
+pub mod openapi;
+pub mod ops;
+pub mod orgs;
+pub mod users;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::header;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::config::Secret;
+use crate::service::Service;
+
+/// What every handler can reach.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub service: Arc<Service>,
+    pub admin_token: Option<Secret>,
+    pub metrics: PrometheusHandle,
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(orgs::router())
+        .merge(users::router())
+        .merge(events::router())
+        .merge(ops::router())
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()))
+        .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
+        .layer(axum::middleware::from_fn(ops::record))
+        .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
+        .layer(TraceLayer::new_for_http())
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            header::AUTHORIZATION,
+        ]))
+        .with_state(state)
+}
+
+/// `{"data": [...], "next_cursor": ...}` around items that are already JSON text, so stored
+/// payloads go out byte for byte.
+pub fn list_body(items: &[String], next_cursor: Option<&str>) -> String {
+    let mut body = String::with_capacity(items.iter().map(String::len).sum::<usize>() + 64);
+    body.push_str(r#"{"data":["#);
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(item);
+    }
+    body.push_str(r#"],"next_cursor":"#);
+    body.push_str(&serde_json::to_string(&next_cursor).expect("cursor serialises"));
+    body.push('}');
+    body
+}

@@ -1,0 +1,180 @@
+//! The OpenAPI document: generated from the handlers' `#[utoipa::path]` annotations and the
+//! schema types below, which describe the JSON the handlers read and write. Served at
+//! `/openapi.json`, with an offline docs page at `/docs`.
+
+use serde_json::{Map, Value};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+/// An RFC 9457 problem.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct Problem {
+    /// A URI naming the kind of problem, e.g. `urn:accommador:problem:validation`.
+    #[schema(rename = "type")]
+    r#type: String,
+    title: String,
+    status: u16,
+    detail: String,
+    /// On 422 only: one entry per invalid field.
+    errors: Option<Vec<FieldErrorSchema>>,
+}
+
+#[derive(Debug, ToSchema)]
+#[schema(as = FieldError)]
+#[allow(dead_code)]
+pub struct FieldErrorSchema {
+    /// The field, query parameter or header at fault.
+    field: String,
+    detail: String,
+}
+
+/// A user.
+#[derive(Debug, ToSchema)]
+#[schema(as = User)]
+#[allow(dead_code)]
+pub struct UserSchema {
+    /// `usr_…`
+    id: String,
+    email: String,
+    name: Option<String>,
+    #[schema(value_type = Object)]
+    attributes: Map<String, Value>,
+    /// 1 at creation, +1 with every change (deletion included).
+    version: u64,
+    /// RFC 3339 UTC with milliseconds.
+    created_at: String,
+    updated_at: String,
+    /// Only on the user inside a `user.deleted` event.
+    deleted_at: Option<String>,
+}
+
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct CreateUserRequest {
+    /// Unique per organization among live users, compared case-insensitively.
+    email: String,
+    name: Option<String>,
+    /// A JSON object of at most 16 KiB.
+    #[schema(value_type = Option<Object>)]
+    attributes: Option<Map<String, Value>>,
+}
+
+/// Any subset of the fields; `attributes` replaces the whole object.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct UpdateUserRequest {
+    email: Option<String>,
+    name: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    attributes: Option<Map<String, Value>>,
+}
+
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct UserList {
+    data: Vec<UserSchema>,
+    /// Pass as `after` for the next page; null on the last page.
+    next_cursor: Option<String>,
+}
+
+/// `data` of a `user.*` event.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct UserEventDataSchema {
+    /// The user after the change; on `user.deleted` its last state with `deleted_at`.
+    user: UserSchema,
+    /// On `user.updated` only: previous values of the top-level fields that changed.
+    #[schema(value_type = Option<Object>)]
+    previous_attributes: Option<Map<String, Value>>,
+}
+
+/// An event: byte for byte the body of its webhook.
+#[derive(Debug, ToSchema)]
+#[schema(as = Event)]
+#[allow(dead_code)]
+pub struct EventSchema {
+    /// `evt_…`, also the `webhook-id` header.
+    id: String,
+    /// `user.created`, `user.updated` or `user.deleted`.
+    #[schema(rename = "type")]
+    r#type: String,
+    /// When the change committed (RFC 3339 UTC, milliseconds).
+    timestamp: String,
+    data: UserEventDataSchema,
+}
+
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct EventList {
+    data: Vec<EventSchema>,
+    next_cursor: Option<String>,
+}
+
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct CreateOrganizationRequest {
+    name: String,
+}
+
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct OrganizationCreated {
+    /// `org_…`
+    id: String,
+    name: String,
+    /// Shown only in this response; stored as a SHA-256 hash.
+    api_key: String,
+}
+
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct Health {
+    status: String,
+}
+
+#[derive(Debug)]
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "Accommador",
+        description = "User-lifecycle webhooks: users, their events, and signed deliveries."
+    ),
+    paths(
+        super::orgs::create_organization,
+        super::users::create_user,
+        super::users::list_users,
+        super::users::get_user,
+        super::users::update_user,
+        super::users::delete_user,
+        super::events::list_events,
+        super::events::get_event,
+        super::ops::healthz,
+        super::ops::readyz,
+        super::ops::metrics,
+    ),
+    modifiers(&Security),
+    tags(
+        (name = "organizations", description = "Operator routes"),
+        (name = "users", description = "Users of an organization; every change writes an event"),
+        (name = "events", description = "The event outbox, in commit order"),
+        (name = "operations", description = "Health, readiness, metrics"),
+    )
+)]
+pub struct ApiDoc;

@@ -1,0 +1,237 @@
+//! `/v1/users`: create (with `Idempotency-Key`), read, list, patch, delete.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use super::error::ApiError;
+use super::extract::{JsonObject, Org, QueryParams};
+use super::openapi::{CreateUserRequest, Problem, UpdateUserRequest, UserList, UserSchema};
+use super::{AppState, list_body};
+use crate::domain::user::UserRecord;
+use crate::service::PageRequest;
+use crate::store::{Idempotent, SavedResponse, StoreError};
+
+pub fn router() -> axum::Router<AppState> {
+    axum::Router::new()
+        .route("/v1/users", get(list_users).post(create_user))
+        .route(
+            "/v1/users/{id}",
+            get(get_user).patch(update_user).delete(delete_user),
+        )
+}
+
+fn user_json(user: &UserRecord) -> String {
+    serde_json::to_string(&user.to_wire()).expect("users serialise")
+}
+
+pub(super) fn json_response(status: StatusCode, body: String) -> Response {
+    let content_type = if status.is_success() {
+        "application/json"
+    } else {
+        super::error::PROBLEM_JSON
+    };
+    (
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        body,
+    )
+        .into_response()
+}
+
+/// What an `Idempotency-Key` keeps of a create: the 201 with its user, or a conflict.
+fn saved_create(result: &Result<UserRecord, StoreError>) -> Option<SavedResponse> {
+    match result {
+        Ok(user) => Some(SavedResponse {
+            status: 201,
+            body: user_json(user),
+        }),
+        Err(StoreError::EmailTaken) => {
+            let problem = ApiError::from(StoreError::EmailTaken);
+            Some(SavedResponse {
+                status: problem.status().as_u16(),
+                body: problem.body(),
+            })
+        }
+        Err(_) => None,
+    }
+}
+
+/// Create a user
+///
+/// Writes the user and its `user.created` event in one commit. With an `Idempotency-Key`, a
+/// retry with the same JSON within 24 h returns the first response and changes nothing.
+#[utoipa::path(post, path = "/v1/users", tag = "users",
+    request_body = CreateUserRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe: same key + same JSON → the first response")),
+    responses(
+        (status = 201, description = "Created", body = UserSchema),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Email already used by a live user", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 1 MiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields, or Idempotency-Key reused with other JSON", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = [])))]
+pub async fn create_user(
+    State(state): State<AppState>,
+    Org(org): Org,
+    headers: HeaderMap,
+    JsonObject(body): JsonObject,
+) -> Result<Response, ApiError> {
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => Some(v.to_str().map_err(|_| {
+            ApiError::validation(vec![crate::domain::FieldError::new(
+                "Idempotency-Key",
+                "must be visible ASCII",
+            )])
+        })?),
+    };
+    match state
+        .service
+        .create_user(&org, &body, key, saved_create)
+        .await?
+    {
+        Idempotent::Fresh(user) => Ok(json_response(StatusCode::CREATED, user_json(&user))),
+        Idempotent::Replay(saved) => {
+            let status = StatusCode::from_u16(saved.status).map_err(ApiError::internal)?;
+            let mut response = json_response(status, saved.body);
+            response
+                .headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            Ok(response)
+        }
+    }
+}
+
+/// Get a user
+#[utoipa::path(get, path = "/v1/users/{id}", tag = "users",
+    params(("id" = String, Path, description = "usr_…")),
+    responses(
+        (status = 200, description = "The user", body = UserSchema),
+        (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such live user in this organization", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = [])))]
+pub async fn get_user(
+    State(state): State<AppState>,
+    Org(org): Org,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let user = state
+        .service
+        .get_user(&org, &id)
+        .await
+        .map_err(not_found_user)?;
+    Ok(json_response(StatusCode::OK, user_json(&user)))
+}
+
+/// List users
+///
+/// Live users, oldest first.
+#[utoipa::path(get, path = "/v1/users", tag = "users",
+    params(
+        ("limit" = Option<usize>, Query, description = "1–500, default 50"),
+        ("after" = Option<String>, Query, description = "next_cursor of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of users", body = UserList),
+        (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad limit or cursor", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = [])))]
+pub async fn list_users(
+    State(state): State<AppState>,
+    Org(org): Org,
+    query: QueryParams,
+) -> Result<Response, ApiError> {
+    let mut errors = Vec::new();
+    let page = PageRequest::parse(
+        query.get("limit", &mut errors),
+        query.get("after", &mut errors),
+        &mut errors,
+    );
+    query.reject_unknown(&["limit", "after"], &mut errors);
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    let page = state.service.list_users(&org, page).await?;
+    let next = page
+        .has_more
+        .then(|| page.items.last().map(|u| u.id.clone()))
+        .flatten();
+    let items: Vec<String> = page.items.iter().map(user_json).collect();
+    Ok(json_response(
+        StatusCode::OK,
+        list_body(&items, next.as_deref()),
+    ))
+}
+
+/// Update a user
+///
+/// Changes any of `email`, `name`, `attributes` (replaced as a whole). A change makes a new
+/// version and one `user.updated` event; a PATCH that changes nothing makes neither.
+#[utoipa::path(patch, path = "/v1/users/{id}", tag = "users",
+    params(("id" = String, Path, description = "usr_…")),
+    request_body = UpdateUserRequest,
+    responses(
+        (status = 200, description = "The user after the change", body = UserSchema),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such live user in this organization", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Email already used by a live user", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 1 MiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = [])))]
+pub async fn update_user(
+    State(state): State<AppState>,
+    Org(org): Org,
+    Path(id): Path<String>,
+    JsonObject(body): JsonObject,
+) -> Result<Response, ApiError> {
+    let user = state
+        .service
+        .update_user(&org, &id, &body)
+        .await
+        .map_err(not_found_user)?;
+    Ok(json_response(StatusCode::OK, user_json(&user)))
+}
+
+/// Delete a user
+///
+/// Tombstones the user and writes one `user.deleted` event carrying its last state with
+/// `version` + 1 and `deleted_at`. The user then answers 404.
+#[utoipa::path(delete, path = "/v1/users/{id}", tag = "users",
+    params(("id" = String, Path, description = "usr_…")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such live user in this organization", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = [])))]
+pub async fn delete_user(
+    State(state): State<AppState>,
+    Org(org): Org,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .service
+        .delete_user(&org, &id)
+        .await
+        .map_err(not_found_user)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn not_found_user(e: crate::service::ServiceError) -> ApiError {
+    match e {
+        crate::service::ServiceError::Store(StoreError::NotFound) => {
+            ApiError::not_found("this user")
+        }
+        other => other.into(),
+    }
+}

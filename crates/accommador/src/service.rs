@@ -1,0 +1,268 @@
+//! The use-cases, shared by the HTTP API and the CLI: they take parsed domain input, apply the
+//! rules that span more than one store call, and return domain output.
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::domain::FieldError;
+use crate::domain::org::{NewApiKey, parse_org_name};
+use crate::domain::user::{NewUser, UserPatch, UserRecord};
+use crate::store::{
+    CreatedOrg, IdempotencyRequest, Idempotent, Page, RenderSaved, Store, StoreError, StoredEvent,
+};
+use accommador_webhooks::EventType;
+
+/// Default and largest page sizes of list routes.
+pub const DEFAULT_LIMIT: usize = 50;
+pub const MAX_LIMIT: usize = 500;
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("invalid request")]
+    Invalid(Vec<FieldError>),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<Vec<FieldError>> for ServiceError {
+    fn from(errors: Vec<FieldError>) -> ServiceError {
+        ServiceError::Invalid(errors)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Service {
+    store: Store,
+}
+
+impl Service {
+    pub fn new(store: Store) -> Service {
+        Service { store }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub async fn create_org(&self, name: &str) -> Result<CreatedOrg, ServiceError> {
+        let name = parse_org_name(name).map_err(|d| vec![FieldError::new("name", d)])?;
+        Ok(self.store.create_org(name, NewApiKey::generate()).await?)
+    }
+
+    pub async fn authenticate(&self, presented: &str) -> Result<Option<String>, ServiceError> {
+        Ok(self.store.authenticate(presented.to_owned()).await?)
+    }
+
+    /// Creates a user and its `user.created` event in one commit. With an `Idempotency-Key`,
+    /// a repeat of the same request gets the first response back and changes nothing.
+    pub async fn create_user(
+        &self,
+        org: &str,
+        body: &serde_json::Map<String, Value>,
+        idempotency_key: Option<&str>,
+        render: RenderSaved<UserRecord>,
+    ) -> Result<Idempotent<UserRecord>, ServiceError> {
+        let idempotency = idempotency_key
+            .map(|key| idempotency_request("POST /v1/users", key, body))
+            .transpose()?;
+        let user = NewUser::from_json(body)?;
+        Ok(self
+            .store
+            .create_user(org.to_owned(), user, idempotency, render)
+            .await?)
+    }
+
+    pub async fn get_user(&self, org: &str, id: &str) -> Result<UserRecord, ServiceError> {
+        Ok(self.store.get_user(org.to_owned(), id.to_owned()).await?)
+    }
+
+    pub async fn update_user(
+        &self,
+        org: &str,
+        id: &str,
+        body: &serde_json::Map<String, Value>,
+    ) -> Result<UserRecord, ServiceError> {
+        let patch = UserPatch::from_json(body)?;
+        Ok(self
+            .store
+            .update_user(org.to_owned(), id.to_owned(), patch)
+            .await?)
+    }
+
+    pub async fn delete_user(&self, org: &str, id: &str) -> Result<(), ServiceError> {
+        Ok(self
+            .store
+            .delete_user(org.to_owned(), id.to_owned())
+            .await?)
+    }
+
+    pub async fn list_users(
+        &self,
+        org: &str,
+        page: PageRequest,
+    ) -> Result<Page<UserRecord>, ServiceError> {
+        self.store
+            .list_users(org.to_owned(), page.after, page.limit)
+            .await
+            .map_err(cursor_error)
+    }
+
+    pub async fn list_events(
+        &self,
+        org: &str,
+        event_type: Option<EventType>,
+        page: PageRequest,
+    ) -> Result<Page<StoredEvent>, ServiceError> {
+        self.store
+            .list_events(org.to_owned(), event_type, page.after, page.limit)
+            .await
+            .map_err(cursor_error)
+    }
+
+    pub async fn get_event(&self, org: &str, id: &str) -> Result<StoredEvent, ServiceError> {
+        Ok(self.store.get_event(org.to_owned(), id.to_owned()).await?)
+    }
+}
+
+fn cursor_error(e: StoreError) -> ServiceError {
+    match e {
+        StoreError::UnknownCursor => ServiceError::Invalid(vec![FieldError::new(
+            "after",
+            "is not a cursor from this list (use next_cursor, or the ID of an item)",
+        )]),
+        other => ServiceError::Store(other),
+    }
+}
+
+/// A parsed `?limit=&after=`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageRequest {
+    pub limit: usize,
+    pub after: Option<String>,
+}
+
+impl PageRequest {
+    pub fn parse(
+        limit: Option<&str>,
+        after: Option<&str>,
+        errors: &mut Vec<FieldError>,
+    ) -> PageRequest {
+        let limit = match limit {
+            None => DEFAULT_LIMIT,
+            Some(s) => match s.parse::<usize>() {
+                Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+                _ => {
+                    errors.push(FieldError::new(
+                        "limit",
+                        format!("must be a whole number from 1 to {MAX_LIMIT}"),
+                    ));
+                    DEFAULT_LIMIT
+                }
+            },
+        };
+        let after = match after {
+            None => None,
+            Some("") => {
+                errors.push(FieldError::new("after", "must not be empty"));
+                None
+            }
+            Some(s) => Some(s.to_owned()),
+        };
+        PageRequest { limit, after }
+    }
+}
+
+/// The key and a fingerprint of the request (route + JSON with sorted keys), so the same JSON
+/// written in another key order counts as the same request.
+fn idempotency_request(
+    route: &str,
+    key: &str,
+    body: &serde_json::Map<String, Value>,
+) -> Result<IdempotencyRequest, ServiceError> {
+    if key.is_empty()
+        || key.len() > MAX_IDEMPOTENCY_KEY_LEN
+        || !key.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(ServiceError::Invalid(vec![FieldError::new(
+            "Idempotency-Key",
+            "must be 1 to 255 visible ASCII characters",
+        )]));
+    }
+    let mut hasher = Sha256::new();
+    hasher.update(route.as_bytes());
+    hasher.update(b"\n");
+    write_canonical(&mut hasher, &Value::Object(body.clone()));
+    Ok(IdempotencyRequest {
+        key: key.to_owned(),
+        fingerprint: hasher.finalize().into(),
+    })
+}
+
+fn write_canonical(hasher: &mut Sha256, value: &Value) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            hasher.update(b"{");
+            for k in keys {
+                hasher.update(
+                    serde_json::to_string(k)
+                        .expect("string serialises")
+                        .as_bytes(),
+                );
+                hasher.update(b":");
+                write_canonical(hasher, &map[k]);
+                hasher.update(b",");
+            }
+            hasher.update(b"}");
+        }
+        Value::Array(items) => {
+            hasher.update(b"[");
+            for item in items {
+                write_canonical(hasher, item);
+                hasher.update(b",");
+            }
+            hasher.update(b"]");
+        }
+        scalar => hasher.update(scalar.to_string().as_bytes()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fp(v: Value) -> [u8; 32] {
+        idempotency_request("POST /v1/users", "k", v.as_object().unwrap())
+            .unwrap()
+            .fingerprint
+    }
+
+    #[test]
+    fn the_fingerprint_ignores_key_order_but_not_values() {
+        let a = fp(json!({"email": "a@b.co", "attributes": {"x": 1, "y": [1, {"b": 2, "a": 1}]}}));
+        let b = fp(json!({"attributes": {"y": [1, {"a": 1, "b": 2}], "x": 1}, "email": "a@b.co"}));
+        assert_eq!(a, b);
+        assert_ne!(a, fp(json!({"email": "a@b.co"})));
+        assert_ne!(fp(json!({"n": "1"})), fp(json!({"n": 1})));
+    }
+
+    #[test]
+    fn page_requests_check_their_bounds() {
+        let mut errors = vec![];
+        assert_eq!(
+            PageRequest::parse(None, None, &mut errors),
+            PageRequest {
+                limit: 50,
+                after: None
+            }
+        );
+        PageRequest::parse(Some("0"), Some(""), &mut errors);
+        PageRequest::parse(Some("501"), None, &mut errors);
+        PageRequest::parse(Some("ten"), None, &mut errors);
+        let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["limit", "after", "limit", "limit"]);
+    }
+}

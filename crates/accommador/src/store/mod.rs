@@ -1,0 +1,225 @@
+//! The store: everything durable, behind one concrete enum over the backends.
+//!
+//! Each method owns its transaction, so a caller cannot split "user change + its event": a
+//! method either commits both or neither. Methods speak domain types; rows are mapped to them
+//! inside each backend.
+
+pub mod sqlite;
+
+use std::path::PathBuf;
+
+use accommador_webhooks::EventType;
+
+use crate::domain::user::{NewUser, UserPatch, UserRecord};
+use crate::domain::{Timestamp, org::NewApiKey};
+
+pub use sqlite::SqliteStore;
+
+/// How long an `Idempotency-Key` is remembered.
+pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 60 * 60 * 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("a live user in this organization already has this email")]
+    EmailTaken,
+    #[error("this Idempotency-Key was used with a different request")]
+    IdempotencyMismatch,
+    #[error("unknown cursor")]
+    UnknownCursor,
+    #[error("database error")]
+    Database(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StoreError {
+    pub fn database(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+        StoreError::Database(Box::new(e))
+    }
+}
+
+/// Where the database lives, parsed from `ACCOMMADOR_DATABASE_URL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Sqlite(PathBuf),
+}
+
+impl DatabaseUrl {
+    pub fn parse(url: &str) -> Result<DatabaseUrl, String> {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            let path = path.split('?').next().unwrap_or_default();
+            if path.is_empty() {
+                return Err(format!("{url:?}: sqlite:// needs a file path"));
+            }
+            return Ok(DatabaseUrl::Sqlite(PathBuf::from(path)));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Err("PostgreSQL is not supported by this build yet; use sqlite://PATH".into());
+        }
+        Err(format!(
+            "unsupported database URL {url:?}: expected sqlite://PATH"
+        ))
+    }
+}
+
+/// Whether the opened store owns the database as the one server process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ownership {
+    /// `serve`: take the file lock; refuse if another server has it.
+    Server,
+    /// `migrate`, `orgs create`: write beside a running server.
+    Tool,
+}
+
+/// A response saved for an `Idempotency-Key`, replayed as it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedResponse {
+    pub status: u16,
+    pub body: String,
+}
+
+/// An `Idempotency-Key` and the fingerprint of the request that carried it.
+#[derive(Debug, Clone)]
+pub struct IdempotencyRequest {
+    pub key: String,
+    pub fingerprint: [u8; 32],
+}
+
+/// Turns the result of a request into the response to save for its key; `None` saves nothing.
+pub type RenderSaved<T> = fn(&Result<T, StoreError>) -> Option<SavedResponse>;
+
+/// The result of an idempotent write: done now, or the response of the first request.
+#[derive(Debug)]
+pub enum Idempotent<T> {
+    Fresh(T),
+    Replay(SavedResponse),
+}
+
+/// One page of a list in commit or creation order.
+#[derive(Debug)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub has_more: bool,
+}
+
+/// An event as stored: its ID and its exact payload bytes.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub id: String,
+    pub payload: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct CreatedOrg {
+    pub id: String,
+    pub name: String,
+    pub api_key: String,
+}
+
+/// The store, whichever backend the URL chose.
+#[derive(Debug, Clone)]
+pub enum Store {
+    Sqlite(SqliteStore),
+}
+
+impl Store {
+    pub fn open(url: &DatabaseUrl, ownership: Ownership) -> anyhow::Result<Store> {
+        match url {
+            DatabaseUrl::Sqlite(path) => Ok(Store::Sqlite(SqliteStore::open(path, ownership)?)),
+        }
+    }
+
+    /// Answers when the database can serve a query.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.ping().await,
+        }
+    }
+
+    pub async fn create_org(&self, name: String, key: NewApiKey) -> Result<CreatedOrg, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.create_org(name, key).await,
+        }
+    }
+
+    /// The organization a presented API key belongs to, if it is a live key.
+    pub async fn authenticate(&self, presented: String) -> Result<Option<String>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.authenticate(presented).await,
+        }
+    }
+
+    pub async fn create_user(
+        &self,
+        org: String,
+        user: NewUser,
+        idempotency: Option<IdempotencyRequest>,
+        render: RenderSaved<UserRecord>,
+    ) -> Result<Idempotent<UserRecord>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.create_user(org, user, idempotency, render).await,
+        }
+    }
+
+    pub async fn get_user(&self, org: String, id: String) -> Result<UserRecord, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.get_user(org, id).await,
+        }
+    }
+
+    /// Applies a patch; the record returned is the user after it (unchanged for a no-op patch).
+    pub async fn update_user(
+        &self,
+        org: String,
+        id: String,
+        patch: UserPatch,
+    ) -> Result<UserRecord, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.update_user(org, id, patch).await,
+        }
+    }
+
+    pub async fn delete_user(&self, org: String, id: String) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.delete_user(org, id).await,
+        }
+    }
+
+    /// Live users, oldest first, after the user whose ID is `after`.
+    pub async fn list_users(
+        &self,
+        org: String,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Page<UserRecord>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.list_users(org, after, limit).await,
+        }
+    }
+
+    /// Events in commit order, after the event whose ID is `after`.
+    pub async fn list_events(
+        &self,
+        org: String,
+        event_type: Option<EventType>,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Page<StoredEvent>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.list_events(org, event_type, after, limit).await,
+        }
+    }
+
+    pub async fn get_event(&self, org: String, id: String) -> Result<StoredEvent, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.get_event(org, id).await,
+        }
+    }
+
+    /// Forgets idempotency keys older than their time to live; returns how many.
+    pub async fn purge_idempotency_keys(&self, now: Timestamp) -> Result<usize, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.purge_idempotency_keys(now).await,
+        }
+    }
+}

@@ -1,0 +1,703 @@
+//! The embedded SQLite backend.
+//!
+//! - **Durability**: WAL with `synchronous=FULL`; a request is answered only after the commit
+//!   that holds its change has reached the disk.
+//! - **One writer, group commit**: every write is a job sent to one writer thread. The thread
+//!   takes whatever jobs are waiting (up to [`MAX_BATCH`]), runs each inside its own savepoint
+//!   of one transaction (a job that fails rolls back alone), commits once, and only then answers
+//!   every job. Under load one fsync serves many requests.
+//! - **Reads** go through a small pool of connections on the blocking thread pool; WAL lets them
+//!   run beside the writer.
+//! - **Ownership**: a server takes an OS lock on `PATH.lock`; a second server on the same file
+//!   refuses to start. The OS drops the lock when a process dies, so nothing stale is left.
+//!   Tools (`migrate`, `orgs create`) write beside a server, waiting on SQLite's busy timeout.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use accommador_webhooks::EventType;
+use anyhow::Context;
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::{
+    CreatedOrg, IDEMPOTENCY_TTL_MS, IdempotencyRequest, Idempotent, Ownership, Page, RenderSaved,
+    SavedResponse, StoreError, StoredEvent,
+};
+use crate::domain::Timestamp;
+use crate::domain::event::NewEvent;
+use crate::domain::ids;
+use crate::domain::org::{NewApiKey, key_lookup, key_matches};
+use crate::domain::user::{NewUser, UserPatch, UserRecord, tombstone};
+
+/// Most jobs committed in one transaction.
+const MAX_BATCH: usize = 512;
+/// Jobs waiting for the writer before senders wait (back-pressure, bounded memory).
+const QUEUE_DEPTH: usize = 4096;
+const READERS: usize = 4;
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_init.sql")];
+
+type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> (bool, Finish) + Send>;
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: mpsc::Sender<Job>,
+    readers: Mutex<Vec<Connection>>,
+    read_permits: Semaphore,
+    _lock: Option<File>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn db_err(e: rusqlite::Error) -> StoreError {
+    StoreError::database(e)
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if f.code == ErrorCode::ConstraintViolation
+            && f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
+}
+
+fn open_connection(path: &Path) -> anyhow::Result<Connection> {
+    let conn = Connection::open(path)
+        .with_context(|| format!("opening SQLite database {}", path.display()))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+/// Applies the migrations the file has not seen, tracked in `PRAGMA user_version`.
+fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let applied: usize = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if applied > MIGRATIONS.len() {
+        anyhow::bail!(
+            "the database was migrated by a newer accommador (schema {applied}, this build knows {})",
+            MIGRATIONS.len()
+        );
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        tx.execute_batch(sql)
+            .with_context(|| format!("applying SQLite migration {}", i + 1))?;
+    }
+    tx.pragma_update(None, "user_version", MIGRATIONS.len())?;
+    tx.commit()?;
+    Ok(())
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path, ownership: Ownership) -> anyhow::Result<SqliteStore> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating directory {}", dir.display()))?;
+        }
+        let lock = match ownership {
+            Ownership::Server => Some(take_lock(path)?),
+            Ownership::Tool => None,
+        };
+        let mut writer = open_connection(path)?;
+        migrate(&mut writer)?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let conn = open_connection(path)?;
+            conn.pragma_update(None, "query_only", "ON")?;
+            readers.push(conn);
+        }
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer_loop(writer, rx))
+            .context("starting the SQLite writer thread")?;
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                writer: tx,
+                readers: Mutex::new(readers),
+                read_permits: Semaphore::new(READERS),
+                _lock: lock,
+            }),
+        })
+    }
+
+    /// Runs `f` in the next group commit; answers after the commit, or with the job's error.
+    async fn write<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = f(conn);
+            let ok = result.is_ok();
+            let finish: Finish = Box::new(move |committed| {
+                let _ = tx.send(committed.and(result));
+            });
+            (ok, finish)
+        });
+        self.inner
+            .writer
+            .send(job)
+            .await
+            .map_err(|_| StoreError::database(WriteAborted))?;
+        rx.await.map_err(|_| StoreError::database(WriteAborted))?
+    }
+
+    /// Runs `f` on a pooled read connection on the blocking thread pool.
+    async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let _permit = self
+            .inner
+            .read_permits
+            .acquire()
+            .await
+            .map_err(StoreError::database)?;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = inner
+                .readers
+                .lock()
+                .expect("reader pool lock")
+                .pop()
+                .expect("a permit guarantees a connection");
+            let result = f(&conn);
+            inner.readers.lock().expect("reader pool lock").push(conn);
+            result
+        })
+        .await
+        .map_err(StoreError::database)?
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(db_err))
+            .await
+    }
+
+    pub async fn create_org(&self, name: String, key: NewApiKey) -> Result<CreatedOrg, StoreError> {
+        self.write(move |c| {
+            let now = Timestamp::now().millis();
+            let id = ids::new_id(ids::ORG);
+            c.prepare_cached("INSERT INTO organizations (id, name, created_at) VALUES (?1, ?2, ?3)")
+                .and_then(|mut s| s.execute(params![id, name, now]))
+                .map_err(db_err)?;
+            c.prepare_cached(
+                "INSERT INTO api_keys (id, org_id, lookup, hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![ids::new_id(ids::API_KEY), id, key.lookup, key.hash, now])
+            })
+            .map_err(db_err)?;
+            Ok(CreatedOrg {
+                id,
+                name,
+                api_key: key.plain,
+            })
+        })
+        .await
+    }
+
+    pub async fn authenticate(&self, presented: String) -> Result<Option<String>, StoreError> {
+        let Some(lookup) = key_lookup(&presented).map(str::to_owned) else {
+            return Ok(None);
+        };
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT org_id, hash FROM api_keys WHERE lookup = ?1 AND revoked_at IS NULL",
+                )
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map([lookup], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+                })
+                .map_err(db_err)?;
+            for row in rows {
+                let (org, hash) = row.map_err(db_err)?;
+                if key_matches(&presented, &hash) {
+                    return Ok(Some(org));
+                }
+            }
+            Ok(None)
+        })
+        .await
+    }
+
+    pub async fn create_user(
+        &self,
+        org: String,
+        new: NewUser,
+        idempotency: Option<IdempotencyRequest>,
+        render: RenderSaved<UserRecord>,
+    ) -> Result<Idempotent<UserRecord>, StoreError> {
+        self.write(move |c| {
+            let now = Timestamp::now();
+            if let Some(req) = &idempotency
+                && let Some(saved) = find_idempotent(c, &org, req, now)?
+            {
+                return Ok(Idempotent::Replay(saved));
+            }
+            let user = new.into_record(ids::new_id(ids::USER), now);
+            let result = insert_user(c, &org, &user)
+                .and_then(|()| {
+                    insert_event(
+                        c,
+                        &org,
+                        &NewEvent::for_user(EventType::UserCreated, &user, None),
+                    )
+                })
+                .map(|()| user);
+            let Some(req) = idempotency else {
+                return result.map(Idempotent::Fresh);
+            };
+            match render(&result) {
+                Some(saved) => {
+                    save_idempotent(c, &org, &req, &saved, now)?;
+                    match result {
+                        Ok(user) => Ok(Idempotent::Fresh(user)),
+                        // Saved with the key: the failure is the response, and it commits.
+                        Err(_) => Ok(Idempotent::Replay(saved)),
+                    }
+                }
+                None => result.map(Idempotent::Fresh),
+            }
+        })
+        .await
+    }
+
+    pub async fn get_user(&self, org: String, id: String) -> Result<UserRecord, StoreError> {
+        self.read(move |c| live_user(c, &org, &id)?.ok_or(StoreError::NotFound))
+            .await
+    }
+
+    pub async fn update_user(
+        &self,
+        org: String,
+        id: String,
+        patch: UserPatch,
+    ) -> Result<UserRecord, StoreError> {
+        self.write(move |c| {
+            let user = live_user(c, &org, &id)?.ok_or(StoreError::NotFound)?;
+            let Some((next, previous)) = patch.apply(&user, Timestamp::now()) else {
+                return Ok(user);
+            };
+            let email_lower = next.email.to_lowercase();
+            c.prepare_cached(
+                "UPDATE users SET email = ?1, email_lower = ?2, name = ?3, attributes = ?4,
+                    version = ?5, updated_at = ?6 WHERE id = ?7 AND org_id = ?8",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    next.email,
+                    email_lower,
+                    next.name,
+                    serde_json::to_string(&next.attributes).expect("JSON map serialises"),
+                    next.version,
+                    next.updated_at.millis(),
+                    next.id,
+                    org
+                ])
+            })
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::EmailTaken
+                } else {
+                    db_err(e)
+                }
+            })?;
+            insert_event(
+                c,
+                &org,
+                &NewEvent::for_user(EventType::UserUpdated, &next, Some(previous)),
+            )?;
+            Ok(next)
+        })
+        .await
+    }
+
+    pub async fn delete_user(&self, org: String, id: String) -> Result<(), StoreError> {
+        self.write(move |c| {
+            let user = live_user(c, &org, &id)?.ok_or(StoreError::NotFound)?;
+            let last = tombstone(&user, Timestamp::now());
+            c.prepare_cached(
+                "UPDATE users SET version = ?1, updated_at = ?2, deleted_at = ?2
+                 WHERE id = ?3 AND org_id = ?4",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    last.version,
+                    last.updated_at.millis(),
+                    last.id,
+                    org
+                ])
+            })
+            .map_err(db_err)?;
+            insert_event(
+                c,
+                &org,
+                &NewEvent::for_user(EventType::UserDeleted, &last, None),
+            )
+        })
+        .await
+    }
+
+    pub async fn list_users(
+        &self,
+        org: String,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Page<UserRecord>, StoreError> {
+        self.read(move |c| {
+            let after_seq = match after {
+                None => 0,
+                Some(id) => c
+                    .prepare_cached("SELECT seq FROM users WHERE id = ?1 AND org_id = ?2")
+                    .and_then(|mut s| {
+                        s.query_row(params![id, org], |r| r.get::<_, i64>(0))
+                            .optional()
+                    })
+                    .map_err(db_err)?
+                    .ok_or(StoreError::UnknownCursor)?,
+            };
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {USER_COLUMNS} FROM users
+                     WHERE org_id = ?1 AND deleted_at IS NULL AND seq > ?2
+                     ORDER BY seq LIMIT ?3"
+                ))
+                .map_err(db_err)?;
+            let mut items = stmt
+                .query_map(params![org, after_seq, limit as i64 + 1], user_from_row)
+                .map_err(db_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db_err)?;
+            let has_more = items.len() > limit;
+            items.truncate(limit);
+            Ok(Page { items, has_more })
+        })
+        .await
+    }
+
+    pub async fn list_events(
+        &self,
+        org: String,
+        event_type: Option<EventType>,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Page<StoredEvent>, StoreError> {
+        self.read(move |c| {
+            let after_seq = match after {
+                None => 0,
+                Some(id) => c
+                    .prepare_cached("SELECT seq FROM events WHERE id = ?1 AND org_id = ?2")
+                    .and_then(|mut s| {
+                        s.query_row(params![id, org], |r| r.get::<_, i64>(0))
+                            .optional()
+                    })
+                    .map_err(db_err)?
+                    .ok_or(StoreError::UnknownCursor)?,
+            };
+            let type_filter = event_type.map(EventType::as_str);
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT id, payload FROM events
+                     WHERE org_id = ?1 AND seq > ?2 AND type <> 'webhook.test'
+                       AND (?3 IS NULL OR type = ?3)
+                     ORDER BY seq LIMIT ?4",
+                )
+                .map_err(db_err)?;
+            let mut items = stmt
+                .query_map(
+                    params![org, after_seq, type_filter, limit as i64 + 1],
+                    |r| {
+                        Ok(StoredEvent {
+                            id: r.get(0)?,
+                            payload: r.get(1)?,
+                        })
+                    },
+                )
+                .map_err(db_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db_err)?;
+            let has_more = items.len() > limit;
+            items.truncate(limit);
+            Ok(Page { items, has_more })
+        })
+        .await
+    }
+
+    pub async fn get_event(&self, org: String, id: String) -> Result<StoredEvent, StoreError> {
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT id, payload FROM events
+                 WHERE id = ?1 AND org_id = ?2 AND type <> 'webhook.test'",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![id, org], |r| {
+                    Ok(StoredEvent {
+                        id: r.get(0)?,
+                        payload: r.get(1)?,
+                    })
+                })
+                .optional()
+            })
+            .map_err(db_err)?
+            .ok_or(StoreError::NotFound)
+        })
+        .await
+    }
+
+    pub async fn purge_idempotency_keys(&self, now: Timestamp) -> Result<usize, StoreError> {
+        self.write(move |c| {
+            c.prepare_cached("DELETE FROM idempotency_keys WHERE created_at < ?1")
+                .and_then(|mut s| s.execute([now.millis() - IDEMPOTENCY_TTL_MS]))
+                .map_err(db_err)
+        })
+        .await
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the write was not committed: the SQLite writer could not run it")]
+struct WriteAborted;
+
+fn take_lock(path: &Path) -> anyhow::Result<File> {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening lock file {}", lock_path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another accommador server is already using {} (lock held on {}); \
+             run one server per SQLite file, or use PostgreSQL for several instances",
+            path.display(),
+            lock_path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", lock_path.display()))
+        }
+    }
+}
+
+fn writer_loop(conn: Connection, mut jobs: mpsc::Receiver<Job>) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    let mut finishes: Vec<Finish> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = jobs.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            tracing::error!(error = %e, "SQLite could not begin a write transaction");
+            // Dropping the jobs answers each waiting request with `WriteAborted`.
+            batch.clear();
+            continue;
+        }
+        for job in batch.drain(..) {
+            finishes.push(run_in_savepoint(&conn, job));
+        }
+        let committed = conn.execute_batch("COMMIT");
+        match committed {
+            Ok(()) => {
+                for finish in finishes.drain(..) {
+                    finish(Ok(()));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "SQLite commit failed; the batch is rolled back");
+                let _ = conn.execute_batch("ROLLBACK");
+                let e = Arc::new(e);
+                for finish in finishes.drain(..) {
+                    finish(Err(StoreError::database(SharedError(e.clone()))));
+                }
+            }
+        }
+    }
+}
+
+/// Runs one job in its own savepoint, rolled back alone if the job fails.
+fn run_in_savepoint(conn: &Connection, job: Job) -> Finish {
+    if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+        tracing::error!(error = %e, "SQLite could not open a savepoint");
+        drop(job);
+        return Box::new(|_| {});
+    }
+    let (ok, finish) = job(conn);
+    let end = if ok {
+        conn.execute_batch("RELEASE job")
+    } else {
+        conn.execute_batch("ROLLBACK TO job; RELEASE job")
+    };
+    if let Err(e) = end {
+        tracing::error!(error = %e, "SQLite could not close a savepoint");
+    }
+    finish
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+struct SharedError(Arc<rusqlite::Error>);
+
+const USER_COLUMNS: &str =
+    "id, email, name, attributes, version, created_at, updated_at, deleted_at";
+
+fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRecord> {
+    let attributes: String = r.get(3)?;
+    Ok(UserRecord {
+        id: r.get(0)?,
+        email: r.get(1)?,
+        name: r.get(2)?,
+        attributes: serde_json::from_str(&attributes).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, Box::new(e))
+        })?,
+        version: r.get(4)?,
+        created_at: Timestamp(r.get(5)?),
+        updated_at: Timestamp(r.get(6)?),
+        deleted_at: r.get::<_, Option<i64>>(7)?.map(Timestamp),
+    })
+}
+
+fn live_user(c: &Connection, org: &str, id: &str) -> Result<Option<UserRecord>, StoreError> {
+    c.prepare_cached(&format!(
+        "SELECT {USER_COLUMNS} FROM users WHERE id = ?1 AND org_id = ?2 AND deleted_at IS NULL"
+    ))
+    .and_then(|mut s| s.query_row(params![id, org], user_from_row).optional())
+    .map_err(db_err)
+}
+
+fn insert_user(c: &Connection, org: &str, u: &UserRecord) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "INSERT INTO users (id, org_id, email, email_lower, name, attributes, version,
+                            created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            u.id,
+            org,
+            u.email,
+            u.email.to_lowercase(),
+            u.name,
+            serde_json::to_string(&u.attributes).expect("JSON map serialises"),
+            u.version,
+            u.created_at.millis(),
+            u.updated_at.millis()
+        ])
+    })
+    .map(|_| ())
+    .map_err(|e| {
+        if is_unique_violation(&e) {
+            StoreError::EmailTaken
+        } else {
+            db_err(e)
+        }
+    })
+}
+
+fn insert_event(c: &Connection, org: &str, e: &NewEvent) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "INSERT INTO events (id, org_id, type, user_id, user_version, occurred_at, payload)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            e.id,
+            org,
+            e.event_type.as_str(),
+            e.user_id,
+            e.user_version,
+            e.occurred_at.millis(),
+            e.payload
+        ])
+    })
+    .map(|_| ())
+    .map_err(db_err)
+}
+
+/// The saved response for this key, `Err(IdempotencyMismatch)` if the key was used with another
+/// request, `None` if the key is new or expired.
+fn find_idempotent(
+    c: &Connection,
+    org: &str,
+    req: &IdempotencyRequest,
+    now: Timestamp,
+) -> Result<Option<SavedResponse>, StoreError> {
+    let row = c
+        .prepare_cached(
+            "SELECT fingerprint, status, body FROM idempotency_keys
+             WHERE org_id = ?1 AND key = ?2 AND created_at >= ?3",
+        )
+        .and_then(|mut s| {
+            s.query_row(
+                params![org, req.key, now.millis() - IDEMPOTENCY_TTL_MS],
+                |r| {
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        r.get::<_, u16>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                },
+            )
+            .optional()
+        })
+        .map_err(db_err)?;
+    match row {
+        None => Ok(None),
+        Some((fingerprint, _, _)) if fingerprint != req.fingerprint => {
+            Err(StoreError::IdempotencyMismatch)
+        }
+        Some((_, status, body)) => Ok(Some(SavedResponse { status, body })),
+    }
+}
+
+fn save_idempotent(
+    c: &Connection,
+    org: &str,
+    req: &IdempotencyRequest,
+    saved: &SavedResponse,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "INSERT OR REPLACE INTO idempotency_keys (org_id, key, fingerprint, status, body, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            org,
+            req.key,
+            req.fingerprint.as_slice(),
+            saved.status,
+            saved.body,
+            now.millis()
+        ])
+    })
+    .map(|_| ())
+    .map_err(db_err)
+}

@@ -1,0 +1,20 @@
+//! # accommador-webhooks
+//!
+//! What an integrator needs to consume Accommador's user-lifecycle webhooks, and what the
+//! server itself uses to produce them:
+//!
+//! - [`payload`]: the wire types of a webhook body (and of `GET /v1/events/{id}`), in the exact
+//!   field order the server writes them.
+//! - [`signing`]: Standard Webhooks v1 signatures: the `whsec_…` endpoint [`Secret`], signing
+//!   each attempt, and the [`Verifier`] a receiver runs on the `webhook-*` headers.
+//!
+//! The crate has no async runtime and does no I/O, so it fits any receiver.
+
+pub mod payload;
+pub mod signing;
+
+pub use payload::{Event, EventType, User, UserEventData};
+pub use signing::{
+    HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, Secret, SecretError, TOLERANCE_SECS, Verifier,
+    VerifyError, WebhookHeaders, sign,
+};
