@@ -1,0 +1,138 @@
+//! A user change and its event commit together or not at all, and group commit isolates
+//! requests: one failing request in a batch fails alone.
+//!
+//! Failures are injected with a SQLite trigger that aborts the event insert for marked emails,
+//! so the failure happens inside the real transaction, after the user row was written.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, problem, spawn_app};
+
+/// Makes every event insert matching the SQL condition `when` abort its transaction.
+fn fail_events_where(app: &TestApp, when: &str) {
+    let conn = rusqlite::Connection::open(&app.db_path).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .unwrap();
+    conn.execute_batch(&format!(
+        "CREATE TRIGGER fail_marked BEFORE INSERT ON events
+         WHEN {when}
+         BEGIN SELECT RAISE(ABORT, 'injected failure'); END;"
+    ))
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_change_whose_transaction_fails_leaves_neither_row_nor_event() {
+    let app = spawn_app().await;
+    let t = app.create_org("Acme").await;
+    let keep = app.create_user(&t, json!({"email": "keep@ok.test"})).await;
+    fail_events_where(
+        &app,
+        "NEW.payload LIKE '%@doomed.test%' OR NEW.type = 'user.deleted'",
+    );
+
+    let p = problem(
+        app.post(&t, "/v1/users", &json!({"email": "x@doomed.test"}))
+            .await,
+        StatusCode::INTERNAL_SERVER_ERROR,
+    )
+    .await;
+    assert!(
+        !p["detail"].as_str().unwrap().contains("injected"),
+        "5xx bodies must not leak causes"
+    );
+
+    let path = format!("/v1/users/{}", keep["id"].as_str().unwrap());
+    problem(
+        app.patch(&t, &path, &json!({"email": "keep@doomed.test"}))
+            .await,
+        StatusCode::INTERNAL_SERVER_ERROR,
+    )
+    .await;
+    problem(
+        app.delete(&t, &path).await,
+        StatusCode::INTERNAL_SERVER_ERROR,
+    )
+    .await;
+
+    let users: Value = app.get(&t, "/v1/users").await.json().await.unwrap();
+    assert_eq!(
+        users["data"],
+        json!([keep]),
+        "the failed create left a row, or the update/delete applied"
+    );
+    let events = app.all_events(&t, "").await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["type"], "user.created");
+    // The email of the failed create is still free.
+    app.create_user(&t, json!({"email": "x@fine.test"})).await;
+}
+
+#[tokio::test]
+async fn one_failing_request_in_a_batch_fails_alone() {
+    let app = Arc::new(spawn_app().await);
+    let t = app.create_org("Acme").await;
+    fail_events_where(&app, "NEW.payload LIKE '%@doomed.test%'");
+    let mut emails: Vec<String> = (0..60).map(|i| format!("u{i}@ok.test")).collect();
+    emails.push("dup@ok.test".into());
+    emails.push("DUP@ok.test".into());
+    emails.push("boom@doomed.test".into());
+
+    let mut tasks = Vec::new();
+    for email in emails {
+        let (app, t) = (app.clone(), t.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = app.post(&t, "/v1/users", &json!({ "email": email })).await;
+            let status = r.status();
+            let body: Value = r.json().await.unwrap();
+            (email, status, body)
+        }));
+    }
+    let mut created = HashSet::new();
+    let (mut conflicts, mut failures) = (0, 0);
+    for task in tasks {
+        let (email, status, body) = task.await.unwrap();
+        match status {
+            StatusCode::CREATED => {
+                created.insert(body["id"].as_str().unwrap().to_owned());
+            }
+            StatusCode::CONFLICT => {
+                assert!(email.eq_ignore_ascii_case("dup@ok.test"));
+                conflicts += 1;
+            }
+            StatusCode::INTERNAL_SERVER_ERROR => {
+                assert_eq!(email, "boom@doomed.test");
+                failures += 1;
+            }
+            other => panic!("{email}: unexpected {other}"),
+        }
+    }
+    assert_eq!((created.len(), conflicts, failures), (61, 1, 1));
+
+    let stored: HashSet<String> = {
+        let list: Value = app
+            .get(&t, "/v1/users?limit=500")
+            .await
+            .json()
+            .await
+            .unwrap();
+        list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(stored, created);
+    let evented: HashSet<String> = app
+        .all_events(&t, "&type=user.created")
+        .await
+        .iter()
+        .map(|e| e["data"]["user"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(evented, created);
+}

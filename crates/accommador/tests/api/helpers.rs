@@ -1,0 +1,174 @@
+//! `spawn_app()` and the small vocabulary the API tests speak.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use accommador::config::{LogFormat, Secret, Settings};
+use accommador::startup::Application;
+use reqwest::{Client, Response, StatusCode};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: Client,
+    pub db_path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+    _shutdown: oneshot::Sender<()>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// A server whose settings `adjust` may change first.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("test.db");
+    let mut settings = Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: format!("sqlite://{}", db_path.display()),
+        admin_token: Some(Secret::new(ADMIN_TOKEN)),
+        retry_schedule: vec![Duration::from_secs(1)],
+        delivery_timeout: Duration::from_secs(5),
+        allow_private_targets: true,
+        disable_after: Duration::from_secs(3600),
+        log_format: LogFormat::Text,
+    };
+    adjust(&mut settings);
+    let app = Application::build(&settings).await.expect("app builds");
+    let addr = app.local_addr();
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(app.run_until(async {
+        let _ = rx.await;
+    }));
+    TestApp {
+        addr,
+        client: Client::new(),
+        db_path,
+        _dir: dir,
+        _shutdown: tx,
+    }
+}
+
+/// An organization and its API key.
+#[derive(Clone, Debug)]
+pub struct Tenant {
+    pub key: String,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn create_org(&self, name: &str) -> Tenant {
+        let r = self
+            .client
+            .post(self.url("/v1/organizations"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&serde_json::json!({ "name": name }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let body: Value = r.json().await.unwrap();
+        assert!(body["id"].as_str().unwrap().starts_with("org_"));
+        assert_eq!(body["name"], name);
+        Tenant {
+            key: body["api_key"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    pub async fn get(&self, t: &Tenant, path: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(&t.key)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn post(&self, t: &Tenant, path: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(&t.key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn patch(&self, t: &Tenant, path: &str, body: &Value) -> Response {
+        self.client
+            .patch(self.url(path))
+            .bearer_auth(&t.key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn delete(&self, t: &Tenant, path: &str) -> Response {
+        self.client
+            .delete(self.url(path))
+            .bearer_auth(&t.key)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Creates a user and returns its JSON, asserting 201.
+    pub async fn create_user(&self, t: &Tenant, body: Value) -> Value {
+        let r = self.post(t, "/v1/users", &body).await;
+        assert_eq!(r.status(), StatusCode::CREATED, "creating {body}");
+        r.json().await.unwrap()
+    }
+
+    /// Every event of the organization, following `next_cursor` to the end.
+    pub async fn all_events(&self, t: &Tenant, query: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut path = format!("/v1/events?limit=2{query}");
+            if let Some(a) = &after {
+                path.push_str(&format!("&after={a}"));
+            }
+            let r = self.get(t, &path).await;
+            assert_eq!(r.status(), StatusCode::OK);
+            let page: Value = r.json().await.unwrap();
+            out.extend(page["data"].as_array().unwrap().iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(c) => after = Some(c.to_owned()),
+                None => return out,
+            }
+        }
+    }
+}
+
+/// Asserts a problem+json response and returns its body.
+pub async fn problem(r: Response, status: StatusCode) -> Value {
+    assert_eq!(r.status(), status);
+    assert_eq!(
+        r.headers()["content-type"].to_str().unwrap(),
+        "application/problem+json"
+    );
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], status.as_u16());
+    for field in ["type", "title", "detail"] {
+        assert!(body[field].is_string(), "problem without {field}: {body}");
+    }
+    body
+}
+
+/// The fields named in a 422 problem's `errors`.
+pub fn error_fields(problem: &Value) -> Vec<String> {
+    problem["errors"]
+        .as_array()
+        .expect("a validation problem lists its errors")
+        .iter()
+        .map(|e| e["field"].as_str().unwrap().to_owned())
+        .collect()
+}

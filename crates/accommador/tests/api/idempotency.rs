@@ -1,0 +1,166 @@
+//! `Idempotency-Key` on POST: a retry with the same key and JSON replays the first response and
+//! changes nothing; the same key with other JSON is refused.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{Tenant, TestApp, error_fields, problem, spawn_app};
+
+async fn post_with_key(app: &TestApp, t: &Tenant, key: &str, body: &str) -> reqwest::Response {
+    app.client
+        .post(app.url("/v1/users"))
+        .bearer_auth(&t.key)
+        .header("idempotency-key", key)
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn user_count(app: &TestApp, t: &Tenant) -> usize {
+    let list: Value = app
+        .get(t, "/v1/users?limit=500")
+        .await
+        .json()
+        .await
+        .unwrap();
+    list["data"].as_array().unwrap().len()
+}
+
+#[tokio::test]
+async fn a_retry_with_the_same_key_and_json_replays_the_first_response() {
+    let app = spawn_app().await;
+    let t = app.create_org("Acme").await;
+    let first = post_with_key(
+        &app,
+        &t,
+        "signup-42",
+        r#"{"email":"a@b.co","name":"A","attributes":{"x":1,"y":2}}"#,
+    )
+    .await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first_body = first.text().await.unwrap();
+
+    // Same JSON, written with another key order and spacing: the same request.
+    let again = post_with_key(
+        &app,
+        &t,
+        "signup-42",
+        r#"{ "attributes": {"y":2,"x":1}, "name":"A", "email":"a@b.co" }"#,
+    )
+    .await;
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.text().await.unwrap(), first_body);
+
+    // The replay is the original response even after the user changed.
+    let id = serde_json::from_str::<Value>(&first_body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.patch(&t, &format!("/v1/users/{id}"), &json!({"name": "B"}))
+        .await;
+    let later = post_with_key(
+        &app,
+        &t,
+        "signup-42",
+        r#"{"email":"a@b.co","name":"A","attributes":{"x":1,"y":2}}"#,
+    )
+    .await;
+    assert_eq!(later.text().await.unwrap(), first_body);
+
+    assert_eq!(user_count(&app, &t).await, 1);
+    assert_eq!(app.all_events(&t, "&type=user.created").await.len(), 1);
+}
+
+#[tokio::test]
+async fn the_same_key_with_different_json_is_422_and_changes_nothing() {
+    let app = spawn_app().await;
+    let t = app.create_org("Acme").await;
+    assert_eq!(
+        post_with_key(&app, &t, "k1", r#"{"email":"a@b.co"}"#)
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+    let p = problem(
+        post_with_key(&app, &t, "k1", r#"{"email":"other@b.co"}"#).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(error_fields(&p), ["Idempotency-Key"]);
+    assert_eq!(user_count(&app, &t).await, 1);
+
+    // Keys belong to one organization: another may use the same key freely.
+    let t2 = app.create_org("Globex").await;
+    assert_eq!(
+        post_with_key(&app, &t2, "k1", r#"{"email":"other@b.co"}"#)
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+}
+
+#[tokio::test]
+async fn a_conflict_is_replayed_as_it_was() {
+    let app = spawn_app().await;
+    let t = app.create_org("Acme").await;
+    let taken = app.create_user(&t, json!({"email": "taken@b.co"})).await;
+    let first = post_with_key(&app, &t, "k-conflict", r#"{"email":"taken@b.co"}"#).await;
+    assert_eq!(first.status(), StatusCode::CONFLICT);
+    let first_body = first.text().await.unwrap();
+    // Even once the email is free, the key answers with the first response.
+    app.delete(&t, &format!("/v1/users/{}", taken["id"].as_str().unwrap()))
+        .await;
+    let again = post_with_key(&app, &t, "k-conflict", r#"{"email":"taken@b.co"}"#).await;
+    assert_eq!(again.status(), StatusCode::CONFLICT);
+    assert_eq!(again.text().await.unwrap(), first_body);
+    assert_eq!(user_count(&app, &t).await, 0);
+}
+
+#[tokio::test]
+async fn concurrent_duplicates_create_one_user() {
+    let app = std::sync::Arc::new(spawn_app().await);
+    let t = app.create_org("Acme").await;
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (app, t) = (app.clone(), t.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = post_with_key(&app, &t, "race", r#"{"email":"race@b.co"}"#).await;
+            (r.status(), r.text().await.unwrap())
+        }));
+    }
+    let mut bodies = Vec::new();
+    for task in tasks {
+        let (status, body) = task.await.unwrap();
+        // Either the replayed 201, or 409 while the first is still running.
+        assert!(
+            status == StatusCode::CREATED || status == StatusCode::CONFLICT,
+            "{status}: {body}"
+        );
+        if status == StatusCode::CREATED {
+            bodies.push(body);
+        }
+    }
+    assert!(!bodies.is_empty());
+    assert!(bodies.iter().all(|b| *b == bodies[0]), "replays differ");
+    assert_eq!(user_count(&app, &t).await, 1);
+    assert_eq!(app.all_events(&t, "").await.len(), 1);
+}
+
+#[tokio::test]
+async fn invalid_keys_are_named() {
+    let app = spawn_app().await;
+    let t = app.create_org("Acme").await;
+    let long = "k".repeat(256);
+    for key in ["has space", long.as_str()] {
+        let p = problem(
+            post_with_key(&app, &t, key, r#"{"email":"a@b.co"}"#).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await;
+        assert_eq!(error_fields(&p), ["Idempotency-Key"]);
+    }
+    assert_eq!(user_count(&app, &t).await, 0);
+}

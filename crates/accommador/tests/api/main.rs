@@ -1,0 +1,10 @@
+//! The HTTP API as a user drives it: a real server on port 0 over a fresh SQLite file, a real
+//! HTTP client. One binary for the whole API area; each module is one story.
+
+mod atomicity;
+mod bad_input;
+mod helpers;
+mod idempotency;
+mod operations;
+mod tenancy;
+mod users;
