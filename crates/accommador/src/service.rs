@@ -5,6 +5,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::domain::FieldError;
+use crate::domain::endpoint::{EndpointPatch, EndpointRecord, NewEndpoint};
 use crate::domain::org::{NewApiKey, parse_org_name};
 use crate::domain::user::{NewUser, UserPatch, UserRecord};
 use crate::store::{
@@ -122,6 +123,81 @@ impl Service {
 
     pub async fn get_event(&self, org: &str, id: &str) -> Result<StoredEvent, ServiceError> {
         Ok(self.store.get_event(org.to_owned(), id.to_owned()).await?)
+    }
+}
+
+impl Service {
+    /// Creates an endpoint with a fresh 32-byte `whsec_` secret; returns both.
+    pub async fn create_endpoint(
+        &self,
+        org: &str,
+        body: &serde_json::Map<String, Value>,
+    ) -> Result<(EndpointRecord, String), ServiceError> {
+        let endpoint = NewEndpoint::from_json(body)?;
+        let secret = accommador_webhooks::Secret::generate().expose();
+        let record = self
+            .store
+            .create_endpoint(org.to_owned(), endpoint, secret.clone())
+            .await?;
+        Ok((record, secret))
+    }
+
+    pub async fn get_endpoint(&self, org: &str, id: &str) -> Result<EndpointRecord, ServiceError> {
+        Ok(self
+            .store
+            .get_endpoint(org.to_owned(), id.to_owned())
+            .await?)
+    }
+
+    pub async fn list_endpoints(
+        &self,
+        org: &str,
+        page: PageRequest,
+    ) -> Result<Page<EndpointRecord>, ServiceError> {
+        self.store
+            .list_endpoints(org.to_owned(), page.after, page.limit)
+            .await
+            .map_err(cursor_error)
+    }
+
+    pub async fn update_endpoint(
+        &self,
+        org: &str,
+        id: &str,
+        body: &serde_json::Map<String, Value>,
+    ) -> Result<EndpointRecord, ServiceError> {
+        let patch = EndpointPatch::from_json(body)?;
+        Ok(self
+            .store
+            .update_endpoint(org.to_owned(), id.to_owned(), patch)
+            .await?)
+    }
+
+    pub async fn delete_endpoint(&self, org: &str, id: &str) -> Result<(), ServiceError> {
+        Ok(self
+            .store
+            .delete_endpoint(org.to_owned(), id.to_owned())
+            .await?)
+    }
+
+    pub async fn endpoint_secret(&self, org: &str, id: &str) -> Result<String, ServiceError> {
+        Ok(self
+            .store
+            .endpoint_secret(org.to_owned(), id.to_owned())
+            .await?)
+    }
+
+    /// A new current secret; the previous one keeps signing beside it for 24 h.
+    pub async fn rotate_endpoint_secret(
+        &self,
+        org: &str,
+        id: &str,
+    ) -> Result<String, ServiceError> {
+        let secret = accommador_webhooks::Secret::generate().expose();
+        Ok(self
+            .store
+            .rotate_endpoint_secret(org.to_owned(), id.to_owned(), secret)
+            .await?)
     }
 }
 

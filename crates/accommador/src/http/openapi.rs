@@ -127,6 +127,76 @@ pub struct OrganizationCreated {
     api_key: String,
 }
 
+/// A webhook endpoint.
+#[derive(Debug, ToSchema)]
+#[schema(as = Endpoint)]
+#[allow(dead_code)]
+pub struct EndpointSchema {
+    /// `ep_…`
+    id: String,
+    url: String,
+    /// The user event types it receives.
+    event_types: Vec<String>,
+    description: String,
+    /// `enabled` or `disabled`.
+    status: String,
+    /// Why it was disabled; null while enabled.
+    disabled_reason: Option<String>,
+    created_at: String,
+    updated_at: String,
+}
+
+/// A new endpoint with its signing secret (shown here, by rotate, and at `/secret` only).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct EndpointCreated {
+    id: String,
+    url: String,
+    event_types: Vec<String>,
+    description: String,
+    status: String,
+    disabled_reason: Option<String>,
+    created_at: String,
+    updated_at: String,
+    /// `whsec_…`: base64 of 32 random bytes. Verify deliveries with it.
+    secret: String,
+}
+
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct CreateEndpointRequest {
+    /// http(s) URL with a host.
+    url: String,
+    /// Omit for every user event.
+    event_types: Option<Vec<String>>,
+    description: Option<String>,
+}
+
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct UpdateEndpointRequest {
+    url: Option<String>,
+    event_types: Option<Vec<String>>,
+    description: Option<String>,
+    /// `enabled` or `disabled`.
+    status: Option<String>,
+}
+
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct EndpointList {
+    data: Vec<EndpointSchema>,
+    next_cursor: Option<String>,
+}
+
+#[derive(Debug, ToSchema)]
+#[schema(as = EndpointSecret)]
+#[allow(dead_code)]
+pub struct SecretSchema {
+    /// `whsec_…`: base64 of 32 random bytes.
+    secret: String,
+}
+
 #[derive(Debug, ToSchema)]
 #[allow(dead_code)]
 pub struct Health {
@@ -163,6 +233,13 @@ impl Modify for Security {
         super::users::get_user,
         super::users::update_user,
         super::users::delete_user,
+        super::endpoints::create_endpoint,
+        super::endpoints::list_endpoints,
+        super::endpoints::get_endpoint,
+        super::endpoints::update_endpoint,
+        super::endpoints::delete_endpoint,
+        super::endpoints::get_secret,
+        super::endpoints::rotate_secret,
         super::events::list_events,
         super::events::get_event,
         super::ops::healthz,
@@ -173,6 +250,7 @@ impl Modify for Security {
     tags(
         (name = "organizations", description = "Operator routes"),
         (name = "users", description = "Users of an organization; every change writes an event"),
+        (name = "endpoints", description = "Webhook endpoints and their signing secrets"),
         (name = "events", description = "The event outbox, in commit order"),
         (name = "operations", description = "Health, readiness, metrics"),
     )

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use accommador_webhooks::EventType;
 
+use crate::domain::endpoint::{EndpointPatch, EndpointRecord, NewEndpoint};
 use crate::domain::user::{NewUser, UserPatch, UserRecord};
 use crate::domain::{Timestamp, org::NewApiKey};
 
@@ -213,6 +214,85 @@ impl Store {
     pub async fn get_event(&self, org: String, id: String) -> Result<StoredEvent, StoreError> {
         match self {
             Store::Sqlite(s) => s.get_event(org, id).await,
+        }
+    }
+
+    /// Stores a new endpoint with `secret` as its current signing secret.
+    pub async fn create_endpoint(
+        &self,
+        org: String,
+        endpoint: NewEndpoint,
+        secret: String,
+    ) -> Result<EndpointRecord, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.create_endpoint(org, endpoint, secret).await,
+        }
+    }
+
+    pub async fn get_endpoint(
+        &self,
+        org: String,
+        id: String,
+    ) -> Result<EndpointRecord, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.get_endpoint(org, id).await,
+        }
+    }
+
+    /// Live endpoints, oldest first, after the endpoint whose ID is `after`.
+    pub async fn list_endpoints(
+        &self,
+        org: String,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Page<EndpointRecord>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.list_endpoints(org, after, limit).await,
+        }
+    }
+
+    pub async fn update_endpoint(
+        &self,
+        org: String,
+        id: String,
+        patch: EndpointPatch,
+    ) -> Result<EndpointRecord, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.update_endpoint(org, id, patch).await,
+        }
+    }
+
+    pub async fn delete_endpoint(&self, org: String, id: String) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.delete_endpoint(org, id).await,
+        }
+    }
+
+    pub async fn endpoint_secret(&self, org: String, id: String) -> Result<String, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.endpoint_secret(org, id).await,
+        }
+    }
+
+    pub async fn rotate_endpoint_secret(
+        &self,
+        org: String,
+        id: String,
+        secret: String,
+    ) -> Result<String, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.rotate_endpoint_secret(org, id, secret).await,
+        }
+    }
+
+    /// The secrets that sign for an endpoint now, current first (two during a rotation).
+    pub async fn signing_secrets(
+        &self,
+        org: String,
+        id: String,
+    ) -> Result<Vec<String>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.signing_secrets(org, id).await,
         }
     }
 

@@ -27,6 +27,9 @@ use super::{
     SavedResponse, StoreError, StoredEvent,
 };
 use crate::domain::Timestamp;
+use crate::domain::endpoint::{
+    EndpointPatch, EndpointRecord, EndpointStatus, EventTypeFilter, NewEndpoint, SECRET_OVERLAP_MS,
+};
 use crate::domain::event::NewEvent;
 use crate::domain::ids;
 use crate::domain::org::{NewApiKey, key_lookup, key_matches};
@@ -39,7 +42,10 @@ const QUEUE_DEPTH: usize = 4096;
 const READERS: usize = 4;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/sqlite/0001_init.sql"),
+    include_str!("../../migrations/sqlite/0002_endpoints.sql"),
+];
 
 type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 type Job = Box<dyn FnOnce(&Connection) -> (bool, Finish) + Send>;
@@ -465,6 +471,207 @@ impl SqliteStore {
         .await
     }
 
+    pub async fn create_endpoint(
+        &self,
+        org: String,
+        new: NewEndpoint,
+        secret: String,
+    ) -> Result<EndpointRecord, StoreError> {
+        self.write(move |c| {
+            let now = Timestamp::now();
+            let e = new.into_record(ids::new_id(ids::ENDPOINT), now);
+            c.prepare_cached(
+                "INSERT INTO endpoints (id, org_id, url, event_types, description, status,
+                                        created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    e.id,
+                    org,
+                    e.url,
+                    event_types_json(&e.event_types),
+                    e.description,
+                    e.status.as_str(),
+                    now.millis()
+                ])
+            })
+            .map_err(db_err)?;
+            c.prepare_cached(
+                "INSERT INTO endpoint_secrets (endpoint_id, secret, created_at) VALUES (?1, ?2, ?3)",
+            )
+            .and_then(|mut s| s.execute(params![e.id, secret, now.millis()]))
+            .map_err(db_err)?;
+            Ok(e)
+        })
+        .await
+    }
+
+    pub async fn get_endpoint(
+        &self,
+        org: String,
+        id: String,
+    ) -> Result<EndpointRecord, StoreError> {
+        self.read(move |c| live_endpoint(c, &org, &id)?.ok_or(StoreError::NotFound))
+            .await
+    }
+
+    pub async fn list_endpoints(
+        &self,
+        org: String,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Page<EndpointRecord>, StoreError> {
+        self.read(move |c| {
+            let after_seq = match after {
+                None => 0,
+                Some(id) => c
+                    .prepare_cached("SELECT seq FROM endpoints WHERE id = ?1 AND org_id = ?2")
+                    .and_then(|mut s| {
+                        s.query_row(params![id, org], |r| r.get::<_, i64>(0))
+                            .optional()
+                    })
+                    .map_err(db_err)?
+                    .ok_or(StoreError::UnknownCursor)?,
+            };
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {ENDPOINT_COLUMNS} FROM endpoints
+                     WHERE org_id = ?1 AND deleted_at IS NULL AND seq > ?2
+                     ORDER BY seq LIMIT ?3"
+                ))
+                .map_err(db_err)?;
+            let mut items = stmt
+                .query_map(params![org, after_seq, limit as i64 + 1], endpoint_from_row)
+                .map_err(db_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db_err)?;
+            let has_more = items.len() > limit;
+            items.truncate(limit);
+            Ok(Page { items, has_more })
+        })
+        .await
+    }
+
+    pub async fn update_endpoint(
+        &self,
+        org: String,
+        id: String,
+        patch: EndpointPatch,
+    ) -> Result<EndpointRecord, StoreError> {
+        self.write(move |c| {
+            let e = live_endpoint(c, &org, &id)?.ok_or(StoreError::NotFound)?;
+            let Some(next) = patch.apply(&e, Timestamp::now()) else {
+                return Ok(e);
+            };
+            c.prepare_cached(
+                "UPDATE endpoints SET url = ?1, event_types = ?2, description = ?3, status = ?4,
+                    disabled_reason = ?5,
+                    failing_since = CASE WHEN ?4 = 'enabled' THEN NULL ELSE failing_since END,
+                    updated_at = ?6
+                 WHERE id = ?7 AND org_id = ?8",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    next.url,
+                    event_types_json(&next.event_types),
+                    next.description,
+                    next.status.as_str(),
+                    next.disabled_reason,
+                    next.updated_at.millis(),
+                    next.id,
+                    org
+                ])
+            })
+            .map_err(db_err)?;
+            Ok(next)
+        })
+        .await
+    }
+
+    pub async fn delete_endpoint(&self, org: String, id: String) -> Result<(), StoreError> {
+        self.write(move |c| {
+            let changed = c
+                .prepare_cached(
+                    "UPDATE endpoints SET deleted_at = ?1, updated_at = ?1
+                     WHERE id = ?2 AND org_id = ?3 AND deleted_at IS NULL",
+                )
+                .and_then(|mut s| s.execute(params![Timestamp::now().millis(), id, org]))
+                .map_err(db_err)?;
+            if changed == 0 {
+                return Err(StoreError::NotFound);
+            }
+            c.prepare_cached("DELETE FROM endpoint_secrets WHERE endpoint_id = ?1")
+                .and_then(|mut s| s.execute([id]))
+                .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The endpoint's current signing secret.
+    pub async fn endpoint_secret(&self, org: String, id: String) -> Result<String, StoreError> {
+        self.read(move |c| {
+            live_endpoint(c, &org, &id)?.ok_or(StoreError::NotFound)?;
+            current_secret(c, &id)
+        })
+        .await
+    }
+
+    /// Makes `secret` the current one; the previous keeps signing for 24 h, and any older one
+    /// stops now.
+    pub async fn rotate_endpoint_secret(
+        &self,
+        org: String,
+        id: String,
+        secret: String,
+    ) -> Result<String, StoreError> {
+        self.write(move |c| {
+            live_endpoint(c, &org, &id)?.ok_or(StoreError::NotFound)?;
+            let now = Timestamp::now().millis();
+            (|| {
+                    c.prepare_cached(
+                        "DELETE FROM endpoint_secrets WHERE endpoint_id = ?1 AND expires_at IS NOT NULL",
+                    )?
+                    .execute([&id])?;
+                    c.prepare_cached(
+                        "UPDATE endpoint_secrets SET expires_at = ?2
+                         WHERE endpoint_id = ?1 AND expires_at IS NULL",
+                    )?
+                    .execute(params![id, now + SECRET_OVERLAP_MS])?;
+                    c.prepare_cached(
+                        "INSERT INTO endpoint_secrets (endpoint_id, secret, created_at) VALUES (?1, ?2, ?3)",
+                    )?
+                    .execute(params![id, secret, now])
+                })()
+                .map_err(db_err)?;
+            Ok(secret)
+        })
+        .await
+    }
+
+    /// Every secret that signs for the endpoint now: the current one first.
+    pub async fn signing_secrets(
+        &self,
+        org: String,
+        id: String,
+    ) -> Result<Vec<String>, StoreError> {
+        self.read(move |c| {
+            live_endpoint(c, &org, &id)?.ok_or(StoreError::NotFound)?;
+            c.prepare_cached(
+                "SELECT secret FROM endpoint_secrets
+                 WHERE endpoint_id = ?1 AND (expires_at IS NULL OR expires_at > ?2)
+                 ORDER BY expires_at IS NOT NULL, created_at DESC",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![id, Timestamp::now().millis()], |r| r.get(0))?
+                    .collect::<Result<Vec<String>, _>>()
+            })
+            .map_err(db_err)
+        })
+        .await
+    }
+
     pub async fn purge_idempotency_keys(&self, now: Timestamp) -> Result<usize, StoreError> {
         self.write(move |c| {
             c.prepare_cached("DELETE FROM idempotency_keys WHERE created_at < ?1")
@@ -582,6 +789,56 @@ fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRecord> {
         updated_at: Timestamp(r.get(6)?),
         deleted_at: r.get::<_, Option<i64>>(7)?.map(Timestamp),
     })
+}
+
+const ENDPOINT_COLUMNS: &str =
+    "id, url, event_types, description, status, disabled_reason, created_at, updated_at";
+
+fn event_types_json(f: &EventTypeFilter) -> String {
+    serde_json::to_string(&f.names()).expect("names serialise")
+}
+
+fn endpoint_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EndpointRecord> {
+    let conversion = |i: usize, e: String| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
+    };
+    let types: String = r.get(2)?;
+    let names: Vec<String> =
+        serde_json::from_str(&types).map_err(|e| conversion(2, e.to_string()))?;
+    let event_types = EventTypeFilter::from_names(names.iter().map(String::as_str))
+        .map_err(|e| conversion(2, e))?;
+    let status: String = r.get(4)?;
+    Ok(EndpointRecord {
+        id: r.get(0)?,
+        url: r.get(1)?,
+        event_types,
+        description: r.get(3)?,
+        status: EndpointStatus::parse(&status)
+            .ok_or_else(|| conversion(4, format!("unknown status {status:?}")))?,
+        disabled_reason: r.get(5)?,
+        created_at: Timestamp(r.get(6)?),
+        updated_at: Timestamp(r.get(7)?),
+    })
+}
+
+fn live_endpoint(
+    c: &Connection,
+    org: &str,
+    id: &str,
+) -> Result<Option<EndpointRecord>, StoreError> {
+    c.prepare_cached(&format!(
+        "SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE id = ?1 AND org_id = ?2 AND deleted_at IS NULL"
+    ))
+    .and_then(|mut s| s.query_row(params![id, org], endpoint_from_row).optional())
+    .map_err(db_err)
+}
+
+fn current_secret(c: &Connection, endpoint_id: &str) -> Result<String, StoreError> {
+    c.prepare_cached(
+        "SELECT secret FROM endpoint_secrets WHERE endpoint_id = ?1 AND expires_at IS NULL",
+    )
+    .and_then(|mut s| s.query_row([endpoint_id], |r| r.get(0)))
+    .map_err(db_err)
 }
 
 fn live_user(c: &Connection, org: &str, id: &str) -> Result<Option<UserRecord>, StoreError> {

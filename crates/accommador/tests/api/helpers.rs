@@ -56,6 +56,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
 /// An organization and its API key.
 #[derive(Clone, Debug)]
 pub struct Tenant {
+    pub id: String,
     pub key: String,
 }
 
@@ -78,6 +79,7 @@ impl TestApp {
         assert!(body["id"].as_str().unwrap().starts_with("org_"));
         assert_eq!(body["name"], name);
         Tenant {
+            id: body["id"].as_str().unwrap().to_owned(),
             key: body["api_key"].as_str().unwrap().to_owned(),
         }
     }

@@ -3,6 +3,7 @@
 
 mod atomicity;
 mod bad_input;
+mod endpoints;
 mod helpers;
 mod idempotency;
 mod operations;

@@ -69,6 +69,13 @@ async fn the_openapi_document_covers_every_route_and_its_errors() {
         ("/v1/users/{id}", "get", &["200", "401", "404"]),
         ("/v1/users/{id}", "patch", &["200", "404", "409", "422"]),
         ("/v1/users/{id}", "delete", &["204", "404"]),
+        ("/v1/endpoints", "post", &["201", "401", "415", "422"]),
+        ("/v1/endpoints", "get", &["200", "401", "422"]),
+        ("/v1/endpoints/{id}", "get", &["200", "404"]),
+        ("/v1/endpoints/{id}", "patch", &["200", "404", "422"]),
+        ("/v1/endpoints/{id}", "delete", &["204", "404"]),
+        ("/v1/endpoints/{id}/secret", "get", &["200", "404"]),
+        ("/v1/endpoints/{id}/secret/rotate", "post", &["200", "404"]),
         ("/v1/events", "get", &["200", "401", "422"]),
         ("/v1/events/{id}", "get", &["200", "404"]),
         ("/healthz", "get", &["200"]),
@@ -81,7 +88,14 @@ async fn the_openapi_document_covers_every_route_and_its_errors() {
             assert!(op["responses"][*s].is_object(), "{method} {path} lacks {s}");
         }
     }
-    for schema in ["User", "Event", "Problem", "FieldError"] {
+    for schema in [
+        "User",
+        "Event",
+        "Endpoint",
+        "EndpointSecret",
+        "Problem",
+        "FieldError",
+    ] {
         assert!(
             doc["components"]["schemas"][schema].is_object(),
             "schema {schema} missing"

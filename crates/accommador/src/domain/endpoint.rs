@@ -1,0 +1,401 @@
+//! Webhook endpoints: the parsed shapes of create and update requests, the stored record, the
+//! event-type filter, and the URL rules (http or https with a host, no credentials).
+
+use accommador_webhooks::EventType;
+use serde_json::{Map, Value};
+
+use super::{FieldError, Timestamp, reject_unknown_fields};
+
+pub const MAX_URL_BYTES: usize = 2048;
+pub const MAX_DESCRIPTION_CHARS: usize = 1024;
+/// How long a rotated-out secret keeps signing beside the new one.
+pub const SECRET_OVERLAP_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// An endpoint URL: absolute `http` or `https` with a host, without user info or fragment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointUrl(url::Url);
+
+impl EndpointUrl {
+    pub fn parse(raw: &str) -> Result<EndpointUrl, &'static str> {
+        if raw.len() > MAX_URL_BYTES {
+            return Err("must be at most 2048 characters");
+        }
+        let url = url::Url::parse(raw).map_err(|_| "must be an absolute http(s) URL")?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err("must use http or https");
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err("must have a host");
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err("must not contain credentials");
+        }
+        if url.fragment().is_some() {
+            return Err("must not contain a fragment");
+        }
+        Ok(EndpointUrl(url))
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+
+    pub fn url(&self) -> &url::Url {
+        &self.0
+    }
+}
+
+/// The user event types an endpoint receives: a non-empty set, kept in a fixed order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventTypeFilter(Vec<EventType>);
+
+impl EventTypeFilter {
+    pub fn all() -> EventTypeFilter {
+        EventTypeFilter(EventType::USER_EVENTS.to_vec())
+    }
+
+    pub fn contains(&self, t: EventType) -> bool {
+        self.0.contains(&t)
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        self.0.iter().map(|t| t.as_str()).collect()
+    }
+
+    /// Parses stored or requested names; unknown names are an error naming them.
+    pub fn from_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
+        let mut wanted = Vec::new();
+        for name in names {
+            match EventType::parse(name).filter(|t| EventType::USER_EVENTS.contains(t)) {
+                Some(t) => wanted.push(t),
+                None => {
+                    return Err(format!(
+                        "unknown event type {name:?} (use user.created, user.updated, user.deleted)"
+                    ));
+                }
+            }
+        }
+        if wanted.is_empty() {
+            return Err("must list at least one event type (omit it for all)".into());
+        }
+        let ordered = EventType::USER_EVENTS
+            .into_iter()
+            .filter(|t| wanted.contains(t))
+            .collect();
+        Ok(EventTypeFilter(ordered))
+    }
+
+    fn from_json(v: &Value, errors: &mut Vec<FieldError>) -> Option<EventTypeFilter> {
+        let Value::Array(items) = v else {
+            errors.push(FieldError::new(
+                "event_types",
+                "must be an array of strings",
+            ));
+            return None;
+        };
+        let names: Option<Vec<&str>> = items.iter().map(Value::as_str).collect();
+        let Some(names) = names else {
+            errors.push(FieldError::new(
+                "event_types",
+                "must be an array of strings",
+            ));
+            return None;
+        };
+        match EventTypeFilter::from_names(names) {
+            Ok(f) => Some(f),
+            Err(detail) => {
+                errors.push(FieldError::new("event_types", detail));
+                None
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointStatus {
+    Enabled,
+    Disabled,
+}
+
+impl EndpointStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointStatus::Enabled => "enabled",
+            EndpointStatus::Disabled => "disabled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EndpointStatus> {
+        match s {
+            "enabled" => Some(EndpointStatus::Enabled),
+            "disabled" => Some(EndpointStatus::Disabled),
+            _ => None,
+        }
+    }
+}
+
+/// Why an endpoint was disabled through the API.
+pub const DISABLED_BY_API: &str = "disabled through the API";
+
+/// An endpoint as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointRecord {
+    pub id: String,
+    pub url: String,
+    pub event_types: EventTypeFilter,
+    pub description: String,
+    pub status: EndpointStatus,
+    pub disabled_reason: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+impl EndpointRecord {
+    /// The API shape (without the secret).
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({
+            "id": self.id,
+            "url": self.url,
+            "event_types": self.event_types.names(),
+            "description": self.description,
+            "status": self.status.as_str(),
+            "disabled_reason": self.disabled_reason,
+            "created_at": self.created_at.to_rfc3339(),
+            "updated_at": self.updated_at.to_rfc3339(),
+        })
+    }
+}
+
+/// A validated `POST /v1/endpoints` body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEndpoint {
+    pub url: EndpointUrl,
+    pub event_types: EventTypeFilter,
+    pub description: String,
+}
+
+impl NewEndpoint {
+    pub fn from_json(body: &Map<String, Value>) -> Result<NewEndpoint, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        reject_unknown_fields(body, &["url", "event_types", "description"], &mut errors);
+        let url = match body.get("url") {
+            None => {
+                errors.push(FieldError::new("url", "is required"));
+                None
+            }
+            Some(v) => parse_url(v, &mut errors),
+        };
+        let event_types = match body.get("event_types") {
+            None | Some(Value::Null) => Some(EventTypeFilter::all()),
+            Some(v) => EventTypeFilter::from_json(v, &mut errors),
+        };
+        let description = match body.get("description") {
+            None | Some(Value::Null) => Some(String::new()),
+            Some(v) => parse_description(v, &mut errors),
+        };
+        match (url, event_types, description) {
+            (Some(url), Some(event_types), Some(description)) if errors.is_empty() => {
+                Ok(NewEndpoint {
+                    url,
+                    event_types,
+                    description,
+                })
+            }
+            _ => Err(errors),
+        }
+    }
+
+    pub fn into_record(self, id: String, now: Timestamp) -> EndpointRecord {
+        EndpointRecord {
+            id,
+            url: self.url.as_str().to_owned(),
+            event_types: self.event_types,
+            description: self.description,
+            status: EndpointStatus::Enabled,
+            disabled_reason: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
+/// A validated `PATCH /v1/endpoints/{id}` body.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EndpointPatch {
+    pub url: Option<EndpointUrl>,
+    pub event_types: Option<EventTypeFilter>,
+    pub description: Option<String>,
+    pub status: Option<EndpointStatus>,
+}
+
+impl EndpointPatch {
+    pub fn from_json(body: &Map<String, Value>) -> Result<EndpointPatch, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        reject_unknown_fields(
+            body,
+            &["url", "event_types", "description", "status"],
+            &mut errors,
+        );
+        let mut patch = EndpointPatch::default();
+        if let Some(v) = body.get("url") {
+            patch.url = parse_url(v, &mut errors);
+        }
+        if let Some(v) = body.get("event_types") {
+            patch.event_types = match v {
+                Value::Null => Some(EventTypeFilter::all()),
+                v => EventTypeFilter::from_json(v, &mut errors),
+            };
+        }
+        if let Some(v) = body.get("description") {
+            patch.description = match v {
+                Value::Null => Some(String::new()),
+                v => parse_description(v, &mut errors),
+            };
+        }
+        if let Some(v) = body.get("status") {
+            match v.as_str().and_then(EndpointStatus::parse) {
+                Some(s) => patch.status = Some(s),
+                None => errors.push(FieldError::new(
+                    "status",
+                    "must be \"enabled\" or \"disabled\"",
+                )),
+            }
+        }
+        if errors.is_empty() {
+            Ok(patch)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// The endpoint after this patch, or `None` when nothing changes.
+    pub fn apply(&self, e: &EndpointRecord, now: Timestamp) -> Option<EndpointRecord> {
+        let mut next = e.clone();
+        if let Some(url) = &self.url {
+            next.url = url.as_str().to_owned();
+        }
+        if let Some(types) = &self.event_types {
+            next.event_types = types.clone();
+        }
+        if let Some(d) = &self.description {
+            next.description = d.clone();
+        }
+        match self.status {
+            Some(EndpointStatus::Enabled) => {
+                next.status = EndpointStatus::Enabled;
+                next.disabled_reason = None;
+            }
+            Some(EndpointStatus::Disabled) if e.status == EndpointStatus::Enabled => {
+                next.status = EndpointStatus::Disabled;
+                next.disabled_reason = Some(DISABLED_BY_API.to_owned());
+            }
+            _ => {}
+        }
+        if next == *e {
+            return None;
+        }
+        next.updated_at = now;
+        Some(next)
+    }
+}
+
+fn parse_url(v: &Value, errors: &mut Vec<FieldError>) -> Option<EndpointUrl> {
+    match v.as_str().map(EndpointUrl::parse) {
+        Some(Ok(u)) => Some(u),
+        Some(Err(detail)) => {
+            errors.push(FieldError::new("url", detail));
+            None
+        }
+        None => {
+            errors.push(FieldError::new("url", "must be a string"));
+            None
+        }
+    }
+}
+
+fn parse_description(v: &Value, errors: &mut Vec<FieldError>) -> Option<String> {
+    match v {
+        Value::String(s) if s.chars().count() <= MAX_DESCRIPTION_CHARS => Some(s.clone()),
+        Value::String(_) => {
+            errors.push(FieldError::new(
+                "description",
+                "must be at most 1024 characters",
+            ));
+            None
+        }
+        _ => {
+            errors.push(FieldError::new("description", "must be a string"));
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn urls_must_be_http_with_a_host_and_no_credentials() {
+        assert!(EndpointUrl::parse("https://hooks.example.com/in?x=1").is_ok());
+        assert!(EndpointUrl::parse("http://127.0.0.1:9000/").is_ok());
+        for bad in [
+            "ftp://example.com/",
+            "https://",
+            "not a url",
+            "/relative",
+            "https://user:pw@example.com/",
+            "https://example.com/#frag",
+            "file:///etc/passwd",
+        ] {
+            assert!(EndpointUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn event_type_filters_are_ordered_deduplicated_and_checked() {
+        let f =
+            EventTypeFilter::from_names(["user.deleted", "user.created", "user.created"]).unwrap();
+        assert_eq!(f.names(), ["user.created", "user.deleted"]);
+        assert!(f.contains(EventType::UserDeleted));
+        assert!(!f.contains(EventType::UserUpdated));
+        assert!(EventTypeFilter::from_names(["user.exploded"]).is_err());
+        assert!(EventTypeFilter::from_names(["webhook.test"]).is_err());
+        assert!(EventTypeFilter::from_names([]).is_err());
+    }
+
+    #[test]
+    fn create_defaults_to_all_user_events() {
+        let e = NewEndpoint::from_json(&obj(json!({"url": "https://a.example/h"}))).unwrap();
+        assert_eq!(e.event_types, EventTypeFilter::all());
+        assert_eq!(e.description, "");
+        let errors =
+            NewEndpoint::from_json(&obj(json!({"url": 1, "event_types": ["x"], "secret": "s"})))
+                .unwrap_err();
+        let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["secret", "url", "event_types"]);
+    }
+
+    #[test]
+    fn patching_status_records_the_reason_and_no_op_patches_change_nothing() {
+        let e = NewEndpoint::from_json(&obj(json!({"url": "https://a.example/h"})))
+            .unwrap()
+            .into_record("ep_1".into(), Timestamp(1));
+        let off = EndpointPatch::from_json(&obj(json!({"status": "disabled"})))
+            .unwrap()
+            .apply(&e, Timestamp(2))
+            .unwrap();
+        assert_eq!(off.disabled_reason.as_deref(), Some(DISABLED_BY_API));
+        let on = EndpointPatch::from_json(&obj(json!({"status": "enabled"})))
+            .unwrap()
+            .apply(&off, Timestamp(3))
+            .unwrap();
+        assert_eq!(on.disabled_reason, None);
+        let same = EndpointPatch::from_json(&obj(json!({"url": "https://a.example/h"}))).unwrap();
+        assert_eq!(same.apply(&e, Timestamp(4)), None);
+    }
+}

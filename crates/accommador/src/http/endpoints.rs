@@ -1,0 +1,231 @@
+//! `/v1/endpoints`: webhook endpoints, their event-type filters, status and signing secrets.
+//! The secret appears only in the create and rotate responses and at `/secret`.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{get, post};
+use serde_json::Value;
+
+use super::error::ApiError;
+use super::extract::{JsonObject, Org, QueryParams};
+use super::openapi::{
+    CreateEndpointRequest, EndpointCreated, EndpointList, EndpointSchema, Problem, SecretSchema,
+    UpdateEndpointRequest,
+};
+use super::users::json_response;
+use super::{AppState, list_body};
+use crate::service::{PageRequest, ServiceError};
+use crate::store::StoreError;
+
+pub fn router() -> axum::Router<AppState> {
+    axum::Router::new()
+        .route("/v1/endpoints", get(list_endpoints).post(create_endpoint))
+        .route(
+            "/v1/endpoints/{id}",
+            get(get_endpoint)
+                .patch(update_endpoint)
+                .delete(delete_endpoint),
+        )
+        .route("/v1/endpoints/{id}/secret", get(get_secret))
+        .route("/v1/endpoints/{id}/secret/rotate", post(rotate_secret))
+}
+
+fn not_found_endpoint(e: ServiceError) -> ApiError {
+    match e {
+        ServiceError::Store(StoreError::NotFound) => ApiError::not_found("this endpoint"),
+        other => other.into(),
+    }
+}
+
+fn secret_body(secret: &str) -> String {
+    serde_json::json!({ "secret": secret }).to_string()
+}
+
+/// Create an endpoint
+///
+/// Returns the endpoint with its signing secret (`whsec_…`). Without `event_types` it receives
+/// every user event.
+#[utoipa::path(post, path = "/v1/endpoints", tag = "endpoints",
+    request_body = CreateEndpointRequest,
+    responses(
+        (status = 201, description = "Created, with its secret", body = EndpointCreated),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 1 MiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid URL or event types", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = [])))]
+pub async fn create_endpoint(
+    State(state): State<AppState>,
+    Org(org): Org,
+    JsonObject(body): JsonObject,
+) -> Result<Response, ApiError> {
+    let (endpoint, secret) = state.service.create_endpoint(&org, &body).await?;
+    let mut json = endpoint.to_json();
+    json["secret"] = Value::String(secret);
+    Ok(json_response(StatusCode::CREATED, json.to_string()))
+}
+
+/// Get an endpoint
+#[utoipa::path(get, path = "/v1/endpoints/{id}", tag = "endpoints",
+    params(("id" = String, Path, description = "ep_…")),
+    responses(
+        (status = 200, description = "The endpoint", body = EndpointSchema),
+        (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such endpoint in this organization", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = [])))]
+pub async fn get_endpoint(
+    State(state): State<AppState>,
+    Org(org): Org,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let e = state
+        .service
+        .get_endpoint(&org, &id)
+        .await
+        .map_err(not_found_endpoint)?;
+    Ok(json_response(StatusCode::OK, e.to_json().to_string()))
+}
+
+/// List endpoints
+///
+/// Oldest first.
+#[utoipa::path(get, path = "/v1/endpoints", tag = "endpoints",
+    params(
+        ("limit" = Option<usize>, Query, description = "1–500, default 50"),
+        ("after" = Option<String>, Query, description = "next_cursor of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of endpoints", body = EndpointList),
+        (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad limit or cursor", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = [])))]
+pub async fn list_endpoints(
+    State(state): State<AppState>,
+    Org(org): Org,
+    query: QueryParams,
+) -> Result<Response, ApiError> {
+    let mut errors = Vec::new();
+    let page = PageRequest::parse(
+        query.get("limit", &mut errors),
+        query.get("after", &mut errors),
+        &mut errors,
+    );
+    query.reject_unknown(&["limit", "after"], &mut errors);
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    let page = state.service.list_endpoints(&org, page).await?;
+    let next = page
+        .has_more
+        .then(|| page.items.last().map(|e| e.id.clone()))
+        .flatten();
+    let items: Vec<String> = page.items.iter().map(|e| e.to_json().to_string()).collect();
+    Ok(json_response(
+        StatusCode::OK,
+        list_body(&items, next.as_deref()),
+    ))
+}
+
+/// Update an endpoint
+///
+/// Any of `url`, `event_types`, `description`, `status`. Setting `status` to `enabled` clears
+/// `disabled_reason`.
+#[utoipa::path(patch, path = "/v1/endpoints/{id}", tag = "endpoints",
+    params(("id" = String, Path, description = "ep_…")),
+    request_body = UpdateEndpointRequest,
+    responses(
+        (status = 200, description = "The endpoint after the change", body = EndpointSchema),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such endpoint in this organization", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = [])))]
+pub async fn update_endpoint(
+    State(state): State<AppState>,
+    Org(org): Org,
+    Path(id): Path<String>,
+    JsonObject(body): JsonObject,
+) -> Result<Response, ApiError> {
+    let e = state
+        .service
+        .update_endpoint(&org, &id, &body)
+        .await
+        .map_err(not_found_endpoint)?;
+    Ok(json_response(StatusCode::OK, e.to_json().to_string()))
+}
+
+/// Delete an endpoint
+#[utoipa::path(delete, path = "/v1/endpoints/{id}", tag = "endpoints",
+    params(("id" = String, Path, description = "ep_…")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such endpoint in this organization", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = [])))]
+pub async fn delete_endpoint(
+    State(state): State<AppState>,
+    Org(org): Org,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .service
+        .delete_endpoint(&org, &id)
+        .await
+        .map_err(not_found_endpoint)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Get an endpoint's signing secret
+#[utoipa::path(get, path = "/v1/endpoints/{id}/secret", tag = "endpoints",
+    params(("id" = String, Path, description = "ep_…")),
+    responses(
+        (status = 200, description = "The current secret", body = SecretSchema),
+        (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such endpoint in this organization", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = [])))]
+pub async fn get_secret(
+    State(state): State<AppState>,
+    Org(org): Org,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let secret = state
+        .service
+        .endpoint_secret(&org, &id)
+        .await
+        .map_err(not_found_endpoint)?;
+    Ok(json_response(StatusCode::OK, secret_body(&secret)))
+}
+
+/// Rotate an endpoint's signing secret
+///
+/// The previous secret keeps signing beside the new one for 24 h (webhooks carry both
+/// signatures); rotating again ends the older one at once.
+#[utoipa::path(post, path = "/v1/endpoints/{id}/secret/rotate", tag = "endpoints",
+    params(("id" = String, Path, description = "ep_…")),
+    responses(
+        (status = 200, description = "The new current secret", body = SecretSchema),
+        (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such endpoint in this organization", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = [])))]
+pub async fn rotate_secret(
+    State(state): State<AppState>,
+    Org(org): Org,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let secret = state
+        .service
+        .rotate_endpoint_secret(&org, &id)
+        .await
+        .map_err(not_found_endpoint)?;
+    Ok(json_response(StatusCode::OK, secret_body(&secret)))
+}
