@@ -1,4 +1,4 @@
-//! The command line (DESIGN 4): `serve`, `worker`, `migrate`, `orgs create`, `verify`.
+//! The command line (DESIGN 4): `serve`, `worker`, `migrate`, `orgs create`, `listen`, `verify`.
 
 use std::path::PathBuf;
 
@@ -31,6 +31,8 @@ pub enum Command {
     /// Manage organizations directly on the database.
     #[command(subcommand)]
     Orgs(OrgsCommand),
+    /// Run a local webhook receiver that verifies and prints each delivery.
+    Listen(ListenArgs),
     /// Verify a webhook request saved to files (exit 0 if the signature is valid).
     Verify(VerifyArgs),
 }
@@ -75,6 +77,19 @@ pub enum OrgsCommand {
         #[command(flatten)]
         database: DatabaseArgs,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ListenArgs {
+    /// Port on 127.0.0.1 to listen on.
+    #[arg(long, default_value_t = 8787)]
+    pub port: u16,
+    /// The endpoint's signing secret; without it requests are printed unverified.
+    #[arg(long, value_name = "whsec_…")]
+    pub secret: Option<String>,
+    /// Print one JSON object per request instead of a readable block.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -71,6 +71,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Listen(args) => {
+            crate::listen::run(args.port, args.secret.as_deref(), args.json).await
+        }
         Command::Verify(args) => verify(&args),
     }
 }

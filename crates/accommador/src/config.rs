@@ -116,8 +116,8 @@ struct Raw {
 }
 
 impl Settings {
-    /// Loads the layers in order. `env` is the process environment in production; tests pass
-    /// their own so they never depend on (or disturb) the real one.
+    /// Loads the layers in order: embedded defaults, `config_file`, `ACCOMMADOR_*` variables of
+    /// the process environment, then `overrides` (flags).
     pub fn load(config_file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Settings> {
         let mut figment = Figment::from(Toml::string(DEFAULTS));
         if let Some(path) = config_file {

@@ -17,12 +17,14 @@
 //! - [`startup`]: building the application, serving, graceful shutdown.
 //! - [`telemetry`]: logging and the Prometheus recorder.
 //! - [`cli`], [`commands`]: the command line and what each subcommand does.
+//! - [`listen`]: the local development receiver (`accommador listen`).
 
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod listen;
 pub mod service;
 pub mod startup;
 pub mod store;

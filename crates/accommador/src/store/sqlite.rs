@@ -421,28 +421,37 @@ impl SqliteStore {
                     .map_err(db_err)?
                     .ok_or(StoreError::UnknownCursor)?,
             };
-            let type_filter = event_type.map(EventType::as_str);
-            let mut stmt = c
-                .prepare_cached(
-                    "SELECT id, payload FROM events
-                     WHERE org_id = ?1 AND seq > ?2 AND type <> 'webhook.test'
-                       AND (?3 IS NULL OR type = ?3)
-                     ORDER BY seq LIMIT ?4",
-                )
-                .map_err(db_err)?;
-            let mut items = stmt
-                .query_map(
-                    params![org, after_seq, type_filter, limit as i64 + 1],
-                    |r| {
-                        Ok(StoredEvent {
-                            id: r.get(0)?,
-                            payload: r.get(1)?,
-                        })
-                    },
-                )
-                .map_err(db_err)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(db_err)?;
+            // Two statements, so each uses its own index: (org, seq) or (org, type, seq).
+            let row = |r: &rusqlite::Row<'_>| {
+                Ok(StoredEvent {
+                    id: r.get(0)?,
+                    payload: r.get(1)?,
+                })
+            };
+            let fetch = limit as i64 + 1;
+            let mut items = match event_type {
+                None => c
+                    .prepare_cached(
+                        "SELECT id, payload FROM events
+                         WHERE org_id = ?1 AND seq > ?2 AND type <> 'webhook.test'
+                         ORDER BY seq LIMIT ?3",
+                    )
+                    .and_then(|mut s| {
+                        s.query_map(params![org, after_seq, fetch], row)?
+                            .collect::<Result<Vec<_>, _>>()
+                    }),
+                Some(t) => c
+                    .prepare_cached(
+                        "SELECT id, payload FROM events
+                         WHERE org_id = ?1 AND type = ?2 AND seq > ?3
+                         ORDER BY seq LIMIT ?4",
+                    )
+                    .and_then(|mut s| {
+                        s.query_map(params![org, t.as_str(), after_seq, fetch], row)?
+                            .collect::<Result<Vec<_>, _>>()
+                    }),
+            }
+            .map_err(db_err)?;
             let has_more = items.len() > limit;
             items.truncate(limit);
             Ok(Page { items, has_more })
@@ -686,8 +695,17 @@ impl SqliteStore {
 #[error("the write was not committed: the SQLite writer could not run it")]
 struct WriteAborted;
 
+/// Locks `REAL_PATH.lock`, where REAL_PATH is the database file with symbolic links resolved,
+/// so a second server reaching the same file through another path is refused too.
 fn take_lock(path: &Path) -> anyhow::Result<File> {
-    let mut lock_path = path.as_os_str().to_owned();
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("creating SQLite database {}", path.display()))?;
+    let real =
+        std::fs::canonicalize(path).with_context(|| format!("resolving {}", path.display()))?;
+    let mut lock_path = real.into_os_string();
     lock_path.push(".lock");
     let lock_path = PathBuf::from(lock_path);
     let file = std::fs::OpenOptions::new()

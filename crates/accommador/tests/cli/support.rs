@@ -1,0 +1,343 @@
+//! Running the real `accommador` binary: one-shot commands with a bounded wait, and `serve`
+//! processes that are polled until `/healthz` answers and killed when dropped.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_accommador");
+pub(crate) const ADMIN_TOKEN: &str = "cli-test-admin-token";
+
+/// How long a one-shot command may run before the test gives up on it.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a server may take to answer `/healthz`.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+const POLL: Duration = Duration::from_millis(20);
+
+/// Names files for children's output uniquely within one test directory.
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+fn next_seq() -> usize {
+    SEQ.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A port nothing listens on right now (bound on port 0 and released).
+pub(crate) fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding 127.0.0.1:0")
+        .port()
+}
+
+pub(crate) fn sqlite_url(path: &Path) -> String {
+    format!("sqlite://{}", path.display())
+}
+
+/// Whether something accepts TCP connections on this local port.
+pub(crate) fn port_is_open(port: u16) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+}
+
+/// The binary, run in `dir`, with no inherited `ACCOMMADOR_*` setting (nor `RUST_LOG`), so the
+/// host environment cannot leak into a test.
+pub(crate) fn command(dir: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir).stdin(Stdio::null());
+    for (key, _) in std::env::vars_os() {
+        let name = key.to_string_lossy();
+        if name.starts_with("ACCOMMADOR_") || name == "RUST_LOG" {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd
+}
+
+/// What a finished command left behind.
+#[derive(Debug)]
+pub(crate) struct Output {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    /// Panics unless the command exited 0.
+    pub fn success(self) -> Output {
+        assert!(
+            self.status.success(),
+            "expected success, got {}\nstdout: {}\nstderr: {}",
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    /// Panics unless the command failed the documented way: a non-zero exit and exactly one
+    /// line on stderr. Returns that line.
+    pub fn one_line_failure(&self) -> String {
+        assert!(
+            !self.status.success(),
+            "expected a failure, got {}\nstdout: {}\nstderr: {}",
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        let lines: Vec<&str> = self.stderr.trim_end().lines().collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "expected a one-line error on stderr, got:\n{}",
+            self.stderr
+        );
+        assert!(!lines[0].trim().is_empty(), "the error line is empty");
+        lines[0].to_owned()
+    }
+}
+
+/// Runs `cmd` to completion (at most [`COMMAND_TIMEOUT`]), its output captured in files in
+/// `dir` so a chatty child can never block on a full pipe.
+pub(crate) fn run(dir: &Path, mut cmd: Command) -> Output {
+    let n = next_seq();
+    let out_path = dir.join(format!("cmd-{n}.stdout"));
+    let err_path = dir.join(format!("cmd-{n}.stderr"));
+    cmd.stdout(File::create(&out_path).expect("creating the stdout file"))
+        .stderr(File::create(&err_path).expect("creating the stderr file"));
+    let mut child = cmd.spawn().expect("spawning accommador");
+    let status = match wait_for_exit(&mut child, COMMAND_TIMEOUT) {
+        Some(status) => status,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{cmd:?} did not exit within {COMMAND_TIMEOUT:?}\nstderr: {}",
+                read_lossy(&err_path)
+            );
+        }
+    };
+    Output {
+        status,
+        stdout: read_lossy(&out_path),
+        stderr: read_lossy(&err_path),
+    }
+}
+
+/// Runs the binary with `args` in `dir`.
+pub(crate) fn run_args(dir: &Path, args: &[&str]) -> Output {
+    let mut cmd = command(dir);
+    cmd.args(args);
+    run(dir, cmd)
+}
+
+fn read_lossy(path: &Path) -> String {
+    String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
+}
+
+/// Polls the child until it exits or `timeout` passes (`None`).
+pub(crate) fn wait_for_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("waiting for the child") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+pub(crate) fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("building the HTTP client")
+}
+
+/// A running `accommador serve`; killed (SIGKILL) and reaped when dropped.
+#[derive(Debug)]
+pub(crate) struct Server {
+    child: Option<Child>,
+    pub port: u16,
+    log: PathBuf,
+    pub client: reqwest::Client,
+}
+
+impl Server {
+    /// `serve --listen 127.0.0.1:<free port> --database sqlite://<db>` with `envs`; retried on
+    /// a fresh port if another process took the chosen one first.
+    pub async fn start(dir: &Path, db: &Path, envs: &[(&str, &str)]) -> Server {
+        let mut last_log = String::new();
+        for _ in 0..3 {
+            let port = free_port();
+            let mut cmd = command(dir);
+            cmd.arg("serve")
+                .arg("--listen")
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("--database")
+                .arg(sqlite_url(db))
+                .envs(envs.iter().copied());
+            match Server::spawn(dir, cmd, port).await {
+                Ok(server) => return server,
+                Err(log) if log.contains("error: listening on") => last_log = log,
+                Err(log) => panic!("accommador serve did not start:\n{log}"),
+            }
+        }
+        panic!("accommador serve could not bind a free port:\n{last_log}");
+    }
+
+    /// Spawns `cmd` (a `serve` command line) and waits until `/healthz` answers on `port`.
+    /// `Err` carries the child's stderr if it exited or never became healthy.
+    pub async fn spawn(dir: &Path, mut cmd: Command, port: u16) -> Result<Server, String> {
+        let log = dir.join(format!("serve-{}.log", next_seq()));
+        cmd.stdout(Stdio::null())
+            .stderr(File::create(&log).expect("creating the server log"));
+        let child = cmd.spawn().expect("spawning accommador serve");
+        let mut server = Server {
+            child: Some(child),
+            port,
+            log,
+            client: http_client(),
+        };
+        match server.wait_healthy().await {
+            Ok(()) => Ok(server),
+            Err(why) => {
+                server.kill();
+                Err(format!("{why}\nserver log:\n{}", server.log()))
+            }
+        }
+    }
+
+    async fn wait_healthy(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let url = self.url("/healthz");
+        loop {
+            let child = self.child.as_mut().expect("a started server");
+            if let Some(status) = child.try_wait().expect("polling the server") {
+                return Err(format!("the server exited with {status} before answering"));
+            }
+            if let Ok(resp) = self.client.get(&url).send().await
+                && resp.status() == 200
+            {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("{url} did not answer 200 within {READY_TIMEOUT:?}"));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("a running server").id()
+    }
+
+    /// What the server wrote to stderr so far.
+    pub fn log(&self) -> String {
+        read_lossy(&self.log)
+    }
+
+    /// SIGKILL and reap (idempotent).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits (bounded) for the server to exit on its own and returns its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut().expect("a running server");
+        let status = wait_for_exit(child, timeout)?;
+        self.child = None;
+        Some(status)
+    }
+
+    /// `POST /v1/organizations` with the admin token; returns (org id, API key).
+    pub async fn create_org(&self, name: &str) -> (String, String) {
+        let resp = self
+            .client
+            .post(self.url("/v1/organizations"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&serde_json::json!({ "name": name }))
+            .send()
+            .await
+            .expect("POST /v1/organizations");
+        assert_eq!(resp.status(), 201, "creating an organization");
+        let body: Value = resp.json().await.expect("organization JSON");
+        (
+            body["id"].as_str().expect("org id").to_owned(),
+            body["api_key"].as_str().expect("api_key").to_owned(),
+        )
+    }
+
+    /// `POST /v1/users`; returns the created user.
+    pub async fn create_user(&self, key: &str, email: &str) -> Value {
+        let resp = self
+            .client
+            .post(self.url("/v1/users"))
+            .bearer_auth(key)
+            .json(&serde_json::json!({ "email": email }))
+            .send()
+            .await
+            .expect("POST /v1/users");
+        assert_eq!(resp.status(), 201, "creating user {email}");
+        resp.json().await.expect("user JSON")
+    }
+
+    /// `GET path` with the key; returns the status and the JSON body (`Null` if none).
+    pub async fn get(&self, key: &str, path: &str) -> (u16, Value) {
+        let resp = self
+            .client
+            .get(self.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("response body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Every item of a list, following `next_cursor`. `path` already has a `?`.
+    pub async fn list_all(&self, key: &str, path: &str) -> Vec<Value> {
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..10_000 {
+            let page_path = match &cursor {
+                None => path.to_owned(),
+                Some(c) => format!("{path}&after={c}"),
+            };
+            let (status, body) = self.get(key, &page_path).await;
+            assert_eq!(status, 200, "GET {page_path}: {body}");
+            let data = body["data"].as_array().expect("a list has data");
+            items.extend(data.iter().cloned());
+            match &body["next_cursor"] {
+                Value::Null => return items,
+                Value::String(next) => {
+                    assert!(!data.is_empty(), "a cursor after an empty page: {body}");
+                    cursor = Some(next.clone());
+                }
+                other => panic!("next_cursor is neither null nor a string: {other}"),
+            }
+        }
+        panic!("{path}: the list did not end after 10,000 pages");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
