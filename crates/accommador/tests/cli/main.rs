@@ -572,7 +572,7 @@ async fn sigterm_stops_the_server_with_status_0_and_keeps_the_data() {
 fn help_lists_every_subcommand_and_each_has_its_own_help() {
     let dir = tempdir();
     let out = run_args(dir.path(), &["--help"]).success();
-    let subcommands = ["serve", "worker", "migrate", "orgs", "verify"];
+    let subcommands = ["serve", "worker", "migrate", "orgs", "listen", "verify"];
     for name in subcommands {
         assert!(
             out.stdout
@@ -590,4 +590,79 @@ fn help_lists_every_subcommand_and_each_has_its_own_help() {
         let out = run_args(dir.path(), &args).success();
         assert!(out.stdout.contains("Usage:"), "{args:?}:\n{}", out.stdout);
     }
+}
+
+/// `accommador listen --secret … --json` accepts a correctly signed delivery with 204, rejects
+/// a forged one with 401, and prints one JSON line per request saying which verified.
+#[tokio::test]
+async fn listen_verifies_signatures_and_prints_each_request() {
+    let dir = tempdir();
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let port = free_port();
+    let out = dir.path().join("listen.out");
+    let mut child = command(dir.path())
+        .args([
+            "listen",
+            "--port",
+            &port.to_string(),
+            "--secret",
+            secret,
+            "--json",
+        ])
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !port_is_open(port) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "listen never opened its port"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "listen exited early");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let body =
+        r#"{"id":"evt_1","type":"user.created","timestamp":"2026-11-27T01:02:03.456Z","data":{}}"#;
+    let ts = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let good =
+        accommador_webhooks::Secret::parse(secret)
+            .unwrap()
+            .sign("evt_1", ts, body.as_bytes());
+    let client = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for signature in [
+        good.as_str(),
+        "v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+    ] {
+        let r = client
+            .post(format!("http://127.0.0.1:{port}/hooks"))
+            .header("content-type", "application/json")
+            .header("webhook-id", "evt_1")
+            .header("webhook-timestamp", ts.to_string())
+            .header("webhook-signature", signature)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(statuses, [204, 401]);
+    let printed = std::fs::read_to_string(&out).unwrap();
+    let lines: Vec<Value> = printed
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{printed}");
+    assert_eq!(lines[0]["verified"], true);
+    assert_eq!(lines[0]["webhook_id"], "evt_1");
+    assert_eq!(lines[0]["body"]["type"], "user.created");
+    assert_eq!(lines[0]["path"], "/hooks");
+    assert_eq!(lines[1]["verified"], false);
+    assert!(lines[1]["error"].as_str().unwrap().contains("signature"));
 }
