@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 pub const DEFAULTS: &str = include_str!("../config/default.toml");
@@ -126,8 +126,18 @@ impl Settings {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
+        // Environment values are taken as the strings they are (figment's own Env provider
+        // would read ACCOMMADOR_ADMIN_TOKEN=007 as the number 7); each setting parses its own.
+        let env: std::collections::BTreeMap<&str, String> = KEYS
+            .iter()
+            .filter_map(|key| {
+                std::env::var(format!("ACCOMMADOR_{}", key.to_ascii_uppercase()))
+                    .ok()
+                    .map(|v| (*key, v))
+            })
+            .collect();
         let figment = figment
-            .merge(Env::prefixed("ACCOMMADOR_").only(KEYS))
+            .merge(Serialized::globals(env))
             .merge(Serialized::globals(overrides));
         let raw: Raw = figment.extract().map_err(|e| {
             anyhow::anyhow!(

@@ -60,10 +60,16 @@ impl Application {
             let mut tick = tokio::time::interval(PURGE_EVERY);
             loop {
                 tick.tick().await;
-                match store.purge_idempotency_keys(Timestamp::now()).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(purged = n, "expired idempotency keys removed"),
-                    Err(e) => tracing::warn!(error = %e, "purging idempotency keys failed"),
+                // Bounded batches, each its own write, so requests interleave with the purge.
+                loop {
+                    match store.purge_idempotency_keys(Timestamp::now()).await {
+                        Ok(0) => break,
+                        Ok(n) => tracing::info!(purged = n, "expired idempotency keys removed"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "purging idempotency keys failed");
+                            break;
+                        }
+                    }
                 }
             }
         });

@@ -100,6 +100,7 @@ pub async fn get_endpoint(
     ),
     responses(
         (status = 200, description = "A page of endpoints", body = EndpointList),
+        (status = 400, description = "Malformed query string", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad limit or cursor", body = Problem, content_type = "application/problem+json"),
     ),

@@ -34,6 +34,7 @@ pub fn router() -> axum::Router<AppState> {
     ),
     responses(
         (status = 200, description = "A page of events", body = EventList),
+        (status = 400, description = "Malformed query string", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad type, limit or cursor", body = Problem, content_type = "application/problem+json"),
     ),

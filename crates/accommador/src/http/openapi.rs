@@ -64,6 +64,7 @@ pub struct CreateUserRequest {
 #[derive(Debug, ToSchema)]
 #[allow(dead_code)]
 pub struct UpdateUserRequest {
+    #[schema(nullable = false)]
     email: Option<String>,
     name: Option<String>,
     #[schema(value_type = Option<Object>)]
@@ -206,8 +207,40 @@ pub struct Health {
 #[derive(Debug)]
 struct Security;
 
+/// Every operation can fail with an opaque 500 problem; say so once for all of them.
+fn add_server_errors(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let response = ResponseBuilder::new()
+        .description("Internal error (opaque; the cause is logged)")
+        .content(
+            "application/problem+json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build(),
+        )
+        .build();
+    for item in openapi.paths.paths.values_mut() {
+        for op in [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            op.responses
+                .responses
+                .entry("500".to_owned())
+                .or_insert_with(|| response.clone().into());
+        }
+    }
+}
+
 impl Modify for Security {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        add_server_errors(openapi);
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "api_key",

@@ -66,7 +66,7 @@ fn saved_create(result: &Result<UserRecord, StoreError>) -> Option<SavedResponse
     request_body = CreateUserRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe: same key + same JSON → the first response")),
     responses(
-        (status = 201, description = "Created", body = UserSchema),
+        (status = 201, description = "Created (or, for a retried Idempotency-Key, the first response with header `idempotent-replayed: true`)", body = UserSchema),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Email already used by a live user", body = Problem, content_type = "application/problem+json"),
@@ -96,15 +96,20 @@ pub async fn create_user(
         .await?
     {
         Idempotent::Fresh(user) => Ok(json_response(StatusCode::CREATED, user_json(&user))),
+        Idempotent::Refused(saved) => saved_response(saved),
         Idempotent::Replay(saved) => {
-            let status = StatusCode::from_u16(saved.status).map_err(ApiError::internal)?;
-            let mut response = json_response(status, saved.body);
+            let mut response = saved_response(saved)?;
             response
                 .headers_mut()
                 .insert("idempotent-replayed", HeaderValue::from_static("true"));
             Ok(response)
         }
     }
+}
+
+fn saved_response(saved: SavedResponse) -> Result<Response, ApiError> {
+    let status = StatusCode::from_u16(saved.status).map_err(ApiError::internal)?;
+    Ok(json_response(status, saved.body))
 }
 
 /// Get a user
@@ -139,6 +144,7 @@ pub async fn get_user(
     ),
     responses(
         (status = 200, description = "A page of users", body = UserList),
+        (status = 400, description = "Malformed query string", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad limit or cursor", body = Problem, content_type = "application/problem+json"),
     ),

@@ -92,7 +92,11 @@ pub type RenderSaved<T> = fn(&Result<T, StoreError>) -> Option<SavedResponse>;
 /// The result of an idempotent write: done now, or the response of the first request.
 #[derive(Debug)]
 pub enum Idempotent<T> {
+    /// Done now.
     Fresh(T),
+    /// Refused now (e.g. a conflict), with the response saved for the key's retries.
+    Refused(SavedResponse),
+    /// A retry: the first request's response.
     Replay(SavedResponse),
 }
 
@@ -110,11 +114,21 @@ pub struct StoredEvent {
     pub payload: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CreatedOrg {
     pub id: String,
     pub name: String,
+    /// Shown once to the caller; never logged.
     pub api_key: String,
+}
+
+impl std::fmt::Debug for CreatedOrg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedOrg")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The store, whichever backend the URL chose.

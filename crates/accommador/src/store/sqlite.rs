@@ -6,12 +6,21 @@
 //!   takes whatever jobs are waiting (up to [`MAX_BATCH`]), runs each inside its own savepoint
 //!   of one transaction (a job that fails rolls back alone), commits once, and only then answers
 //!   every job. Under load one fsync serves many requests.
+//!   If SQLite rolls back the whole transaction (I/O error, full disk), every job of that batch
+//!   is answered with an error and nothing of it is committed; the jobs it did not reach run in
+//!   the next batch. A job that panics is rolled back alone like a failed one.
+//! - **Idempotency-Key**: the key's record is written in the same savepoint as the change it
+//!   answers. Because one writer runs every job, a duplicate that arrives while the first is
+//!   running waits for its commit and gets the replay: SQLite never needs DESIGN's
+//!   "409 while the first request is still running" (it is kept for backends with concurrent
+//!   writers).
 //! - **Reads** go through a small pool of connections on the blocking thread pool; WAL lets them
 //!   run beside the writer.
 //! - **Ownership**: a server takes an OS lock on `PATH.lock`; a second server on the same file
 //!   refuses to start. The OS drops the lock when a process dies, so nothing stale is left.
 //!   Tools (`migrate`, `orgs create`) write beside a server, waiting on SQLite's busy timeout.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -179,21 +188,23 @@ impl SqliteStore {
             .map_err(StoreError::database)?;
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            let conn = inner
-                .readers
-                .lock()
-                .expect("reader pool lock")
-                .pop()
-                .expect("a permit guarantees a connection");
-            let result = f(&conn);
-            inner.readers.lock().expect("reader pool lock").push(conn);
-            result
+            let conn = PooledReader::take(&inner);
+            f(conn.0.as_ref().expect("taken until dropped"))
         })
         .await
         .map_err(StoreError::database)?
     }
 
+    /// Whether the writer thread still takes work (it stops only if it died).
+    pub fn writer_alive(&self) -> bool {
+        !self.inner.writer.is_closed()
+    }
+
+    /// Ready when a read answers and the writer still takes work.
     pub async fn ping(&self) -> Result<(), StoreError> {
+        if !self.writer_alive() {
+            return Err(StoreError::database(WriteAborted));
+        }
         self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(db_err))
             .await
     }
@@ -280,7 +291,7 @@ impl SqliteStore {
                     match result {
                         Ok(user) => Ok(Idempotent::Fresh(user)),
                         // Saved with the key: the failure is the response, and it commits.
-                        Err(_) => Ok(Idempotent::Replay(saved)),
+                        Err(_) => Ok(Idempotent::Refused(saved)),
                     }
                 }
                 None => result.map(Idempotent::Fresh),
@@ -683,11 +694,42 @@ impl SqliteStore {
 
     pub async fn purge_idempotency_keys(&self, now: Timestamp) -> Result<usize, StoreError> {
         self.write(move |c| {
-            c.prepare_cached("DELETE FROM idempotency_keys WHERE created_at < ?1")
-                .and_then(|mut s| s.execute([now.millis() - IDEMPOTENCY_TTL_MS]))
-                .map_err(db_err)
+            // Bounded, so one purge never holds the writer long; the next tick takes the rest.
+            c.prepare_cached(
+                "DELETE FROM idempotency_keys WHERE rowid IN (
+                     SELECT rowid FROM idempotency_keys WHERE created_at < ?1 LIMIT 5000)",
+            )
+            .and_then(|mut s| s.execute([now.millis() - IDEMPOTENCY_TTL_MS]))
+            .map_err(db_err)
         })
         .await
+    }
+}
+
+/// A read connection borrowed from the pool; returned on drop, even when a reader panics.
+struct PooledReader<'a>(Option<Connection>, &'a Inner);
+
+impl<'a> PooledReader<'a> {
+    fn take(inner: &'a Inner) -> PooledReader<'a> {
+        let conn = inner
+            .readers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop()
+            .expect("a permit guarantees a connection");
+        PooledReader(Some(conn), inner)
+    }
+}
+
+impl Drop for PooledReader<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            self.1
+                .readers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(conn);
+        }
     }
 }
 
@@ -729,26 +771,53 @@ fn take_lock(path: &Path) -> anyhow::Result<File> {
 }
 
 fn writer_loop(conn: Connection, mut jobs: mpsc::Receiver<Job>) {
-    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    // Jobs not yet run; after a broken batch the ones it did not reach wait here.
+    let mut pending: VecDeque<Job> = VecDeque::with_capacity(MAX_BATCH);
     let mut finishes: Vec<Finish> = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = jobs.blocking_recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
+    loop {
+        if pending.is_empty() {
+            match jobs.blocking_recv() {
+                Some(job) => pending.push_back(job),
+                None => return,
+            }
+        }
+        while pending.len() < MAX_BATCH {
             match jobs.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok(job) => pending.push_back(job),
                 Err(_) => break,
             }
         }
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
             tracing::error!(error = %e, "SQLite could not begin a write transaction");
             // Dropping the jobs answers each waiting request with `WriteAborted`.
-            batch.clear();
+            pending.clear();
             continue;
         }
-        for job in batch.drain(..) {
-            finishes.push(run_in_savepoint(&conn, job));
+        let mut broken = false;
+        while let Some(job) = pending.pop_front() {
+            match run_in_savepoint(&conn, job) {
+                Step::Done(finish) => finishes.push(finish),
+                Step::BatchBroken(finish) => {
+                    finishes.push(finish);
+                    broken = true;
+                    break;
+                }
+            }
+            if finishes.len() >= MAX_BATCH {
+                break;
+            }
         }
-        let committed = conn.execute_batch("COMMIT");
+        // The transaction is gone (SQLite rolled it back: I/O error, full disk, a
+        // RAISE(ROLLBACK)) or a savepoint could not be closed: nothing of this batch may
+        // commit. Its jobs are answered with an error; those it did not reach run next.
+        let committed = if broken {
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            Err(None)
+        } else {
+            conn.execute_batch("COMMIT").map_err(Some)
+        };
         match committed {
             Ok(()) => {
                 for finish in finishes.drain(..) {
@@ -756,9 +825,13 @@ fn writer_loop(conn: Connection, mut jobs: mpsc::Receiver<Job>) {
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "SQLite commit failed; the batch is rolled back");
-                let _ = conn.execute_batch("ROLLBACK");
-                let e = Arc::new(e);
+                if let Some(e) = &e {
+                    tracing::error!(error = %e, "SQLite commit failed; the batch is rolled back");
+                    if !conn.is_autocommit() {
+                        let _ = conn.execute_batch("ROLLBACK");
+                    }
+                }
+                let e = Arc::new(e.unwrap_or(rusqlite::Error::ExecuteReturnedResults));
                 for finish in finishes.drain(..) {
                     finish(Err(StoreError::database(SharedError(e.clone()))));
                 }
@@ -767,23 +840,48 @@ fn writer_loop(conn: Connection, mut jobs: mpsc::Receiver<Job>) {
     }
 }
 
-/// Runs one job in its own savepoint, rolled back alone if the job fails.
-fn run_in_savepoint(conn: &Connection, job: Job) -> Finish {
+/// What running one job did to the batch.
+enum Step {
+    /// The job ran (and failed or succeeded) inside its savepoint; the batch goes on.
+    Done(Finish),
+    /// The batch transaction cannot be trusted any more and must not commit.
+    BatchBroken(Finish),
+}
+
+/// Runs one job in its own savepoint, rolled back alone if the job fails or panics.
+fn run_in_savepoint(conn: &Connection, job: Job) -> Step {
+    let noop: Finish = Box::new(|_| {});
     if let Err(e) = conn.execute_batch("SAVEPOINT job") {
         tracing::error!(error = %e, "SQLite could not open a savepoint");
+        // Dropping the job answers its request with `WriteAborted`.
         drop(job);
-        return Box::new(|_| {});
+        return Step::BatchBroken(noop);
     }
-    let (ok, finish) = job(conn);
+    let (ok, finish) = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(conn))) {
+        Ok(result) => result,
+        Err(_) => {
+            // The job's answer channel was dropped while unwinding: its request gets
+            // `WriteAborted`. Its writes are undone below like any failed job's.
+            tracing::error!("a write job panicked; its savepoint is rolled back");
+            (false, noop)
+        }
+    };
+    if conn.is_autocommit() {
+        // SQLite rolled back the whole transaction while the job ran.
+        return Step::BatchBroken(finish);
+    }
     let end = if ok {
         conn.execute_batch("RELEASE job")
     } else {
         conn.execute_batch("ROLLBACK TO job; RELEASE job")
     };
-    if let Err(e) = end {
-        tracing::error!(error = %e, "SQLite could not close a savepoint");
+    match end {
+        Ok(()) => Step::Done(finish),
+        Err(e) => {
+            tracing::error!(error = %e, "SQLite could not close a savepoint");
+            Step::BatchBroken(finish)
+        }
     }
-    finish
 }
 
 #[derive(Debug, thiserror::Error)]

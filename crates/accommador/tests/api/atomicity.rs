@@ -136,3 +136,74 @@ async fn one_failing_request_in_a_batch_fails_alone() {
         .collect();
     assert_eq!(evented, created);
 }
+
+/// A failure that makes SQLite roll back the whole batch transaction (as an I/O error or a full
+/// disk would) must not let any request of that batch commit unanswered or be answered 201
+/// without being stored.
+#[tokio::test]
+async fn a_batch_that_sqlite_rolls_back_commits_nothing_it_did_not_acknowledge() {
+    let app = Arc::new(spawn_app().await);
+    let t = app.create_org("Acme").await;
+    let conn = rusqlite::Connection::open(&app.db_path).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .unwrap();
+    conn.execute_batch(
+        "CREATE TRIGGER rollback_all BEFORE INSERT ON events
+         WHEN NEW.payload LIKE '%@rollback.test%'
+         BEGIN SELECT RAISE(ROLLBACK, 'injected rollback'); END;",
+    )
+    .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let (app, t) = (app.clone(), t.clone());
+        let email = if i == 50 {
+            "boom@rollback.test".to_owned()
+        } else {
+            format!("u{i}@ok.test")
+        };
+        tasks.push(tokio::spawn(async move {
+            let r = app.post(&t, "/v1/users", &json!({ "email": email })).await;
+            let status = r.status();
+            let body: Value = r.json().await.unwrap();
+            (email, status, body)
+        }));
+    }
+    let mut acknowledged = HashSet::new();
+    let mut refused = HashSet::new();
+    for task in tasks {
+        let (email, status, body) = task.await.unwrap();
+        match status {
+            StatusCode::CREATED => {
+                acknowledged.insert(email);
+            }
+            StatusCode::INTERNAL_SERVER_ERROR => {
+                assert!(body["detail"].is_string());
+                refused.insert(email);
+            }
+            other => panic!("{email}: unexpected {other}"),
+        }
+    }
+    assert!(refused.contains("boom@rollback.test"));
+    let list: Value = app
+        .get(&t, "/v1/users?limit=500")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let stored: HashSet<String> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["email"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        stored, acknowledged,
+        "stored users differ from the acknowledged ones"
+    );
+    assert_eq!(
+        app.all_events(&t, "&type=user.created").await.len(),
+        acknowledged.len()
+    );
+    // The writer carries on after the broken batch.
+    app.create_user(&t, json!({"email": "after@ok.test"})).await;
+}

@@ -59,8 +59,10 @@ async fn a_retry_with_the_same_key_and_json_replays_the_first_response() {
         .as_str()
         .unwrap()
         .to_owned();
-    app.patch(&t, &format!("/v1/users/{id}"), &json!({"name": "B"}))
+    let r = app
+        .patch(&t, &format!("/v1/users/{id}"), &json!({"name": "B"}))
         .await;
+    assert_eq!(r.status(), StatusCode::OK);
     let later = post_with_key(
         &app,
         &t,
@@ -109,12 +111,17 @@ async fn a_conflict_is_replayed_as_it_was() {
     let taken = app.create_user(&t, json!({"email": "taken@b.co"})).await;
     let first = post_with_key(&app, &t, "k-conflict", r#"{"email":"taken@b.co"}"#).await;
     assert_eq!(first.status(), StatusCode::CONFLICT);
+    assert!(
+        !first.headers().contains_key("idempotent-replayed"),
+        "the first answer is no replay"
+    );
     let first_body = first.text().await.unwrap();
     // Even once the email is free, the key answers with the first response.
     app.delete(&t, &format!("/v1/users/{}", taken["id"].as_str().unwrap()))
         .await;
     let again = post_with_key(&app, &t, "k-conflict", r#"{"email":"taken@b.co"}"#).await;
     assert_eq!(again.status(), StatusCode::CONFLICT);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
     assert_eq!(again.text().await.unwrap(), first_body);
     assert_eq!(user_count(&app, &t).await, 0);
 }
@@ -128,22 +135,26 @@ async fn concurrent_duplicates_create_one_user() {
         let (app, t) = (app.clone(), t.clone());
         tasks.push(tokio::spawn(async move {
             let r = post_with_key(&app, &t, "race", r#"{"email":"race@b.co"}"#).await;
-            (r.status(), r.text().await.unwrap())
+            let replayed = r.headers().contains_key("idempotent-replayed");
+            (r.status(), replayed, r.text().await.unwrap())
         }));
     }
+    // The single SQLite writer serialises the duplicates: the first creates, every other one
+    // waits for that commit and gets its response replayed (never a second user).
     let mut bodies = Vec::new();
+    let mut fresh = 0;
     for task in tasks {
-        let (status, body) = task.await.unwrap();
-        // Either the replayed 201, or 409 while the first is still running.
-        assert!(
-            status == StatusCode::CREATED || status == StatusCode::CONFLICT,
-            "{status}: {body}"
-        );
-        if status == StatusCode::CREATED {
-            bodies.push(body);
+        let (status, replayed, body) = task.await.unwrap();
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        if !replayed {
+            fresh += 1;
         }
+        bodies.push(body);
     }
-    assert!(!bodies.is_empty());
+    assert_eq!(
+        fresh, 1,
+        "exactly one request may run; the others are replays"
+    );
     assert!(bodies.iter().all(|b| *b == bodies[0]), "replays differ");
     assert_eq!(user_count(&app, &t).await, 1);
     assert_eq!(app.all_events(&t, "").await.len(), 1);

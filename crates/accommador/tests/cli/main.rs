@@ -666,3 +666,22 @@ async fn listen_verifies_signatures_and_prints_each_request() {
     assert_eq!(lines[1]["verified"], false);
     assert!(lines[1]["error"].as_str().unwrap().contains("signature"));
 }
+
+/// Environment values are strings as written: a numeric-looking admin token is not rewritten.
+#[tokio::test]
+async fn a_numeric_looking_admin_token_from_the_environment_is_kept_as_written() {
+    let dir = tempdir();
+    let db = dir.path().join("t.db");
+    let server = Server::start(dir.path(), &db, &[("ACCOMMADOR_ADMIN_TOKEN", "007")]).await;
+    for (token, expected) in [("7", 401), ("007", 201)] {
+        let r = server
+            .client
+            .post(server.url("/v1/organizations"))
+            .bearer_auth(token)
+            .json(&json!({"name": "Acme"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), expected, "Bearer {token}");
+    }
+}
