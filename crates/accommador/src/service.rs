@@ -106,7 +106,7 @@ impl Service {
         self.store
             .list_users(org.to_owned(), page.after, page.limit)
             .await
-            .map_err(cursor_error)
+            .map_err(ServiceError::from)
     }
 
     pub async fn list_events(
@@ -118,7 +118,7 @@ impl Service {
         self.store
             .list_events(org.to_owned(), event_type, page.after, page.limit)
             .await
-            .map_err(cursor_error)
+            .map_err(ServiceError::from)
     }
 
     pub async fn get_event(&self, org: &str, id: &str) -> Result<StoredEvent, ServiceError> {
@@ -157,7 +157,7 @@ impl Service {
         self.store
             .list_endpoints(org.to_owned(), page.after, page.limit)
             .await
-            .map_err(cursor_error)
+            .map_err(ServiceError::from)
     }
 
     pub async fn update_endpoint(
@@ -198,16 +198,6 @@ impl Service {
             .store
             .rotate_endpoint_secret(org.to_owned(), id.to_owned(), secret)
             .await?)
-    }
-}
-
-fn cursor_error(e: StoreError) -> ServiceError {
-    match e {
-        StoreError::UnknownCursor => ServiceError::Invalid(vec![FieldError::new(
-            "after",
-            "is not a cursor from this list (use next_cursor, or the ID of an item)",
-        )]),
-        other => ServiceError::Store(other),
     }
 }
 

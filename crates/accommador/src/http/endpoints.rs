@@ -13,9 +13,8 @@ use super::openapi::{
     CreateEndpointRequest, EndpointCreated, EndpointList, EndpointSchema, Problem, SecretSchema,
     UpdateEndpointRequest,
 };
-use super::users::json_response;
-use super::{AppState, list_body};
-use crate::service::{PageRequest, ServiceError};
+use super::{AppState, json_response, page_response, parse_page};
+use crate::service::ServiceError;
 use crate::store::StoreError;
 
 pub fn router() -> axum::Router<AppState> {
@@ -110,26 +109,9 @@ pub async fn list_endpoints(
     Org(org): Org,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
-    let mut errors = Vec::new();
-    let page = PageRequest::parse(
-        query.get("limit", &mut errors),
-        query.get("after", &mut errors),
-        &mut errors,
-    );
-    query.reject_unknown(&["limit", "after"], &mut errors);
-    if !errors.is_empty() {
-        return Err(ApiError::validation(errors));
-    }
+    let page = parse_page(&query, &[])?;
     let page = state.service.list_endpoints(&org, page).await?;
-    let next = page
-        .has_more
-        .then(|| page.items.last().map(|e| e.id.clone()))
-        .flatten();
-    let items: Vec<String> = page.items.iter().map(|e| e.to_json().to_string()).collect();
-    Ok(json_response(
-        StatusCode::OK,
-        list_body(&items, next.as_deref()),
-    ))
+    Ok(page_response(page, |e| &e.id, |e| e.to_json().to_string()))
 }
 
 /// Update an endpoint

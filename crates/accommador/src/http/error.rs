@@ -181,7 +181,7 @@ impl From<StoreError> for ApiError {
             }
             StoreError::UnknownCursor => ApiError::validation(vec![FieldError::new(
                 "after",
-                "is not a cursor from this list",
+                "is not a cursor from this list (use next_cursor, or the ID of an item)",
             )]),
             e @ StoreError::Database(_) => ApiError::internal(e),
         }

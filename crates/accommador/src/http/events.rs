@@ -9,10 +9,9 @@ use axum::routing::get;
 use super::error::ApiError;
 use super::extract::{Org, QueryParams};
 use super::openapi::{EventList, EventSchema, Problem};
-use super::users::json_response;
-use super::{AppState, list_body};
+use super::{AppState, json_response, page_response, parse_page};
 use crate::domain::FieldError;
-use crate::service::{PageRequest, ServiceError};
+use crate::service::ServiceError;
 use crate::store::StoreError;
 use accommador_webhooks::EventType;
 
@@ -44,12 +43,8 @@ pub async fn list_events(
     Org(org): Org,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
+    let page = parse_page(&query, &["type"])?;
     let mut errors = Vec::new();
-    let page = PageRequest::parse(
-        query.get("limit", &mut errors),
-        query.get("after", &mut errors),
-        &mut errors,
-    );
     let event_type = match query.get("type", &mut errors) {
         None | Some("") => None,
         Some(t) => match EventType::parse(t).filter(|t| EventType::USER_EVENTS.contains(t)) {
@@ -63,20 +58,11 @@ pub async fn list_events(
             }
         },
     };
-    query.reject_unknown(&["limit", "after", "type"], &mut errors);
     if !errors.is_empty() {
         return Err(ApiError::validation(errors));
     }
     let page = state.service.list_events(&org, event_type, page).await?;
-    let next = page
-        .has_more
-        .then(|| page.items.last().map(|e| e.id.clone()))
-        .flatten();
-    let items: Vec<String> = page.items.into_iter().map(|e| e.payload).collect();
-    Ok(json_response(
-        StatusCode::OK,
-        list_body(&items, next.as_deref()),
-    ))
+    Ok(page_response(page, |e| &e.id, |e| e.payload))
 }
 
 /// Get an event

@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::header;
-use axum::response::IntoResponse;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
@@ -57,6 +57,55 @@ pub fn router(state: AppState) -> Router {
             header::AUTHORIZATION,
         ]))
         .with_state(state)
+}
+
+pub fn json_response(status: StatusCode, body: String) -> Response {
+    let content_type = if status.is_success() {
+        "application/json"
+    } else {
+        error::PROBLEM_JSON
+    };
+    (
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        body,
+    )
+        .into_response()
+}
+
+/// `?limit=&after=` plus the route's `extra` parameters; anything else is a 422.
+pub fn parse_page(
+    query: &extract::QueryParams,
+    extra: &[&str],
+) -> Result<crate::service::PageRequest, error::ApiError> {
+    let mut errors = Vec::new();
+    let page = crate::service::PageRequest::parse(
+        query.get("limit", &mut errors),
+        query.get("after", &mut errors),
+        &mut errors,
+    );
+    let known: Vec<&str> = ["limit", "after"].iter().chain(extra).copied().collect();
+    query.reject_unknown(&known, &mut errors);
+    if errors.is_empty() {
+        Ok(page)
+    } else {
+        Err(error::ApiError::validation(errors))
+    }
+}
+
+/// A 200 list response; `next_cursor` is the last item's ID when more follow.
+pub fn page_response<T>(
+    page: crate::store::Page<T>,
+    id: impl Fn(&T) -> &str,
+    render: impl Fn(T) -> String,
+) -> Response {
+    let next = if page.has_more {
+        page.items.last().map(|item| id(item).to_owned())
+    } else {
+        None
+    };
+    let items: Vec<String> = page.items.into_iter().map(render).collect();
+    json_response(StatusCode::OK, list_body(&items, next.as_deref()))
 }
 
 /// `{"data": [...], "next_cursor": ...}` around items that are already JSON text, so stored

@@ -8,11 +8,10 @@ use axum::response::Response;
 use axum::routing::post;
 use subtle::ConstantTimeEq;
 
-use super::AppState;
 use super::error::ApiError;
 use super::extract::{JsonObject, bearer};
 use super::openapi::{CreateOrganizationRequest, OrganizationCreated, Problem};
-use super::users::json_response;
+use super::{AppState, json_response};
 use crate::domain::{FieldError, reject_unknown_fields};
 
 pub fn router() -> axum::Router<AppState> {

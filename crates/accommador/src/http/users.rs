@@ -1,16 +1,15 @@
 //! `/v1/users`: create (with `Idempotency-Key`), read, list, patch, delete.
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
 use axum::routing::get;
 
 use super::error::ApiError;
 use super::extract::{JsonObject, Org, QueryParams};
 use super::openapi::{CreateUserRequest, Problem, UpdateUserRequest, UserList, UserSchema};
-use super::{AppState, list_body};
+use super::{AppState, json_response, page_response, parse_page};
 use crate::domain::user::UserRecord;
-use crate::service::PageRequest;
 use crate::store::{Idempotent, SavedResponse, StoreError};
 
 pub fn router() -> axum::Router<AppState> {
@@ -24,20 +23,6 @@ pub fn router() -> axum::Router<AppState> {
 
 fn user_json(user: &UserRecord) -> String {
     serde_json::to_string(&user.to_wire()).expect("users serialise")
-}
-
-pub(super) fn json_response(status: StatusCode, body: String) -> Response {
-    let content_type = if status.is_success() {
-        "application/json"
-    } else {
-        super::error::PROBLEM_JSON
-    };
-    (
-        status,
-        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
-        body,
-    )
-        .into_response()
 }
 
 /// What an `Idempotency-Key` keeps of a create: the 201 with its user, or a conflict.
@@ -154,26 +139,9 @@ pub async fn list_users(
     Org(org): Org,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
-    let mut errors = Vec::new();
-    let page = PageRequest::parse(
-        query.get("limit", &mut errors),
-        query.get("after", &mut errors),
-        &mut errors,
-    );
-    query.reject_unknown(&["limit", "after"], &mut errors);
-    if !errors.is_empty() {
-        return Err(ApiError::validation(errors));
-    }
+    let page = parse_page(&query, &[])?;
     let page = state.service.list_users(&org, page).await?;
-    let next = page
-        .has_more
-        .then(|| page.items.last().map(|u| u.id.clone()))
-        .flatten();
-    let items: Vec<String> = page.items.iter().map(user_json).collect();
-    Ok(json_response(
-        StatusCode::OK,
-        list_body(&items, next.as_deref()),
-    ))
+    Ok(page_response(page, |u| &u.id, |u| user_json(&u)))
 }
 
 /// Update a user

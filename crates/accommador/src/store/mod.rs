@@ -107,6 +107,15 @@ pub struct Page<T> {
     pub has_more: bool,
 }
 
+impl<T> Page<T> {
+    /// A page from `limit + 1` fetched rows: the extra row only says that more follow.
+    pub fn from_fetched(mut items: Vec<T>, limit: usize) -> Page<T> {
+        let has_more = items.len() > limit;
+        items.truncate(limit);
+        Page { items, has_more }
+    }
+}
+
 /// An event as stored: its ID and its exact payload bytes.
 #[derive(Debug, Clone)]
 pub struct StoredEvent {

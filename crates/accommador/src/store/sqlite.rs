@@ -383,17 +383,7 @@ impl SqliteStore {
         limit: usize,
     ) -> Result<Page<UserRecord>, StoreError> {
         self.read(move |c| {
-            let after_seq = match after {
-                None => 0,
-                Some(id) => c
-                    .prepare_cached("SELECT seq FROM users WHERE id = ?1 AND org_id = ?2")
-                    .and_then(|mut s| {
-                        s.query_row(params![id, org], |r| r.get::<_, i64>(0))
-                            .optional()
-                    })
-                    .map_err(db_err)?
-                    .ok_or(StoreError::UnknownCursor)?,
-            };
+            let after_seq = cursor_seq(c, "users", &org, after.as_deref())?;
             let mut stmt = c
                 .prepare_cached(&format!(
                     "SELECT {USER_COLUMNS} FROM users
@@ -401,14 +391,12 @@ impl SqliteStore {
                      ORDER BY seq LIMIT ?3"
                 ))
                 .map_err(db_err)?;
-            let mut items = stmt
+            let items = stmt
                 .query_map(params![org, after_seq, limit as i64 + 1], user_from_row)
                 .map_err(db_err)?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(db_err)?;
-            let has_more = items.len() > limit;
-            items.truncate(limit);
-            Ok(Page { items, has_more })
+            Ok(Page::from_fetched(items, limit))
         })
         .await
     }
@@ -421,17 +409,7 @@ impl SqliteStore {
         limit: usize,
     ) -> Result<Page<StoredEvent>, StoreError> {
         self.read(move |c| {
-            let after_seq = match after {
-                None => 0,
-                Some(id) => c
-                    .prepare_cached("SELECT seq FROM events WHERE id = ?1 AND org_id = ?2")
-                    .and_then(|mut s| {
-                        s.query_row(params![id, org], |r| r.get::<_, i64>(0))
-                            .optional()
-                    })
-                    .map_err(db_err)?
-                    .ok_or(StoreError::UnknownCursor)?,
-            };
+            let after_seq = cursor_seq(c, "events", &org, after.as_deref())?;
             // Two statements, so each uses its own index: (org, seq) or (org, type, seq).
             let row = |r: &rusqlite::Row<'_>| {
                 Ok(StoredEvent {
@@ -440,7 +418,7 @@ impl SqliteStore {
                 })
             };
             let fetch = limit as i64 + 1;
-            let mut items = match event_type {
+            let items = match event_type {
                 None => c
                     .prepare_cached(
                         "SELECT id, payload FROM events
@@ -463,9 +441,7 @@ impl SqliteStore {
                     }),
             }
             .map_err(db_err)?;
-            let has_more = items.len() > limit;
-            items.truncate(limit);
-            Ok(Page { items, has_more })
+            Ok(Page::from_fetched(items, limit))
         })
         .await
     }
@@ -543,17 +519,7 @@ impl SqliteStore {
         limit: usize,
     ) -> Result<Page<EndpointRecord>, StoreError> {
         self.read(move |c| {
-            let after_seq = match after {
-                None => 0,
-                Some(id) => c
-                    .prepare_cached("SELECT seq FROM endpoints WHERE id = ?1 AND org_id = ?2")
-                    .and_then(|mut s| {
-                        s.query_row(params![id, org], |r| r.get::<_, i64>(0))
-                            .optional()
-                    })
-                    .map_err(db_err)?
-                    .ok_or(StoreError::UnknownCursor)?,
-            };
+            let after_seq = cursor_seq(c, "endpoints", &org, after.as_deref())?;
             let mut stmt = c
                 .prepare_cached(&format!(
                     "SELECT {ENDPOINT_COLUMNS} FROM endpoints
@@ -561,14 +527,12 @@ impl SqliteStore {
                      ORDER BY seq LIMIT ?3"
                 ))
                 .map_err(db_err)?;
-            let mut items = stmt
+            let items = stmt
                 .query_map(params![org, after_seq, limit as i64 + 1], endpoint_from_row)
                 .map_err(db_err)?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(db_err)?;
-            let has_more = items.len() > limit;
-            items.truncate(limit);
-            Ok(Page { items, has_more })
+            Ok(Page::from_fetched(items, limit))
         })
         .await
     }
@@ -1012,6 +976,25 @@ fn insert_event(c: &Connection, org: &str, e: &NewEvent) -> Result<(), StoreErro
     })
     .map(|_| ())
     .map_err(db_err)
+}
+
+/// The `seq` of the row of `table` whose ID is the cursor `after` (0 without one); a cursor
+/// that names no row of this organization is `UnknownCursor`. `table` is a constant of ours.
+fn cursor_seq(
+    c: &Connection,
+    table: &'static str,
+    org: &str,
+    after: Option<&str>,
+) -> Result<i64, StoreError> {
+    let Some(id) = after else {
+        return Ok(0);
+    };
+    c.prepare_cached(&format!(
+        "SELECT seq FROM {table} WHERE id = ?1 AND org_id = ?2"
+    ))
+    .and_then(|mut s| s.query_row(params![id, org], |r| r.get(0)).optional())
+    .map_err(db_err)?
+    .ok_or(StoreError::UnknownCursor)
 }
 
 /// The saved response for this key, `Err(IdempotencyMismatch)` if the key was used with another
