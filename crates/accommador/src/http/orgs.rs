@@ -15,7 +15,19 @@ use super::{AppState, json_response};
 use crate::domain::{FieldError, reject_unknown_fields};
 
 pub fn router() -> axum::Router<AppState> {
-    axum::Router::new().route("/v1/organizations", post(create_organization))
+    axum::Router::new().route(
+        "/v1/organizations",
+        post(create_organization).fallback(other_method),
+    )
+}
+
+/// Another method on the operator route: 405 where the route exists, 404 where it is hidden.
+async fn other_method(State(state): State<AppState>) -> ApiError {
+    if state.admin_token.is_some() {
+        ApiError::method_not_allowed()
+    } else {
+        ApiError::not_found("this route")
+    }
 }
 
 /// Proof that the request carries the operator's admin token.

@@ -255,4 +255,19 @@ async fn organization_route_needs_the_admin_token_and_hides_without_one() {
         .await
         .unwrap();
     problem(r, StatusCode::NOT_FOUND).await;
+    // Nor does another method reveal that the route exists.
+    let r = closed
+        .client
+        .get(closed.url("/v1/organizations"))
+        .send()
+        .await
+        .unwrap();
+    problem(r, StatusCode::NOT_FOUND).await;
+    let r = app
+        .client
+        .get(app.url("/v1/organizations"))
+        .send()
+        .await
+        .unwrap();
+    problem(r, StatusCode::METHOD_NOT_ALLOWED).await;
 }
