@@ -24,9 +24,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             )?;
             telemetry::init_logging(settings.log_format);
             if args.no_worker {
-                tracing::info!("--no-worker: serving the API only");
+                tracing::info!(
+                    "--no-worker: serving the API only; deliveries wait in the database"
+                );
             }
-            let app = Application::build(&settings).await?;
+            let app = Application::build_with(&settings, !args.no_worker).await?;
             app.run_until(shutdown_signal()).await
         }
         Command::Worker(args) => {
@@ -52,7 +54,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }) => {
             let settings = load_with_database(config, &database)?;
             let store = open_tool_store(&settings.database_url).await?;
-            let org = match Service::new(store).create_org(&name).await {
+            let (handle, _) = crate::delivery::DeliveryHandle::new();
+            let org = match Service::new(store, handle).create_org(&name).await {
                 Ok(org) => org,
                 Err(ServiceError::Invalid(errors)) => {
                     bail!("invalid organization name: {}", errors[0].detail)

@@ -24,6 +24,8 @@ const KEYS: &[&str] = &[
     "allow_private_targets",
     "disable_after",
     "log_format",
+    "endpoint_concurrency",
+    "delivery_concurrency",
 ];
 
 /// A value that must not be printed.
@@ -62,6 +64,10 @@ pub struct Settings {
     pub allow_private_targets: bool,
     pub disable_after: Duration,
     pub log_format: LogFormat,
+    /// Attempts in flight to one endpoint at most.
+    pub endpoint_concurrency: usize,
+    /// Attempts in flight in this process at most.
+    pub delivery_concurrency: usize,
 }
 
 /// Values given as flags; `None` leaves the lower layers' value.
@@ -113,6 +119,8 @@ struct Raw {
     allow_private_targets: Scalar,
     disable_after: Scalar,
     log_format: Scalar,
+    endpoint_concurrency: Scalar,
+    delivery_concurrency: Scalar,
 }
 
 impl Settings {
@@ -177,7 +185,16 @@ impl Settings {
         if delivery_timeout.is_zero() {
             bail!("delivery_timeout: must be more than zero");
         }
+        let count = |name: &str, v: Scalar| -> anyhow::Result<usize> {
+            let s = v.into_string();
+            match s.parse::<usize>() {
+                Ok(n) if n >= 1 => Ok(n),
+                _ => bail!("{name}: {s:?} is not a whole number of at least 1"),
+            }
+        };
         Ok(Settings {
+            endpoint_concurrency: count("endpoint_concurrency", raw.endpoint_concurrency)?,
+            delivery_concurrency: count("delivery_concurrency", raw.delivery_concurrency)?,
             listen,
             database_url: raw.database_url.into_string(),
             admin_token: raw
@@ -256,6 +273,8 @@ mod tests {
         assert_eq!(s.delivery_timeout, Duration::from_secs(15));
         assert!(!s.allow_private_targets);
         assert_eq!(s.disable_after, Duration::from_secs(5 * 86_400));
+        assert_eq!(s.endpoint_concurrency, 16);
+        assert_eq!(s.delivery_concurrency, 256);
     }
 
     #[test]

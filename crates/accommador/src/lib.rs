@@ -22,6 +22,7 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod delivery;
 pub mod domain;
 pub mod http;
 pub mod listen;

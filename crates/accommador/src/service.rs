@@ -4,10 +4,14 @@
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::delivery::DeliveryHandle;
 use crate::domain::FieldError;
+use crate::domain::Timestamp;
+use crate::domain::delivery::{AttemptRecord, DeliveryRecord};
 use crate::domain::endpoint::{EndpointPatch, EndpointRecord, NewEndpoint};
 use crate::domain::org::{NewApiKey, parse_org_name};
 use crate::domain::user::{NewUser, UserPatch, UserRecord};
+use crate::store::DeliveryFilter;
 use crate::store::{
     CreatedOrg, IdempotencyRequest, Idempotent, Page, RenderSaved, Store, StoreError, StoredEvent,
 };
@@ -22,6 +26,8 @@ const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 pub enum ServiceError {
     #[error("invalid request")]
     Invalid(Vec<FieldError>),
+    #[error("{1}")]
+    Conflict(&'static str, String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -35,11 +41,12 @@ impl From<Vec<FieldError>> for ServiceError {
 #[derive(Debug, Clone)]
 pub struct Service {
     store: Store,
+    delivery: DeliveryHandle,
 }
 
 impl Service {
-    pub fn new(store: Store) -> Service {
-        Service { store }
+    pub fn new(store: Store, delivery: DeliveryHandle) -> Service {
+        Service { store, delivery }
     }
 
     pub fn store(&self) -> &Store {
@@ -68,10 +75,12 @@ impl Service {
             .map(|key| idempotency_request("POST /v1/users", key, body))
             .transpose()?;
         let user = NewUser::from_json(body)?;
-        Ok(self
+        let created = self
             .store
             .create_user(org.to_owned(), user, idempotency, render)
-            .await?)
+            .await?;
+        self.delivery.events_committed();
+        Ok(created)
     }
 
     pub async fn get_user(&self, org: &str, id: &str) -> Result<UserRecord, ServiceError> {
@@ -85,17 +94,20 @@ impl Service {
         body: &serde_json::Map<String, Value>,
     ) -> Result<UserRecord, ServiceError> {
         let patch = UserPatch::from_json(body)?;
-        Ok(self
+        let user = self
             .store
             .update_user(org.to_owned(), id.to_owned(), patch)
-            .await?)
+            .await?;
+        self.delivery.events_committed();
+        Ok(user)
     }
 
     pub async fn delete_user(&self, org: &str, id: &str) -> Result<(), ServiceError> {
-        Ok(self
-            .store
+        self.store
             .delete_user(org.to_owned(), id.to_owned())
-            .await?)
+            .await?;
+        self.delivery.events_committed();
+        Ok(())
     }
 
     pub async fn list_users(
@@ -198,6 +210,117 @@ impl Service {
             .store
             .rotate_endpoint_secret(org.to_owned(), id.to_owned(), secret)
             .await?)
+    }
+}
+
+impl Service {
+    pub async fn list_deliveries(
+        &self,
+        org: &str,
+        filter: DeliveryFilter,
+        page: PageRequest,
+    ) -> Result<Page<DeliveryRecord>, ServiceError> {
+        Ok(self
+            .store
+            .list_deliveries(org.to_owned(), filter, page.after, page.limit)
+            .await?)
+    }
+
+    pub async fn get_delivery(&self, org: &str, id: &str) -> Result<DeliveryRecord, ServiceError> {
+        Ok(self
+            .store
+            .get_delivery(org.to_owned(), id.to_owned())
+            .await?)
+    }
+
+    pub async fn list_attempts(
+        &self,
+        org: &str,
+        id: &str,
+    ) -> Result<Vec<AttemptRecord>, ServiceError> {
+        Ok(self
+            .store
+            .list_attempts(org.to_owned(), id.to_owned())
+            .await?)
+    }
+
+    /// Queues one manual attempt; refused while an attempt of it is in flight.
+    pub async fn retry_delivery(
+        &self,
+        org: &str,
+        id: &str,
+    ) -> Result<DeliveryRecord, ServiceError> {
+        if self.delivery.in_flight.contains(id) {
+            // Only after checking it is the caller's: another organization's ID stays a 404.
+            self.store
+                .get_delivery(org.to_owned(), id.to_owned())
+                .await?;
+            return Err(ServiceError::Conflict(
+                "attempt-in-flight",
+                "an attempt of this delivery is in flight; retry when it has finished".into(),
+            ));
+        }
+        let d = self
+            .store
+            .request_retry(org.to_owned(), id.to_owned())
+            .await?;
+        self.delivery.endpoint_due(&d.endpoint_id);
+        Ok(d)
+    }
+
+    /// `{"since", "until"?}`: re-queues failed deliveries and creates missing ones.
+    pub async fn recover(
+        &self,
+        org: &str,
+        endpoint_id: &str,
+        body: &serde_json::Map<String, Value>,
+    ) -> Result<(usize, usize), ServiceError> {
+        let mut errors = Vec::new();
+        crate::domain::reject_unknown_fields(body, &["since", "until"], &mut errors);
+        let mut time = |field: &str, required: bool| match body.get(field) {
+            None | Some(Value::Null) if !required => None,
+            None => {
+                errors.push(FieldError::new(field, "is required"));
+                None
+            }
+            Some(v) => {
+                let parsed = v.as_str().and_then(Timestamp::parse_rfc3339);
+                if parsed.is_none() {
+                    errors.push(FieldError::new(field, "must be an RFC 3339 date-time"));
+                }
+                parsed
+            }
+        };
+        let since = time("since", true);
+        let until = time("until", false);
+        if let (Some(s), Some(u)) = (since, until)
+            && u <= s
+        {
+            errors.push(FieldError::new("until", "must be after since"));
+        }
+        let Some(since) = since.filter(|_| errors.is_empty()) else {
+            return Err(ServiceError::Invalid(errors));
+        };
+        let counts = self
+            .store
+            .recover(org.to_owned(), endpoint_id.to_owned(), since, until)
+            .await?;
+        self.delivery.endpoint_due(endpoint_id);
+        Ok(counts)
+    }
+
+    /// Sends a `webhook.test` event to this endpoint only: (event ID, delivery ID).
+    pub async fn send_test(
+        &self,
+        org: &str,
+        endpoint_id: &str,
+    ) -> Result<(String, String), ServiceError> {
+        let ids = self
+            .store
+            .send_test(org.to_owned(), endpoint_id.to_owned())
+            .await?;
+        self.delivery.endpoint_due(endpoint_id);
+        Ok(ids)
     }
 }
 

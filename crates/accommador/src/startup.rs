@@ -11,12 +11,18 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::config::Settings;
+use crate::delivery::client::WebhookClient;
+use crate::delivery::dispatcher::Dispatcher;
+use crate::delivery::{DeliveryHandle, DeliveryWakers, fanout};
 use crate::domain::Timestamp;
+use crate::domain::delivery::RetryPolicy;
 use crate::http::{self, AppState};
 use crate::service::Service;
 use crate::store::{DatabaseUrl, Ownership, Store};
 use crate::telemetry;
 
+/// How often the delivery queue gauges are refreshed.
+const STATS_EVERY: Duration = Duration::from_secs(5);
 /// How often expired idempotency keys are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(600);
 
@@ -24,11 +30,19 @@ const PURGE_EVERY: Duration = Duration::from_secs(600);
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    /// The delivery workers' settings and wake-up ends; `None` for an API-only server.
+    workers: Option<(Settings, DeliveryWakers)>,
 }
 
 impl Application {
-    /// Opens the database as its owning server and binds the listen address.
+    /// Opens the database as its owning server, binds the listen address, and prepares the
+    /// delivery workers that [`Application::run_until`] starts.
     pub async fn build(settings: &Settings) -> anyhow::Result<Application> {
+        Application::build_with(settings, true).await
+    }
+
+    /// As [`Application::build`]; `workers: false` serves the API only (`--no-worker`).
+    pub async fn build_with(settings: &Settings, workers: bool) -> anyhow::Result<Application> {
         let url = DatabaseUrl::parse(&settings.database_url).map_err(anyhow::Error::msg)?;
         let store = tokio::task::spawn_blocking(move || Store::open(&url, Ownership::Server))
             .await
@@ -36,12 +50,17 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("listening on {}", settings.listen))?;
+        let (handle, wakers) = DeliveryHandle::new();
         let state = AppState {
-            service: Arc::new(Service::new(store)),
+            service: Arc::new(Service::new(store, handle)),
             admin_token: settings.admin_token.clone(),
             metrics: telemetry::metrics_handle(),
         };
-        Ok(Application { listener, state })
+        Ok(Application {
+            listener,
+            state,
+            workers: workers.then(|| (settings.clone(), wakers)),
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -73,15 +92,76 @@ impl Application {
                 }
             }
         });
-        tracing::info!(address = %self.local_addr(), "accommador is listening");
+        let address = self.local_addr();
+        let mut tasks = vec![purge];
+        if let Some((settings, wakers)) = self.workers {
+            tasks.extend(start_workers(
+                self.state.service.store().clone(),
+                &settings,
+                wakers,
+            )?);
+        }
+        tracing::info!(%address, "accommador is listening");
         let result = axum::serve(self.listener, http::router(self.state))
             .with_graceful_shutdown(shutdown)
             .await
             .context("serving HTTP");
-        purge.abort();
+        // In-flight attempts end here; their deliveries are still pending in the database and
+        // are attempted again on the next start.
+        for task in tasks {
+            task.abort();
+        }
         tracing::info!("accommador stopped");
         result
     }
+}
+
+/// Starts fan-out, the dispatcher and the queue gauges.
+fn start_workers(
+    store: Store,
+    settings: &Settings,
+    wakers: DeliveryWakers,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let client = WebhookClient::new(settings.delivery_timeout)?;
+    let policy = RetryPolicy {
+        schedule: settings.retry_schedule.clone(),
+        disable_after: settings.disable_after,
+    };
+    // Fan-out wakes the dispatcher through the same channel the API uses.
+    let (fanout_wake, dispatcher_wake) = (wakers.wake_sender, wakers.wake);
+    let dispatcher = Dispatcher::new(
+        store.clone(),
+        client,
+        policy,
+        wakers.in_flight,
+        dispatcher_wake,
+        settings.delivery_concurrency,
+        settings.endpoint_concurrency,
+    );
+    let stats_store = store.clone();
+    Ok(vec![
+        tokio::spawn(fanout::run(store, wakers.fanout, fanout_wake)),
+        tokio::spawn(dispatcher.run()),
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(STATS_EVERY);
+            loop {
+                tick.tick().await;
+                let now = Timestamp::now();
+                match stats_store.delivery_stats(now).await {
+                    Ok(s) => {
+                        metrics::gauge!("webhook_due_deliveries").set(s.due as f64);
+                        let age = s
+                            .oldest_due
+                            .map_or(0, |t| (now.millis() - t.millis()).max(0));
+                        metrics::gauge!("webhook_oldest_due_age_seconds").set(age as f64 / 1000.0);
+                        metrics::gauge!("webhook_disabled_endpoints")
+                            .set(s.disabled_endpoints as f64);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "reading delivery gauges failed"),
+                }
+            }
+        }),
+    ])
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -8,6 +8,7 @@ pub const USER: &str = "usr_";
 pub const EVENT: &str = "evt_";
 pub const API_KEY: &str = "key_";
 pub const ENDPOINT: &str = "ep_";
+pub const DELIVERY: &str = "dlv_";
 
 /// A new ID with the given prefix.
 pub fn new_id(prefix: &str) -> String {

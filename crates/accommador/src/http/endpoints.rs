@@ -13,6 +13,7 @@ use super::openapi::{
     CreateEndpointRequest, EndpointCreated, EndpointList, EndpointSchema, Problem, SecretSchema,
     UpdateEndpointRequest,
 };
+use super::openapi::{RecoverRequest, RecoverResult, TestSent};
 use super::{AppState, json_response, page_response, parse_page};
 use crate::service::ServiceError;
 use crate::store::StoreError;
@@ -28,6 +29,8 @@ pub fn router() -> axum::Router<AppState> {
         )
         .route("/v1/endpoints/{id}/secret", get(get_secret))
         .route("/v1/endpoints/{id}/secret/rotate", post(rotate_secret))
+        .route("/v1/endpoints/{id}/recover", post(recover))
+        .route("/v1/endpoints/{id}/test", post(send_test))
 }
 
 fn not_found_endpoint(e: ServiceError) -> ApiError {
@@ -211,4 +214,63 @@ pub async fn rotate_secret(
         .await
         .map_err(not_found_endpoint)?;
     Ok(json_response(StatusCode::OK, secret_body(&secret)))
+}
+
+/// Recover an endpoint's deliveries
+///
+/// Re-queues this endpoint's failed deliveries created in `[since, until)` and creates the
+/// deliveries it never got for events of that window (for example while it was disabled).
+#[utoipa::path(post, path = "/v1/endpoints/{id}/recover", tag = "endpoints",
+    params(("id" = String, Path, description = "ep_…")),
+    request_body = RecoverRequest,
+    responses(
+        (status = 202, description = "Queued", body = RecoverResult),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such endpoint in this organization", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The endpoint is disabled", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad since or until", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = [])))]
+pub async fn recover(
+    State(state): State<AppState>,
+    Org(org): Org,
+    Path(id): Path<String>,
+    JsonObject(body): JsonObject,
+) -> Result<Response, ApiError> {
+    let (requeued, created) = state
+        .service
+        .recover(&org, &id, &body)
+        .await
+        .map_err(not_found_endpoint)?;
+    let body = serde_json::json!({ "requeued": requeued, "created": created });
+    Ok(json_response(StatusCode::ACCEPTED, body.to_string()))
+}
+
+/// Send a test event
+///
+/// Sends a `webhook.test` event (`data`: `{"endpoint_id"}`) to this endpoint only, ignoring its
+/// filter. It is not listed in `/v1/events`.
+#[utoipa::path(post, path = "/v1/endpoints/{id}/test", tag = "endpoints",
+    params(("id" = String, Path, description = "ep_…")),
+    responses(
+        (status = 202, description = "Queued", body = TestSent),
+        (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such endpoint in this organization", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The endpoint is disabled", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = [])))]
+pub async fn send_test(
+    State(state): State<AppState>,
+    Org(org): Org,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let (event_id, delivery_id) = state
+        .service
+        .send_test(&org, &id)
+        .await
+        .map_err(not_found_endpoint)?;
+    let body = serde_json::json!({ "event_id": event_id, "delivery_id": delivery_id });
+    Ok(json_response(StatusCode::ACCEPTED, body.to_string()))
 }

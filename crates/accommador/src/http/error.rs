@@ -183,6 +183,10 @@ impl From<StoreError> for ApiError {
                 "after",
                 "is not a cursor from this list (use next_cursor, or the ID of an item)",
             )]),
+            StoreError::EndpointDisabled => ApiError::conflict(
+                "endpoint-disabled",
+                "the endpoint is disabled; enable it (PATCH status) first".into(),
+            ),
             e @ StoreError::Database(_) => ApiError::internal(e),
         }
     }
@@ -192,6 +196,7 @@ impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> ApiError {
         match e {
             ServiceError::Invalid(errors) => ApiError::validation(errors),
+            ServiceError::Conflict(kind, detail) => ApiError::conflict(kind, detail),
             ServiceError::Store(e) => e.into(),
         }
     }

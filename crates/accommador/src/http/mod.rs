@@ -1,6 +1,7 @@
 //! The HTTP API: one router per resource, thin handlers (extract, call one service function,
 //! map the result), one error type ([`error::ApiError`]) turned into problem+json in one place.
 
+pub mod deliveries;
 pub mod endpoints;
 pub mod error;
 pub mod events;
@@ -40,6 +41,7 @@ pub fn router(state: AppState) -> Router {
         .merge(orgs::router())
         .merge(users::router())
         .merge(endpoints::router())
+        .merge(deliveries::router())
         .merge(events::router())
         .merge(ops::router())
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()))

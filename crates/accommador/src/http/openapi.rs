@@ -200,6 +200,90 @@ pub struct SecretSchema {
 
 #[derive(Debug, ToSchema)]
 #[allow(dead_code)]
+pub struct RecoverRequest {
+    /// RFC 3339: recover from here.
+    since: String,
+    /// RFC 3339: up to here (exclusive); default now.
+    until: Option<String>,
+}
+
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct RecoverResult {
+    /// Failed deliveries queued again.
+    requeued: u64,
+    /// Deliveries created for events the endpoint never got.
+    created: u64,
+}
+
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct TestSent {
+    /// The `webhook.test` event (`webhook-id` of the request).
+    event_id: String,
+    delivery_id: String,
+}
+
+/// One event's delivery to one endpoint.
+#[derive(Debug, ToSchema)]
+#[schema(as = Delivery)]
+#[allow(dead_code)]
+pub struct DeliverySchema {
+    /// `dlv_…`
+    id: String,
+    event_id: String,
+    event_type: String,
+    endpoint_id: String,
+    /// `pending`, `succeeded` or `failed`.
+    status: String,
+    attempt_count: u32,
+    /// When the next attempt is due, while pending.
+    next_attempt_at: Option<String>,
+    last_status_code: Option<u16>,
+    created_at: String,
+    updated_at: String,
+}
+
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct DeliveryList {
+    data: Vec<DeliverySchema>,
+    next_cursor: Option<String>,
+}
+
+/// One attempt of the delivery log.
+#[derive(Debug, ToSchema)]
+#[schema(as = Attempt)]
+#[allow(dead_code)]
+pub struct AttemptSchema {
+    /// 1, 2, … in the order made.
+    number: u32,
+    /// `scheduled` or `manual`.
+    trigger: String,
+    started_at: String,
+    duration_ms: u64,
+    status_code: Option<u16>,
+    /// `timeout`, `connect`, `dns`, `tls`, `blocked_address`, `http_status` or
+    /// `endpoint_disabled`; null on success.
+    error_class: Option<String>,
+    error: Option<String>,
+    /// Response headers, lower-case names.
+    #[schema(value_type = Object)]
+    response_headers: Map<String, Value>,
+    /// The first 4 KiB of the response body.
+    response_body: String,
+}
+
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct AttemptList {
+    data: Vec<AttemptSchema>,
+    /// Always null: a delivery's attempts come in one page.
+    next_cursor: Option<String>,
+}
+
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
 pub struct Health {
     status: String,
 }
@@ -273,6 +357,12 @@ impl Modify for Security {
         super::endpoints::delete_endpoint,
         super::endpoints::get_secret,
         super::endpoints::rotate_secret,
+        super::endpoints::recover,
+        super::endpoints::send_test,
+        super::deliveries::list_deliveries,
+        super::deliveries::get_delivery,
+        super::deliveries::list_attempts,
+        super::deliveries::retry_delivery,
         super::events::list_events,
         super::events::get_event,
         super::ops::healthz,
@@ -285,6 +375,7 @@ impl Modify for Security {
         (name = "users", description = "Users of an organization; every change writes an event"),
         (name = "endpoints", description = "Webhook endpoints and their signing secrets"),
         (name = "events", description = "The event outbox, in commit order"),
+        (name = "deliveries", description = "The delivery log and manual retries"),
         (name = "operations", description = "Health, readiness, metrics"),
     )
 )]

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use accommador_webhooks::EventType;
 
+use crate::domain::delivery::{AttemptRecord, AttemptResult, DeliveryRecord, RetryPolicy};
 use crate::domain::endpoint::{EndpointPatch, EndpointRecord, NewEndpoint};
 use crate::domain::user::{NewUser, UserPatch, UserRecord};
 use crate::domain::{Timestamp, org::NewApiKey};
@@ -29,6 +30,8 @@ pub enum StoreError {
     IdempotencyMismatch,
     #[error("unknown cursor")]
     UnknownCursor,
+    #[error("the endpoint is disabled")]
+    EndpointDisabled,
     #[error("database error")]
     Database(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -319,10 +322,180 @@ impl Store {
         }
     }
 
+    /// One fan-out step over the outbox, in commit order: (events taken, endpoints woken).
+    pub async fn fan_out(&self) -> Result<(usize, Vec<String>), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.fan_out().await,
+        }
+    }
+
+    /// Endpoints with pending deliveries and their earliest due time.
+    pub async fn pending_lanes(&self) -> Result<Vec<(String, Timestamp)>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.pending_lanes().await,
+        }
+    }
+
+    pub async fn lane_work(
+        &self,
+        requests: Vec<LaneRequest>,
+        now: Timestamp,
+    ) -> Result<Vec<LaneWork>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.lane_work(requests, now).await,
+        }
+    }
+
+    pub async fn record_attempt(
+        &self,
+        delivery_id: String,
+        result: AttemptResult,
+        policy: std::sync::Arc<RetryPolicy>,
+    ) -> Result<Recorded, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.record_attempt(delivery_id, result, policy).await,
+        }
+    }
+
+    /// Deliveries newest first, after the delivery whose ID is `after`.
+    pub async fn list_deliveries(
+        &self,
+        org: String,
+        filter: DeliveryFilter,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Page<DeliveryRecord>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.list_deliveries(org, filter, after, limit).await,
+        }
+    }
+
+    pub async fn get_delivery(
+        &self,
+        org: String,
+        id: String,
+    ) -> Result<DeliveryRecord, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.get_delivery(org, id).await,
+        }
+    }
+
+    pub async fn list_attempts(
+        &self,
+        org: String,
+        id: String,
+    ) -> Result<Vec<AttemptRecord>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.list_attempts(org, id).await,
+        }
+    }
+
+    pub async fn request_retry(
+        &self,
+        org: String,
+        id: String,
+    ) -> Result<DeliveryRecord, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.request_retry(org, id).await,
+        }
+    }
+
+    pub async fn recover(
+        &self,
+        org: String,
+        endpoint_id: String,
+        since: Timestamp,
+        until: Option<Timestamp>,
+    ) -> Result<(usize, usize), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.recover(org, endpoint_id, since, until).await,
+        }
+    }
+
+    pub async fn send_test(
+        &self,
+        org: String,
+        endpoint_id: String,
+    ) -> Result<(String, String), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.send_test(org, endpoint_id).await,
+        }
+    }
+
+    pub async fn delivery_stats(&self, now: Timestamp) -> Result<DeliveryStats, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.delivery_stats(now).await,
+        }
+    }
+
     /// Forgets idempotency keys older than their time to live; returns how many.
     pub async fn purge_idempotency_keys(&self, now: Timestamp) -> Result<usize, StoreError> {
         match self {
             Store::Sqlite(s) => s.purge_idempotency_keys(now).await,
         }
     }
+}
+
+/// A delivery ready to be attempted, with everything the attempt needs.
+#[derive(Debug, Clone)]
+pub struct DueDelivery {
+    pub id: String,
+    pub event_id: String,
+    pub endpoint_id: String,
+    pub url: String,
+    /// The event's stored payload bytes, sent and signed as they are.
+    pub payload: bytes::Bytes,
+    /// Secrets signing now: the current one first, a rotated-out one during its overlap.
+    pub secrets: Vec<String>,
+    pub trigger: crate::domain::delivery::Trigger,
+    pub event_occurred_at: Timestamp,
+    /// No attempt was made yet (for the commit-to-first-attempt latency).
+    pub first_attempt: bool,
+}
+
+/// The due work of one endpoint, as the dispatcher asks for it.
+#[derive(Debug, Clone)]
+pub struct LaneRequest {
+    pub endpoint_id: String,
+    /// At most this many deliveries.
+    pub limit: usize,
+    /// Deliveries already being attempted (not to be handed out again).
+    pub in_flight: Vec<String>,
+}
+
+/// What a lane request found: due deliveries, and when the endpoint's next pending delivery
+/// that is not in flight falls due (`None` if it has none).
+#[derive(Debug, Clone)]
+pub struct LaneWork {
+    pub endpoint_id: String,
+    pub due: Vec<DueDelivery>,
+    pub next_due: Option<Timestamp>,
+}
+
+/// What recording an attempt decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    /// When the delivery is due again, if it is still pending.
+    pub next_due: Option<Timestamp>,
+    /// The attempt disabled its endpoint (410, or failing for too long).
+    pub endpoint_disabled: bool,
+}
+
+/// Filters of `GET /v1/deliveries`.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    pub endpoint_id: Option<String>,
+    pub event_id: Option<String>,
+    pub event_type: Option<String>,
+    pub status: Option<crate::domain::delivery::DeliveryStatus>,
+    pub since: Option<Timestamp>,
+    pub until: Option<Timestamp>,
+}
+
+/// Gauges of the delivery queue.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DeliveryStats {
+    pub due: u64,
+    pub oldest_due: Option<Timestamp>,
+    pub disabled_endpoints: u64,
 }

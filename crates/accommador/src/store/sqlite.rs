@@ -54,7 +54,10 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_init.sql"),
     include_str!("../../migrations/sqlite/0002_endpoints.sql"),
+    include_str!("../../migrations/sqlite/0003_deliveries.sql"),
 ];
+
+mod deliveries;
 
 type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 type Job = Box<dyn FnOnce(&Connection) -> (bool, Finish) + Send>;
@@ -478,8 +481,9 @@ impl SqliteStore {
             let e = new.into_record(ids::new_id(ids::ENDPOINT), now);
             c.prepare_cached(
                 "INSERT INTO endpoints (id, org_id, url, event_types, description, status,
-                                        created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+                                        created_at, updated_at, after_event_seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7,
+                         (SELECT COALESCE(MAX(seq), 0) FROM events))",
             )
             .and_then(|mut s| {
                 s.execute(params![
@@ -568,6 +572,10 @@ impl SqliteStore {
                 ])
             })
             .map_err(db_err)?;
+            if next.status == EndpointStatus::Disabled && e.status == EndpointStatus::Enabled {
+                let reason = next.disabled_reason.as_deref().unwrap_or("disabled");
+                deliveries::fail_pending(c, &next.id, reason, next.updated_at)?;
+            }
             Ok(next)
         })
         .await
@@ -585,6 +593,7 @@ impl SqliteStore {
             if changed == 0 {
                 return Err(StoreError::NotFound);
             }
+            deliveries::fail_pending(c, &id, "the endpoint was deleted", Timestamp::now())?;
             c.prepare_cached("DELETE FROM endpoint_secrets WHERE endpoint_id = ?1")
                 .and_then(|mut s| s.execute([id]))
                 .map_err(db_err)?;

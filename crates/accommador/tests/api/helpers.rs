@@ -36,6 +36,8 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
         allow_private_targets: true,
         disable_after: Duration::from_secs(3600),
         log_format: LogFormat::Text,
+        endpoint_concurrency: 16,
+        delivery_concurrency: 256,
     };
     adjust(&mut settings);
     let app = Application::build(&settings).await.expect("app builds");

@@ -1,0 +1,149 @@
+//! The signing HTTP client: one pooled keep-alive client for every attempt, no redirects, no
+//! proxy from the environment, the per-attempt timeout, and the Standard Webhooks headers over
+//! the stored payload bytes, with a fresh timestamp and signature on every attempt.
+//!
+//! Every connection is made here, so the address guard (DESIGN 2.5) hooks into this one place.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use accommador_webhooks::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, Secret};
+use anyhow::Context;
+use serde_json::{Map, Value};
+
+use crate::domain::Timestamp;
+use crate::domain::delivery::{AttemptResult, ErrorClass, MAX_LOGGED_BODY, parse_retry_after};
+use crate::store::DueDelivery;
+
+pub const USER_AGENT: &str = concat!("Accommador-Webhooks/", env!("CARGO_PKG_VERSION"));
+/// Response headers kept in the log, at most.
+const MAX_LOGGED_HEADERS: usize = 64;
+
+#[derive(Debug, Clone)]
+pub struct WebhookClient {
+    http: reqwest::Client,
+}
+
+impl WebhookClient {
+    pub fn new(timeout: Duration) -> anyhow::Result<WebhookClient> {
+        let http = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64)
+            .build()
+            .context("building the webhook HTTP client")?;
+        Ok(WebhookClient { http })
+    }
+
+    /// Signs and sends one attempt; never fails, every outcome is an [`AttemptResult`].
+    pub async fn attempt(&self, d: &DueDelivery) -> AttemptResult {
+        let started_at = Timestamp::now();
+        let clock = Instant::now();
+        let timestamp = started_at.millis() / 1000;
+        let mut signature = String::new();
+        for secret in &d.secrets {
+            match Secret::parse(secret) {
+                Ok(s) => {
+                    if !signature.is_empty() {
+                        signature.push(' ');
+                    }
+                    signature.push_str(&s.sign(&d.event_id, timestamp, &d.payload));
+                }
+                Err(e) => {
+                    tracing::error!(endpoint_id = %d.endpoint_id, error = %e, "stored secret does not parse")
+                }
+            }
+        }
+        let response = self
+            .http
+            .post(&d.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(HEADER_ID, &d.event_id)
+            .header(HEADER_TIMESTAMP, timestamp.to_string())
+            .header(HEADER_SIGNATURE, signature)
+            .body(d.payload.clone())
+            .send()
+            .await;
+        let mut result = AttemptResult {
+            trigger: d.trigger,
+            started_at,
+            duration_ms: 0,
+            status_code: None,
+            error_class: None,
+            error: None,
+            response_headers: Map::new(),
+            response_body: String::new(),
+            retry_after: None,
+        };
+        match response {
+            Ok(mut response) => {
+                let status = response.status().as_u16();
+                result.status_code = Some(status);
+                for (name, value) in response.headers().iter().take(MAX_LOGGED_HEADERS) {
+                    let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                    result
+                        .response_headers
+                        .insert(name.as_str().to_owned(), Value::String(value));
+                }
+                if status == 429 || status == 503 {
+                    result.retry_after = response
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| parse_retry_after(v, SystemTime::now()));
+                }
+                let mut body = Vec::new();
+                while body.len() < MAX_LOGGED_BODY {
+                    match response.chunk().await {
+                        Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                        _ => break,
+                    }
+                }
+                body.truncate(MAX_LOGGED_BODY);
+                result.response_body = String::from_utf8_lossy(&body).into_owned();
+                if !(200..300).contains(&status) {
+                    result.error_class = Some(ErrorClass::HttpStatus);
+                    result.error = Some(if (300..400).contains(&status) {
+                        "redirects are not followed".to_owned()
+                    } else {
+                        format!("the endpoint answered {status}")
+                    });
+                }
+            }
+            Err(e) => {
+                let (class, message) = classify(&e);
+                result.error_class = Some(class);
+                result.error = Some(message);
+            }
+        }
+        result.duration_ms = clock.elapsed().as_millis() as u64;
+        result
+    }
+}
+
+/// The error class and message (with its cause chain) of a failed request.
+fn classify(e: &reqwest::Error) -> (ErrorClass, String) {
+    let mut chain = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        chain.push_str(": ");
+        chain.push_str(&s.to_string());
+        source = s.source();
+    }
+    let lower = chain.to_lowercase();
+    let class = if e.is_timeout() || lower.contains("timed out") {
+        ErrorClass::Timeout
+    } else if lower.contains("dns error") || lower.contains("failed to lookup address") {
+        ErrorClass::Dns
+    } else if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake")
+    {
+        ErrorClass::Tls
+    } else {
+        ErrorClass::Connect
+    };
+    (class, chain)
+}

@@ -1,0 +1,241 @@
+//! The dispatcher: decides which due deliveries are attempted now.
+//!
+//! Work is organised in lanes, one per endpoint with pending deliveries. A lane holds only its
+//! earliest due time and the IDs it has in flight (at most the per-endpoint bound), so memory
+//! does not grow with the backlog: due deliveries are read from the database a lane at a time.
+//! Ready lanes are served oldest due first, each up to its per-endpoint bound and all within
+//! the global bound, so a slow, failing or backlogged endpoint holds at most its own share.
+//! The loop sleeps until a wake-up (fan-out, manual action), a finished attempt, or the next
+//! due time of a lane; it never polls.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc};
+
+use super::client::WebhookClient;
+use super::{InFlight, Wake};
+use crate::domain::Timestamp;
+use crate::domain::delivery::RetryPolicy;
+use crate::store::{DueDelivery, LaneRequest, Store};
+
+/// Most lanes served by one step (one read of the database).
+const LANES_PER_STEP: usize = 256;
+
+#[derive(Debug, Default)]
+struct Lane {
+    due_at: Option<Timestamp>,
+    in_flight: HashSet<String>,
+}
+
+/// A finished attempt, as the attempt task reports it.
+#[derive(Debug)]
+struct Done {
+    endpoint_id: String,
+    delivery_id: String,
+    next_due: Option<Timestamp>,
+}
+
+#[derive(Debug)]
+pub struct Dispatcher {
+    store: Store,
+    client: WebhookClient,
+    policy: Arc<RetryPolicy>,
+    in_flight: InFlight,
+    lanes: HashMap<String, Lane>,
+    global: Arc<Semaphore>,
+    per_endpoint: usize,
+    wake_rx: mpsc::UnboundedReceiver<Wake>,
+    done_tx: mpsc::UnboundedSender<Done>,
+    done_rx: mpsc::UnboundedReceiver<Done>,
+}
+
+impl Dispatcher {
+    pub fn new(
+        store: Store,
+        client: WebhookClient,
+        policy: RetryPolicy,
+        in_flight: InFlight,
+        wake_rx: mpsc::UnboundedReceiver<Wake>,
+        global_bound: usize,
+        per_endpoint: usize,
+    ) -> Dispatcher {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        Dispatcher {
+            store,
+            client,
+            policy: Arc::new(policy),
+            in_flight,
+            lanes: HashMap::new(),
+            global: Arc::new(Semaphore::new(global_bound.max(1))),
+            per_endpoint: per_endpoint.max(1),
+            wake_rx,
+            done_tx,
+            done_rx,
+        }
+    }
+
+    fn wake(&mut self, endpoint_id: String, at: Timestamp) {
+        let lane = self.lanes.entry(endpoint_id).or_default();
+        lane.due_at = Some(lane.due_at.map_or(at, |d| d.min(at)));
+    }
+
+    fn finish(&mut self, done: Done) {
+        self.in_flight.remove(&done.delivery_id);
+        if let Some(lane) = self.lanes.get_mut(&done.endpoint_id) {
+            lane.in_flight.remove(&done.delivery_id);
+        }
+        if let Some(at) = done.next_due {
+            self.wake(done.endpoint_id, at);
+        }
+    }
+
+    /// Loads the lanes of every pending delivery (after a restart, in-flight ones included).
+    pub async fn restore(&mut self) -> Result<(), crate::store::StoreError> {
+        for (endpoint_id, at) in self.store.pending_lanes().await? {
+            self.wake(endpoint_id, at);
+        }
+        Ok(())
+    }
+
+    /// One step: takes in wake-ups and finished attempts, starts the attempts that are due,
+    /// and returns when the next lane falls due (`None`: nothing scheduled).
+    pub async fn step(&mut self) -> Option<Timestamp> {
+        while let Ok(w) = self.wake_rx.try_recv() {
+            self.wake(w.endpoint_id, w.at);
+        }
+        while let Ok(done) = self.done_rx.try_recv() {
+            self.finish(done);
+        }
+        let now = Timestamp::now();
+        let mut ready: Vec<(Timestamp, String)> = self
+            .lanes
+            .iter()
+            .filter(|(_, l)| l.in_flight.len() < self.per_endpoint)
+            .filter_map(|(id, l)| l.due_at.filter(|d| *d <= now).map(|d| (d, id.clone())))
+            .collect();
+        ready.sort();
+        ready.truncate(LANES_PER_STEP);
+        let mut permits = self.global.available_permits();
+        if !ready.is_empty() && permits > 0 {
+            let requests: Vec<LaneRequest> = ready
+                .iter()
+                .map(|(_, id)| {
+                    let lane = &self.lanes[id];
+                    LaneRequest {
+                        endpoint_id: id.clone(),
+                        limit: (self.per_endpoint - lane.in_flight.len()).min(permits),
+                        in_flight: lane.in_flight.iter().cloned().collect(),
+                    }
+                })
+                .collect();
+            match self.store.lane_work(requests, now).await {
+                Ok(work) => {
+                    let mut starts = Vec::new();
+                    for w in work {
+                        let lane = self.lanes.entry(w.endpoint_id.clone()).or_default();
+                        lane.due_at = w.next_due;
+                        for d in w.due {
+                            let Ok(permit) = self.global.clone().try_acquire_owned() else {
+                                lane.due_at = Some(now);
+                                break;
+                            };
+                            permits = permits.saturating_sub(1);
+                            lane.in_flight.insert(d.id.clone());
+                            self.in_flight.insert(&d.id);
+                            starts.push((d, permit));
+                        }
+                    }
+                    for (d, permit) in starts {
+                        self.start(d, permit);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "reading due deliveries failed; retrying in 1 s");
+                    return Some(Timestamp(now.millis() + 1000));
+                }
+            }
+        }
+        self.lanes
+            .retain(|_, l| l.due_at.is_some() || !l.in_flight.is_empty());
+        metrics::gauge!("webhook_deliveries_in_flight").set(self.in_flight.len() as f64);
+        self.lanes
+            .values()
+            .filter(|l| l.in_flight.len() < self.per_endpoint)
+            .filter_map(|l| l.due_at)
+            .min()
+    }
+
+    fn start(&self, d: DueDelivery, permit: tokio::sync::OwnedSemaphorePermit) {
+        let client = self.client.clone();
+        let store = self.store.clone();
+        let policy = self.policy.clone();
+        let done = self.done_tx.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let result = client.attempt(&d).await;
+            record_metrics(&d, &result);
+            let next_due = match store.record_attempt(d.id.clone(), result, policy).await {
+                Ok(recorded) => recorded.next_due,
+                Err(e) => {
+                    // The delivery is still due in the database: try it again shortly
+                    // (at-least-once; the receiver deduplicates on webhook-id).
+                    tracing::error!(delivery_id = %d.id, error = %e, "recording an attempt failed");
+                    Some(Timestamp(Timestamp::now().millis() + 1000))
+                }
+            };
+            let _ = done.send(Done {
+                endpoint_id: d.endpoint_id,
+                delivery_id: d.id,
+                next_due,
+            });
+        });
+    }
+
+    /// Runs steps until the task is aborted.
+    pub async fn run(mut self) {
+        if let Err(e) = self.restore().await {
+            tracing::error!(error = %e, "could not load pending deliveries; they wait for new work");
+        }
+        loop {
+            let next = self.step().await;
+            // If a lane is ready but every global permit is taken, a finished attempt wakes us.
+            let sleep = match next {
+                Some(at) => {
+                    let wait = (at.millis() - Timestamp::now().millis()).max(0) as u64;
+                    Duration::from_millis(wait)
+                }
+                None => Duration::from_secs(3600),
+            };
+            if sleep.is_zero() && self.global.available_permits() > 0 {
+                continue;
+            }
+            tokio::select! {
+                w = self.wake_rx.recv() => match w {
+                    Some(w) => self.wake(w.endpoint_id, w.at),
+                    None => return,
+                },
+                d = self.done_rx.recv() => {
+                    if let Some(d) = d {
+                        self.finish(d);
+                    }
+                }
+                () = tokio::time::sleep(sleep), if !sleep.is_zero() => {}
+            }
+        }
+    }
+}
+
+fn record_metrics(d: &DueDelivery, r: &crate::domain::delivery::AttemptResult) {
+    let outcome = if r.succeeded() { "succeeded" } else { "failed" };
+    let class = r.error_class.map_or("none", |c| c.as_str());
+    metrics::counter!("webhook_attempts_total", "outcome" => outcome, "error_class" => class)
+        .increment(1);
+    metrics::histogram!("webhook_attempt_duration_seconds").record(r.duration_ms as f64 / 1000.0);
+    if d.first_attempt {
+        let waited = (r.started_at.millis() - d.event_occurred_at.millis()).max(0);
+        metrics::histogram!("webhook_commit_to_first_attempt_seconds")
+            .record(waited as f64 / 1000.0);
+    }
+}

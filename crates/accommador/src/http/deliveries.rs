@@ -1,0 +1,193 @@
+//! `/v1/deliveries`: the delivery log (one delivery per event × endpoint, each with its
+//! attempts) and manual retries.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{get, post};
+
+use super::error::ApiError;
+use super::extract::{Org, QueryParams};
+use super::openapi::{AttemptList, DeliveryList, DeliverySchema, Problem};
+use super::{AppState, json_response, list_body, page_response, parse_page};
+use crate::domain::delivery::DeliveryStatus;
+use crate::domain::{FieldError, Timestamp};
+use crate::service::ServiceError;
+use crate::store::{DeliveryFilter, StoreError};
+use accommador_webhooks::EventType;
+
+pub fn router() -> axum::Router<AppState> {
+    axum::Router::new()
+        .route("/v1/deliveries", get(list_deliveries))
+        .route("/v1/deliveries/{id}", get(get_delivery))
+        .route("/v1/deliveries/{id}/attempts", get(list_attempts))
+        .route("/v1/deliveries/{id}/retry", post(retry_delivery))
+}
+
+fn not_found_delivery(e: ServiceError) -> ApiError {
+    match e {
+        ServiceError::Store(StoreError::NotFound) => ApiError::not_found("this delivery"),
+        other => other.into(),
+    }
+}
+
+const FILTERS: [&str; 6] = [
+    "endpoint_id",
+    "event_id",
+    "event_type",
+    "status",
+    "since",
+    "until",
+];
+
+fn parse_filter(query: &QueryParams) -> Result<DeliveryFilter, ApiError> {
+    let mut errors = Vec::new();
+    let text = |name: &str, errors: &mut Vec<FieldError>| {
+        query
+            .get(name, errors)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    };
+    let mut filter = DeliveryFilter {
+        endpoint_id: text("endpoint_id", &mut errors),
+        event_id: text("event_id", &mut errors),
+        event_type: text("event_type", &mut errors),
+        ..DeliveryFilter::default()
+    };
+    if let Some(t) = &filter.event_type
+        && EventType::parse(t).is_none()
+    {
+        errors.push(FieldError::new(
+            "event_type",
+            "must be user.created, user.updated, user.deleted or webhook.test",
+        ));
+    }
+    if let Some(s) = text("status", &mut errors) {
+        filter.status = DeliveryStatus::parse(&s);
+        if filter.status.is_none() {
+            errors.push(FieldError::new(
+                "status",
+                "must be pending, succeeded or failed",
+            ));
+        }
+    }
+    for (name, slot) in [("since", &mut filter.since), ("until", &mut filter.until)] {
+        if let Some(v) = text(name, &mut errors) {
+            *slot = Timestamp::parse_rfc3339(&v);
+            if slot.is_none() {
+                errors.push(FieldError::new(name, "must be an RFC 3339 date-time"));
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(filter)
+    } else {
+        Err(ApiError::validation(errors))
+    }
+}
+
+/// List deliveries
+///
+/// Newest first. Filters combine; `since`/`until` bound the delivery's creation time.
+#[utoipa::path(get, path = "/v1/deliveries", tag = "deliveries",
+    params(
+        ("endpoint_id" = Option<String>, Query, description = "ep_…"),
+        ("event_id" = Option<String>, Query, description = "evt_…"),
+        ("event_type" = Option<String>, Query, description = "user.created, user.updated, user.deleted or webhook.test"),
+        ("status" = Option<String>, Query, description = "pending, succeeded or failed"),
+        ("since" = Option<String>, Query, description = "RFC 3339; created at or after"),
+        ("until" = Option<String>, Query, description = "RFC 3339; created before"),
+        ("limit" = Option<usize>, Query, description = "1–500, default 50"),
+        ("after" = Option<String>, Query, description = "next_cursor of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of deliveries", body = DeliveryList),
+        (status = 400, description = "Malformed query string", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad filter, limit or cursor", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = [])))]
+pub async fn list_deliveries(
+    State(state): State<AppState>,
+    Org(org): Org,
+    query: QueryParams,
+) -> Result<Response, ApiError> {
+    let page = parse_page(&query, &FILTERS)?;
+    let filter = parse_filter(&query)?;
+    let page = state.service.list_deliveries(&org, filter, page).await?;
+    Ok(page_response(page, |d| &d.id, |d| d.to_json().to_string()))
+}
+
+/// Get a delivery
+#[utoipa::path(get, path = "/v1/deliveries/{id}", tag = "deliveries",
+    params(("id" = String, Path, description = "dlv_…")),
+    responses(
+        (status = 200, description = "The delivery", body = DeliverySchema),
+        (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such delivery in this organization", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = [])))]
+pub async fn get_delivery(
+    State(state): State<AppState>,
+    Org(org): Org,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let d = state
+        .service
+        .get_delivery(&org, &id)
+        .await
+        .map_err(not_found_delivery)?;
+    Ok(json_response(StatusCode::OK, d.to_json().to_string()))
+}
+
+/// List a delivery's attempts
+///
+/// The delivery log, oldest attempt first: status code or error class, timings, response
+/// headers and the first 4 KiB of the response body.
+#[utoipa::path(get, path = "/v1/deliveries/{id}/attempts", tag = "deliveries",
+    params(("id" = String, Path, description = "dlv_…")),
+    responses(
+        (status = 200, description = "Every attempt of the delivery", body = AttemptList),
+        (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such delivery in this organization", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = [])))]
+pub async fn list_attempts(
+    State(state): State<AppState>,
+    Org(org): Org,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let attempts = state
+        .service
+        .list_attempts(&org, &id)
+        .await
+        .map_err(not_found_delivery)?;
+    let items: Vec<String> = attempts.iter().map(|a| a.to_json().to_string()).collect();
+    Ok(json_response(StatusCode::OK, list_body(&items, None)))
+}
+
+/// Retry a delivery
+///
+/// One manual attempt as soon as possible, through the same queue. A failed manual attempt is
+/// not retried (a schedule it interrupted resumes).
+#[utoipa::path(post, path = "/v1/deliveries/{id}/retry", tag = "deliveries",
+    params(("id" = String, Path, description = "dlv_…")),
+    responses(
+        (status = 202, description = "Queued; the delivery as it is now", body = DeliverySchema),
+        (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such delivery in this organization", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "An attempt is in flight, or the endpoint is disabled", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = [])))]
+pub async fn retry_delivery(
+    State(state): State<AppState>,
+    Org(org): Org,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let d = state
+        .service
+        .retry_delivery(&org, &id)
+        .await
+        .map_err(not_found_delivery)?;
+    Ok(json_response(StatusCode::ACCEPTED, d.to_json().to_string()))
+}

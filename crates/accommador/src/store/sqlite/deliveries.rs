@@ -1,0 +1,766 @@
+//! Deliveries on SQLite: fan-out from the events outbox, the dispatcher's per-endpoint due
+//! queries, recording attempts with the retry policy, and the delivery log.
+//!
+//! SQLite has one server process, so nothing here leases rows in the database: the dispatcher
+//! keeps the set of deliveries in flight in memory and passes it in, and after a restart every
+//! pending delivery is simply due again (at-least-once).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use accommador_webhooks::EventType;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{SqliteStore, cursor_seq, db_err, live_endpoint};
+use crate::domain::delivery::{
+    AttemptRecord, AttemptResult, DeliveryFacts, DeliveryRecord, DeliveryStatus, ErrorClass, Next,
+    RetryPolicy, Trigger,
+};
+use crate::domain::endpoint::{EndpointStatus, EventTypeFilter};
+use crate::domain::{Timestamp, ids};
+use crate::store::{
+    DeliveryFilter, DeliveryStats, DueDelivery, LaneRequest, LaneWork, Page, Recorded, StoreError,
+};
+
+/// Most events one fan-out step takes, and most deliveries it creates.
+const FANOUT_EVENTS: i64 = 256;
+const FANOUT_DELIVERIES: usize = 20_000;
+
+pub const DISABLED_GONE: &str = "the endpoint answered 410 Gone";
+
+/// Fails every pending delivery of an endpoint with `endpoint_disabled`, recording why as an
+/// attempt in each one's log.
+pub(super) fn fail_pending(
+    c: &Connection,
+    endpoint_id: &str,
+    reason: &str,
+    now: Timestamp,
+) -> Result<usize, StoreError> {
+    c.prepare_cached(
+        "INSERT INTO attempts (delivery_id, number, trigger, started_at, duration_ms,
+                               status_code, error_class, error, response_headers, response_body)
+         SELECT id, attempt_count + 1, 'scheduled', ?2, 0, NULL, 'endpoint_disabled', ?3, '{}', ''
+         FROM deliveries WHERE endpoint_id = ?1 AND status = 'pending'",
+    )
+    .and_then(|mut s| s.execute(params![endpoint_id, now.millis(), reason]))
+    .map_err(db_err)?;
+    c.prepare_cached(
+        "UPDATE deliveries SET status = 'failed', attempt_count = attempt_count + 1,
+             next_attempt_at = NULL, manual = 0, resume_at = NULL, updated_at = ?2
+         WHERE endpoint_id = ?1 AND status = 'pending'",
+    )
+    .and_then(|mut s| s.execute(params![endpoint_id, now.millis()]))
+    .map_err(db_err)
+}
+
+fn disable_endpoint(
+    c: &Connection,
+    endpoint_id: &str,
+    reason: &str,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "UPDATE endpoints SET status = 'disabled', disabled_reason = ?2, updated_at = ?3
+         WHERE id = ?1",
+    )
+    .and_then(|mut s| s.execute(params![endpoint_id, reason, now.millis()]))
+    .map_err(db_err)?;
+    fail_pending(c, endpoint_id, reason, now)?;
+    Ok(())
+}
+
+fn insert_delivery(
+    c: &Connection,
+    org: &str,
+    event_seq: i64,
+    event_id: &str,
+    event_type: &str,
+    endpoint_id: &str,
+    now: Timestamp,
+) -> Result<String, StoreError> {
+    let id = ids::new_id(ids::DELIVERY);
+    c.prepare_cached(
+        "INSERT INTO deliveries (id, org_id, event_seq, event_id, event_type, endpoint_id,
+                                 status, next_attempt_at, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7, ?7)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            id,
+            org,
+            event_seq,
+            event_id,
+            event_type,
+            endpoint_id,
+            now.millis()
+        ])
+    })
+    .map_err(db_err)?;
+    Ok(id)
+}
+
+const DELIVERY_COLUMNS: &str = "id, event_id, event_type, endpoint_id, status, attempt_count,
+    next_attempt_at, last_status_code, created_at, updated_at";
+
+fn delivery_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRecord> {
+    let status: String = r.get(4)?;
+    Ok(DeliveryRecord {
+        id: r.get(0)?,
+        event_id: r.get(1)?,
+        event_type: r.get(2)?,
+        endpoint_id: r.get(3)?,
+        status: DeliveryStatus::parse(&status).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                4,
+                rusqlite::types::Type::Text,
+                format!("unknown delivery status {status:?}").into(),
+            )
+        })?,
+        attempt_count: r.get(5)?,
+        next_attempt_at: r.get::<_, Option<i64>>(6)?.map(Timestamp),
+        last_status_code: r.get(7)?,
+        created_at: Timestamp(r.get(8)?),
+        updated_at: Timestamp(r.get(9)?),
+    })
+}
+
+fn get_delivery_row(
+    c: &Connection,
+    org: &str,
+    id: &str,
+) -> Result<Option<DeliveryRecord>, StoreError> {
+    c.prepare_cached(&format!(
+        "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ?1 AND org_id = ?2"
+    ))
+    .and_then(|mut s| s.query_row(params![id, org], delivery_from_row).optional())
+    .map_err(db_err)
+}
+
+fn signing_secrets(
+    c: &Connection,
+    endpoint_id: &str,
+    now: Timestamp,
+) -> Result<Vec<String>, StoreError> {
+    c.prepare_cached(
+        "SELECT secret FROM endpoint_secrets
+         WHERE endpoint_id = ?1 AND (expires_at IS NULL OR expires_at > ?2)
+         ORDER BY expires_at IS NOT NULL, created_at DESC",
+    )
+    .and_then(|mut s| {
+        s.query_map(params![endpoint_id, now.millis()], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()
+    })
+    .map_err(db_err)
+}
+
+/// The enabled, live endpoints of an organization with their filters and creation points.
+fn enabled_endpoints(
+    c: &Connection,
+    org: &str,
+) -> Result<Vec<(String, EventTypeFilter, i64)>, StoreError> {
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT id, event_types, after_event_seq FROM endpoints
+             WHERE org_id = ?1 AND status = 'enabled' AND deleted_at IS NULL",
+        )
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map([org], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })
+        .map_err(db_err)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, types, after) = row.map_err(db_err)?;
+        let names: Vec<String> = serde_json::from_str(&types).map_err(StoreError::database)?;
+        let filter = EventTypeFilter::from_names(names.iter().map(String::as_str))
+            .map_err(|e| StoreError::database(std::io::Error::other(e)))?;
+        out.push((id, filter, after));
+    }
+    Ok(out)
+}
+
+impl SqliteStore {
+    /// One fan-out step: creates the deliveries of the next events in commit order and moves
+    /// the cursor past them, in one transaction. Returns how many events it took and the
+    /// endpoints that got new work.
+    pub async fn fan_out(&self) -> Result<(usize, Vec<String>), StoreError> {
+        self.write(|c| {
+            let now = Timestamp::now();
+            let cursor: i64 = c
+                .query_row("SELECT last_seq FROM fanout_cursor WHERE id = 1", [], |r| {
+                    r.get(0)
+                })
+                .map_err(db_err)?;
+            let events: Vec<(i64, String, String, String)> = c
+                .prepare_cached(
+                    "SELECT seq, id, org_id, type FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                )
+                .and_then(|mut s| {
+                    s.query_map(params![cursor, FANOUT_EVENTS], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    })?
+                    .collect()
+                })
+                .map_err(db_err)?;
+            let mut endpoints_of: HashMap<String, Vec<(String, EventTypeFilter, i64)>> =
+                HashMap::new();
+            let mut woken: Vec<String> = Vec::new();
+            let mut created = 0;
+            let mut last = cursor;
+            let mut taken = 0;
+            for (seq, event_id, org, event_type) in &events {
+                if created >= FANOUT_DELIVERIES {
+                    break;
+                }
+                last = *seq;
+                taken += 1;
+                // Test events are delivered by the `test` call itself; unknown types by no one.
+                let Some(kind) =
+                    EventType::parse(event_type).filter(|t| EventType::USER_EVENTS.contains(t))
+                else {
+                    continue;
+                };
+                if !endpoints_of.contains_key(org) {
+                    endpoints_of.insert(org.clone(), enabled_endpoints(c, org)?);
+                }
+                for (endpoint_id, filter, after_seq) in &endpoints_of[org] {
+                    if filter.contains(kind) && *after_seq < *seq {
+                        insert_delivery(c, org, *seq, event_id, event_type, endpoint_id, now)?;
+                        created += 1;
+                        if !woken.contains(endpoint_id) {
+                            woken.push(endpoint_id.clone());
+                        }
+                    }
+                }
+            }
+            if taken > 0 {
+                c.prepare_cached("UPDATE fanout_cursor SET last_seq = ?1 WHERE id = 1")
+                    .and_then(|mut s| s.execute([last]))
+                    .map_err(db_err)?;
+            }
+            Ok((taken, woken))
+        })
+        .await
+    }
+
+    /// Every endpoint with pending deliveries and its earliest due time (on start).
+    pub async fn pending_lanes(&self) -> Result<Vec<(String, Timestamp)>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT endpoint_id, MIN(next_attempt_at) FROM deliveries
+                 WHERE status = 'pending' GROUP BY endpoint_id",
+            )
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get(0)?, Timestamp(r.get(1)?))))?
+                    .collect()
+            })
+            .map_err(db_err)
+        })
+        .await
+    }
+
+    /// The due deliveries of each requested endpoint, earliest first.
+    pub async fn lane_work(
+        &self,
+        requests: Vec<LaneRequest>,
+        now: Timestamp,
+    ) -> Result<Vec<LaneWork>, StoreError> {
+        self.read(move |c| {
+            let mut out = Vec::with_capacity(requests.len());
+            for req in requests {
+                out.push(lane_work_one(c, req, now)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Records an attempt and applies what follows it: success, a retry, failure, and the
+    /// endpoint's continuous-failure clock (disabling it when it has failed too long).
+    pub async fn record_attempt(
+        &self,
+        delivery_id: String,
+        result: AttemptResult,
+        policy: Arc<RetryPolicy>,
+    ) -> Result<Recorded, StoreError> {
+        self.write(move |c| {
+            let now = Timestamp::now();
+            let row = c
+                .prepare_cached(
+                    "SELECT endpoint_id, status, attempt_count, retries_used, resume_at
+                     FROM deliveries WHERE id = ?1",
+                )
+                .and_then(|mut s| {
+                    s.query_row([&delivery_id], |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, u32>(2)?,
+                            r.get::<_, u32>(3)?,
+                            r.get::<_, Option<i64>>(4)?,
+                        ))
+                    })
+                    .optional()
+                })
+                .map_err(db_err)?
+                .ok_or(StoreError::NotFound)?;
+            let (endpoint_id, status, attempt_count, retries_used, resume_at) = row;
+            let number = attempt_count + 1;
+            insert_attempt(c, &delivery_id, number, &result)?;
+
+            let still_pending = status == DeliveryStatus::Pending.as_str();
+            let facts = DeliveryFacts {
+                retries_used,
+                resume_at: resume_at.map(Timestamp),
+            };
+            let next = if still_pending {
+                policy.decide(facts, &result, now, rand::random::<f64>() * 2.0 - 1.0)
+            } else if result.succeeded() {
+                // Cancelled while in flight, yet it arrived.
+                Next::Succeeded
+            } else {
+                Next::Failed
+            };
+            let (new_status, next_at, spent) = match next {
+                Next::Succeeded => (DeliveryStatus::Succeeded, None, 0),
+                Next::Failed => (DeliveryStatus::Failed, None, 0),
+                Next::RetryAt { at, spends_retry } => {
+                    (DeliveryStatus::Pending, Some(at), u32::from(spends_retry))
+                }
+            };
+            c.prepare_cached(
+                "UPDATE deliveries SET status = ?2, attempt_count = ?3,
+                     retries_used = retries_used + ?4, next_attempt_at = ?5, manual = 0,
+                     resume_at = NULL, last_status_code = ?6, updated_at = ?7
+                 WHERE id = ?1",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    delivery_id,
+                    new_status.as_str(),
+                    number,
+                    spent,
+                    next_at.map(Timestamp::millis),
+                    result.status_code,
+                    now.millis()
+                ])
+            })
+            .map_err(db_err)?;
+
+            let mut endpoint_disabled = false;
+            if result.succeeded() {
+                c.prepare_cached("UPDATE endpoints SET failing_since = NULL WHERE id = ?1")
+                    .and_then(|mut s| s.execute([&endpoint_id]))
+                    .map_err(db_err)?;
+            } else {
+                let since: Option<i64> = c
+                    .prepare_cached(
+                        "UPDATE endpoints SET failing_since = COALESCE(failing_since, ?2)
+                         WHERE id = ?1 AND status = 'enabled' RETURNING failing_since",
+                    )
+                    .and_then(|mut s| {
+                        s.query_row(params![endpoint_id, result.started_at.millis()], |r| {
+                            r.get(0)
+                        })
+                        .optional()
+                    })
+                    .map_err(db_err)?;
+                if let Some(since) = since {
+                    if result.gone() {
+                        disable_endpoint(c, &endpoint_id, DISABLED_GONE, now)?;
+                        endpoint_disabled = true;
+                    } else if policy.should_disable(Timestamp(since), now) {
+                        let reason = format!(
+                            "failing continuously since {}",
+                            Timestamp(since).to_rfc3339()
+                        );
+                        disable_endpoint(c, &endpoint_id, &reason, now)?;
+                        endpoint_disabled = true;
+                    }
+                }
+            }
+            Ok(Recorded {
+                next_due: if endpoint_disabled { None } else { next_at },
+                endpoint_disabled,
+            })
+        })
+        .await
+    }
+
+    pub async fn list_deliveries(
+        &self,
+        org: String,
+        filter: DeliveryFilter,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Page<DeliveryRecord>, StoreError> {
+        self.read(move |c| {
+            // Newest first: the cursor is the last delivery of the previous page.
+            let before = match after.as_deref() {
+                None => i64::MAX,
+                Some(_) => cursor_seq(c, "deliveries", &org, after.as_deref())?,
+            };
+            // One statement; each optional filter is a no-op when its parameter is NULL.
+            // The (org, seq) index drives it newest first.
+            let items = c
+                .prepare_cached(&format!(
+                    "SELECT {DELIVERY_COLUMNS} FROM deliveries
+                     WHERE org_id = ?1 AND seq < ?2
+                       AND (?3 IS NULL OR endpoint_id = ?3)
+                       AND (?4 IS NULL OR event_id = ?4)
+                       AND (?5 IS NULL OR event_type = ?5)
+                       AND (?6 IS NULL OR status = ?6)
+                       AND (?7 IS NULL OR created_at >= ?7)
+                       AND (?8 IS NULL OR created_at < ?8)
+                     ORDER BY seq DESC LIMIT ?9"
+                ))
+                .and_then(|mut s| {
+                    s.query_map(
+                        params![
+                            org,
+                            before,
+                            filter.endpoint_id,
+                            filter.event_id,
+                            filter.event_type,
+                            filter.status.map(DeliveryStatus::as_str),
+                            filter.since.map(Timestamp::millis),
+                            filter.until.map(Timestamp::millis),
+                            limit as i64 + 1
+                        ],
+                        delivery_from_row,
+                    )?
+                    .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(db_err)?;
+            Ok(Page::from_fetched(items, limit))
+        })
+        .await
+    }
+
+    pub async fn get_delivery(
+        &self,
+        org: String,
+        id: String,
+    ) -> Result<DeliveryRecord, StoreError> {
+        self.read(move |c| get_delivery_row(c, &org, &id)?.ok_or(StoreError::NotFound))
+            .await
+    }
+
+    pub async fn list_attempts(
+        &self,
+        org: String,
+        id: String,
+    ) -> Result<Vec<AttemptRecord>, StoreError> {
+        self.read(move |c| {
+            get_delivery_row(c, &org, &id)?.ok_or(StoreError::NotFound)?;
+            c.prepare_cached(
+                "SELECT number, trigger, started_at, duration_ms, status_code, error_class,
+                        error, response_headers, response_body
+                 FROM attempts WHERE delivery_id = ?1 ORDER BY number",
+            )
+            .and_then(|mut s| {
+                s.query_map([&id], |r| {
+                    let headers: String = r.get(7)?;
+                    let class: Option<String> = r.get(5)?;
+                    let trigger: String = r.get(1)?;
+                    Ok(AttemptRecord {
+                        number: r.get(0)?,
+                        result: AttemptResult {
+                            trigger: if trigger == "manual" {
+                                Trigger::Manual
+                            } else {
+                                Trigger::Scheduled
+                            },
+                            started_at: Timestamp(r.get(2)?),
+                            duration_ms: r.get(3)?,
+                            status_code: r.get(4)?,
+                            error_class: class.as_deref().and_then(ErrorClass::parse),
+                            error: r.get(6)?,
+                            response_headers: serde_json::from_str(&headers).unwrap_or_default(),
+                            response_body: r.get(8)?,
+                            retry_after: None,
+                        },
+                    })
+                })?
+                .collect()
+            })
+            .map_err(db_err)
+        })
+        .await
+    }
+
+    /// Queues one manual attempt as soon as possible. A delivery that was still retrying
+    /// resumes its schedule if the manual attempt fails.
+    pub async fn request_retry(
+        &self,
+        org: String,
+        id: String,
+    ) -> Result<DeliveryRecord, StoreError> {
+        self.write(move |c| {
+            let d = get_delivery_row(c, &org, &id)?.ok_or(StoreError::NotFound)?;
+            let endpoint = live_endpoint(c, &org, &d.endpoint_id)?.ok_or(StoreError::NotFound)?;
+            if endpoint.status != EndpointStatus::Enabled {
+                return Err(StoreError::EndpointDisabled);
+            }
+            let now = Timestamp::now();
+            c.prepare_cached(
+                "UPDATE deliveries SET
+                     resume_at = CASE WHEN status = 'pending' AND manual = 0
+                                      THEN next_attempt_at ELSE resume_at END,
+                     status = 'pending', next_attempt_at = ?2, manual = 1, updated_at = ?2
+                 WHERE id = ?1",
+            )
+            .and_then(|mut s| s.execute(params![id, now.millis()]))
+            .map_err(db_err)?;
+            get_delivery_row(c, &org, &id)?.ok_or(StoreError::NotFound)
+        })
+        .await
+    }
+
+    /// Re-queues the endpoint's failed deliveries created in `[since, until)` and creates the
+    /// ones it never got for events of that window (e.g. while it was disabled).
+    pub async fn recover(
+        &self,
+        org: String,
+        endpoint_id: String,
+        since: Timestamp,
+        until: Option<Timestamp>,
+    ) -> Result<(usize, usize), StoreError> {
+        self.write(move |c| {
+            let endpoint = live_endpoint(c, &org, &endpoint_id)?.ok_or(StoreError::NotFound)?;
+            if endpoint.status != EndpointStatus::Enabled {
+                return Err(StoreError::EndpointDisabled);
+            }
+            let now = Timestamp::now();
+            let until = until.unwrap_or(Timestamp(i64::MAX));
+            let requeued = c
+                .prepare_cached(
+                    "UPDATE deliveries SET status = 'pending', next_attempt_at = ?4,
+                         retries_used = 0, manual = 0, resume_at = NULL, updated_at = ?4
+                     WHERE endpoint_id = ?1 AND status = 'failed'
+                       AND created_at >= ?2 AND created_at < ?3",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        endpoint_id,
+                        since.millis(),
+                        until.millis(),
+                        now.millis()
+                    ])
+                })
+                .map_err(db_err)?;
+            let after_seq: i64 = c
+                .prepare_cached("SELECT after_event_seq FROM endpoints WHERE id = ?1")
+                .and_then(|mut s| s.query_row([&endpoint_id], |r| r.get(0)))
+                .map_err(db_err)?;
+            let missing: Vec<(i64, String, String)> = c
+                .prepare_cached(
+                    "SELECT e.seq, e.id, e.type FROM events e
+                     WHERE e.org_id = ?1 AND e.seq > ?2
+                       AND e.occurred_at >= ?3 AND e.occurred_at < ?4
+                       AND e.type <> 'webhook.test'
+                       AND NOT EXISTS (SELECT 1 FROM deliveries d
+                                       WHERE d.event_id = e.id AND d.endpoint_id = ?5)
+                     ORDER BY e.seq",
+                )
+                .and_then(|mut s| {
+                    s.query_map(
+                        params![org, after_seq, since.millis(), until.millis(), endpoint_id],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )?
+                    .collect()
+                })
+                .map_err(db_err)?;
+            let mut created = 0;
+            for (seq, event_id, event_type) in missing {
+                let wanted =
+                    EventType::parse(&event_type).is_some_and(|t| endpoint.event_types.contains(t));
+                if wanted {
+                    insert_delivery(c, &org, seq, &event_id, &event_type, &endpoint_id, now)?;
+                    created += 1;
+                }
+            }
+            Ok((requeued, created))
+        })
+        .await
+    }
+
+    /// Writes a `webhook.test` event (not listed in `/v1/events`) and its one delivery to this
+    /// endpoint, ignoring the endpoint's filter.
+    pub async fn send_test(
+        &self,
+        org: String,
+        endpoint_id: String,
+    ) -> Result<(String, String), StoreError> {
+        self.write(move |c| {
+            let endpoint = live_endpoint(c, &org, &endpoint_id)?.ok_or(StoreError::NotFound)?;
+            if endpoint.status != EndpointStatus::Enabled {
+                return Err(StoreError::EndpointDisabled);
+            }
+            let now = Timestamp::now();
+            let event_id = ids::new_id(ids::EVENT);
+            let payload = serde_json::to_string(&accommador_webhooks::Event {
+                id: event_id.clone(),
+                event_type: EventType::WebhookTest,
+                timestamp: now.to_rfc3339(),
+                data: accommador_webhooks::payload::TestEventData {
+                    endpoint_id: endpoint_id.clone(),
+                },
+            })
+            .expect("events serialise");
+            let seq: i64 = c
+                .prepare_cached(
+                    "INSERT INTO events (id, org_id, type, occurred_at, payload)
+                     VALUES (?1, ?2, 'webhook.test', ?3, ?4) RETURNING seq",
+                )
+                .and_then(|mut s| {
+                    s.query_row(params![event_id, org, now.millis(), payload], |r| r.get(0))
+                })
+                .map_err(db_err)?;
+            let delivery_id = insert_delivery(
+                c,
+                &org,
+                seq,
+                &event_id,
+                EventType::WebhookTest.as_str(),
+                &endpoint_id,
+                now,
+            )?;
+            Ok((event_id, delivery_id))
+        })
+        .await
+    }
+
+    pub async fn delivery_stats(&self, now: Timestamp) -> Result<DeliveryStats, StoreError> {
+        self.read(move |c| {
+            let (due, oldest): (u64, Option<i64>) = c
+                .prepare_cached(
+                    "SELECT COUNT(*), MIN(next_attempt_at) FROM deliveries
+                     WHERE status = 'pending' AND next_attempt_at <= ?1",
+                )
+                .and_then(|mut s| s.query_row([now.millis()], |r| Ok((r.get(0)?, r.get(1)?))))
+                .map_err(db_err)?;
+            let disabled: u64 = c
+                .query_row(
+                    "SELECT COUNT(*) FROM endpoints WHERE status = 'disabled' AND deleted_at IS NULL",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(db_err)?;
+            Ok(DeliveryStats {
+                due,
+                oldest_due: oldest.map(Timestamp),
+                disabled_endpoints: disabled,
+            })
+        })
+        .await
+    }
+}
+
+/// id, event_id, next_attempt_at, manual, attempt_count, payload, occurred_at, url.
+type DueRow = (String, String, Option<i64>, bool, u32, String, i64, String);
+
+fn lane_work_one(c: &Connection, req: LaneRequest, now: Timestamp) -> Result<LaneWork, StoreError> {
+    let rows: Vec<DueRow> = c
+        .prepare_cached(
+            "SELECT d.id, d.event_id, d.next_attempt_at, d.manual, d.attempt_count,
+                    e.payload, e.occurred_at, ep.url
+             FROM deliveries d
+             JOIN events e ON e.seq = d.event_seq
+             JOIN endpoints ep ON ep.id = d.endpoint_id
+             WHERE d.endpoint_id = ?1 AND d.status = 'pending'
+             ORDER BY d.next_attempt_at LIMIT ?2",
+        )
+        .and_then(|mut s| {
+            s.query_map(
+                params![
+                    req.endpoint_id,
+                    (req.limit + req.in_flight.len() + 1) as i64
+                ],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                        r.get(7)?,
+                    ))
+                },
+            )?
+            .collect()
+        })
+        .map_err(db_err)?;
+    let mut due = Vec::new();
+    let mut next_due = None;
+    let mut secrets: Option<Vec<String>> = None;
+    for (id, event_id, next_at, manual, attempts, payload, occurred_at, url) in rows {
+        if req.in_flight.contains(&id) {
+            continue;
+        }
+        let at = Timestamp(next_at.unwrap_or(now.millis()));
+        if at > now || due.len() >= req.limit {
+            next_due = Some(at);
+            break;
+        }
+        if secrets.is_none() {
+            secrets = Some(signing_secrets(c, &req.endpoint_id, now)?);
+        }
+        due.push(DueDelivery {
+            id,
+            event_id,
+            endpoint_id: req.endpoint_id.clone(),
+            url,
+            payload: bytes::Bytes::from(payload),
+            secrets: secrets.clone().unwrap_or_default(),
+            trigger: if manual {
+                Trigger::Manual
+            } else {
+                Trigger::Scheduled
+            },
+            event_occurred_at: Timestamp(occurred_at),
+            first_attempt: attempts == 0,
+        });
+    }
+    Ok(LaneWork {
+        endpoint_id: req.endpoint_id,
+        due,
+        next_due,
+    })
+}
+
+fn insert_attempt(
+    c: &Connection,
+    delivery_id: &str,
+    number: u32,
+    r: &AttemptResult,
+) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "INSERT INTO attempts (delivery_id, number, trigger, started_at, duration_ms,
+                               status_code, error_class, error, response_headers, response_body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            delivery_id,
+            number,
+            r.trigger.as_str(),
+            r.started_at.millis(),
+            r.duration_ms,
+            r.status_code,
+            r.error_class.map(ErrorClass::as_str),
+            r.error,
+            serde_json::to_string(&r.response_headers).expect("headers serialise"),
+            r.response_body
+        ])
+    })
+    .map(|_| ())
+    .map_err(db_err)
+}
