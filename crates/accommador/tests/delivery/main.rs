@@ -1,0 +1,732 @@
+//! Webhook delivery end to end: a real server on port 0 delivering to a real local receiver,
+//! every request verified with the `accommador-webhooks` crate.
+
+#[path = "../api/helpers.rs"]
+#[allow(dead_code)]
+mod helpers;
+mod receiver;
+
+use std::time::Duration;
+
+use accommador_webhooks::{Secret, Verifier, WebhookHeaders};
+use helpers::{Tenant, TestApp, error_fields, problem, spawn_app_with};
+use receiver::{Received, Receiver, Reply};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// A server whose retries come quickly: 50 ms apart, three of them.
+async fn fast_app() -> TestApp {
+    spawn_app_with(|s| s.retry_schedule = vec![ms(50), ms(50), ms(50)]).await
+}
+
+struct Endpoint {
+    id: String,
+    secret: String,
+}
+
+async fn endpoint(app: &TestApp, t: &Tenant, url: &str, types: Option<&[&str]>) -> Endpoint {
+    let mut body = json!({ "url": url });
+    if let Some(types) = types {
+        body["event_types"] = json!(types);
+    }
+    let r = app.post(t, "/v1/endpoints", &body).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let e: Value = r.json().await.unwrap();
+    Endpoint {
+        id: e["id"].as_str().unwrap().to_owned(),
+        secret: e["secret"].as_str().unwrap().to_owned(),
+    }
+}
+
+fn verify(secret: &str, r: &Received) {
+    let headers = WebhookHeaders {
+        id: &r.id,
+        timestamp: &r.timestamp,
+        signature: &r.signature,
+    };
+    Verifier::new(Secret::parse(secret).unwrap())
+        .verify(&headers, &r.body)
+        .unwrap_or_else(|e| panic!("{} does not verify: {e}", r.id));
+}
+
+async fn json_of(app: &TestApp, t: &Tenant, path: &str) -> Value {
+    let r = app.get(t, path).await;
+    assert_eq!(r.status(), StatusCode::OK, "GET {path}");
+    r.json().await.unwrap()
+}
+
+/// Polls `path` until `check` holds (bounded), returning the last body.
+async fn eventually(
+    app: &TestApp,
+    t: &Tenant,
+    path: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let body = json_of(app, t, path).await;
+        if check(&body) {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{path} never reached the expected state: {body}"
+        );
+        tokio::time::sleep(ms(20)).await;
+    }
+}
+
+async fn deliveries_of(app: &TestApp, t: &Tenant, endpoint_id: &str) -> Vec<Value> {
+    json_of(
+        app,
+        t,
+        &format!("/v1/deliveries?endpoint_id={endpoint_id}&limit=500"),
+    )
+    .await["data"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+async fn attempts(app: &TestApp, t: &Tenant, delivery_id: &str) -> Vec<Value> {
+    json_of(app, t, &format!("/v1/deliveries/{delivery_id}/attempts")).await["data"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[tokio::test]
+async fn each_change_reaches_every_subscribed_endpoint_signed_and_byte_for_byte() {
+    let app = fast_app().await;
+    let t = app.create_org("Acme").await;
+    let rx = Receiver::start().await;
+    let all = endpoint(&app, &t, &rx.url("/all"), None).await;
+    let deletes = endpoint(&app, &t, &rx.url("/deletes"), Some(&["user.deleted"])).await;
+
+    let user = app
+        .create_user(&t, json!({"email": "ada@example.com"}))
+        .await;
+    let path = format!("/v1/users/{}", user["id"].as_str().unwrap());
+    app.patch(&t, &path, &json!({"name": "Ada"})).await;
+    app.delete(&t, &path).await;
+
+    let got = rx.wait_for("/all", 3, WAIT).await;
+    let events = app.all_events(&t, "").await;
+    let mut got_ids: Vec<&str> = got.iter().map(|r| r.id.as_str()).collect();
+    got_ids.sort();
+    let mut event_ids: Vec<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    event_ids.sort();
+    assert_eq!(got_ids, event_ids, "webhook-id must be the event ID");
+    for r in &got {
+        verify(&all.secret, r);
+        let stored = app
+            .get(&t, &format!("/v1/events/{}", r.id))
+            .await
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.body, stored,
+            "the body is the stored event, byte for byte"
+        );
+        assert!(
+            r.user_agent.starts_with("Accommador-Webhooks/"),
+            "{}",
+            r.user_agent
+        );
+        assert_eq!(r.content_type, "application/json");
+    }
+
+    let got = rx.wait_for("/deletes", 1, WAIT).await;
+    verify(&deletes.secret, &got[0]);
+    let body: Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert_eq!(body["type"], "user.deleted");
+
+    // An endpoint created after these events gets none of them, only what comes next.
+    let late = endpoint(&app, &t, &rx.url("/late"), None).await;
+    let next = app
+        .create_user(&t, json!({"email": "grace@example.com"}))
+        .await;
+    let got = rx.wait_for("/late", 1, WAIT).await;
+    let body: Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert_eq!(body["data"]["user"]["id"], next["id"]);
+    rx.wait_for("/all", 4, WAIT).await;
+    assert_eq!(deliveries_of(&app, &t, &late.id).await.len(), 1);
+    assert_eq!(
+        rx.received("/deletes").len(),
+        1,
+        "the filtered endpoint got another type"
+    );
+    let ok = eventually(
+        &app,
+        &t,
+        &format!("/v1/deliveries?endpoint_id={}&status=succeeded", all.id),
+        |v| v["data"].as_array().unwrap().len() == 4,
+    )
+    .await;
+    for d in ok["data"].as_array().unwrap() {
+        assert_eq!(d["attempt_count"], 1);
+        assert_eq!(d["last_status_code"], 204);
+        assert_eq!(d["next_attempt_at"], Value::Null);
+    }
+}
+
+#[tokio::test]
+async fn failures_are_retried_with_the_same_webhook_id_until_success() {
+    let app = fast_app().await;
+    let t = app.create_org("Acme").await;
+    let rx = Receiver::start().await;
+    rx.script(
+        "/flaky",
+        vec![Reply::status(500), Reply::status(500), Reply::status(200)],
+    );
+    let ep = endpoint(&app, &t, &rx.url("/flaky"), None).await;
+    app.create_user(&t, json!({"email": "a@example.com"})).await;
+
+    let got = rx.wait_for("/flaky", 3, WAIT).await;
+    assert!(
+        got.iter().all(|r| r.id == got[0].id),
+        "one webhook-id for every attempt"
+    );
+    for r in &got {
+        verify(&ep.secret, r);
+    }
+    let deliveries = eventually(
+        &app,
+        &t,
+        &format!("/v1/deliveries?endpoint_id={}", ep.id),
+        |v| v["data"][0]["status"] == "succeeded",
+    )
+    .await;
+    let d = &deliveries["data"][0];
+    assert_eq!(d["attempt_count"], 3);
+    assert_eq!(d["last_status_code"], 200);
+    assert_eq!(d["event_id"], got[0].id.as_str());
+    let log = attempts(&app, &t, d["id"].as_str().unwrap()).await;
+    let codes: Vec<_> = log.iter().map(|a| a["status_code"].clone()).collect();
+    assert_eq!(codes, [json!(500), json!(500), json!(200)]);
+    let numbers: Vec<_> = log.iter().map(|a| a["number"].as_u64().unwrap()).collect();
+    assert_eq!(numbers, [1, 2, 3]);
+    assert_eq!(log[0]["error_class"], "http_status");
+    assert_eq!(log[2]["error_class"], Value::Null);
+    assert!(log.iter().all(|a| a["trigger"] == "scheduled"));
+}
+
+#[tokio::test]
+async fn a_timeout_is_logged_as_one_and_exhaustion_fails_the_delivery() {
+    let app = spawn_app_with(|s| {
+        s.retry_schedule = vec![];
+        s.delivery_timeout = ms(300);
+    })
+    .await;
+    let t = app.create_org("Acme").await;
+    let rx = Receiver::start().await;
+    rx.script(
+        "/slow",
+        vec![Reply::status(200).after(Duration::from_secs(3))],
+    );
+    let ep = endpoint(&app, &t, &rx.url("/slow"), None).await;
+    app.create_user(&t, json!({"email": "a@example.com"})).await;
+    let v = eventually(
+        &app,
+        &t,
+        &format!("/v1/deliveries?endpoint_id={}", ep.id),
+        |v| v["data"][0]["status"] == "failed",
+    )
+    .await;
+    let log = attempts(&app, &t, v["data"][0]["id"].as_str().unwrap()).await;
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0]["error_class"], "timeout");
+    assert_eq!(log[0]["status_code"], Value::Null);
+    assert!(log[0]["duration_ms"].as_u64().unwrap() < 2000);
+}
+
+#[tokio::test]
+async fn gone_disables_the_endpoint_and_fails_its_pending_deliveries() {
+    let app = spawn_app_with(|s| s.retry_schedule = vec![Duration::from_secs(3600)]).await;
+    let t = app.create_org("Acme").await;
+    let rx = Receiver::start().await;
+    rx.script("/gone", vec![Reply::status(500), Reply::status(410)]);
+    let ep = endpoint(&app, &t, &rx.url("/gone"), None).await;
+    app.create_user(&t, json!({"email": "first@example.com"}))
+        .await;
+    rx.wait_for("/gone", 1, WAIT).await;
+    // The first delivery now waits an hour for its retry; the second meets the 410.
+    eventually(
+        &app,
+        &t,
+        &format!("/v1/deliveries?endpoint_id={}", ep.id),
+        |v| v["data"][0]["attempt_count"] == 1,
+    )
+    .await;
+    app.create_user(&t, json!({"email": "second@example.com"}))
+        .await;
+    rx.wait_for("/gone", 2, WAIT).await;
+
+    let e = eventually(&app, &t, &format!("/v1/endpoints/{}", ep.id), |v| {
+        v["status"] == "disabled"
+    })
+    .await;
+    assert!(
+        e["disabled_reason"].as_str().unwrap().contains("410"),
+        "{e}"
+    );
+    let all = eventually(
+        &app,
+        &t,
+        &format!("/v1/deliveries?endpoint_id={}", ep.id),
+        |v| {
+            v["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|d| d["status"] == "failed")
+        },
+    )
+    .await;
+    let first = all["data"].as_array().unwrap().last().unwrap().clone();
+    let log = attempts(&app, &t, first["id"].as_str().unwrap()).await;
+    assert_eq!(log.last().unwrap()["error_class"], "endpoint_disabled");
+    // A disabled endpoint receives nothing more (the observer shows fan-out went past).
+    endpoint(&app, &t, &rx.url("/observer"), None).await;
+    app.create_user(&t, json!({"email": "third@example.com"}))
+        .await;
+    app.create_user(&t, json!({"email": "fourth@example.com"}))
+        .await;
+    rx.wait_for("/observer", 2, WAIT).await;
+    assert_eq!(deliveries_of(&app, &t, &ep.id).await.len(), 2);
+    assert_eq!(rx.received("/gone").len(), 2);
+}
+
+#[tokio::test]
+async fn retry_after_lengthens_the_next_delay() {
+    let app = fast_app().await;
+    let t = app.create_org("Acme").await;
+    let rx = Receiver::start().await;
+    rx.script("/busy", vec![Reply::status(503).header("retry-after", "1")]);
+    endpoint(&app, &t, &rx.url("/busy"), None).await;
+    app.create_user(&t, json!({"email": "a@example.com"})).await;
+    let got = rx.wait_for("/busy", 2, WAIT).await;
+    let gap = got[1].at - got[0].at;
+    assert!(
+        gap >= ms(950),
+        "Retry-After: 1 was not honoured (gap {gap:?})"
+    );
+}
+
+#[tokio::test]
+async fn an_exhausted_delivery_can_be_retried_by_hand() {
+    let app = spawn_app_with(|s| s.retry_schedule = vec![ms(50)]).await;
+    let t = app.create_org("Acme").await;
+    let rx = Receiver::start().await;
+    rx.script(
+        "/down",
+        vec![Reply::status(500), Reply::status(502), Reply::status(500)],
+    );
+    let ep = endpoint(&app, &t, &rx.url("/down"), None).await;
+    app.create_user(&t, json!({"email": "a@example.com"})).await;
+    let v = eventually(
+        &app,
+        &t,
+        &format!("/v1/deliveries?endpoint_id={}", ep.id),
+        |v| v["data"][0]["status"] == "failed",
+    )
+    .await;
+    let id = v["data"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(v["data"][0]["attempt_count"], 2);
+
+    // A failed manual attempt is not retried.
+    let r = app
+        .post(&t, &format!("/v1/deliveries/{id}/retry"), &json!({}))
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    eventually(&app, &t, &format!("/v1/deliveries/{id}"), |d| {
+        d["status"] == "failed" && d["attempt_count"] == 3
+    })
+    .await;
+    // The next manual attempt succeeds.
+    app.post(&t, &format!("/v1/deliveries/{id}/retry"), &json!({}))
+        .await;
+    eventually(&app, &t, &format!("/v1/deliveries/{id}"), |d| {
+        d["status"] == "succeeded"
+    })
+    .await;
+    let log = attempts(&app, &t, &id).await;
+    let triggers: Vec<_> = log.iter().map(|a| a["trigger"].as_str().unwrap()).collect();
+    assert_eq!(triggers, ["scheduled", "scheduled", "manual", "manual"]);
+    assert_eq!(rx.received("/down").len(), 4);
+    assert!(
+        rx.received("/down")
+            .iter()
+            .all(|r| r.id == rx.received("/down")[0].id)
+    );
+}
+
+#[tokio::test]
+async fn a_retry_while_an_attempt_is_in_flight_is_409() {
+    let app = fast_app().await;
+    let t = app.create_org("Acme").await;
+    let rx = Receiver::start().await;
+    rx.script(
+        "/hang",
+        vec![Reply::status(200).after(Duration::from_secs(2))],
+    );
+    let ep = endpoint(&app, &t, &rx.url("/hang"), None).await;
+    app.create_user(&t, json!({"email": "a@example.com"})).await;
+    rx.wait_for("/hang", 1, WAIT).await;
+    let d = deliveries_of(&app, &t, &ep.id).await;
+    let r = app
+        .post(
+            &t,
+            &format!("/v1/deliveries/{}/retry", d[0]["id"].as_str().unwrap()),
+            &json!({}),
+        )
+        .await;
+    problem(r, StatusCode::CONFLICT).await;
+}
+
+#[tokio::test]
+async fn recover_requeues_failed_deliveries_and_creates_missing_ones() {
+    let app = spawn_app_with(|s| s.retry_schedule = vec![]).await;
+    let t = app.create_org("Acme").await;
+    let rx = Receiver::start().await;
+    rx.script("/rec", vec![Reply::status(500)]);
+    let ep = endpoint(&app, &t, &rx.url("/rec"), None).await;
+    let since = accommador::domain::Timestamp::now().to_rfc3339();
+    app.create_user(&t, json!({"email": "failed@example.com"}))
+        .await;
+    eventually(
+        &app,
+        &t,
+        &format!("/v1/deliveries?endpoint_id={}", ep.id),
+        |v| v["data"][0]["status"] == "failed",
+    )
+    .await;
+
+    let path = format!("/v1/endpoints/{}", ep.id);
+    app.patch(&t, &path, &json!({"status": "disabled"})).await;
+    // An observer endpoint shows when fan-out has passed the next event: one transaction
+    // fans an event out to every endpoint, so the disabled one was skipped by then.
+    endpoint(&app, &t, &rx.url("/observer"), None).await;
+    app.create_user(&t, json!({"email": "missed@example.com"}))
+        .await;
+    rx.wait_for("/observer", 1, WAIT).await;
+    problem(
+        app.post(&t, &format!("{path}/recover"), &json!({"since": since}))
+            .await,
+        StatusCode::CONFLICT,
+    )
+    .await;
+    app.patch(&t, &path, &json!({"status": "enabled"})).await;
+
+    let r = app
+        .post(&t, &format!("{path}/recover"), &json!({"since": since}))
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let counts: Value = r.json().await.unwrap();
+    assert_eq!(counts, json!({"requeued": 1, "created": 1}));
+    let got = rx.wait_for("/rec", 3, WAIT).await;
+    let emails: Vec<String> = got[1..]
+        .iter()
+        .map(|r| {
+            serde_json::from_slice::<Value>(&r.body).unwrap()["data"]["user"]["email"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert!(
+        emails.contains(&"failed@example.com".to_owned())
+            && emails.contains(&"missed@example.com".to_owned()),
+        "{emails:?}"
+    );
+    eventually(
+        &app,
+        &t,
+        &format!("/v1/deliveries?endpoint_id={}&status=succeeded", ep.id),
+        |v| v["data"].as_array().unwrap().len() == 2,
+    )
+    .await;
+
+    for (body, field) in [
+        (json!({}), "since"),
+        (json!({"since": "yesterday"}), "since"),
+        (
+            json!({"since": since, "until": "2000-01-01T00:00:00Z"}),
+            "until",
+        ),
+        (json!({"since": since, "x": 1}), "x"),
+    ] {
+        let p = problem(
+            app.post(&t, &format!("{path}/recover"), &body).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await;
+        assert_eq!(error_fields(&p), [field], "for {body}");
+    }
+}
+
+#[tokio::test]
+async fn a_test_event_goes_to_that_endpoint_only_and_is_not_listed() {
+    let app = fast_app().await;
+    let t = app.create_org("Acme").await;
+    let rx = Receiver::start().await;
+    let filtered = endpoint(&app, &t, &rx.url("/filtered"), Some(&["user.deleted"])).await;
+    endpoint(&app, &t, &rx.url("/other"), None).await;
+    let r = app
+        .post(
+            &t,
+            &format!("/v1/endpoints/{}/test", filtered.id),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let sent: Value = r.json().await.unwrap();
+    let got = rx.wait_for("/filtered", 1, WAIT).await;
+    verify(&filtered.secret, &got[0]);
+    assert_eq!(got[0].id, sent["event_id"].as_str().unwrap());
+    let body: Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert_eq!(body["type"], "webhook.test");
+    assert_eq!(body["data"], json!({"endpoint_id": filtered.id}));
+    assert!(
+        app.all_events(&t, "").await.is_empty(),
+        "test events are not listed"
+    );
+    problem(
+        app.get(&t, &format!("/v1/events/{}", got[0].id)).await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    let d = json_of(
+        &app,
+        &t,
+        &format!("/v1/deliveries/{}", sent["delivery_id"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(d["event_type"], "webhook.test");
+    assert!(rx.received("/other").is_empty());
+}
+
+#[tokio::test]
+async fn after_rotation_both_secrets_sign_until_the_overlap_ends() {
+    let app = fast_app().await;
+    let t = app.create_org("Acme").await;
+    let rx = Receiver::start().await;
+    let ep = endpoint(&app, &t, &rx.url("/rot"), None).await;
+    let rotated: Value = app
+        .post(
+            &t,
+            &format!("/v1/endpoints/{}/secret/rotate", ep.id),
+            &json!({}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let new_secret = rotated["secret"].as_str().unwrap();
+    app.create_user(&t, json!({"email": "a@example.com"})).await;
+    let got = rx.wait_for("/rot", 1, WAIT).await;
+    assert_eq!(
+        got[0].signature.split(' ').count(),
+        2,
+        "{}",
+        got[0].signature
+    );
+    verify(&ep.secret, &got[0]);
+    verify(new_secret, &got[0]);
+
+    // Rotating again ends the oldest secret: still two signatures, the first secret no longer.
+    let third: Value = app
+        .post(
+            &t,
+            &format!("/v1/endpoints/{}/secret/rotate", ep.id),
+            &json!({}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    app.create_user(&t, json!({"email": "b@example.com"})).await;
+    let got = rx.wait_for("/rot", 2, WAIT).await;
+    verify(third["secret"].as_str().unwrap(), &got[1]);
+    verify(new_secret, &got[1]);
+    let headers = WebhookHeaders {
+        id: &got[1].id,
+        timestamp: &got[1].timestamp,
+        signature: &got[1].signature,
+    };
+    assert!(
+        Verifier::new(Secret::parse(&ep.secret).unwrap())
+            .verify(&headers, &got[1].body)
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn a_hanging_endpoint_does_not_delay_a_healthy_one() {
+    let app = spawn_app_with(|s| {
+        s.retry_schedule = vec![];
+        s.delivery_timeout = Duration::from_secs(20);
+        s.endpoint_concurrency = 4;
+    })
+    .await;
+    let t = app.create_org("Acme").await;
+    let rx = Receiver::start().await;
+    rx.script(
+        "/hang",
+        (0..40)
+            .map(|_| Reply::status(200).after(Duration::from_secs(5)))
+            .collect(),
+    );
+    endpoint(&app, &t, &rx.url("/hang"), None).await;
+    endpoint(&app, &t, &rx.url("/healthy"), None).await;
+    let start = std::time::Instant::now();
+    for i in 0..30 {
+        app.create_user(&t, json!({"email": format!("u{i}@example.com")}))
+            .await;
+    }
+    rx.wait_for("/healthy", 30, WAIT).await;
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "the healthy endpoint waited {:?}",
+        start.elapsed()
+    );
+    // The hanging endpoint holds at most its own bound.
+    assert_eq!(rx.received("/hang").len(), 4);
+}
+
+#[tokio::test]
+async fn an_endpoint_failing_for_too_long_is_disabled_with_the_reason() {
+    let app = spawn_app_with(|s| {
+        s.retry_schedule = vec![ms(100); 10];
+        s.disable_after = ms(250);
+    })
+    .await;
+    let t = app.create_org("Acme").await;
+    let rx = Receiver::start().await;
+    rx.script("/broken", (0..20).map(|_| Reply::status(500)).collect());
+    let ep = endpoint(&app, &t, &rx.url("/broken"), None).await;
+    app.create_user(&t, json!({"email": "a@example.com"})).await;
+    let e = eventually(&app, &t, &format!("/v1/endpoints/{}", ep.id), |v| {
+        v["status"] == "disabled"
+    })
+    .await;
+    assert!(
+        e["disabled_reason"]
+            .as_str()
+            .unwrap()
+            .contains("failing continuously"),
+        "{e}"
+    );
+    let d = eventually(
+        &app,
+        &t,
+        &format!("/v1/deliveries?endpoint_id={}", ep.id),
+        |v| v["data"][0]["status"] == "failed",
+    )
+    .await;
+    let log = attempts(&app, &t, d["data"][0]["id"].as_str().unwrap()).await;
+    assert!(log.len() >= 3, "{log:?}");
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("webhook_attempts_total"), "{metrics}");
+}
+
+#[tokio::test]
+async fn the_delivery_log_is_private_and_checks_its_filters() {
+    let app = fast_app().await;
+    let acme = app.create_org("Acme").await;
+    let globex = app.create_org("Globex").await;
+    let rx = Receiver::start().await;
+    let ep = endpoint(&app, &acme, &rx.url("/x"), None).await;
+    app.create_user(&acme, json!({"email": "a@example.com"}))
+        .await;
+    rx.wait_for("/x", 1, WAIT).await;
+    let d = deliveries_of(&app, &acme, &ep.id).await;
+    let id = d[0]["id"].as_str().unwrap();
+    for path in [
+        format!("/v1/deliveries/{id}"),
+        format!("/v1/deliveries/{id}/attempts"),
+    ] {
+        problem(app.get(&globex, &path).await, StatusCode::NOT_FOUND).await;
+    }
+    problem(
+        app.post(&globex, &format!("/v1/deliveries/{id}/retry"), &json!({}))
+            .await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    problem(
+        app.post(
+            &globex,
+            &format!("/v1/endpoints/{}/test", ep.id),
+            &json!({}),
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    problem(
+        app.post(
+            &globex,
+            &format!("/v1/endpoints/{}/recover", ep.id),
+            &json!({"since": "2020-01-01T00:00:00Z"}),
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    assert_eq!(
+        json_of(&app, &globex, "/v1/deliveries").await["data"],
+        json!([])
+    );
+
+    for (query, field) in [
+        ("status=done", "status"),
+        ("event_type=user.exploded", "event_type"),
+        ("since=yesterday", "since"),
+        ("until=2020", "until"),
+        ("limit=0", "limit"),
+        ("colour=red", "colour"),
+    ] {
+        let p = problem(
+            app.get(&acme, &format!("/v1/deliveries?{query}")).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await;
+        assert_eq!(error_fields(&p), [field], "for {query}");
+    }
+    for query in [
+        format!("event_id={}", d[0]["event_id"].as_str().unwrap()),
+        "event_type=user.created".into(),
+        "status=succeeded".into(),
+        "since=2020-01-01T00:00:00Z".into(),
+    ] {
+        let v = eventually(&app, &acme, &format!("/v1/deliveries?{query}"), |v| {
+            v["data"].as_array().unwrap().len() == 1
+        })
+        .await;
+        assert_eq!(v["data"][0]["id"], id, "for {query}");
+    }
+    assert_eq!(
+        json_of(&app, &acme, "/v1/deliveries?until=2020-01-01T00:00:00Z").await["data"],
+        json!([])
+    );
+    assert_eq!(
+        json_of(&app, &acme, "/v1/deliveries?status=failed").await["data"],
+        json!([])
+    );
+}

@@ -1,0 +1,156 @@
+//! A real local webhook receiver on port 0: records every request and answers each path from a
+//! script of responses (status, headers, delay), 204 by default.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use tokio::sync::Notify;
+
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            delay: Duration::ZERO,
+        }
+    }
+    pub fn header(mut self, name: &'static str, value: &str) -> Reply {
+        self.headers.push((name, value.to_owned()));
+        self
+    }
+    pub fn after(mut self, delay: Duration) -> Reply {
+        self.delay = delay;
+        self
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub id: String,
+    pub timestamp: String,
+    pub signature: String,
+    pub user_agent: String,
+    pub content_type: String,
+    pub body: Bytes,
+    pub at: Instant,
+}
+
+#[derive(Default)]
+struct Inner {
+    script: HashMap<String, VecDeque<Reply>>,
+    received: Vec<Received>,
+}
+
+#[derive(Clone)]
+pub struct Receiver {
+    pub addr: SocketAddr,
+    inner: Arc<Mutex<Inner>>,
+    notify: Arc<Notify>,
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let r = Receiver {
+            addr,
+            inner: Arc::default(),
+            notify: Arc::new(Notify::new()),
+        };
+        let app = axum::Router::new().fallback(receive).with_state(r.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        r
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// The next requests to `path` get these replies, in order; then 204 again.
+    pub fn script(&self, path: &str, replies: Vec<Reply>) {
+        self.inner
+            .lock()
+            .unwrap()
+            .script
+            .entry(path.to_owned())
+            .or_default()
+            .extend(replies);
+    }
+
+    pub fn received(&self, path: &str) -> Vec<Received> {
+        let inner = self.inner.lock().unwrap();
+        inner
+            .received
+            .iter()
+            .filter(|r| r.path == path)
+            .cloned()
+            .collect()
+    }
+
+    /// Waits until `path` has received at least `n` requests (at most `limit`).
+    pub async fn wait_for(&self, path: &str, n: usize, limit: Duration) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.notify.notified();
+            let got = self.received(path);
+            if got.len() >= n {
+                return got;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!(
+                    "{path} received {} of {n} requests within {limit:?}",
+                    self.received(path).len()
+                );
+            }
+        }
+    }
+}
+
+async fn receive(State(r): State<Receiver>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let path = uri.path().to_owned();
+    let reply = {
+        let mut inner = r.inner.lock().unwrap();
+        inner.received.push(Received {
+            path: path.clone(),
+            id: header("webhook-id"),
+            timestamp: header("webhook-timestamp"),
+            signature: header("webhook-signature"),
+            user_agent: header("user-agent"),
+            content_type: header("content-type"),
+            body,
+            at: Instant::now(),
+        });
+        inner.script.get_mut(&path).and_then(VecDeque::pop_front)
+    };
+    r.notify.notify_waiters();
+    let reply = reply.unwrap_or_else(|| Reply::status(204));
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
+    let mut response = StatusCode::from_u16(reply.status).unwrap().into_response();
+    for (name, value) in reply.headers {
+        response.headers_mut().insert(name, value.parse().unwrap());
+    }
+    response
+}
