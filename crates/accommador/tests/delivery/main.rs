@@ -1,6 +1,7 @@
 //! Webhook delivery end to end: a real server on port 0 delivering to a real local receiver,
 //! every request verified with the `accommador-webhooks` crate.
 
+mod crash;
 #[path = "../api/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;

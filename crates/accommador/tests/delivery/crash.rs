@@ -1,0 +1,155 @@
+//! A real `accommador serve` process killed with SIGKILL while attempts are in flight: after a
+//! restart every event still reaches the endpoint at least once.
+
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use reqwest::Client;
+use serde_json::{Value, json};
+
+use crate::receiver::{Receiver, Reply};
+
+const ADMIN: &str = "crash-admin-token";
+
+struct Server(Child, u16);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn start(dir: &std::path::Path) -> Server {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_accommador"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("ACCOMMADOR_") {
+            cmd.env_remove(k);
+        }
+    }
+    let child = cmd
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--database")
+        .arg(format!("sqlite://{}", dir.join("crash.db").display()))
+        .env("ACCOMMADOR_ADMIN_TOKEN", ADMIN)
+        .env("ACCOMMADOR_RETRY_SCHEDULE", "100ms,100ms,100ms")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut server = Server(child, port);
+    let client = Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(r) = client.get(server.url("/healthz")).send().await
+            && r.status() == 200
+        {
+            return server;
+        }
+        assert!(server.0.try_wait().unwrap().is_none(), "serve exited");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "serve never became healthy"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl Server {
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.1)
+    }
+}
+
+#[tokio::test]
+async fn deliveries_in_flight_at_sigkill_are_attempted_again_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let rx = Receiver::start().await;
+    // The first attempts hang, so they are in flight when the process dies.
+    rx.script(
+        "/crash",
+        (0..8)
+            .map(|_| Reply::status(200).after(Duration::from_secs(30)))
+            .collect(),
+    );
+    let client = Client::new();
+    let mut server = start(dir.path()).await;
+    let org: Value = client
+        .post(server.url("/v1/organizations"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"name": "Crash"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = org["api_key"].as_str().unwrap().to_owned();
+    let r = client
+        .post(server.url("/v1/endpoints"))
+        .bearer_auth(&key)
+        .json(&json!({"url": rx.url("/crash")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    for i in 0..20 {
+        let r = client
+            .post(server.url("/v1/users"))
+            .bearer_auth(&key)
+            .json(&json!({"email": format!("u{i}@example.com")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    rx.wait_for("/crash", 8, Duration::from_secs(10)).await;
+    server.0.kill().unwrap();
+    server.0.wait().unwrap();
+
+    let server = start(dir.path()).await;
+    let events: Value = client
+        .get(server.url("/v1/events?limit=500"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let expected: HashSet<String> = events["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(expected.len(), 20);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        // Answered requests only: the hung ones before the crash never completed.
+        let answered: HashSet<String> = rx.received("/crash")[8..]
+            .iter()
+            .map(|r| r.id.clone())
+            .collect();
+        if expected.is_subset(&answered) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of 20 events delivered after the restart",
+            expected.intersection(&answered).count()
+        );
+        rx.wait_for(
+            "/crash",
+            rx.received("/crash").len() + 1,
+            Duration::from_secs(15),
+        )
+        .await;
+    }
+}
