@@ -22,7 +22,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the HTTP API (and, with the delivery engine, its workers).
+    /// Run the HTTP API and the delivery workers (fan-out, dispatch, retries).
     Serve(ServeArgs),
     /// Run delivery workers only (needs a postgres:// database).
     Worker(WorkerArgs),
@@ -51,7 +51,7 @@ pub struct ServeArgs {
     pub listen: Option<String>,
     #[command(flatten)]
     pub database: DatabaseArgs,
-    /// Serve the API only; leave deliveries to `accommador worker` instances.
+    /// Serve the API only; deliveries wait in the database for a server or worker with workers.
     #[arg(long)]
     pub no_worker: bool,
 }
