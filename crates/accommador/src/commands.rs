@@ -28,7 +28,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     "--no-worker: serving the API only; deliveries wait in the database"
                 );
             }
-            let app = Application::build_with(&settings, !args.no_worker).await?;
+            let options = crate::startup::Options {
+                workers: !args.no_worker,
+                ..Default::default()
+            };
+            let app = Application::build_with(&settings, options).await?;
             app.run_until(shutdown_signal()).await
         }
         Command::Worker(args) => {
@@ -55,7 +59,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let settings = load_with_database(config, &database)?;
             let store = open_tool_store(&settings.database_url).await?;
             let (handle, _) = crate::delivery::DeliveryHandle::new();
-            let org = match Service::new(store, handle).create_org(&name).await {
+            let guard = crate::delivery::guard::AddressGuard::new(
+                std::sync::Arc::new(crate::delivery::guard::SystemLookup),
+                settings.allow_private_targets,
+            );
+            let org = match Service::new(store, handle, guard).create_org(&name).await {
                 Ok(org) => org,
                 Err(ServiceError::Invalid(errors)) => {
                     bail!("invalid organization name: {}", errors[0].detail)

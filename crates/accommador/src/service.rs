@@ -5,6 +5,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::delivery::DeliveryHandle;
+use crate::delivery::guard::AddressGuard;
 use crate::domain::FieldError;
 use crate::domain::Timestamp;
 use crate::domain::delivery::{AttemptRecord, DeliveryRecord};
@@ -42,11 +43,27 @@ impl From<Vec<FieldError>> for ServiceError {
 pub struct Service {
     store: Store,
     delivery: DeliveryHandle,
+    guard: AddressGuard,
 }
 
 impl Service {
-    pub fn new(store: Store, delivery: DeliveryHandle) -> Service {
-        Service { store, delivery }
+    pub fn new(store: Store, delivery: DeliveryHandle, guard: AddressGuard) -> Service {
+        Service {
+            store,
+            delivery,
+            guard,
+        }
+    }
+
+    /// Refuses an endpoint URL whose host is, or resolves to, a blocked address.
+    async fn check_target(
+        &self,
+        url: &crate::domain::endpoint::EndpointUrl,
+    ) -> Result<(), ServiceError> {
+        self.guard
+            .check_url(url.url())
+            .await
+            .map_err(|b| ServiceError::Invalid(vec![FieldError::new("url", b.to_string())]))
     }
 
     pub fn store(&self) -> &Store {
@@ -146,6 +163,7 @@ impl Service {
         body: &serde_json::Map<String, Value>,
     ) -> Result<(EndpointRecord, String), ServiceError> {
         let endpoint = NewEndpoint::from_json(body)?;
+        self.check_target(&endpoint.url).await?;
         let secret = accommador_webhooks::Secret::generate().expose();
         let record = self
             .store
@@ -179,6 +197,9 @@ impl Service {
         body: &serde_json::Map<String, Value>,
     ) -> Result<EndpointRecord, ServiceError> {
         let patch = EndpointPatch::from_json(body)?;
+        if let Some(url) = &patch.url {
+            self.check_target(url).await?;
+        }
         Ok(self
             .store
             .update_endpoint(org.to_owned(), id.to_owned(), patch)

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use crate::config::Settings;
 use crate::delivery::client::WebhookClient;
 use crate::delivery::dispatcher::Dispatcher;
+use crate::delivery::guard::{AddressGuard, Lookup, SystemLookup};
 use crate::delivery::{DeliveryHandle, DeliveryWakers, fanout};
 use crate::domain::Timestamp;
 use crate::domain::delivery::RetryPolicy;
@@ -32,17 +33,37 @@ pub struct Application {
     state: AppState,
     /// The delivery workers' settings and wake-up ends; `None` for an API-only server.
     workers: Option<(Settings, DeliveryWakers)>,
+    guard: AddressGuard,
+}
+
+/// How to build an [`Application`] beyond its settings.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Run the delivery workers in this process (`serve` without `--no-worker`).
+    pub workers: bool,
+    /// How delivery host names are resolved (tests inject fixed answers).
+    pub lookup: Arc<dyn Lookup>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            workers: true,
+            lookup: Arc::new(SystemLookup),
+        }
+    }
 }
 
 impl Application {
     /// Opens the database as its owning server, binds the listen address, and prepares the
     /// delivery workers that [`Application::run_until`] starts.
     pub async fn build(settings: &Settings) -> anyhow::Result<Application> {
-        Application::build_with(settings, true).await
+        Application::build_with(settings, Options::default()).await
     }
 
-    /// As [`Application::build`]; `workers: false` serves the API only (`--no-worker`).
-    pub async fn build_with(settings: &Settings, workers: bool) -> anyhow::Result<Application> {
+    /// As [`Application::build`], with [`Options`].
+    pub async fn build_with(settings: &Settings, options: Options) -> anyhow::Result<Application> {
+        let guard = AddressGuard::new(options.lookup, settings.allow_private_targets);
         let url = DatabaseUrl::parse(&settings.database_url).map_err(anyhow::Error::msg)?;
         let store = tokio::task::spawn_blocking(move || Store::open(&url, Ownership::Server))
             .await
@@ -52,14 +73,15 @@ impl Application {
             .with_context(|| format!("listening on {}", settings.listen))?;
         let (handle, wakers) = DeliveryHandle::new();
         let state = AppState {
-            service: Arc::new(Service::new(store, handle)),
+            service: Arc::new(Service::new(store, handle, guard.clone())),
             admin_token: settings.admin_token.clone(),
             metrics: telemetry::metrics_handle(),
         };
         Ok(Application {
             listener,
             state,
-            workers: workers.then(|| (settings.clone(), wakers)),
+            workers: options.workers.then(|| (settings.clone(), wakers)),
+            guard,
         })
     }
 
@@ -99,6 +121,7 @@ impl Application {
                 self.state.service.store().clone(),
                 &settings,
                 wakers,
+                self.guard,
             )?);
         }
         tracing::info!(%address, "accommador is listening");
@@ -121,8 +144,9 @@ fn start_workers(
     store: Store,
     settings: &Settings,
     wakers: DeliveryWakers,
+    guard: AddressGuard,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
-    let client = WebhookClient::new(settings.delivery_timeout)?;
+    let client = WebhookClient::new(settings.delivery_timeout, guard)?;
     let policy = RetryPolicy {
         schedule: settings.retry_schedule.clone(),
         disable_after: settings.disable_after,

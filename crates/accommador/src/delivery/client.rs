@@ -2,14 +2,17 @@
 //! proxy from the environment, the per-attempt timeout, and the Standard Webhooks headers over
 //! the stored payload bytes, with a fresh timestamp and signature on every attempt.
 //!
-//! Every connection is made here, so the address guard (DESIGN 2.5) hooks into this one place.
+//! Every connection is made here, through the address guard (DESIGN 2.5): names resolve only
+//! to checked addresses, literal hosts are checked before any request.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use accommador_webhooks::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, Secret};
 use anyhow::Context;
 use serde_json::{Map, Value};
 
+use super::guard::{AddressGuard, BlockedAddress};
 use crate::domain::Timestamp;
 use crate::domain::delivery::{AttemptResult, ErrorClass, MAX_LOGGED_BODY, parse_retry_after};
 use crate::store::DueDelivery;
@@ -21,11 +24,13 @@ const MAX_LOGGED_HEADERS: usize = 64;
 #[derive(Debug, Clone)]
 pub struct WebhookClient {
     http: reqwest::Client,
+    guard: AddressGuard,
 }
 
 impl WebhookClient {
-    pub fn new(timeout: Duration) -> anyhow::Result<WebhookClient> {
+    pub fn new(timeout: Duration, guard: AddressGuard) -> anyhow::Result<WebhookClient> {
         let http = reqwest::Client::builder()
+            .dns_resolver(Arc::new(guard.clone()))
             .user_agent(USER_AGENT)
             .timeout(timeout)
             .connect_timeout(timeout)
@@ -36,7 +41,7 @@ impl WebhookClient {
             .pool_max_idle_per_host(64)
             .build()
             .context("building the webhook HTTP client")?;
-        Ok(WebhookClient { http })
+        Ok(WebhookClient { http, guard })
     }
 
     /// Signs and sends one attempt; never fails, every outcome is an [`AttemptResult`].
@@ -57,6 +62,25 @@ impl WebhookClient {
                     tracing::error!(endpoint_id = %d.endpoint_id, error = %e, "stored secret does not parse")
                 }
             }
+        }
+        // reqwest resolves names through the guard, but never asks it about IP literals.
+        let literal = url::Url::parse(&d.url).ok().and_then(|u| match u.host() {
+            Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
+            _ => None,
+        });
+        if let Some(Err(blocked)) = literal.map(|ip| self.guard.check_literal(ip)) {
+            return AttemptResult {
+                trigger: d.trigger,
+                started_at,
+                duration_ms: clock.elapsed().as_millis() as u64,
+                status_code: None,
+                error_class: Some(ErrorClass::BlockedAddress),
+                error: Some(blocked.to_string()),
+                response_headers: Map::new(),
+                response_body: String::new(),
+                retry_after: None,
+            };
         }
         let response = self
             .http
@@ -134,8 +158,16 @@ fn classify(e: &reqwest::Error) -> (ErrorClass, String) {
         chain.push_str(&s.to_string());
         source = s.source();
     }
+    let mut blocked = false;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        blocked |= s.downcast_ref::<BlockedAddress>().is_some();
+        source = s.source();
+    }
     let lower = chain.to_lowercase();
-    let class = if e.is_timeout() || lower.contains("timed out") {
+    let class = if blocked {
+        ErrorClass::BlockedAddress
+    } else if e.is_timeout() || lower.contains("timed out") {
         ErrorClass::Timeout
     } else if lower.contains("dns error") || lower.contains("failed to lookup address") {
         ErrorClass::Dns

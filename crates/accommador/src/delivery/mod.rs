@@ -13,6 +13,7 @@
 pub mod client;
 pub mod dispatcher;
 pub mod fanout;
+pub mod guard;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

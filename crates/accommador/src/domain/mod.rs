@@ -1,6 +1,7 @@
 //! Pure types and rules: users and their changes, events and their payloads, organizations and
 //! API keys, IDs and timestamps. Nothing here does I/O; the store and the service build on it.
 
+pub mod address;
 pub mod delivery;
 pub mod endpoint;
 pub mod event;

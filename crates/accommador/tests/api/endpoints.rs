@@ -110,6 +110,22 @@ async fn bad_endpoints_are_422_with_the_field_named() {
         .await;
         assert_eq!(error_fields(&p), fields, "for {body}");
     }
+    // A name resolving to a metadata address is refused even where private targets are allowed.
+    app.lookup.answer(
+        "metadata.test",
+        vec![vec!["169.254.169.254".parse().unwrap()]],
+    );
+    let p = problem(
+        app.post(
+            &t,
+            "/v1/endpoints",
+            &json!({"url": "http://metadata.test/"}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(error_fields(&p), ["url"]);
     let list: Value = app.get(&t, "/v1/endpoints").await.json().await.unwrap();
     assert_eq!(list["data"], json!([]));
 }

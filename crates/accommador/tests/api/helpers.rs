@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use accommador::config::{LogFormat, Secret, Settings};
-use accommador::startup::Application;
+use accommador::delivery::guard::FixedLookup;
+use accommador::startup::{Application, Options};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -13,6 +14,8 @@ pub const ADMIN_TOKEN: &str = "test-admin-token";
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// What host names resolve to for this server.
+    pub lookup: FixedLookup,
     pub client: Client,
     pub db_path: std::path::PathBuf,
     _dir: tempfile::TempDir,
@@ -40,7 +43,15 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
         delivery_concurrency: 256,
     };
     adjust(&mut settings);
-    let app = Application::build(&settings).await.expect("app builds");
+    // Host names resolve only through this table: tests never touch real DNS.
+    let lookup = FixedLookup::default();
+    let options = Options {
+        workers: true,
+        lookup: std::sync::Arc::new(lookup.clone()),
+    };
+    let app = Application::build_with(&settings, options)
+        .await
+        .expect("app builds");
     let addr = app.local_addr();
     let (tx, rx) = oneshot::channel::<()>();
     tokio::spawn(app.run_until(async {
@@ -48,6 +59,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     }));
     TestApp {
         addr,
+        lookup,
         client: Client::new(),
         db_path,
         _dir: dir,

@@ -38,6 +38,7 @@ async fn start(dir: &std::path::Path) -> Server {
         .arg("--database")
         .arg(format!("sqlite://{}", dir.join("crash.db").display()))
         .env("ACCOMMADOR_ADMIN_TOKEN", ADMIN)
+        .env("ACCOMMADOR_ALLOW_PRIVATE_TARGETS", "true")
         .env("ACCOMMADOR_RETRY_SCHEDULE", "100ms,100ms,100ms")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

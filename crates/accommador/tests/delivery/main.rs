@@ -2,6 +2,7 @@
 //! every request verified with the `accommador-webhooks` crate.
 
 mod crash;
+mod guard;
 #[path = "../api/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;
@@ -15,7 +16,7 @@ use receiver::{Received, Receiver, Reply};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-const WAIT: Duration = Duration::from_secs(10);
+pub(crate) const WAIT: Duration = Duration::from_secs(10);
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -26,12 +27,17 @@ async fn fast_app() -> TestApp {
     spawn_app_with(|s| s.retry_schedule = vec![ms(50), ms(50), ms(50)]).await
 }
 
-struct Endpoint {
-    id: String,
-    secret: String,
+pub(crate) struct Endpoint {
+    pub(crate) id: String,
+    pub(crate) secret: String,
 }
 
-async fn endpoint(app: &TestApp, t: &Tenant, url: &str, types: Option<&[&str]>) -> Endpoint {
+pub(crate) async fn endpoint(
+    app: &TestApp,
+    t: &Tenant,
+    url: &str,
+    types: Option<&[&str]>,
+) -> Endpoint {
     let mut body = json!({ "url": url });
     if let Some(types) = types {
         body["event_types"] = json!(types);
@@ -45,7 +51,7 @@ async fn endpoint(app: &TestApp, t: &Tenant, url: &str, types: Option<&[&str]>) 
     }
 }
 
-fn verify(secret: &str, r: &Received) {
+pub(crate) fn verify(secret: &str, r: &Received) {
     let headers = WebhookHeaders {
         id: &r.id,
         timestamp: &r.timestamp,
@@ -63,7 +69,7 @@ async fn json_of(app: &TestApp, t: &Tenant, path: &str) -> Value {
 }
 
 /// Polls `path` until `check` holds (bounded), returning the last body.
-async fn eventually(
+pub(crate) async fn eventually(
     app: &TestApp,
     t: &Tenant,
     path: &str,
@@ -95,7 +101,7 @@ async fn deliveries_of(app: &TestApp, t: &Tenant, endpoint_id: &str) -> Vec<Valu
         .clone()
 }
 
-async fn attempts(app: &TestApp, t: &Tenant, delivery_id: &str) -> Vec<Value> {
+pub(crate) async fn attempts(app: &TestApp, t: &Tenant, delivery_id: &str) -> Vec<Value> {
     json_of(app, t, &format!("/v1/deliveries/{delivery_id}/attempts")).await["data"]
         .as_array()
         .unwrap()

@@ -1,0 +1,264 @@
+//! The address guard: every address a delivery connects to is checked first (DESIGN 2.5).
+//!
+//! Host names are resolved by our own [`Lookup`]; every answer is classified, and if any is
+//! blocked the name is refused (a name that mixes public and inner answers is a rebinding
+//! risk). The checked addresses are exactly the ones handed to the HTTP client, which does no
+//! second lookup, so DNS rebinding cannot switch them. reqwest does not consult a resolver for
+//! IP-literal URLs, so those are checked on their own path ([`AddressGuard::check_literal`]).
+//! The lookup is injectable so tests make any name resolve to any address without a network.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use crate::domain::address::{self, Blocked};
+
+pub type LookupFuture = Pin<Box<dyn Future<Output = std::io::Result<Vec<IpAddr>>> + Send>>;
+
+/// Resolves a host name to addresses.
+pub trait Lookup: Send + Sync + fmt::Debug {
+    fn lookup(&self, host: &str) -> LookupFuture;
+}
+
+/// The operating system's resolver.
+#[derive(Debug, Default)]
+pub struct SystemLookup;
+
+impl Lookup for SystemLookup {
+    fn lookup(&self, host: &str) -> LookupFuture {
+        let host = host.to_owned();
+        Box::pin(async move {
+            Ok(tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .map(|a| a.ip())
+                .collect())
+        })
+    }
+}
+
+/// A lookup with fixed answers, for tests and local experiments. Each name answers its lists
+/// in turn (the last one repeats), so a test can make a name change its answer (rebinding).
+#[derive(Debug, Default, Clone)]
+pub struct FixedLookup(Arc<Mutex<HashMap<String, Vec<Vec<IpAddr>>>>>);
+
+impl FixedLookup {
+    pub fn answer(&self, host: &str, answers: Vec<Vec<IpAddr>>) {
+        self.0
+            .lock()
+            .expect("lookup table")
+            .insert(host.to_ascii_lowercase(), answers);
+    }
+}
+
+impl Lookup for FixedLookup {
+    fn lookup(&self, host: &str) -> LookupFuture {
+        let mut table = self.0.lock().expect("lookup table");
+        let answer = match table.get_mut(&host.to_ascii_lowercase()) {
+            Some(list) if list.len() > 1 => Ok(list.remove(0)),
+            Some(list) => Ok(list.first().cloned().unwrap_or_default()),
+            None => Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("failed to lookup address information: {host} is not in the table"),
+            )),
+        };
+        Box::pin(async move { answer })
+    }
+}
+
+/// A refused address: the error behind the `blocked_address` class.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockedAddress {
+    pub host: String,
+    pub ip: IpAddr,
+    pub why: Blocked,
+}
+
+impl fmt::Display for BlockedAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host == self.ip.to_string() {
+            write!(f, "blocked address {}: {}", self.ip, self.why.reason())
+        } else {
+            write!(
+                f,
+                "blocked address: {} resolves to {}, a {}",
+                self.host,
+                self.ip,
+                self.why.reason()
+            )
+        }
+    }
+}
+
+impl std::error::Error for BlockedAddress {}
+
+#[derive(Debug, Clone)]
+pub struct AddressGuard {
+    lookup: Arc<dyn Lookup>,
+    allow_private: bool,
+}
+
+impl AddressGuard {
+    pub fn new(lookup: Arc<dyn Lookup>, allow_private: bool) -> AddressGuard {
+        AddressGuard {
+            lookup,
+            allow_private,
+        }
+    }
+
+    /// Checks an IP-literal host.
+    pub fn check_literal(&self, ip: IpAddr) -> Result<(), BlockedAddress> {
+        address::check(ip, self.allow_private).map_err(|why| BlockedAddress {
+            host: ip.to_string(),
+            ip,
+            why,
+        })
+    }
+
+    /// Resolves a name and checks every answer; `Ok` carries only checked addresses.
+    pub async fn resolve(&self, host: &str) -> Result<Vec<IpAddr>, ResolveError> {
+        let answers = self
+            .lookup
+            .lookup(host)
+            .await
+            .map_err(ResolveError::Lookup)?;
+        if answers.is_empty() {
+            return Err(ResolveError::Lookup(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("dns error: {host} has no addresses"),
+            )));
+        }
+        for ip in &answers {
+            if let Err(why) = address::check(*ip, self.allow_private) {
+                return Err(ResolveError::Blocked(BlockedAddress {
+                    host: host.to_owned(),
+                    ip: *ip,
+                    why,
+                }));
+            }
+        }
+        Ok(answers)
+    }
+
+    /// Checks a URL's host: literals directly, names through the lookup. A name that does not
+    /// resolve passes (it is checked again at every delivery).
+    pub async fn check_url(&self, url: &url::Url) -> Result<(), BlockedAddress> {
+        match url.host() {
+            Some(url::Host::Ipv4(ip)) => self.check_literal(IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => self.check_literal(IpAddr::V6(ip)),
+            Some(url::Host::Domain(name)) => match self.resolve(name).await {
+                Err(ResolveError::Blocked(b)) => Err(b),
+                _ => Ok(()),
+            },
+            None => Ok(()),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum ResolveError {
+    Lookup(std::io::Error),
+    Blocked(BlockedAddress),
+}
+
+impl fmt::Display for ResolveError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ResolveError::Lookup(e) => write!(f, "dns error: {e}"),
+            ResolveError::Blocked(b) => b.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ResolveError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ResolveError::Lookup(e) => Some(e),
+            ResolveError::Blocked(b) => Some(b),
+        }
+    }
+}
+
+/// The guard as reqwest's resolver: the client connects only to what it returns.
+impl reqwest::dns::Resolve for AddressGuard {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let guard = self.clone();
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let ips = guard.resolve(&host).await?;
+            let addrs: reqwest::dns::Addrs =
+                Box::new(ips.into_iter().map(|ip| SocketAddr::new(ip, 0)));
+            Ok(addrs)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guard(allow: bool) -> (AddressGuard, FixedLookup) {
+        let lookup = FixedLookup::default();
+        (AddressGuard::new(Arc::new(lookup.clone()), allow), lookup)
+    }
+
+    #[tokio::test]
+    async fn names_are_refused_if_any_answer_is_inner() {
+        let (g, l) = guard(false);
+        l.answer("public.test", vec![vec!["93.184.216.34".parse().unwrap()]]);
+        l.answer("loop.test", vec![vec!["127.0.0.1".parse().unwrap()]]);
+        l.answer(
+            "mixed.test",
+            vec![vec![
+                "93.184.216.34".parse().unwrap(),
+                "10.0.0.1".parse().unwrap(),
+            ]],
+        );
+        assert!(g.resolve("public.test").await.is_ok());
+        assert!(matches!(
+            g.resolve("loop.test").await,
+            Err(ResolveError::Blocked(_))
+        ));
+        assert!(matches!(
+            g.resolve("mixed.test").await,
+            Err(ResolveError::Blocked(_))
+        ));
+        assert!(matches!(
+            g.resolve("unknown.test").await,
+            Err(ResolveError::Lookup(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn urls_are_checked_in_every_spelling_the_parser_accepts() {
+        let (g, l) = guard(false);
+        l.answer("localhost", vec![vec!["127.0.0.1".parse().unwrap()]]);
+        for url in [
+            "http://127.0.0.1/",
+            "http://2130706433/",
+            "http://0x7f000001/",
+            "http://0177.0.0.1/",
+            "http://127.1/",
+            "http://[::1]/",
+            "http://[::ffff:127.0.0.1]/",
+            "http://169.254.169.254/latest/meta-data",
+            "http://localhost:8080/",
+        ] {
+            let u = url::Url::parse(url).unwrap();
+            assert!(g.check_url(&u).await.is_err(), "{url} must be refused");
+        }
+        assert!(
+            g.check_url(&url::Url::parse("https://8.8.8.8/").unwrap())
+                .await
+                .is_ok()
+        );
+        // A name that does not resolve now is accepted; deliveries check it again.
+        assert!(
+            g.check_url(&url::Url::parse("https://nowhere.test/").unwrap())
+                .await
+                .is_ok()
+        );
+    }
+}
