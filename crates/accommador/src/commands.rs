@@ -42,12 +42,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     "`accommador worker` needs a postgres:// database; with SQLite, \
                      `accommador serve` runs the delivery workers in its own process"
                 ),
+                Ok(DatabaseUrl::Postgres(_)) => bail!(
+                    "`accommador worker` is not built yet; run `accommador serve` instances \
+                     (each runs workers) against the PostgreSQL database"
+                ),
                 Err(e) => bail!(e),
             }
         }
         Command::Migrate(args) => {
             let settings = load_with_database(config, &args)?;
-            open_tool_store(&settings.database_url).await?;
+            open_tool_store(&settings).await?;
             eprintln!("migrations applied to {}", settings.database_url);
             Ok(())
         }
@@ -57,7 +61,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             database,
         }) => {
             let settings = load_with_database(config, &database)?;
-            let store = open_tool_store(&settings.database_url).await?;
+            let store = open_tool_store(&settings).await?;
             let (handle, _) = crate::delivery::DeliveryHandle::new();
             let guard = crate::delivery::guard::AddressGuard::new(
                 std::sync::Arc::new(crate::delivery::guard::SystemLookup),
@@ -102,11 +106,11 @@ fn load_with_database(
     )
 }
 
-async fn open_tool_store(url: &str) -> anyhow::Result<Store> {
-    let url = DatabaseUrl::parse(url).map_err(anyhow::Error::msg)?;
-    tokio::task::spawn_blocking(move || Store::open(&url, Ownership::Tool))
+async fn open_tool_store(settings: &Settings) -> anyhow::Result<Store> {
+    let url = DatabaseUrl::parse(&settings.database_url).map_err(anyhow::Error::msg)?;
+    Store::open(&url, Ownership::Tool, 2)
         .await
-        .context("opening the store")?
+        .context("opening the store")
 }
 
 fn verify(args: &VerifyArgs) -> anyhow::Result<()> {

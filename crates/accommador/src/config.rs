@@ -26,6 +26,7 @@ const KEYS: &[&str] = &[
     "log_format",
     "endpoint_concurrency",
     "delivery_concurrency",
+    "database_pool_size",
 ];
 
 /// A value that must not be printed.
@@ -68,6 +69,8 @@ pub struct Settings {
     pub endpoint_concurrency: usize,
     /// Attempts in flight in this process at most.
     pub delivery_concurrency: usize,
+    /// PostgreSQL connections per process at most.
+    pub database_pool_size: usize,
 }
 
 /// Values given as flags; `None` leaves the lower layers' value.
@@ -121,6 +124,7 @@ struct Raw {
     log_format: Scalar,
     endpoint_concurrency: Scalar,
     delivery_concurrency: Scalar,
+    database_pool_size: Scalar,
 }
 
 impl Settings {
@@ -195,6 +199,7 @@ impl Settings {
         Ok(Settings {
             endpoint_concurrency: count("endpoint_concurrency", raw.endpoint_concurrency)?,
             delivery_concurrency: count("delivery_concurrency", raw.delivery_concurrency)?,
+            database_pool_size: count("database_pool_size", raw.database_pool_size)?,
             listen,
             database_url: raw.database_url.into_string(),
             admin_token: raw

@@ -65,9 +65,9 @@ impl Application {
     pub async fn build_with(settings: &Settings, options: Options) -> anyhow::Result<Application> {
         let guard = AddressGuard::new(options.lookup, settings.allow_private_targets);
         let url = DatabaseUrl::parse(&settings.database_url).map_err(anyhow::Error::msg)?;
-        let store = tokio::task::spawn_blocking(move || Store::open(&url, Ownership::Server))
+        let store = Store::open(&url, Ownership::Server, settings.database_pool_size)
             .await
-            .context("opening the store")??;
+            .context("opening the store")?;
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("listening on {}", settings.listen))?;

@@ -4,6 +4,7 @@
 //! method either commits both or neither. Methods speak domain types; rows are mapped to them
 //! inside each backend.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::path::PathBuf;
@@ -15,6 +16,7 @@ use crate::domain::endpoint::{EndpointPatch, EndpointRecord, NewEndpoint};
 use crate::domain::user::{NewUser, UserPatch, UserRecord};
 use crate::domain::{Timestamp, org::NewApiKey};
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// How long an `Idempotency-Key` is remembered.
@@ -46,6 +48,7 @@ impl StoreError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DatabaseUrl {
     Sqlite(PathBuf),
+    Postgres(String),
 }
 
 impl DatabaseUrl {
@@ -58,10 +61,10 @@ impl DatabaseUrl {
             return Ok(DatabaseUrl::Sqlite(PathBuf::from(path)));
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Err("PostgreSQL is not supported by this build yet; use sqlite://PATH".into());
+            return Ok(DatabaseUrl::Postgres(url.to_owned()));
         }
         Err(format!(
-            "unsupported database URL {url:?}: expected sqlite://PATH"
+            "unsupported database URL {url:?}: expected sqlite://PATH or postgres://…"
         ))
     }
 }
@@ -147,12 +150,25 @@ impl std::fmt::Debug for CreatedOrg {
 #[derive(Debug, Clone)]
 pub enum Store {
     Sqlite(SqliteStore),
+    Postgres(PgStore),
 }
 
 impl Store {
-    pub fn open(url: &DatabaseUrl, ownership: Ownership) -> anyhow::Result<Store> {
+    /// Opens (and migrates) the database. `pool_size` sizes the PostgreSQL connection pool.
+    pub async fn open(
+        url: &DatabaseUrl,
+        ownership: Ownership,
+        pool_size: usize,
+    ) -> anyhow::Result<Store> {
         match url {
-            DatabaseUrl::Sqlite(path) => Ok(Store::Sqlite(SqliteStore::open(path, ownership)?)),
+            DatabaseUrl::Sqlite(path) => {
+                let path = path.clone();
+                let store =
+                    tokio::task::spawn_blocking(move || SqliteStore::open(&path, ownership))
+                        .await??;
+                Ok(Store::Sqlite(store))
+            }
+            DatabaseUrl::Postgres(url) => Ok(Store::Postgres(PgStore::open(url, pool_size).await?)),
         }
     }
 
@@ -160,12 +176,14 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.ping().await,
+            Store::Postgres(s) => s.ping().await,
         }
     }
 
     pub async fn create_org(&self, name: String, key: NewApiKey) -> Result<CreatedOrg, StoreError> {
         match self {
             Store::Sqlite(s) => s.create_org(name, key).await,
+            Store::Postgres(s) => s.create_org(name, key).await,
         }
     }
 
@@ -173,6 +191,7 @@ impl Store {
     pub async fn authenticate(&self, presented: String) -> Result<Option<String>, StoreError> {
         match self {
             Store::Sqlite(s) => s.authenticate(presented).await,
+            Store::Postgres(s) => s.authenticate(presented).await,
         }
     }
 
@@ -185,12 +204,14 @@ impl Store {
     ) -> Result<Idempotent<UserRecord>, StoreError> {
         match self {
             Store::Sqlite(s) => s.create_user(org, user, idempotency, render).await,
+            Store::Postgres(s) => s.create_user(org, user, idempotency, render).await,
         }
     }
 
     pub async fn get_user(&self, org: String, id: String) -> Result<UserRecord, StoreError> {
         match self {
             Store::Sqlite(s) => s.get_user(org, id).await,
+            Store::Postgres(s) => s.get_user(org, id).await,
         }
     }
 
@@ -203,12 +224,14 @@ impl Store {
     ) -> Result<UserRecord, StoreError> {
         match self {
             Store::Sqlite(s) => s.update_user(org, id, patch).await,
+            Store::Postgres(s) => s.update_user(org, id, patch).await,
         }
     }
 
     pub async fn delete_user(&self, org: String, id: String) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.delete_user(org, id).await,
+            Store::Postgres(s) => s.delete_user(org, id).await,
         }
     }
 
@@ -221,6 +244,7 @@ impl Store {
     ) -> Result<Page<UserRecord>, StoreError> {
         match self {
             Store::Sqlite(s) => s.list_users(org, after, limit).await,
+            Store::Postgres(s) => s.list_users(org, after, limit).await,
         }
     }
 
@@ -234,12 +258,14 @@ impl Store {
     ) -> Result<Page<StoredEvent>, StoreError> {
         match self {
             Store::Sqlite(s) => s.list_events(org, event_type, after, limit).await,
+            Store::Postgres(s) => s.list_events(org, event_type, after, limit).await,
         }
     }
 
     pub async fn get_event(&self, org: String, id: String) -> Result<StoredEvent, StoreError> {
         match self {
             Store::Sqlite(s) => s.get_event(org, id).await,
+            Store::Postgres(s) => s.get_event(org, id).await,
         }
     }
 
@@ -252,6 +278,7 @@ impl Store {
     ) -> Result<EndpointRecord, StoreError> {
         match self {
             Store::Sqlite(s) => s.create_endpoint(org, endpoint, secret).await,
+            Store::Postgres(s) => s.create_endpoint(org, endpoint, secret).await,
         }
     }
 
@@ -262,6 +289,7 @@ impl Store {
     ) -> Result<EndpointRecord, StoreError> {
         match self {
             Store::Sqlite(s) => s.get_endpoint(org, id).await,
+            Store::Postgres(s) => s.get_endpoint(org, id).await,
         }
     }
 
@@ -274,6 +302,7 @@ impl Store {
     ) -> Result<Page<EndpointRecord>, StoreError> {
         match self {
             Store::Sqlite(s) => s.list_endpoints(org, after, limit).await,
+            Store::Postgres(s) => s.list_endpoints(org, after, limit).await,
         }
     }
 
@@ -285,18 +314,21 @@ impl Store {
     ) -> Result<EndpointRecord, StoreError> {
         match self {
             Store::Sqlite(s) => s.update_endpoint(org, id, patch).await,
+            Store::Postgres(s) => s.update_endpoint(org, id, patch).await,
         }
     }
 
     pub async fn delete_endpoint(&self, org: String, id: String) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.delete_endpoint(org, id).await,
+            Store::Postgres(s) => s.delete_endpoint(org, id).await,
         }
     }
 
     pub async fn endpoint_secret(&self, org: String, id: String) -> Result<String, StoreError> {
         match self {
             Store::Sqlite(s) => s.endpoint_secret(org, id).await,
+            Store::Postgres(s) => s.endpoint_secret(org, id).await,
         }
     }
 
@@ -308,6 +340,7 @@ impl Store {
     ) -> Result<String, StoreError> {
         match self {
             Store::Sqlite(s) => s.rotate_endpoint_secret(org, id, secret).await,
+            Store::Postgres(s) => s.rotate_endpoint_secret(org, id, secret).await,
         }
     }
 
@@ -319,13 +352,15 @@ impl Store {
     ) -> Result<Vec<String>, StoreError> {
         match self {
             Store::Sqlite(s) => s.signing_secrets(org, id).await,
+            Store::Postgres(s) => s.signing_secrets(org, id).await,
         }
     }
 
-    /// One fan-out step over the outbox, in commit order: (events taken, endpoints woken).
-    pub async fn fan_out(&self) -> Result<(usize, Vec<String>), StoreError> {
+    /// One fan-out step over the outbox, in commit order.
+    pub async fn fan_out(&self) -> Result<FanOut, StoreError> {
         match self {
             Store::Sqlite(s) => s.fan_out().await,
+            Store::Postgres(s) => s.fan_out().await,
         }
     }
 
@@ -333,6 +368,7 @@ impl Store {
     pub async fn pending_lanes(&self) -> Result<Vec<(String, Timestamp)>, StoreError> {
         match self {
             Store::Sqlite(s) => s.pending_lanes().await,
+            Store::Postgres(s) => s.pending_lanes().await,
         }
     }
 
@@ -343,6 +379,7 @@ impl Store {
     ) -> Result<Vec<LaneWork>, StoreError> {
         match self {
             Store::Sqlite(s) => s.lane_work(requests, now).await,
+            Store::Postgres(s) => s.lane_work(requests, now).await,
         }
     }
 
@@ -354,6 +391,7 @@ impl Store {
     ) -> Result<Recorded, StoreError> {
         match self {
             Store::Sqlite(s) => s.record_attempt(delivery_id, result, policy).await,
+            Store::Postgres(s) => s.record_attempt(delivery_id, result, policy).await,
         }
     }
 
@@ -367,6 +405,7 @@ impl Store {
     ) -> Result<Page<DeliveryRecord>, StoreError> {
         match self {
             Store::Sqlite(s) => s.list_deliveries(org, filter, after, limit).await,
+            Store::Postgres(s) => s.list_deliveries(org, filter, after, limit).await,
         }
     }
 
@@ -377,6 +416,7 @@ impl Store {
     ) -> Result<DeliveryRecord, StoreError> {
         match self {
             Store::Sqlite(s) => s.get_delivery(org, id).await,
+            Store::Postgres(s) => s.get_delivery(org, id).await,
         }
     }
 
@@ -387,6 +427,7 @@ impl Store {
     ) -> Result<Vec<AttemptRecord>, StoreError> {
         match self {
             Store::Sqlite(s) => s.list_attempts(org, id).await,
+            Store::Postgres(s) => s.list_attempts(org, id).await,
         }
     }
 
@@ -397,6 +438,7 @@ impl Store {
     ) -> Result<DeliveryRecord, StoreError> {
         match self {
             Store::Sqlite(s) => s.request_retry(org, id).await,
+            Store::Postgres(s) => s.request_retry(org, id).await,
         }
     }
 
@@ -409,6 +451,7 @@ impl Store {
     ) -> Result<(usize, usize), StoreError> {
         match self {
             Store::Sqlite(s) => s.recover(org, endpoint_id, since, until).await,
+            Store::Postgres(s) => s.recover(org, endpoint_id, since, until).await,
         }
     }
 
@@ -419,12 +462,14 @@ impl Store {
     ) -> Result<(String, String), StoreError> {
         match self {
             Store::Sqlite(s) => s.send_test(org, endpoint_id).await,
+            Store::Postgres(s) => s.send_test(org, endpoint_id).await,
         }
     }
 
     pub async fn delivery_stats(&self, now: Timestamp) -> Result<DeliveryStats, StoreError> {
         match self {
             Store::Sqlite(s) => s.delivery_stats(now).await,
+            Store::Postgres(s) => s.delivery_stats(now).await,
         }
     }
 
@@ -432,8 +477,21 @@ impl Store {
     pub async fn purge_idempotency_keys(&self, now: Timestamp) -> Result<usize, StoreError> {
         match self {
             Store::Sqlite(s) => s.purge_idempotency_keys(now).await,
+            Store::Postgres(s) => s.purge_idempotency_keys(now).await,
         }
     }
+}
+
+/// What one fan-out step did.
+#[derive(Debug, Clone, Default)]
+pub struct FanOut {
+    /// Events taken (0: caught up, or waiting).
+    pub events: usize,
+    /// Endpoints that got new deliveries.
+    pub woken: Vec<String>,
+    /// Committed events are held back by an older transaction still running (PostgreSQL);
+    /// step again shortly, since no commit will announce its end.
+    pub waiting: bool,
 }
 
 /// A delivery ready to be attempted, with everything the attempt needs.

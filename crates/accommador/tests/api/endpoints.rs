@@ -222,9 +222,11 @@ async fn rotation_keeps_at_most_one_previous_secret() {
     assert_eq!(shown["secret"], second.as_str());
 
     let service_store = accommador::store::Store::open(
-        &accommador::store::DatabaseUrl::Sqlite(app.db_path.clone()),
+        &accommador::store::DatabaseUrl::parse(&app.db.url).unwrap(),
         accommador::store::Ownership::Tool,
+        2,
     )
+    .await
     .unwrap();
     let org = t.id.clone();
     let signing = service_store

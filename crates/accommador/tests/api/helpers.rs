@@ -17,9 +17,103 @@ pub struct TestApp {
     /// What host names resolve to for this server.
     pub lookup: FixedLookup,
     pub client: Client,
-    pub db_path: std::path::PathBuf,
-    _dir: tempfile::TempDir,
+    pub db: TestDb,
     _shutdown: oneshot::Sender<()>,
+}
+
+/// The env var that switches these tests to PostgreSQL: an admin URL such as
+/// `postgres://postgres@127.0.0.1:5432/postgres`. Each test then gets a database of its own,
+/// created here and dropped when the test ends.
+pub const POSTGRES_ENV: &str = "ACCOMMADOR_TEST_POSTGRES_URL";
+
+/// The database of one test: a fresh SQLite file, or a fresh PostgreSQL database.
+pub struct TestDb {
+    pub url: String,
+    _dir: tempfile::TempDir,
+    postgres: Option<(String, String)>,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let dir = tempfile::tempdir().unwrap();
+        match std::env::var(POSTGRES_ENV) {
+            Ok(admin) if !admin.is_empty() => {
+                let name = format!("acc_test_{}", ulid_lower());
+                let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+                    .await
+                    .unwrap_or_else(|e| panic!("{POSTGRES_ENV}={admin} is not reachable: {e}"));
+                tokio::spawn(conn);
+                client
+                    .batch_execute(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .unwrap();
+                let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+                TestDb {
+                    url: format!("{base}/{name}"),
+                    _dir: dir,
+                    postgres: Some((admin.clone(), name)),
+                }
+            }
+            _ => TestDb {
+                url: format!("sqlite://{}", dir.path().join("test.db").display()),
+                _dir: dir,
+                postgres: None,
+            },
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.postgres.is_some()
+    }
+
+    /// Runs SQL straight on the test's database (outside the server), e.g. to inject a
+    /// failure. `sqlite` and `postgres` are the same statement in each dialect.
+    pub async fn execute(&self, sqlite: &str, postgres: &str) {
+        match &self.postgres {
+            None => {
+                let path = self.url.trim_start_matches("sqlite://").to_owned();
+                let conn = rusqlite::Connection::open(path).unwrap();
+                conn.busy_timeout(Duration::from_secs(5)).unwrap();
+                conn.execute_batch(sqlite).unwrap();
+            }
+            Some(_) => {
+                let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                client.batch_execute(postgres).await.unwrap();
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some((admin, name)) = self.postgres.take() {
+            // Drop runs inside the test's runtime: do the async work on a thread of its own.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    if let Ok((client, conn)) =
+                        tokio_postgres::connect(&admin, tokio_postgres::NoTls).await
+                    {
+                        tokio::spawn(conn);
+                        let _ = client
+                            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                            .await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+fn ulid_lower() -> String {
+    accommador::domain::ids::new_id("").to_lowercase()
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -28,11 +122,10 @@ pub async fn spawn_app() -> TestApp {
 
 /// A server whose settings `adjust` may change first.
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
-    let dir = tempfile::tempdir().unwrap();
-    let db_path = dir.path().join("test.db");
+    let db = TestDb::new().await;
     let mut settings = Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
-        database_url: format!("sqlite://{}", db_path.display()),
+        database_url: db.url.clone(),
         admin_token: Some(Secret::new(ADMIN_TOKEN)),
         retry_schedule: vec![Duration::from_secs(1)],
         delivery_timeout: Duration::from_secs(5),
@@ -41,6 +134,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
         log_format: LogFormat::Text,
         endpoint_concurrency: 16,
         delivery_concurrency: 256,
+        database_pool_size: 8,
     };
     adjust(&mut settings);
     // Host names resolve only through this table: tests never touch real DNS.
@@ -61,8 +155,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
         addr,
         lookup,
         client: Client::new(),
-        db_path,
-        _dir: dir,
+        db,
         _shutdown: tx,
     }
 }

@@ -3,7 +3,6 @@
 //! in that organization), and blocked ones are refused before any connection.
 
 use std::net::IpAddr;
-use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -193,13 +192,12 @@ async fn a_literal_inner_address_is_blocked_at_delivery_too() {
         .answer("public.test", vec![vec![ip("93.184.216.34")]]);
     let e = endpoint(&app, &t, "https://public.test/hook", None).await;
     // Simulate a row written before the guard existed: the literal path must refuse it.
-    let conn = rusqlite::Connection::open(&app.db_path).unwrap();
-    conn.busy_timeout(Duration::from_secs(5)).unwrap();
-    conn.execute(
-        "UPDATE endpoints SET url = ?1 WHERE id = ?2",
-        [rx.url("/literal"), e.id.clone()],
-    )
-    .unwrap();
+    let sql = format!(
+        "UPDATE endpoints SET url = '{}' WHERE id = '{}'",
+        rx.url("/literal"),
+        e.id
+    );
+    app.db.execute(&sql, &sql).await;
     app.create_user(&t, json!({"email": "a@example.com"})).await;
     let v = eventually(
         &app,

@@ -19,7 +19,8 @@ use crate::domain::delivery::{
 use crate::domain::endpoint::{EndpointStatus, EventTypeFilter};
 use crate::domain::{Timestamp, ids};
 use crate::store::{
-    DeliveryFilter, DeliveryStats, DueDelivery, LaneRequest, LaneWork, Page, Recorded, StoreError,
+    DeliveryFilter, DeliveryStats, DueDelivery, FanOut, LaneRequest, LaneWork, Page, Recorded,
+    StoreError,
 };
 
 /// Most events one fan-out step takes, and most deliveries it creates.
@@ -188,7 +189,7 @@ impl SqliteStore {
     /// One fan-out step: creates the deliveries of the next events in commit order and moves
     /// the cursor past them, in one transaction. Returns how many events it took and the
     /// endpoints that got new work.
-    pub async fn fan_out(&self) -> Result<(usize, Vec<String>), StoreError> {
+    pub async fn fan_out(&self) -> Result<FanOut, StoreError> {
         self.write(|c| {
             let now = Timestamp::now();
             let cursor: i64 = c
@@ -243,7 +244,12 @@ impl SqliteStore {
                     .and_then(|mut s| s.execute([last]))
                     .map_err(db_err)?;
             }
-            Ok((taken, woken))
+            // One writer: whatever committed is below every horizon already.
+            Ok(FanOut {
+                events: taken,
+                woken,
+                waiting: false,
+            })
         })
         .await
     }

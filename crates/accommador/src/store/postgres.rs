@@ -1,0 +1,804 @@
+//! The PostgreSQL backend: the same store as SQLite for any number of instances sharing one
+//! database.
+//!
+//! - Every method runs in its own transaction; concurrent changes to one user are serialised
+//!   with `SELECT … FOR UPDATE`, email uniqueness and idempotency keys are database constraints.
+//! - **Events cursor**: `seq` is taken before commit, so it is not commit order. Readers order
+//!   by the writing transaction's ID (`xid`, then `seq`) and read only events whose transaction
+//!   is older than the oldest one still running (`pg_snapshot_xmin`): every transaction that
+//!   can still commit sorts after everything already read, so `after=` never skips an event.
+//! - **Idempotency-Key**: the key's row is inserted first in the request's transaction; a
+//!   concurrent duplicate blocks on the unique index until the first commits, then replays its
+//!   response (as on SQLite, the duplicate waits rather than getting a 409).
+//! - Timestamps are bigint milliseconds, like SQLite, so both render identically.
+
+mod deliveries;
+
+use std::str::FromStr;
+
+use accommador_webhooks::EventType;
+use anyhow::Context;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Transaction};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{NoTls, Row};
+
+use super::{
+    CreatedOrg, IDEMPOTENCY_TTL_MS, IdempotencyRequest, Idempotent, Page, RenderSaved,
+    SavedResponse, StoreError, StoredEvent,
+};
+use crate::domain::Timestamp;
+use crate::domain::endpoint::{
+    EndpointPatch, EndpointRecord, EndpointStatus, EventTypeFilter, NewEndpoint, SECRET_OVERLAP_MS,
+};
+use crate::domain::event::NewEvent;
+use crate::domain::ids;
+use crate::domain::org::{NewApiKey, key_lookup, key_matches};
+use crate::domain::user::{NewUser, UserPatch, UserRecord, tombstone};
+
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_init.sql")];
+/// Serialises migrations of instances starting together.
+const MIGRATION_LOCK: i64 = 0x00ac_c0d0_2026;
+
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").finish_non_exhaustive()
+    }
+}
+
+fn pg_err(e: tokio_postgres::Error) -> StoreError {
+    StoreError::database(e)
+}
+
+fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
+    StoreError::database(e)
+}
+
+fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+}
+
+fn conversion(what: impl Into<String>) -> StoreError {
+    StoreError::database(std::io::Error::other(what.into()))
+}
+
+impl PgStore {
+    /// Connects (a pool of `pool_size`) and applies the migrations this database has not seen.
+    pub async fn open(url: &str, pool_size: usize) -> anyhow::Result<PgStore> {
+        let config = tokio_postgres::Config::from_str(url).context("parsing the PostgreSQL URL")?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size.max(2))
+            .wait_timeout(Some(std::time::Duration::from_secs(10)))
+            .create_timeout(Some(std::time::Duration::from_secs(5)))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .context("building the PostgreSQL pool")?;
+        let store = PgStore { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> anyhow::Result<()> {
+        let mut client = self.pool.get().await.context("connecting to PostgreSQL")?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS accommador_migrations (
+                 version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await?;
+        let applied: i32 = tx
+            .query_one(
+                "SELECT COALESCE(MAX(version), 0) FROM accommador_migrations",
+                &[],
+            )
+            .await?
+            .get(0);
+        let applied = applied as usize;
+        if applied > MIGRATIONS.len() {
+            anyhow::bail!(
+                "the database was migrated by a newer accommador (schema {applied}, this build knows {})",
+                MIGRATIONS.len()
+            );
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+            tx.batch_execute(sql)
+                .await
+                .with_context(|| format!("applying PostgreSQL migration {}", i + 1))?;
+            tx.execute(
+                "INSERT INTO accommador_migrations (version) VALUES ($1)",
+                &[&((i + 1) as i32)],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A pooled connection with an open transaction, handed to `f`.
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(pool_err)
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client.simple_query("SELECT 1").await.map_err(pg_err)?;
+        Ok(())
+    }
+
+    pub async fn create_org(&self, name: String, key: NewApiKey) -> Result<CreatedOrg, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let now = Timestamp::now().millis();
+        let id = ids::new_id(ids::ORG);
+        tx.execute(
+            "INSERT INTO organizations (id, name, created_at) VALUES ($1, $2, $3)",
+            &[&id, &name, &now],
+        )
+        .await
+        .map_err(pg_err)?;
+        tx.execute(
+            "INSERT INTO api_keys (id, org_id, lookup, hash, created_at) VALUES ($1, $2, $3, $4, $5)",
+            &[&ids::new_id(ids::API_KEY), &id, &key.lookup, &key.hash.as_slice(), &now],
+        )
+        .await
+        .map_err(pg_err)?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(CreatedOrg {
+            id,
+            name,
+            api_key: key.plain,
+        })
+    }
+
+    pub async fn authenticate(&self, presented: String) -> Result<Option<String>, StoreError> {
+        let Some(lookup) = key_lookup(&presented) else {
+            return Ok(None);
+        };
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT org_id, hash FROM api_keys WHERE lookup = $1 AND revoked_at IS NULL",
+            )
+            .await
+            .map_err(pg_err)?;
+        for row in client.query(&stmt, &[&lookup]).await.map_err(pg_err)? {
+            let hash: Vec<u8> = row.get(1);
+            if key_matches(&presented, &hash) {
+                return Ok(Some(row.get(0)));
+            }
+        }
+        Ok(None)
+    }
+
+    pub async fn create_user(
+        &self,
+        org: String,
+        new: NewUser,
+        idempotency: Option<IdempotencyRequest>,
+        render: RenderSaved<UserRecord>,
+    ) -> Result<Idempotent<UserRecord>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let now = Timestamp::now();
+        if let Some(req) = &idempotency {
+            // Drop an expired record, then claim the key. A concurrent holder of the same key
+            // makes this insert wait for its commit; then the key is taken and we replay.
+            tx.execute(
+                "DELETE FROM idempotency_keys WHERE org_id = $1 AND key = $2 AND created_at < $3",
+                &[&org, &req.key, &(now.millis() - IDEMPOTENCY_TTL_MS)],
+            )
+            .await
+            .map_err(pg_err)?;
+            let claimed = tx
+                .execute(
+                    "INSERT INTO idempotency_keys (org_id, key, fingerprint, status, body, created_at)
+                     VALUES ($1, $2, $3, 0, '', $4) ON CONFLICT DO NOTHING",
+                    &[&org, &req.key, &req.fingerprint.as_slice(), &now.millis()],
+                )
+                .await
+                .map_err(pg_err)?;
+            if claimed == 0 {
+                let row = tx
+                    .query_one(
+                        "SELECT fingerprint, status, body FROM idempotency_keys
+                         WHERE org_id = $1 AND key = $2",
+                        &[&org, &req.key],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                let fingerprint: Vec<u8> = row.get(0);
+                if fingerprint != req.fingerprint {
+                    return Err(StoreError::IdempotencyMismatch);
+                }
+                let status: i32 = row.get(1);
+                return Ok(Idempotent::Replay(SavedResponse {
+                    status: status as u16,
+                    body: row.get(2),
+                }));
+            }
+        }
+        let user = new.into_record(ids::new_id(ids::USER), now);
+        tx.execute("SAVEPOINT change", &[]).await.map_err(pg_err)?;
+        let result = match insert_user(&tx, &org, &user).await {
+            Ok(()) => insert_event(
+                &tx,
+                &org,
+                &NewEvent::for_user(EventType::UserCreated, &user, None),
+            )
+            .await
+            .map(|()| user),
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            tx.execute("ROLLBACK TO SAVEPOINT change", &[])
+                .await
+                .map_err(pg_err)?;
+        }
+        let outcome = match (&idempotency, render(&result)) {
+            (Some(req), Some(saved)) => {
+                tx.execute(
+                    "UPDATE idempotency_keys SET status = $3, body = $4 WHERE org_id = $1 AND key = $2",
+                    &[&org, &req.key, &(saved.status as i32), &saved.body],
+                )
+                .await
+                .map_err(pg_err)?;
+                match result {
+                    Ok(user) => Idempotent::Fresh(user),
+                    Err(_) => Idempotent::Refused(saved),
+                }
+            }
+            // Not saved (a server error): the key's claim rolls back with the rest.
+            _ => Idempotent::Fresh(result?),
+        };
+        tx.commit().await.map_err(pg_err)?;
+        Ok(outcome)
+    }
+
+    pub async fn get_user(&self, org: String, id: String) -> Result<UserRecord, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        live_user(&tx, &org, &id, false)
+            .await?
+            .ok_or(StoreError::NotFound)
+    }
+
+    pub async fn update_user(
+        &self,
+        org: String,
+        id: String,
+        patch: UserPatch,
+    ) -> Result<UserRecord, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let user = live_user(&tx, &org, &id, true)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let Some((next, previous)) = patch.apply(&user, Timestamp::now()) else {
+            return Ok(user);
+        };
+        tx.execute(
+            "UPDATE users SET email = $1, email_lower = $2, name = $3, attributes = $4,
+                 version = $5, updated_at = $6 WHERE id = $7 AND org_id = $8",
+            &[
+                &next.email,
+                &next.email.to_lowercase(),
+                &next.name,
+                &serde_json::to_string(&next.attributes).expect("JSON map serialises"),
+                &(next.version as i64),
+                &next.updated_at.millis(),
+                &next.id,
+                &org,
+            ],
+        )
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::EmailTaken
+            } else {
+                pg_err(e)
+            }
+        })?;
+        insert_event(
+            &tx,
+            &org,
+            &NewEvent::for_user(EventType::UserUpdated, &next, Some(previous)),
+        )
+        .await?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(next)
+    }
+
+    pub async fn delete_user(&self, org: String, id: String) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let user = live_user(&tx, &org, &id, true)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let last = tombstone(&user, Timestamp::now());
+        tx.execute(
+            "UPDATE users SET version = $1, updated_at = $2, deleted_at = $2
+             WHERE id = $3 AND org_id = $4",
+            &[
+                &(last.version as i64),
+                &last.updated_at.millis(),
+                &last.id,
+                &org,
+            ],
+        )
+        .await
+        .map_err(pg_err)?;
+        insert_event(
+            &tx,
+            &org,
+            &NewEvent::for_user(EventType::UserDeleted, &last, None),
+        )
+        .await?;
+        tx.commit().await.map_err(pg_err)
+    }
+
+    pub async fn list_users(
+        &self,
+        org: String,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Page<UserRecord>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let after_seq = cursor_seq(&tx, "users", &org, after.as_deref()).await?;
+        let rows = tx
+            .query(
+                &format!(
+                    "SELECT {USER_COLUMNS} FROM users
+                     WHERE org_id = $1 AND deleted_at IS NULL AND seq > $2
+                     ORDER BY seq LIMIT $3"
+                ),
+                &[&org, &after_seq, &(limit as i64 + 1)],
+            )
+            .await
+            .map_err(pg_err)?;
+        let items = rows.iter().map(user_from_row).collect::<Result<_, _>>()?;
+        Ok(Page::from_fetched(items, limit))
+    }
+
+    pub async fn list_events(
+        &self,
+        org: String,
+        event_type: Option<EventType>,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Page<StoredEvent>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        if let Some(after) = &after {
+            let known = tx
+                .query_opt(
+                    "SELECT 1 FROM events WHERE id = $1 AND org_id = $2",
+                    &[after, &org],
+                )
+                .await
+                .map_err(pg_err)?;
+            if known.is_none() {
+                return Err(StoreError::UnknownCursor);
+            }
+        }
+        let type_filter = event_type.map(|t| t.as_str().to_owned());
+        // Only transactions older than every one still running: nothing can commit before them.
+        let rows = tx
+            .query(
+                "SELECT id, payload FROM events e
+                 WHERE org_id = $1 AND type <> 'webhook.test'
+                   AND ($2::text IS NULL OR type = $2)
+                   AND ($3::text IS NULL OR (xid, seq) >
+                        (SELECT xid, seq FROM events WHERE id = $3))
+                   AND xid < pg_snapshot_xmin(pg_current_snapshot())
+                 ORDER BY xid, seq LIMIT $4",
+                &[&org, &type_filter, &after, &(limit as i64 + 1)],
+            )
+            .await
+            .map_err(pg_err)?;
+        let items = rows
+            .iter()
+            .map(|r| StoredEvent {
+                id: r.get(0),
+                payload: r.get(1),
+            })
+            .collect();
+        Ok(Page::from_fetched(items, limit))
+    }
+
+    pub async fn get_event(&self, org: String, id: String) -> Result<StoredEvent, StoreError> {
+        let client = self.client().await?;
+        client
+            .query_opt(
+                "SELECT id, payload FROM events
+                 WHERE id = $1 AND org_id = $2 AND type <> 'webhook.test'",
+                &[&id, &org],
+            )
+            .await
+            .map_err(pg_err)?
+            .map(|r| StoredEvent {
+                id: r.get(0),
+                payload: r.get(1),
+            })
+            .ok_or(StoreError::NotFound)
+    }
+
+    pub async fn purge_idempotency_keys(&self, now: Timestamp) -> Result<usize, StoreError> {
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "DELETE FROM idempotency_keys WHERE ctid IN (
+                     SELECT ctid FROM idempotency_keys WHERE created_at < $1 LIMIT 5000)",
+                &[&(now.millis() - IDEMPOTENCY_TTL_MS)],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(n as usize)
+    }
+
+    pub async fn create_endpoint(
+        &self,
+        org: String,
+        new: NewEndpoint,
+        secret: String,
+    ) -> Result<EndpointRecord, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let now = Timestamp::now();
+        let e = new.into_record(ids::new_id(ids::ENDPOINT), now);
+        tx.execute(
+            "INSERT INTO endpoints (id, org_id, url, event_types, description, status,
+                                    created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+            &[
+                &e.id,
+                &org,
+                &e.url,
+                &event_types_json(&e.event_types),
+                &e.description,
+                &e.status.as_str(),
+                &now.millis(),
+            ],
+        )
+        .await
+        .map_err(pg_err)?;
+        tx.execute(
+            "INSERT INTO endpoint_secrets (endpoint_id, secret, created_at) VALUES ($1, $2, $3)",
+            &[&e.id, &secret, &now.millis()],
+        )
+        .await
+        .map_err(pg_err)?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(e)
+    }
+
+    pub async fn get_endpoint(
+        &self,
+        org: String,
+        id: String,
+    ) -> Result<EndpointRecord, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        live_endpoint(&tx, &org, &id, false)
+            .await?
+            .ok_or(StoreError::NotFound)
+    }
+
+    pub async fn list_endpoints(
+        &self,
+        org: String,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Page<EndpointRecord>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let after_seq = cursor_seq(&tx, "endpoints", &org, after.as_deref()).await?;
+        let rows = tx
+            .query(
+                &format!(
+                    "SELECT {ENDPOINT_COLUMNS} FROM endpoints
+                     WHERE org_id = $1 AND deleted_at IS NULL AND seq > $2
+                     ORDER BY seq LIMIT $3"
+                ),
+                &[&org, &after_seq, &(limit as i64 + 1)],
+            )
+            .await
+            .map_err(pg_err)?;
+        let items = rows
+            .iter()
+            .map(endpoint_from_row)
+            .collect::<Result<_, _>>()?;
+        Ok(Page::from_fetched(items, limit))
+    }
+
+    pub async fn update_endpoint(
+        &self,
+        org: String,
+        id: String,
+        patch: EndpointPatch,
+    ) -> Result<EndpointRecord, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let e = live_endpoint(&tx, &org, &id, true)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let Some(next) = patch.apply(&e, Timestamp::now()) else {
+            return Ok(e);
+        };
+        tx.execute(
+            "UPDATE endpoints SET url = $1, event_types = $2, description = $3, status = $4,
+                 disabled_reason = $5,
+                 failing_since = CASE WHEN $4 = 'enabled' THEN NULL ELSE failing_since END,
+                 updated_at = $6
+             WHERE id = $7 AND org_id = $8",
+            &[
+                &next.url,
+                &event_types_json(&next.event_types),
+                &next.description,
+                &next.status.as_str(),
+                &next.disabled_reason,
+                &next.updated_at.millis(),
+                &next.id,
+                &org,
+            ],
+        )
+        .await
+        .map_err(pg_err)?;
+        if next.status == EndpointStatus::Disabled && e.status == EndpointStatus::Enabled {
+            let reason = next.disabled_reason.as_deref().unwrap_or("disabled");
+            deliveries::fail_pending(&tx, &next.id, reason, next.updated_at).await?;
+        }
+        tx.commit().await.map_err(pg_err)?;
+        Ok(next)
+    }
+
+    pub async fn delete_endpoint(&self, org: String, id: String) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let now = Timestamp::now();
+        let changed = tx
+            .execute(
+                "UPDATE endpoints SET deleted_at = $1, updated_at = $1
+                 WHERE id = $2 AND org_id = $3 AND deleted_at IS NULL",
+                &[&now.millis(), &id, &org],
+            )
+            .await
+            .map_err(pg_err)?;
+        if changed == 0 {
+            return Err(StoreError::NotFound);
+        }
+        tx.execute(
+            "DELETE FROM endpoint_secrets WHERE endpoint_id = $1",
+            &[&id],
+        )
+        .await
+        .map_err(pg_err)?;
+        deliveries::fail_pending(&tx, &id, "the endpoint was deleted", now).await?;
+        tx.commit().await.map_err(pg_err)
+    }
+
+    pub async fn endpoint_secret(&self, org: String, id: String) -> Result<String, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        live_endpoint(&tx, &org, &id, false)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        tx.query_one(
+            "SELECT secret FROM endpoint_secrets WHERE endpoint_id = $1 AND expires_at IS NULL",
+            &[&id],
+        )
+        .await
+        .map(|r| r.get(0))
+        .map_err(pg_err)
+    }
+
+    pub async fn rotate_endpoint_secret(
+        &self,
+        org: String,
+        id: String,
+        secret: String,
+    ) -> Result<String, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        live_endpoint(&tx, &org, &id, true)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let now = Timestamp::now().millis();
+        tx.execute(
+            "DELETE FROM endpoint_secrets WHERE endpoint_id = $1 AND expires_at IS NOT NULL",
+            &[&id],
+        )
+        .await
+        .map_err(pg_err)?;
+        tx.execute(
+            "UPDATE endpoint_secrets SET expires_at = $2 WHERE endpoint_id = $1 AND expires_at IS NULL",
+            &[&id, &(now + SECRET_OVERLAP_MS)],
+        )
+        .await
+        .map_err(pg_err)?;
+        tx.execute(
+            "INSERT INTO endpoint_secrets (endpoint_id, secret, created_at) VALUES ($1, $2, $3)",
+            &[&id, &secret, &now],
+        )
+        .await
+        .map_err(pg_err)?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(secret)
+    }
+
+    pub async fn signing_secrets(
+        &self,
+        org: String,
+        id: String,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        live_endpoint(&tx, &org, &id, false)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        deliveries::signing_secrets(&tx, &id, Timestamp::now()).await
+    }
+}
+
+/// The `seq` of the row of `table` whose ID is the cursor (0 without one).
+async fn cursor_seq(
+    tx: &Transaction<'_>,
+    table: &'static str,
+    org: &str,
+    after: Option<&str>,
+) -> Result<i64, StoreError> {
+    let Some(id) = after else {
+        return Ok(0);
+    };
+    tx.query_opt(
+        &format!("SELECT seq FROM {table} WHERE id = $1 AND org_id = $2"),
+        &[&id, &org],
+    )
+    .await
+    .map_err(pg_err)?
+    .map(|r| r.get(0))
+    .ok_or(StoreError::UnknownCursor)
+}
+
+const USER_COLUMNS: &str =
+    "id, email, name, attributes, version, created_at, updated_at, deleted_at";
+
+fn user_from_row(r: &Row) -> Result<UserRecord, StoreError> {
+    let attributes: String = r.get(3);
+    let version: i64 = r.get(4);
+    Ok(UserRecord {
+        id: r.get(0),
+        email: r.get(1),
+        name: r.get(2),
+        attributes: serde_json::from_str(&attributes).map_err(StoreError::database)?,
+        version: version as u64,
+        created_at: Timestamp(r.get(5)),
+        updated_at: Timestamp(r.get(6)),
+        deleted_at: r.get::<_, Option<i64>>(7).map(Timestamp),
+    })
+}
+
+async fn live_user(
+    tx: &Transaction<'_>,
+    org: &str,
+    id: &str,
+    for_update: bool,
+) -> Result<Option<UserRecord>, StoreError> {
+    let lock = if for_update { " FOR UPDATE" } else { "" };
+    tx.query_opt(
+        &format!(
+            "SELECT {USER_COLUMNS} FROM users
+             WHERE id = $1 AND org_id = $2 AND deleted_at IS NULL{lock}"
+        ),
+        &[&id, &org],
+    )
+    .await
+    .map_err(pg_err)?
+    .map(|r| user_from_row(&r))
+    .transpose()
+}
+
+async fn insert_user(tx: &Transaction<'_>, org: &str, u: &UserRecord) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO users (id, org_id, email, email_lower, name, attributes, version,
+                            created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        &[
+            &u.id,
+            &org,
+            &u.email,
+            &u.email.to_lowercase(),
+            &u.name,
+            &serde_json::to_string(&u.attributes).expect("JSON map serialises"),
+            &(u.version as i64),
+            &u.created_at.millis(),
+            &u.updated_at.millis(),
+        ],
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| {
+        if is_unique_violation(&e) {
+            StoreError::EmailTaken
+        } else {
+            pg_err(e)
+        }
+    })
+}
+
+async fn insert_event(tx: &Transaction<'_>, org: &str, e: &NewEvent) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO events (id, org_id, type, user_id, user_version, occurred_at, payload)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        &[
+            &e.id,
+            &org,
+            &e.event_type.as_str(),
+            &e.user_id,
+            &(e.user_version as i64),
+            &e.occurred_at.millis(),
+            &e.payload,
+        ],
+    )
+    .await
+    .map(|_| ())
+    .map_err(pg_err)
+}
+
+const ENDPOINT_COLUMNS: &str =
+    "id, url, event_types, description, status, disabled_reason, created_at, updated_at";
+
+fn event_types_json(f: &EventTypeFilter) -> String {
+    serde_json::to_string(&f.names()).expect("names serialise")
+}
+
+fn endpoint_from_row(r: &Row) -> Result<EndpointRecord, StoreError> {
+    let types: String = r.get(2);
+    let names: Vec<String> = serde_json::from_str(&types).map_err(StoreError::database)?;
+    let status: String = r.get(4);
+    Ok(EndpointRecord {
+        id: r.get(0),
+        url: r.get(1),
+        event_types: EventTypeFilter::from_names(names.iter().map(String::as_str))
+            .map_err(conversion)?,
+        description: r.get(3),
+        status: EndpointStatus::parse(&status)
+            .ok_or_else(|| conversion(format!("unknown endpoint status {status:?}")))?,
+        disabled_reason: r.get(5),
+        created_at: Timestamp(r.get(6)),
+        updated_at: Timestamp(r.get(7)),
+    })
+}
+
+async fn live_endpoint(
+    tx: &Transaction<'_>,
+    org: &str,
+    id: &str,
+    for_update: bool,
+) -> Result<Option<EndpointRecord>, StoreError> {
+    let lock = if for_update { " FOR UPDATE" } else { "" };
+    tx.query_opt(
+        &format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM endpoints
+             WHERE id = $1 AND org_id = $2 AND deleted_at IS NULL{lock}"
+        ),
+        &[&id, &org],
+    )
+    .await
+    .map_err(pg_err)?
+    .map(|r| endpoint_from_row(&r))
+    .transpose()
+}

@@ -1,0 +1,763 @@
+//! Deliveries on PostgreSQL: fan-out, the dispatcher's due queries, recording attempts, and
+//! the delivery log, with the same rules as the SQLite backend.
+//!
+//! Fan-out is safe with several instances: the cursor row is locked for the step, so each
+//! event is fanned out exactly once, and it reads only below the oldest running transaction
+//! (see the module above). Attempt ownership across instances (leases) is not here yet: each
+//! instance keeps its in-flight set in memory, as on SQLite.
+
+use std::sync::Arc;
+
+use accommador_webhooks::EventType;
+use deadpool_postgres::Transaction;
+
+use super::{PgStore, conversion, live_endpoint, pg_err};
+use crate::domain::delivery::{
+    AttemptRecord, AttemptResult, DeliveryFacts, DeliveryRecord, DeliveryStatus, ErrorClass, Next,
+    RetryPolicy, Trigger,
+};
+use crate::domain::endpoint::{EndpointStatus, EventTypeFilter};
+use crate::domain::{Timestamp, ids};
+use crate::store::{
+    DeliveryFilter, DeliveryStats, DueDelivery, FanOut, LaneRequest, LaneWork, Page, Recorded,
+    StoreError,
+};
+
+const FANOUT_EVENTS: i64 = 256;
+const FANOUT_DELIVERIES: usize = 20_000;
+const DISABLED_GONE: &str = "the endpoint answered 410 Gone";
+
+pub(super) async fn fail_pending(
+    tx: &Transaction<'_>,
+    endpoint_id: &str,
+    reason: &str,
+    now: Timestamp,
+) -> Result<u64, StoreError> {
+    tx.execute(
+        "INSERT INTO attempts (delivery_id, number, trigger, started_at, duration_ms,
+                               status_code, error_class, error, response_headers, response_body)
+         SELECT id, attempt_count + 1, 'scheduled', $2, 0, NULL, 'endpoint_disabled', $3, '{}', ''
+         FROM deliveries WHERE endpoint_id = $1 AND status = 'pending'",
+        &[&endpoint_id, &now.millis(), &reason],
+    )
+    .await
+    .map_err(pg_err)?;
+    tx.execute(
+        "UPDATE deliveries SET status = 'failed', attempt_count = attempt_count + 1,
+             next_attempt_at = NULL, manual = false, resume_at = NULL, updated_at = $2
+         WHERE endpoint_id = $1 AND status = 'pending'",
+        &[&endpoint_id, &now.millis()],
+    )
+    .await
+    .map_err(pg_err)
+}
+
+async fn disable_endpoint(
+    tx: &Transaction<'_>,
+    endpoint_id: &str,
+    reason: &str,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE endpoints SET status = 'disabled', disabled_reason = $2, updated_at = $3
+         WHERE id = $1",
+        &[&endpoint_id, &reason, &now.millis()],
+    )
+    .await
+    .map_err(pg_err)?;
+    fail_pending(tx, endpoint_id, reason, now).await?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn insert_delivery(
+    tx: &Transaction<'_>,
+    org: &str,
+    event_seq: i64,
+    event_id: &str,
+    event_type: &str,
+    endpoint_id: &str,
+    now: Timestamp,
+) -> Result<String, StoreError> {
+    let id = ids::new_id(ids::DELIVERY);
+    tx.execute(
+        "INSERT INTO deliveries (id, org_id, event_seq, event_id, event_type, endpoint_id,
+                                 status, next_attempt_at, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $7, $7)",
+        &[
+            &id,
+            &org,
+            &event_seq,
+            &event_id,
+            &event_type,
+            &endpoint_id,
+            &now.millis(),
+        ],
+    )
+    .await
+    .map_err(pg_err)?;
+    Ok(id)
+}
+
+const DELIVERY_COLUMNS: &str = "id, event_id, event_type, endpoint_id, status, attempt_count,
+    next_attempt_at, last_status_code, created_at, updated_at";
+
+fn delivery_from_row(r: &tokio_postgres::Row) -> Result<DeliveryRecord, StoreError> {
+    let status: String = r.get(4);
+    let attempts: i32 = r.get(5);
+    let code: Option<i32> = r.get(7);
+    Ok(DeliveryRecord {
+        id: r.get(0),
+        event_id: r.get(1),
+        event_type: r.get(2),
+        endpoint_id: r.get(3),
+        status: DeliveryStatus::parse(&status)
+            .ok_or_else(|| conversion(format!("unknown delivery status {status:?}")))?,
+        attempt_count: attempts as u32,
+        next_attempt_at: r.get::<_, Option<i64>>(6).map(Timestamp),
+        last_status_code: code.map(|c| c as u16),
+        created_at: Timestamp(r.get(8)),
+        updated_at: Timestamp(r.get(9)),
+    })
+}
+
+async fn get_delivery_row(
+    tx: &Transaction<'_>,
+    org: &str,
+    id: &str,
+) -> Result<Option<DeliveryRecord>, StoreError> {
+    tx.query_opt(
+        &format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = $1 AND org_id = $2"),
+        &[&id, &org],
+    )
+    .await
+    .map_err(pg_err)?
+    .map(|r| delivery_from_row(&r))
+    .transpose()
+}
+
+pub(super) async fn signing_secrets(
+    tx: &Transaction<'_>,
+    endpoint_id: &str,
+    now: Timestamp,
+) -> Result<Vec<String>, StoreError> {
+    Ok(tx
+        .query(
+            "SELECT secret FROM endpoint_secrets
+             WHERE endpoint_id = $1 AND (expires_at IS NULL OR expires_at > $2)
+             ORDER BY expires_at IS NOT NULL, created_at DESC",
+            &[&endpoint_id, &now.millis()],
+        )
+        .await
+        .map_err(pg_err)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+async fn insert_attempt(
+    tx: &Transaction<'_>,
+    delivery_id: &str,
+    number: i32,
+    r: &AttemptResult,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO attempts (delivery_id, number, trigger, started_at, duration_ms,
+                               status_code, error_class, error, response_headers, response_body)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        &[
+            &delivery_id,
+            &number,
+            &r.trigger.as_str(),
+            &r.started_at.millis(),
+            &(r.duration_ms as i64),
+            &r.status_code.map(i32::from),
+            &r.error_class.map(ErrorClass::as_str),
+            &r.error,
+            &serde_json::to_string(&r.response_headers).expect("headers serialise"),
+            &r.response_body,
+        ],
+    )
+    .await
+    .map(|_| ())
+    .map_err(pg_err)
+}
+
+impl PgStore {
+    pub async fn fan_out(&self) -> Result<FanOut, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        // The snapshot is read before the cursor lock gives this transaction an ID of its own.
+        let events = tx
+            .query(
+                "WITH horizon AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin),
+                      cursor AS (SELECT last_xid, last_seq FROM fanout_cursor WHERE id = 1 FOR UPDATE)
+                 SELECT e.seq, e.id, e.org_id, e.type FROM events e, cursor c, horizon h
+                 WHERE (e.xid, e.seq) > (c.last_xid, c.last_seq) AND e.xid < h.xmin
+                 ORDER BY e.xid, e.seq LIMIT $1",
+                &[&FANOUT_EVENTS],
+            )
+            .await
+            .map_err(pg_err)?;
+        let now = Timestamp::now();
+        let mut woken: Vec<String> = Vec::new();
+        let (mut created, mut taken, mut last) = (0, 0, None);
+        for row in &events {
+            if created >= FANOUT_DELIVERIES {
+                break;
+            }
+            let (seq, event_id, org, event_type): (i64, String, String, String) =
+                (row.get(0), row.get(1), row.get(2), row.get(3));
+            last = Some(seq);
+            taken += 1;
+            let Some(kind) =
+                EventType::parse(&event_type).filter(|t| EventType::USER_EVENTS.contains(t))
+            else {
+                continue;
+            };
+            // Endpoints whose creation did not see this event (it committed after them).
+            let candidates = tx
+                .query(
+                    "SELECT ep.id, ep.event_types FROM endpoints ep, events e
+                     WHERE e.seq = $2 AND ep.org_id = $1 AND ep.status = 'enabled'
+                       AND ep.deleted_at IS NULL
+                       AND NOT pg_visible_in_snapshot(e.xid, ep.created_snapshot)",
+                    &[&org, &seq],
+                )
+                .await
+                .map_err(pg_err)?;
+            let mut list = Vec::with_capacity(candidates.len());
+            for c in candidates {
+                let types: String = c.get(1);
+                let names: Vec<String> =
+                    serde_json::from_str(&types).map_err(StoreError::database)?;
+                let filter = EventTypeFilter::from_names(names.iter().map(String::as_str))
+                    .map_err(conversion)?;
+                list.push((c.get::<_, String>(0), filter));
+            }
+            for (endpoint_id, filter) in &list {
+                if filter.contains(kind) {
+                    insert_delivery(&tx, &org, seq, &event_id, &event_type, endpoint_id, now)
+                        .await?;
+                    created += 1;
+                    if !woken.contains(endpoint_id) {
+                        woken.push(endpoint_id.clone());
+                    }
+                }
+            }
+        }
+        if let Some(seq) = last {
+            tx.execute(
+                "UPDATE fanout_cursor SET last_xid = e.xid, last_seq = e.seq
+                 FROM events e WHERE fanout_cursor.id = 1 AND e.seq = $1",
+                &[&seq],
+            )
+            .await
+            .map_err(pg_err)?;
+        }
+        // Committed events that a still-running older transaction keeps above the horizon:
+        // nothing will notify us when that transaction ends, so the caller retries shortly.
+        let waiting = taken == 0
+            && tx
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM events e, fanout_cursor c
+                                    WHERE c.id = 1 AND (e.xid, e.seq) > (c.last_xid, c.last_seq))",
+                    &[],
+                )
+                .await
+                .map_err(pg_err)?
+                .get::<_, bool>(0);
+        tx.commit().await.map_err(pg_err)?;
+        Ok(FanOut {
+            events: taken,
+            woken,
+            waiting,
+        })
+    }
+
+    pub async fn pending_lanes(&self) -> Result<Vec<(String, Timestamp)>, StoreError> {
+        let client = self.client().await?;
+        Ok(client
+            .query(
+                "SELECT endpoint_id, MIN(next_attempt_at) FROM deliveries
+                 WHERE status = 'pending' GROUP BY endpoint_id",
+                &[],
+            )
+            .await
+            .map_err(pg_err)?
+            .iter()
+            .map(|r| (r.get(0), Timestamp(r.get(1))))
+            .collect())
+    }
+
+    pub async fn lane_work(
+        &self,
+        requests: Vec<LaneRequest>,
+        now: Timestamp,
+    ) -> Result<Vec<LaneWork>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let mut out = Vec::with_capacity(requests.len());
+        for req in requests {
+            let rows = tx
+                .query(
+                    "SELECT d.id, d.event_id, d.next_attempt_at, d.manual, d.attempt_count,
+                            e.payload, e.occurred_at, ep.url
+                     FROM deliveries d
+                     JOIN events e ON e.seq = d.event_seq
+                     JOIN endpoints ep ON ep.id = d.endpoint_id
+                     WHERE d.endpoint_id = $1 AND d.status = 'pending'
+                     ORDER BY d.next_attempt_at LIMIT $2",
+                    &[
+                        &req.endpoint_id,
+                        &((req.limit + req.in_flight.len() + 1) as i64),
+                    ],
+                )
+                .await
+                .map_err(pg_err)?;
+            let mut due = Vec::new();
+            let mut next_due = None;
+            let mut secrets: Option<Vec<String>> = None;
+            for r in rows {
+                let id: String = r.get(0);
+                if req.in_flight.contains(&id) {
+                    continue;
+                }
+                let at = Timestamp(r.get::<_, Option<i64>>(2).unwrap_or(now.millis()));
+                if at > now || due.len() >= req.limit {
+                    next_due = Some(at);
+                    break;
+                }
+                if secrets.is_none() {
+                    secrets = Some(signing_secrets(&tx, &req.endpoint_id, now).await?);
+                }
+                let manual: bool = r.get(3);
+                let attempts: i32 = r.get(4);
+                let payload: String = r.get(5);
+                due.push(DueDelivery {
+                    id,
+                    event_id: r.get(1),
+                    endpoint_id: req.endpoint_id.clone(),
+                    url: r.get(7),
+                    payload: bytes::Bytes::from(payload),
+                    secrets: secrets.clone().unwrap_or_default(),
+                    trigger: if manual {
+                        Trigger::Manual
+                    } else {
+                        Trigger::Scheduled
+                    },
+                    event_occurred_at: Timestamp(r.get(6)),
+                    first_attempt: attempts == 0,
+                });
+            }
+            out.push(LaneWork {
+                endpoint_id: req.endpoint_id,
+                due,
+                next_due,
+            });
+        }
+        tx.commit().await.map_err(pg_err)?;
+        Ok(out)
+    }
+
+    pub async fn record_attempt(
+        &self,
+        delivery_id: String,
+        result: AttemptResult,
+        policy: Arc<RetryPolicy>,
+    ) -> Result<Recorded, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let now = Timestamp::now();
+        let row = tx
+            .query_opt(
+                "SELECT endpoint_id, status, attempt_count, retries_used, resume_at
+                 FROM deliveries WHERE id = $1 FOR UPDATE",
+                &[&delivery_id],
+            )
+            .await
+            .map_err(pg_err)?
+            .ok_or(StoreError::NotFound)?;
+        let endpoint_id: String = row.get(0);
+        let status: String = row.get(1);
+        let attempt_count: i32 = row.get(2);
+        let retries_used: i32 = row.get(3);
+        let resume_at: Option<i64> = row.get(4);
+        let number = attempt_count + 1;
+        insert_attempt(&tx, &delivery_id, number, &result).await?;
+        let still_pending = status == DeliveryStatus::Pending.as_str();
+        let facts = DeliveryFacts {
+            retries_used: retries_used as u32,
+            resume_at: resume_at.map(Timestamp),
+        };
+        let next = if still_pending {
+            policy.decide(facts, &result, now, rand::random::<f64>() * 2.0 - 1.0)
+        } else if result.succeeded() {
+            Next::Succeeded
+        } else {
+            Next::Failed
+        };
+        let (new_status, next_at, spent) = match next {
+            Next::Succeeded => (DeliveryStatus::Succeeded, None, 0i32),
+            Next::Failed => (DeliveryStatus::Failed, None, 0),
+            Next::RetryAt { at, spends_retry } => {
+                (DeliveryStatus::Pending, Some(at), i32::from(spends_retry))
+            }
+        };
+        tx.execute(
+            "UPDATE deliveries SET status = $2, attempt_count = $3,
+                 retries_used = retries_used + $4, next_attempt_at = $5, manual = false,
+                 resume_at = NULL, last_status_code = $6, updated_at = $7
+             WHERE id = $1",
+            &[
+                &delivery_id,
+                &new_status.as_str(),
+                &number,
+                &spent,
+                &next_at.map(Timestamp::millis),
+                &result.status_code.map(i32::from),
+                &now.millis(),
+            ],
+        )
+        .await
+        .map_err(pg_err)?;
+        let mut endpoint_disabled = false;
+        if result.succeeded() {
+            tx.execute(
+                "UPDATE endpoints SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL",
+                &[&endpoint_id],
+            )
+            .await
+            .map_err(pg_err)?;
+        } else {
+            let since: Option<i64> = tx
+                .query_opt(
+                    "UPDATE endpoints SET failing_since = COALESCE(failing_since, $2)
+                     WHERE id = $1 AND status = 'enabled' RETURNING failing_since",
+                    &[&endpoint_id, &result.started_at.millis()],
+                )
+                .await
+                .map_err(pg_err)?
+                .map(|r| r.get(0));
+            if let Some(since) = since {
+                if result.gone() {
+                    disable_endpoint(&tx, &endpoint_id, DISABLED_GONE, now).await?;
+                    endpoint_disabled = true;
+                } else if policy.should_disable(Timestamp(since), now) {
+                    let reason = format!(
+                        "failing continuously since {}",
+                        Timestamp(since).to_rfc3339()
+                    );
+                    disable_endpoint(&tx, &endpoint_id, &reason, now).await?;
+                    endpoint_disabled = true;
+                }
+            }
+        }
+        tx.commit().await.map_err(pg_err)?;
+        Ok(Recorded {
+            next_due: if endpoint_disabled { None } else { next_at },
+            endpoint_disabled,
+        })
+    }
+
+    pub async fn list_deliveries(
+        &self,
+        org: String,
+        filter: DeliveryFilter,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Page<DeliveryRecord>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let before = match after.as_deref() {
+            None => i64::MAX,
+            Some(id) => tx
+                .query_opt(
+                    "SELECT seq FROM deliveries WHERE id = $1 AND org_id = $2",
+                    &[&id, &org],
+                )
+                .await
+                .map_err(pg_err)?
+                .map(|r| r.get(0))
+                .ok_or(StoreError::UnknownCursor)?,
+        };
+        let rows = tx
+            .query(
+                &format!(
+                    "SELECT {DELIVERY_COLUMNS} FROM deliveries
+                     WHERE org_id = $1 AND seq < $2
+                       AND ($3::text IS NULL OR endpoint_id = $3)
+                       AND ($4::text IS NULL OR event_id = $4)
+                       AND ($5::text IS NULL OR event_type = $5)
+                       AND ($6::text IS NULL OR status = $6)
+                       AND ($7::bigint IS NULL OR created_at >= $7)
+                       AND ($8::bigint IS NULL OR created_at < $8)
+                     ORDER BY seq DESC LIMIT $9"
+                ),
+                &[
+                    &org,
+                    &before,
+                    &filter.endpoint_id,
+                    &filter.event_id,
+                    &filter.event_type,
+                    &filter.status.map(DeliveryStatus::as_str),
+                    &filter.since.map(Timestamp::millis),
+                    &filter.until.map(Timestamp::millis),
+                    &(limit as i64 + 1),
+                ],
+            )
+            .await
+            .map_err(pg_err)?;
+        let items = rows
+            .iter()
+            .map(delivery_from_row)
+            .collect::<Result<_, _>>()?;
+        Ok(Page::from_fetched(items, limit))
+    }
+
+    pub async fn get_delivery(
+        &self,
+        org: String,
+        id: String,
+    ) -> Result<DeliveryRecord, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        get_delivery_row(&tx, &org, &id)
+            .await?
+            .ok_or(StoreError::NotFound)
+    }
+
+    pub async fn list_attempts(
+        &self,
+        org: String,
+        id: String,
+    ) -> Result<Vec<AttemptRecord>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        get_delivery_row(&tx, &org, &id)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let rows = tx
+            .query(
+                "SELECT number, trigger, started_at, duration_ms, status_code, error_class,
+                        error, response_headers, response_body
+                 FROM attempts WHERE delivery_id = $1 ORDER BY number",
+                &[&id],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let number: i32 = r.get(0);
+                let trigger: String = r.get(1);
+                let duration: i64 = r.get(3);
+                let code: Option<i32> = r.get(4);
+                let class: Option<String> = r.get(5);
+                let headers: String = r.get(7);
+                AttemptRecord {
+                    number: number as u32,
+                    result: AttemptResult {
+                        trigger: if trigger == "manual" {
+                            Trigger::Manual
+                        } else {
+                            Trigger::Scheduled
+                        },
+                        started_at: Timestamp(r.get(2)),
+                        duration_ms: duration as u64,
+                        status_code: code.map(|c| c as u16),
+                        error_class: class.as_deref().and_then(ErrorClass::parse),
+                        error: r.get(6),
+                        response_headers: serde_json::from_str(&headers).unwrap_or_default(),
+                        response_body: r.get(8),
+                        retry_after: None,
+                    },
+                }
+            })
+            .collect())
+    }
+
+    pub async fn request_retry(
+        &self,
+        org: String,
+        id: String,
+    ) -> Result<DeliveryRecord, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let d = get_delivery_row(&tx, &org, &id)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let endpoint = live_endpoint(&tx, &org, &d.endpoint_id, false)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        if endpoint.status != EndpointStatus::Enabled {
+            return Err(StoreError::EndpointDisabled);
+        }
+        let now = Timestamp::now();
+        tx.execute(
+            "UPDATE deliveries SET
+                 resume_at = CASE WHEN status = 'pending' AND NOT manual
+                                  THEN next_attempt_at ELSE resume_at END,
+                 status = 'pending', next_attempt_at = $2, manual = true, updated_at = $2
+             WHERE id = $1",
+            &[&id, &now.millis()],
+        )
+        .await
+        .map_err(pg_err)?;
+        let d = get_delivery_row(&tx, &org, &id)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(d)
+    }
+
+    pub async fn recover(
+        &self,
+        org: String,
+        endpoint_id: String,
+        since: Timestamp,
+        until: Option<Timestamp>,
+    ) -> Result<(usize, usize), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let endpoint = live_endpoint(&tx, &org, &endpoint_id, true)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        if endpoint.status != EndpointStatus::Enabled {
+            return Err(StoreError::EndpointDisabled);
+        }
+        let now = Timestamp::now();
+        let until = until.unwrap_or(Timestamp(i64::MAX));
+        let requeued = tx
+            .execute(
+                "UPDATE deliveries SET status = 'pending', next_attempt_at = $4,
+                     retries_used = 0, manual = false, resume_at = NULL, updated_at = $4
+                 WHERE endpoint_id = $1 AND status = 'failed'
+                   AND created_at >= $2 AND created_at < $3",
+                &[
+                    &endpoint_id,
+                    &since.millis(),
+                    &until.millis(),
+                    &now.millis(),
+                ],
+            )
+            .await
+            .map_err(pg_err)?;
+        let missing = tx
+            .query(
+                "SELECT e.seq, e.id, e.type FROM events e, endpoints ep
+                 WHERE ep.id = $5 AND e.org_id = $1
+                   AND NOT pg_visible_in_snapshot(e.xid, ep.created_snapshot)
+                   AND e.occurred_at >= $2 AND e.occurred_at < $3
+                   AND e.type <> 'webhook.test'
+                   AND e.xid < pg_snapshot_xmin(pg_current_snapshot())
+                   AND NOT EXISTS (SELECT 1 FROM deliveries d
+                                   WHERE d.event_id = e.id AND d.endpoint_id = $4)
+                 ORDER BY e.xid, e.seq",
+                &[
+                    &org,
+                    &since.millis(),
+                    &until.millis(),
+                    &endpoint_id,
+                    &endpoint_id,
+                ],
+            )
+            .await
+            .map_err(pg_err)?;
+        let mut created = 0;
+        for r in missing {
+            let event_type: String = r.get(2);
+            let wanted =
+                EventType::parse(&event_type).is_some_and(|t| endpoint.event_types.contains(t));
+            if wanted {
+                let event_id: String = r.get(1);
+                insert_delivery(
+                    &tx,
+                    &org,
+                    r.get(0),
+                    &event_id,
+                    &event_type,
+                    &endpoint_id,
+                    now,
+                )
+                .await?;
+                created += 1;
+            }
+        }
+        tx.commit().await.map_err(pg_err)?;
+        Ok((requeued as usize, created))
+    }
+
+    pub async fn send_test(
+        &self,
+        org: String,
+        endpoint_id: String,
+    ) -> Result<(String, String), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let endpoint = live_endpoint(&tx, &org, &endpoint_id, false)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        if endpoint.status != EndpointStatus::Enabled {
+            return Err(StoreError::EndpointDisabled);
+        }
+        let now = Timestamp::now();
+        let event_id = ids::new_id(ids::EVENT);
+        let payload = serde_json::to_string(&accommador_webhooks::Event {
+            id: event_id.clone(),
+            event_type: EventType::WebhookTest,
+            timestamp: now.to_rfc3339(),
+            data: accommador_webhooks::payload::TestEventData {
+                endpoint_id: endpoint_id.clone(),
+            },
+        })
+        .expect("events serialise");
+        let seq: i64 = tx
+            .query_one(
+                "INSERT INTO events (id, org_id, type, occurred_at, payload)
+                 VALUES ($1, $2, 'webhook.test', $3, $4) RETURNING seq",
+                &[&event_id, &org, &now.millis(), &payload],
+            )
+            .await
+            .map_err(pg_err)?
+            .get(0);
+        let delivery_id = insert_delivery(
+            &tx,
+            &org,
+            seq,
+            &event_id,
+            EventType::WebhookTest.as_str(),
+            &endpoint_id,
+            now,
+        )
+        .await?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok((event_id, delivery_id))
+    }
+
+    pub async fn delivery_stats(&self, now: Timestamp) -> Result<DeliveryStats, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT COUNT(*), MIN(next_attempt_at) FROM deliveries
+                 WHERE status = 'pending' AND next_attempt_at <= $1",
+                &[&now.millis()],
+            )
+            .await
+            .map_err(pg_err)?;
+        let disabled = client
+            .query_one(
+                "SELECT COUNT(*) FROM endpoints WHERE status = 'disabled' AND deleted_at IS NULL",
+                &[],
+            )
+            .await
+            .map_err(pg_err)?;
+        let due: i64 = row.get(0);
+        let disabled: i64 = disabled.get(0);
+        Ok(DeliveryStats {
+            due: due as u64,
+            oldest_due: row.get::<_, Option<i64>>(1).map(Timestamp),
+            disabled_endpoints: disabled as u64,
+        })
+    }
+}
