@@ -1,0 +1,562 @@
+//! What PostgreSQL adds to the story: many connections and many processes on one database.
+//!
+//! Needs `ACCOMMADOR_TEST_POSTGRES_URL` (an admin URL, e.g.
+//! `postgres://postgres@127.0.0.1:5432/postgres`); each test creates and drops a database of
+//! its own. Without it the tests are skipped with a note, except under CI (`CI` set), where
+//! they fail: CI must run them.
+
+#[path = "../api/helpers.rs"]
+#[allow(dead_code)]
+mod helpers;
+
+use std::collections::{BTreeSet, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use helpers::{POSTGRES_ENV, TestDb, spawn_app};
+use reqwest::{Client, StatusCode};
+use serde_json::{Value, json};
+
+/// `false` (after saying why) when PostgreSQL is not configured outside CI.
+fn postgres_configured() -> bool {
+    if std::env::var(POSTGRES_ENV).is_ok_and(|v| !v.is_empty()) {
+        return true;
+    }
+    if std::env::var("CI").is_ok() {
+        panic!("{POSTGRES_ENV} is not set: CI must run the PostgreSQL tests");
+    }
+    eprintln!(
+        "skipped: set {POSTGRES_ENV}=postgres://postgres@127.0.0.1:5432/postgres to run the \
+         PostgreSQL tests (see README)"
+    );
+    false
+}
+
+#[tokio::test]
+async fn fifty_concurrent_patches_make_fifty_versions_each_once() {
+    if !postgres_configured() {
+        return;
+    }
+    let app = Arc::new(spawn_app().await);
+    assert!(app.db.is_postgres());
+    let t = app.create_org("Acme").await;
+    let user = app
+        .create_user(&t, json!({"email": "race@example.com", "name": "n0"}))
+        .await;
+    let path = format!("/v1/users/{}", user["id"].as_str().unwrap());
+    let mut tasks = Vec::new();
+    for i in 1..=50 {
+        let (app, t, path) = (app.clone(), t.clone(), path.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = app
+                .patch(&t, &path, &json!({ "name": format!("n{i}") }))
+                .await;
+            assert_eq!(r.status(), StatusCode::OK);
+            r.json::<Value>().await.unwrap()["version"]
+                .as_u64()
+                .unwrap()
+        }));
+    }
+    let mut versions = Vec::new();
+    for task in tasks {
+        versions.push(task.await.unwrap());
+    }
+    versions.sort();
+    assert_eq!(versions, (2..=51).collect::<Vec<u64>>());
+
+    let events = app.all_events(&t, "&type=user.updated").await;
+    assert_eq!(events.len(), 50);
+    let mut by_version: Vec<&Value> = events.iter().collect();
+    by_version.sort_by_key(|e| e["data"]["user"]["version"].as_u64().unwrap());
+    let mut previous_name = "n0".to_owned();
+    for (i, e) in by_version.iter().enumerate() {
+        assert_eq!(e["data"]["user"]["version"], i as u64 + 2);
+        // Each change saw exactly the state the one before it left.
+        assert_eq!(
+            e["data"]["previous_attributes"]["name"],
+            previous_name.as_str()
+        );
+        previous_name = e["data"]["user"]["name"].as_str().unwrap().to_owned();
+    }
+    let last: Value = app.get(&t, &path).await.json().await.unwrap();
+    assert_eq!(last["version"], 51);
+    assert_eq!(last["name"], previous_name.as_str());
+}
+
+#[tokio::test]
+async fn a_poller_following_after_sees_every_event_exactly_once_under_concurrent_writers() {
+    if !postgres_configured() {
+        return;
+    }
+    let app = Arc::new(spawn_app().await);
+    let t = app.create_org("Acme").await;
+    let done = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let (app, t) = (app.clone(), t.clone());
+        writers.push(tokio::spawn(async move {
+            for i in 0..50 {
+                app.create_user(&t, json!({ "email": format!("w{w}-{i}@example.com") }))
+                    .await;
+            }
+        }));
+    }
+    let poller = {
+        let (app, t, done) = (app.clone(), t.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut seen: Vec<String> = Vec::new();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                let finished = done.load(Ordering::SeqCst);
+                let path = match seen.last() {
+                    Some(last) => format!("/v1/events?limit=37&after={last}"),
+                    None => "/v1/events?limit=37".to_owned(),
+                };
+                let page: Value = app.get(&t, &path).await.json().await.unwrap();
+                let data = page["data"].as_array().unwrap();
+                seen.extend(data.iter().map(|e| e["id"].as_str().unwrap().to_owned()));
+                if finished && data.is_empty() && seen.len() >= 400 {
+                    return seen;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "poller saw {}",
+                    seen.len()
+                );
+                if data.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        })
+    };
+    for w in writers {
+        w.await.unwrap();
+    }
+    done.store(true, Ordering::SeqCst);
+    let seen = poller.await.unwrap();
+    let unique: HashSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "an event was returned twice");
+    assert_eq!(seen.len(), 400, "an event was skipped");
+    let all: BTreeSet<String> = app
+        .all_events(&t, "")
+        .await
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(all, seen.into_iter().collect());
+}
+
+/// A `serve` process on the test's PostgreSQL database, killed when dropped.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const ADMIN: &str = "pg-admin-token";
+
+impl Server {
+    async fn start(database_url: &str) -> Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_accommador"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("ACCOMMADOR_") {
+                cmd.env_remove(k);
+            }
+        }
+        let child = cmd
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--database", database_url])
+            .env("ACCOMMADOR_ADMIN_TOKEN", ADMIN)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut server = Server { child, port };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        let client = Client::new();
+        loop {
+            if let Ok(r) = client.get(server.url("/healthz")).send().await
+                && r.status() == 200
+            {
+                return server;
+            }
+            assert!(
+                server.child.try_wait().unwrap().is_none(),
+                "serve exited early"
+            );
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "serve never became healthy"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+async fn create_org(client: &Client, server: &Server) -> String {
+    let org: Value = client
+        .post(server.url("/v1/organizations"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"name": "Shared"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    org["api_key"].as_str().unwrap().to_owned()
+}
+
+async fn list_all(client: &Client, server: &Server, key: &str, path: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let mut url = server.url(&format!("{path}{sep}limit=500"));
+        if let Some(a) = &after {
+            url.push_str(&format!("&after={a}"));
+        }
+        let page: Value = client
+            .get(url)
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        out.extend(page["data"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(c) => after = Some(c.to_owned()),
+            None => return out,
+        }
+    }
+}
+
+#[tokio::test]
+async fn two_processes_share_one_database_and_one_idempotency_key() {
+    if !postgres_configured() {
+        return;
+    }
+    let db = TestDb::new().await;
+    let a = Server::start(&db.url).await;
+    let b = Server::start(&db.url).await;
+    let client = Client::new();
+    let key = create_org(&client, &a).await;
+
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let server_url = if i % 2 == 0 {
+            a.url("/v1/users")
+        } else {
+            b.url("/v1/users")
+        };
+        let (client, key) = (client.clone(), key.clone());
+        tasks.push(tokio::spawn(async move {
+            // Every other request races the same Idempotency-Key from both processes.
+            let mut req = client.post(server_url).bearer_auth(&key);
+            let body = if i % 4 < 2 {
+                req = req.header("idempotency-key", "shared-key");
+                json!({"email": "once@example.com"})
+            } else {
+                json!({ "email": format!("u{i}@example.com") })
+            };
+            let r = req.json(&body).send().await.unwrap();
+            (i, r.status(), r.text().await.unwrap())
+        }));
+    }
+    let mut keyed = Vec::new();
+    for t in tasks {
+        let (i, status, body) = t.await.unwrap();
+        assert_eq!(status, StatusCode::CREATED, "{i}: {body}");
+        if i % 4 < 2 {
+            keyed.push(body);
+        }
+    }
+    assert!(
+        keyed.iter().all(|b| *b == keyed[0]),
+        "the key answered differently"
+    );
+    let users = list_all(&client, &b, &key, "/v1/users").await;
+    let once = users
+        .iter()
+        .filter(|u| u["email"] == "once@example.com")
+        .count();
+    assert_eq!(
+        once, 1,
+        "the raced Idempotency-Key created more than one user"
+    );
+    assert_eq!(users.len(), 21);
+    let created = list_all(&client, &a, &key, "/v1/events?type=user.created").await;
+    assert_eq!(created.len(), 21);
+}
+
+#[tokio::test]
+async fn acknowledged_users_survive_sigkill_with_their_events() {
+    if !postgres_configured() {
+        return;
+    }
+    let db = TestDb::new().await;
+    let mut server = Server::start(&db.url).await;
+    let client = Client::new();
+    let key = create_org(&client, &server).await;
+    let acknowledged = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let (client, key, acked, stop, url) = (
+            client.clone(),
+            key.clone(),
+            acknowledged.clone(),
+            stop.clone(),
+            server.url("/v1/users"),
+        );
+        writers.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                i += 1;
+                let body = json!({ "email": format!("w{w}-{i}@example.com") });
+                match client.post(&url).bearer_auth(&key).json(&body).send().await {
+                    Ok(r) if r.status() == StatusCode::CREATED => {
+                        let u: Value = r.json().await.unwrap();
+                        acked
+                            .lock()
+                            .unwrap()
+                            .push(u["id"].as_str().unwrap().to_owned());
+                    }
+                    _ => return,
+                }
+            }
+        }));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while acknowledged.lock().unwrap().len() < 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the burst did not get going"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    stop.store(true, Ordering::SeqCst);
+    for w in writers {
+        let _ = w.await;
+    }
+    let acked: Vec<String> = acknowledged.lock().unwrap().clone();
+
+    let server = Server::start(&db.url).await;
+    let users = list_all(&client, &server, &key, "/v1/users").await;
+    let stored: HashSet<String> = users
+        .iter()
+        .map(|u| u["id"].as_str().unwrap().to_owned())
+        .collect();
+    for id in &acked {
+        assert!(stored.contains(id), "acknowledged user {id} is gone");
+    }
+    let events = list_all(&client, &server, &key, "/v1/events?type=user.created").await;
+    let evented: Vec<String> = events
+        .iter()
+        .map(|e| e["data"]["user"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    let unique: HashSet<&String> = evented.iter().collect();
+    assert_eq!(unique.len(), evented.len(), "a user has two created events");
+    assert_eq!(unique.len(), stored.len());
+    assert!(
+        stored.iter().all(|id| unique.contains(id)),
+        "users and events differ"
+    );
+}
+
+/// A private PostgreSQL cluster on a temporary port (initdb + pg_ctl as the `postgres` user),
+/// so stopping it disturbs no other test.
+struct PrivateCluster {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+fn as_postgres(args: &[&str]) -> std::process::Output {
+    let mut cmd = if nix_is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]);
+        c
+    } else {
+        Command::new(args[0])
+    };
+    let args = if nix_is_root() { args } else { &args[1..] };
+    cmd.args(args).output().unwrap()
+}
+
+fn nix_is_root() -> bool {
+    std::env::var("USER").map(|u| u == "root").unwrap_or(false)
+        || Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0"))
+}
+
+impl PrivateCluster {
+    fn start() -> PrivateCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let _ = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir.path())
+            .status();
+        let data = dir.path().join("data");
+        let out = as_postgres(&[
+            &format!("{PG_BIN}/initdb"),
+            "-D",
+            data.to_str().unwrap(),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+        ]);
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cluster = PrivateCluster { dir, port };
+        cluster.pg_ctl("start");
+        cluster
+    }
+
+    fn pg_ctl(&self, action: &str) {
+        let data = self.dir.path().join("data");
+        let log = self.dir.path().join("pg.log");
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.path().display()
+        );
+        let mut args = vec![
+            format!("{PG_BIN}/pg_ctl"),
+            "-D".into(),
+            data.display().to_string(),
+            "-l".into(),
+            log.display().to_string(),
+            "-w".into(),
+            "-o".into(),
+            opts,
+        ];
+        if action == "stop" {
+            args.extend(["-m".into(), "immediate".into()]);
+        }
+        args.push(action.into());
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = as_postgres(&refs);
+        assert!(
+            out.status.success(),
+            "pg_ctl {action}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let _ = as_postgres(&[
+            &format!("{PG_BIN}/pg_ctl"),
+            "-D",
+            data.to_str().unwrap(),
+            "-m",
+            "immediate",
+            "stop",
+        ]);
+    }
+}
+
+async fn readyz(client: &Client, server: &Server) -> u16 {
+    match client
+        .get(server.url("/readyz"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+    {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+async fn eventually_ready(client: &Client, server: &Server, want: u16) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = readyz(client, server).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz stayed {got}, wanted {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn readyz_shows_a_database_outage_and_recovers_by_itself() {
+    if !postgres_configured() {
+        return;
+    }
+    let cluster = PrivateCluster::start();
+    let server = Server::start(&cluster.url()).await;
+    let client = Client::new();
+    let key = create_org(&client, &server).await;
+    eventually_ready(&client, &server, 200).await;
+
+    cluster.pg_ctl("stop");
+    eventually_ready(&client, &server, 503).await;
+    let r = client
+        .post(server.url("/v1/users"))
+        .bearer_auth(&key)
+        .json(&json!({"email": "during@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status().is_server_error(),
+        "a write during the outage answered {}",
+        r.status()
+    );
+
+    cluster.pg_ctl("start");
+    eventually_ready(&client, &server, 200).await;
+    let r = client
+        .post(server.url("/v1/users"))
+        .bearer_auth(&key)
+        .json(&json!({"email": "after@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+}
