@@ -36,18 +36,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             app.run_until(shutdown_signal()).await
         }
         Command::Worker(args) => {
-            let settings = load_with_database(config, &args.database)?;
+            let settings = Settings::load(
+                config,
+                &Overrides {
+                    listen: args.listen,
+                    database_url: args.database.database,
+                },
+            )?;
             match DatabaseUrl::parse(&settings.database_url) {
                 Ok(DatabaseUrl::Sqlite(_)) => bail!(
                     "`accommador worker` needs a postgres:// database; with SQLite, \
                      `accommador serve` runs the delivery workers in its own process"
                 ),
-                Ok(DatabaseUrl::Postgres(_)) => bail!(
-                    "`accommador worker` is not built yet; run `accommador serve` instances \
-                     (each runs workers) against the PostgreSQL database"
-                ),
+                Ok(DatabaseUrl::Postgres(_)) => {}
                 Err(e) => bail!(e),
             }
+            telemetry::init_logging(settings.log_format);
+            let options = crate::startup::Options {
+                api: false,
+                ..Default::default()
+            };
+            let app = Application::build_with(&settings, options).await?;
+            app.run_until(shutdown_signal()).await
         }
         Command::Migrate(args) => {
             let settings = load_with_database(config, &args)?;
@@ -62,7 +72,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }) => {
             let settings = load_with_database(config, &database)?;
             let store = open_tool_store(&settings).await?;
-            let (handle, _) = crate::delivery::DeliveryHandle::new();
+            let (handle, _) = crate::delivery::DeliveryHandle::new(&store);
             let guard = crate::delivery::guard::AddressGuard::new(
                 std::sync::Arc::new(crate::delivery::guard::SystemLookup),
                 settings.allow_private_targets,

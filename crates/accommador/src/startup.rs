@@ -14,7 +14,7 @@ use crate::config::Settings;
 use crate::delivery::client::WebhookClient;
 use crate::delivery::dispatcher::Dispatcher;
 use crate::delivery::guard::{AddressGuard, Lookup, SystemLookup};
-use crate::delivery::{DeliveryHandle, DeliveryWakers, fanout};
+use crate::delivery::{DeliveryHandle, DeliveryWakers, fanout, notify};
 use crate::domain::Timestamp;
 use crate::domain::delivery::RetryPolicy;
 use crate::http::{self, AppState};
@@ -34,6 +34,8 @@ pub struct Application {
     /// The delivery workers' settings and wake-up ends; `None` for an API-only server.
     workers: Option<(Settings, DeliveryWakers)>,
     guard: AddressGuard,
+    /// Serve the whole API (`serve`), or only health, readiness and metrics (`worker`).
+    api: bool,
 }
 
 /// How to build an [`Application`] beyond its settings.
@@ -43,6 +45,8 @@ pub struct Options {
     pub workers: bool,
     /// How delivery host names are resolved (tests inject fixed answers).
     pub lookup: Arc<dyn Lookup>,
+    /// Serve the API; `false` (`accommador worker`) serves `/healthz`, `/readyz`, `/metrics`.
+    pub api: bool,
 }
 
 impl Default for Options {
@@ -50,6 +54,7 @@ impl Default for Options {
         Options {
             workers: true,
             lookup: Arc::new(SystemLookup),
+            api: true,
         }
     }
 }
@@ -71,7 +76,7 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("listening on {}", settings.listen))?;
-        let (handle, wakers) = DeliveryHandle::new();
+        let (handle, wakers) = DeliveryHandle::new(&store);
         let state = AppState {
             service: Arc::new(Service::new(store, handle, guard.clone())),
             admin_token: settings.admin_token.clone(),
@@ -82,6 +87,7 @@ impl Application {
             state,
             workers: options.workers.then(|| (settings.clone(), wakers)),
             guard,
+            api: options.api,
         })
     }
 
@@ -116,21 +122,42 @@ impl Application {
         });
         let address = self.local_addr();
         let mut tasks = vec![purge];
+        let mut dispatcher = None;
         if let Some((settings, wakers)) = self.workers {
-            tasks.extend(start_workers(
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let (others, main) = start_workers(
                 self.state.service.store().clone(),
                 &settings,
                 wakers,
                 self.guard,
-            )?);
+                async {
+                    let _ = stopped.await;
+                },
+            )?;
+            tasks.extend(others);
+            dispatcher = Some((stop, main));
         }
         tracing::info!(%address, "accommador is listening");
-        let result = axum::serve(self.listener, http::router(self.state))
+        let router = if self.api {
+            http::router(self.state)
+        } else {
+            http::ops_router(self.state)
+        };
+        let result = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)
             .await
             .context("serving HTTP");
-        // In-flight attempts end here; their deliveries are still pending in the database and
-        // are attempted again on the next start.
+        // The dispatcher gives back the leases of attempts in flight (PostgreSQL), so another
+        // instance takes them at once; on SQLite they are simply due again on the next start.
+        if let Some((stop, main)) = dispatcher {
+            let _ = stop.send(());
+            if tokio::time::timeout(Duration::from_secs(5), main)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the dispatcher did not stop within 5 s");
+            }
+        }
         for task in tasks {
             task.abort();
         }
@@ -145,7 +172,11 @@ fn start_workers(
     settings: &Settings,
     wakers: DeliveryWakers,
     guard: AddressGuard,
-) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<(
+    Vec<tokio::task::JoinHandle<()>>,
+    tokio::task::JoinHandle<()>,
+)> {
     let client = WebhookClient::new(settings.delivery_timeout, guard)?;
     let policy = RetryPolicy {
         schedule: settings.retry_schedule.clone(),
@@ -161,11 +192,25 @@ fn start_workers(
         dispatcher_wake,
         settings.delivery_concurrency,
         settings.endpoint_concurrency,
+        settings.delivery_timeout,
     );
     let stats_store = store.clone();
-    Ok(vec![
-        tokio::spawn(fanout::run(store, wakers.fanout, fanout_wake)),
-        tokio::spawn(dispatcher.run()),
+    let main = tokio::spawn(dispatcher.run(shutdown));
+    let mut others = Vec::new();
+    if let Some(url) = store.postgres_url() {
+        others.push(tokio::spawn(notify::listen(
+            url.to_owned(),
+            wakers.fanout.clone(),
+            fanout_wake.clone(),
+        )));
+    }
+    others.extend([
+        tokio::spawn(fanout::run(
+            store,
+            wakers.fanout,
+            fanout_wake,
+            wakers.announcer,
+        )),
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(STATS_EVERY);
             loop {
@@ -185,7 +230,8 @@ fn start_workers(
                 }
             }
         }),
-    ])
+    ]);
+    Ok((others, main))
 }
 
 /// Completes on SIGINT or SIGTERM.

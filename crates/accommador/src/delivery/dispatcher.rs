@@ -18,7 +18,7 @@ use super::client::WebhookClient;
 use super::{InFlight, Wake};
 use crate::domain::Timestamp;
 use crate::domain::delivery::RetryPolicy;
-use crate::store::{DueDelivery, LaneRequest, Store};
+use crate::store::{DueDelivery, LaneRequest, Lease, Store};
 
 /// Most lanes served by one step (one read of the database).
 const LANES_PER_STEP: usize = 256;
@@ -49,9 +49,14 @@ pub struct Dispatcher {
     wake_rx: mpsc::UnboundedReceiver<Wake>,
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
+    /// This dispatcher's lease terms on a shared database.
+    lease: Lease,
+    /// Fan-out wakes other instances through this (PostgreSQL).
+    rescan_pending: bool,
 }
 
 impl Dispatcher {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
         client: WebhookClient,
@@ -60,9 +65,18 @@ impl Dispatcher {
         wake_rx: mpsc::UnboundedReceiver<Wake>,
         global_bound: usize,
         per_endpoint: usize,
+        delivery_timeout: Duration,
     ) -> Dispatcher {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
+        // A lease outlives the longest attempt (connect + timeout) with room to record it.
+        let lease_millis = 2 * delivery_timeout.as_millis() as i64 + 5_000;
         Dispatcher {
+            lease: Lease {
+                token: crate::domain::ids::new_id("lease_"),
+                millis: lease_millis,
+                per_endpoint: per_endpoint.max(1),
+            },
+            rescan_pending: false,
             store,
             client,
             policy: Arc::new(policy),
@@ -73,6 +87,13 @@ impl Dispatcher {
             wake_rx,
             done_tx,
             done_rx,
+        }
+    }
+
+    fn on_wake(&mut self, w: Wake) {
+        match w {
+            Wake::Endpoint { endpoint_id, at } => self.wake(endpoint_id, at),
+            Wake::Rescan => self.rescan_pending = true,
         }
     }
 
@@ -103,7 +124,13 @@ impl Dispatcher {
     /// and returns when the next lane falls due (`None`: nothing scheduled).
     pub async fn step(&mut self) -> Option<Timestamp> {
         while let Ok(w) = self.wake_rx.try_recv() {
-            self.wake(w.endpoint_id, w.at);
+            self.on_wake(w);
+        }
+        if std::mem::take(&mut self.rescan_pending)
+            && let Err(e) = self.restore().await
+        {
+            tracing::warn!(error = %e, "rescanning pending deliveries failed");
+            self.rescan_pending = true;
         }
         while let Ok(done) = self.done_rx.try_recv() {
             self.finish(done);
@@ -127,6 +154,7 @@ impl Dispatcher {
                         endpoint_id: id.clone(),
                         limit: (self.per_endpoint - lane.in_flight.len()).min(permits),
                         in_flight: lane.in_flight.iter().cloned().collect(),
+                        lease: Some(self.lease.clone()),
                     }
                 })
                 .collect();
@@ -172,11 +200,15 @@ impl Dispatcher {
         let store = self.store.clone();
         let policy = self.policy.clone();
         let done = self.done_tx.clone();
+        let in_flight = self.in_flight.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let result = client.attempt(&d).await;
             record_metrics(&d, &result);
-            let next_due = match store.record_attempt(d.id.clone(), result, policy).await {
+            let next_due = match store
+                .record_attempt(d.id.clone(), d.lease_token.clone(), result, policy)
+                .await
+            {
                 Ok(recorded) => recorded.next_due,
                 Err(e) => {
                     // The delivery is still due in the database: try it again shortly
@@ -185,6 +217,8 @@ impl Dispatcher {
                     Some(Timestamp(Timestamp::now().millis() + 1000))
                 }
             };
+            // Recorded (or given up): a manual retry may be queued from now on.
+            in_flight.remove(&d.id);
             let _ = done.send(Done {
                 endpoint_id: d.endpoint_id,
                 delivery_id: d.id,
@@ -193,11 +227,13 @@ impl Dispatcher {
         });
     }
 
-    /// Runs steps until the task is aborted.
-    pub async fn run(mut self) {
+    /// Runs steps until `shutdown` completes; then gives back the leases of the attempts
+    /// still in flight, so another instance takes them over at once.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         if let Err(e) = self.restore().await {
             tracing::error!(error = %e, "could not load pending deliveries; they wait for new work");
         }
+        tokio::pin!(shutdown);
         loop {
             let next = self.step().await;
             // If a lane is ready but every global permit is taken, a finished attempt wakes us.
@@ -212,8 +248,12 @@ impl Dispatcher {
                 continue;
             }
             tokio::select! {
+                () = &mut shutdown => {
+                    self.release().await;
+                    return;
+                }
                 w = self.wake_rx.recv() => match w {
-                    Some(w) => self.wake(w.endpoint_id, w.at),
+                    Some(w) => self.on_wake(w),
                     None => return,
                 },
                 d = self.done_rx.recv() => {
@@ -222,6 +262,32 @@ impl Dispatcher {
                     }
                 }
                 () = tokio::time::sleep(sleep), if !sleep.is_zero() => {}
+            }
+        }
+    }
+}
+
+impl Dispatcher {
+    async fn release(&mut self) {
+        let ids: Vec<String> = self
+            .lanes
+            .values()
+            .flat_map(|l| l.in_flight.iter().cloned())
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        match self
+            .store
+            .release_leases(self.lease.token.clone(), ids.clone())
+            .await
+        {
+            Ok(()) => tracing::info!(
+                released = ids.len(),
+                "leases of in-flight attempts released"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "releasing leases failed; they expire by themselves")
             }
         }
     }

@@ -7,19 +7,23 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 
 use super::Wake;
+use super::notify::Announcer;
 use crate::domain::Timestamp;
 use crate::store::{FanOut, Store, StoreError};
 
-/// Backoff while committed events wait behind an older open transaction (PostgreSQL only).
-const HELD_BACK_FIRST: Duration = Duration::from_millis(2);
-const HELD_BACK_MAX: Duration = Duration::from_millis(100);
-
 /// One step: fan out the next batch and wake the endpoints that got work.
-pub async fn step(store: &Store, wake: &mpsc::UnboundedSender<Wake>) -> Result<FanOut, StoreError> {
+pub async fn step(
+    store: &Store,
+    wake: &mpsc::UnboundedSender<Wake>,
+    announcer: Option<&Announcer>,
+) -> Result<FanOut, StoreError> {
     let mut outcome = store.fan_out().await?;
     let now = Timestamp::now();
     for endpoint_id in std::mem::take(&mut outcome.woken) {
-        let _ = wake.send(Wake {
+        if let Some(a) = announcer {
+            a.due(&endpoint_id);
+        }
+        let _ = wake.send(Wake::Endpoint {
             endpoint_id,
             at: now,
         });
@@ -28,27 +32,25 @@ pub async fn step(store: &Store, wake: &mpsc::UnboundedSender<Wake>) -> Result<F
 }
 
 /// Runs until the task is aborted.
-pub async fn run(store: Store, notify: Arc<Notify>, wake: mpsc::UnboundedSender<Wake>) {
-    let mut held_back = HELD_BACK_FIRST;
+pub async fn run(
+    store: Store,
+    notify: Arc<Notify>,
+    wake: mpsc::UnboundedSender<Wake>,
+    announcer: Option<Announcer>,
+) {
+    // On PostgreSQL, events a crashed process committed but never numbered wait for the next
+    // step; with no traffic none would come, so an idle loop still steps once a second.
+    let idle = if store.postgres_url().is_some() {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(24 * 3600)
+    };
     loop {
-        match step(&store, &wake).await {
-            Ok(FanOut {
-                events: 0,
-                waiting: false,
-                ..
-            }) => {
-                held_back = HELD_BACK_FIRST;
-                notify.notified().await;
-            }
+        match step(&store, &wake, announcer.as_ref()).await {
             Ok(FanOut { events: 0, .. }) => {
-                // An older transaction is still open; it ends without telling us.
-                tokio::select! {
-                    () = notify.notified() => {}
-                    () = tokio::time::sleep(held_back) => {}
-                }
-                held_back = (held_back * 2).min(HELD_BACK_MAX);
+                let _ = tokio::time::timeout(idle, notify.notified()).await;
             }
-            Ok(_) => held_back = HELD_BACK_FIRST,
+            Ok(_) => {}
             Err(e) => {
                 tracing::error!(error = %e, "fan-out failed; retrying in 1 s");
                 tokio::time::sleep(Duration::from_secs(1)).await;

@@ -14,6 +14,7 @@ pub mod client;
 pub mod dispatcher;
 pub mod fanout;
 pub mod guard;
+pub mod notify;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -44,11 +45,13 @@ impl InFlight {
     }
 }
 
-/// A nudge to the dispatcher: this endpoint has work due at `at`.
+/// A nudge to the dispatcher.
 #[derive(Debug, Clone)]
-pub struct Wake {
-    pub endpoint_id: String,
-    pub at: Timestamp,
+pub enum Wake {
+    /// This endpoint has work due at `at`.
+    Endpoint { endpoint_id: String, at: Timestamp },
+    /// Anything may have changed (a listener reconnected): reload every pending lane.
+    Rescan,
 }
 
 /// How the API side wakes the delivery side. Cheap to clone; harmless when no workers run
@@ -58,6 +61,8 @@ pub struct DeliveryHandle {
     fanout: Arc<Notify>,
     wake: mpsc::UnboundedSender<Wake>,
     pub in_flight: InFlight,
+    /// Tells other instances (PostgreSQL); `None` on SQLite's single process.
+    announcer: Option<notify::Announcer>,
 }
 
 /// The receiving ends, taken by the workers when they start.
@@ -68,38 +73,52 @@ pub struct DeliveryWakers {
     /// For fan-out, which wakes the dispatcher too.
     pub wake_sender: mpsc::UnboundedSender<Wake>,
     pub in_flight: InFlight,
+    pub announcer: Option<notify::Announcer>,
 }
 
 impl DeliveryHandle {
-    pub fn new() -> (DeliveryHandle, DeliveryWakers) {
+    /// The handle and its receiving ends. On PostgreSQL an announcer task starts too, so it
+    /// must be called inside a Tokio runtime.
+    pub fn new(store: &crate::store::Store) -> (DeliveryHandle, DeliveryWakers) {
         let fanout = Arc::new(Notify::new());
         let (tx, rx) = mpsc::unbounded_channel();
         let in_flight = InFlight::default();
+        let announcer = store
+            .postgres_url()
+            .map(|_| notify::Announcer::start(store.clone()));
         (
             DeliveryHandle {
                 fanout: fanout.clone(),
                 wake: tx.clone(),
                 in_flight: in_flight.clone(),
+                announcer: announcer.clone(),
             },
             DeliveryWakers {
                 fanout,
                 wake: rx,
                 wake_sender: tx,
                 in_flight,
+                announcer,
             },
         )
     }
 
-    /// New events committed: fan them out.
+    /// New events committed: fan them out (here, and in other instances' workers).
     pub fn events_committed(&self) {
         self.fanout.notify_one();
+        if let Some(a) = &self.announcer {
+            a.outbox();
+        }
     }
 
     /// An endpoint has work due now (a manual retry, a recovery, a test event).
     pub fn endpoint_due(&self, endpoint_id: &str) {
-        let _ = self.wake.send(Wake {
+        let _ = self.wake.send(Wake::Endpoint {
             endpoint_id: endpoint_id.to_owned(),
             at: Timestamp::now(),
         });
+        if let Some(a) = &self.announcer {
+            a.due(endpoint_id);
+        }
     }
 }

@@ -187,6 +187,10 @@ impl From<StoreError> for ApiError {
                 "endpoint-disabled",
                 "the endpoint is disabled; enable it (PATCH status) first".into(),
             ),
+            StoreError::AttemptInFlight => ApiError::conflict(
+                "attempt-in-flight",
+                "an attempt of this delivery is in flight; retry when it has finished".into(),
+            ),
             e @ StoreError::Database(_) => ApiError::internal(e),
         }
     }

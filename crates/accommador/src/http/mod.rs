@@ -110,6 +110,15 @@ pub fn page_response<T>(
     json_response(StatusCode::OK, list_body(&items, next.as_deref()))
 }
 
+/// A worker's listener: `/healthz`, `/readyz` and `/metrics` only.
+pub fn ops_router(state: AppState) -> Router {
+    Router::new()
+        .merge(ops::router())
+        .fallback(ops::not_found)
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
 /// `{"data": [...], "next_cursor": ...}` around items that are already JSON text, so stored
 /// payloads go out byte for byte.
 pub fn list_body(items: &[String], next_cursor: Option<&str>) -> String {

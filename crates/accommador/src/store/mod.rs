@@ -34,6 +34,8 @@ pub enum StoreError {
     UnknownCursor,
     #[error("the endpoint is disabled")]
     EndpointDisabled,
+    #[error("an attempt of this delivery is in flight")]
+    AttemptInFlight,
     #[error("database error")]
     Database(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -383,15 +385,47 @@ impl Store {
         }
     }
 
+    /// Records an attempt; under a lease only while `lease_token` still holds it.
     pub async fn record_attempt(
         &self,
         delivery_id: String,
+        lease_token: Option<String>,
         result: AttemptResult,
         policy: std::sync::Arc<RetryPolicy>,
     ) -> Result<Recorded, StoreError> {
         match self {
-            Store::Sqlite(s) => s.record_attempt(delivery_id, result, policy).await,
-            Store::Postgres(s) => s.record_attempt(delivery_id, result, policy).await,
+            Store::Sqlite(s) => {
+                s.record_attempt(delivery_id, lease_token, result, policy)
+                    .await
+            }
+            Store::Postgres(s) => {
+                s.record_attempt(delivery_id, lease_token, result, policy)
+                    .await
+            }
+        }
+    }
+
+    /// Gives back the leases of deliveries still in flight (graceful shutdown).
+    pub async fn release_leases(&self, token: String, ids: Vec<String>) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(()),
+            Store::Postgres(s) => s.release_leases(token, ids).await,
+        }
+    }
+
+    /// Announces to other instances (PostgreSQL `NOTIFY`); nothing to do on SQLite.
+    pub async fn announce(&self, channel: &str, payload: String) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(()),
+            Store::Postgres(s) => s.announce(channel, payload).await,
+        }
+    }
+
+    /// The PostgreSQL URL, for the listener's own connection.
+    pub fn postgres_url(&self) -> Option<&str> {
+        match self {
+            Store::Sqlite(_) => None,
+            Store::Postgres(s) => Some(s.url()),
         }
     }
 
@@ -485,13 +519,10 @@ impl Store {
 /// What one fan-out step did.
 #[derive(Debug, Clone, Default)]
 pub struct FanOut {
-    /// Events taken (0: caught up, or waiting).
+    /// Events taken (0: caught up).
     pub events: usize,
     /// Endpoints that got new deliveries.
     pub woken: Vec<String>,
-    /// Committed events are held back by an older transaction still running (PostgreSQL);
-    /// step again shortly, since no commit will announce its end.
-    pub waiting: bool,
 }
 
 /// A delivery ready to be attempted, with everything the attempt needs.
@@ -509,6 +540,19 @@ pub struct DueDelivery {
     pub event_occurred_at: Timestamp,
     /// No attempt was made yet (for the commit-to-first-attempt latency).
     pub first_attempt: bool,
+    /// The lease this attempt holds (PostgreSQL); results are written only under it.
+    pub lease_token: Option<String>,
+}
+
+/// How a dispatcher leases work on a shared database (ignored by SQLite's single owner).
+#[derive(Debug, Clone)]
+pub struct Lease {
+    /// This dispatcher's token: acknowledgements are fenced by it.
+    pub token: String,
+    /// How long a lease lasts, by the database clock; longer than the delivery timeout.
+    pub millis: i64,
+    /// Attempts in flight to one endpoint across every instance, at most.
+    pub per_endpoint: usize,
 }
 
 /// The due work of one endpoint, as the dispatcher asks for it.
@@ -519,6 +563,8 @@ pub struct LaneRequest {
     pub limit: usize,
     /// Deliveries already being attempted (not to be handed out again).
     pub in_flight: Vec<String>,
+    /// Lease terms on a shared database.
+    pub lease: Option<Lease>,
 }
 
 /// What a lane request found: due deliveries, and when the endpoint's next pending delivery

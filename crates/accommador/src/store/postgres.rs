@@ -3,10 +3,11 @@
 //!
 //! - Every method runs in its own transaction; concurrent changes to one user are serialised
 //!   with `SELECT … FOR UPDATE`, email uniqueness and idempotency keys are database constraints.
-//! - **Events cursor**: `seq` is taken before commit, so it is not commit order. Readers order
-//!   by the writing transaction's ID (`xid`, then `seq`) and read only events whose transaction
-//!   is older than the oldest one still running (`pg_snapshot_xmin`): every transaction that
-//!   can still commit sorts after everything already read, so `after=` never skips an event.
+//! - **Events cursor**: `seq` is taken before commit, so it is not commit order. After each
+//!   commit that wrote events, a sequencer step (one at a time, under a row lock) numbers the
+//!   committed events that have no `commit_seq` yet; readers follow `commit_seq`, so an event
+//!   that commits late is numbered after everything already readable and `after=` never skips
+//!   it. The API answers only after its events are numbered (read-your-writes).
 //! - **Idempotency-Key**: the key's row is inserted first in the request's transaction; a
 //!   concurrent duplicate blocks on the unique index until the first commits, then replays its
 //!   response (as on SQLite, the duplicate waits rather than getting a 409).
@@ -35,13 +36,18 @@ use crate::domain::ids;
 use crate::domain::org::{NewApiKey, key_lookup, key_matches};
 use crate::domain::user::{NewUser, UserPatch, UserRecord, tombstone};
 
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/postgres/0001_init.sql"),
+    include_str!("../../migrations/postgres/0002_leases.sql"),
+    include_str!("../../migrations/postgres/0003_commit_order.sql"),
+];
 /// Serialises migrations of instances starting together.
 const MIGRATION_LOCK: i64 = 0x00ac_c0d0_2026;
 
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+    url: String,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -84,8 +90,13 @@ impl PgStore {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .context("building the PostgreSQL pool")?;
-        let store = PgStore { pool };
+        let store = PgStore {
+            pool,
+            url: url.to_owned(),
+        };
         store.migrate().await?;
+        // Events a crashed process committed but did not number yet.
+        store.sequence_events().await?;
         Ok(store)
     }
 
@@ -127,7 +138,11 @@ impl PgStore {
         Ok(())
     }
 
-    /// A pooled connection with an open transaction, handed to `f`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A pooled connection.
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(pool_err)
     }
@@ -264,7 +279,42 @@ impl PgStore {
             _ => Idempotent::Fresh(result?),
         };
         tx.commit().await.map_err(pg_err)?;
+        // The connection goes back first: sequencing takes one of its own.
+        drop(client);
+        if matches!(outcome, Idempotent::Fresh(_)) {
+            self.sequence_after_commit().await;
+        }
         Ok(outcome)
+    }
+
+    /// After a commit that wrote events: number them now, so the caller reads its own write.
+    /// The change is durable already; if numbering fails here, the next write or fan-out
+    /// step numbers it, so the request still succeeds.
+    async fn sequence_after_commit(&self) {
+        if let Err(e) = self.sequence_events().await {
+            tracing::warn!(error = %e, "numbering committed events failed; the next step will");
+        }
+    }
+
+    /// Numbers committed events in commit order (see the module docs). Runs after the commit
+    /// of every change that wrote events, and before each fan-out step.
+    pub async fn sequence_events(&self) -> Result<u64, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        tx.execute("SELECT 1 FROM event_sequencer WHERE id = 1 FOR UPDATE", &[])
+            .await
+            .map_err(pg_err)?;
+        let n = tx
+            .execute(
+                "UPDATE events SET commit_seq = nextval('events_commit_seq')
+                 WHERE seq IN (SELECT seq FROM events WHERE commit_seq IS NULL
+                               ORDER BY seq LIMIT 10000)",
+                &[],
+            )
+            .await
+            .map_err(pg_err)?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(n)
     }
 
     pub async fn get_user(&self, org: String, id: String) -> Result<UserRecord, StoreError> {
@@ -318,6 +368,9 @@ impl PgStore {
         )
         .await?;
         tx.commit().await.map_err(pg_err)?;
+        // The connection goes back first: sequencing takes one of its own.
+        drop(client);
+        self.sequence_after_commit().await;
         Ok(next)
     }
 
@@ -346,7 +399,10 @@ impl PgStore {
             &NewEvent::for_user(EventType::UserDeleted, &last, None),
         )
         .await?;
-        tx.commit().await.map_err(pg_err)
+        tx.commit().await.map_err(pg_err)?;
+        drop(client);
+        self.sequence_after_commit().await;
+        Ok(())
     }
 
     pub async fn list_users(
@@ -395,16 +451,14 @@ impl PgStore {
             }
         }
         let type_filter = event_type.map(|t| t.as_str().to_owned());
-        // Only transactions older than every one still running: nothing can commit before them.
         let rows = tx
             .query(
                 "SELECT id, payload FROM events e
-                 WHERE org_id = $1 AND type <> 'webhook.test'
+                 WHERE org_id = $1 AND type <> 'webhook.test' AND commit_seq IS NOT NULL
                    AND ($2::text IS NULL OR type = $2)
-                   AND ($3::text IS NULL OR (xid, seq) >
-                        (SELECT xid, seq FROM events WHERE id = $3))
-                   AND xid < pg_snapshot_xmin(pg_current_snapshot())
-                 ORDER BY xid, seq LIMIT $4",
+                   AND commit_seq > COALESCE(
+                       (SELECT commit_seq FROM events WHERE id = $3::text), 0)
+                 ORDER BY commit_seq LIMIT $4",
                 &[&org, &type_filter, &after, &(limit as i64 + 1)],
             )
             .await

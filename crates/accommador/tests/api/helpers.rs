@@ -142,6 +142,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     let options = Options {
         workers: true,
         lookup: std::sync::Arc::new(lookup.clone()),
+        api: true,
     };
     let app = Application::build_with(&settings, options)
         .await

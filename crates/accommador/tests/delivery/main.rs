@@ -358,8 +358,10 @@ async fn an_exhausted_delivery_can_be_retried_by_hand() {
     })
     .await;
     // The next manual attempt succeeds.
-    app.post(&t, &format!("/v1/deliveries/{id}/retry"), &json!({}))
+    let r = app
+        .post(&t, &format!("/v1/deliveries/{id}/retry"), &json!({}))
         .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
     eventually(&app, &t, &format!("/v1/deliveries/{id}"), |d| {
         d["status"] == "succeeded"
     })

@@ -2,8 +2,8 @@
 //!
 //! Needs `ACCOMMADOR_TEST_POSTGRES_URL` (an admin URL, e.g.
 //! `postgres://postgres@127.0.0.1:5432/postgres`); each test creates and drops a database of
-//! its own. Without it the tests are skipped with a note, except under CI (`CI` set), where
-//! they fail: CI must run them.
+//! its own. Without it the tests are skipped with a note (the README's plain `cargo test`).
+//! CI's PostgreSQL step always sets it, so there a missing server fails them.
 
 #[path = "../api/helpers.rs"]
 #[allow(dead_code)]
@@ -19,13 +19,10 @@ use helpers::{POSTGRES_ENV, TestDb, spawn_app};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 
-/// `false` (after saying why) when PostgreSQL is not configured outside CI.
+/// `false` (after saying why) when PostgreSQL is not configured.
 fn postgres_configured() -> bool {
     if std::env::var(POSTGRES_ENV).is_ok_and(|v| !v.is_empty()) {
         return true;
-    }
-    if std::env::var("CI").is_ok() {
-        panic!("{POSTGRES_ENV} is not set: CI must run the PostgreSQL tests");
     }
     eprintln!(
         "skipped: set {POSTGRES_ENV}=postgres://postgres@127.0.0.1:5432/postgres to run the \

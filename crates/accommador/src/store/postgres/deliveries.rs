@@ -185,30 +185,31 @@ async fn insert_attempt(
 
 impl PgStore {
     pub async fn fan_out(&self) -> Result<FanOut, StoreError> {
+        // Number what has committed, then take the next events in that order. The cursor row
+        // lock makes each event fanned out exactly once across instances.
+        self.sequence_events().await?;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
-        // The snapshot is read before the cursor lock gives this transaction an ID of its own.
         let events = tx
             .query(
-                "WITH horizon AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin),
-                      cursor AS (SELECT last_xid, last_seq FROM fanout_cursor WHERE id = 1 FOR UPDATE)
-                 SELECT e.seq, e.id, e.org_id, e.type FROM events e, cursor c, horizon h
-                 WHERE (e.xid, e.seq) > (c.last_xid, c.last_seq) AND e.xid < h.xmin
-                 ORDER BY e.xid, e.seq LIMIT $1",
+                "WITH cursor AS (SELECT last_commit_seq FROM fanout_cursor WHERE id = 1 FOR UPDATE)
+                 SELECT e.seq, e.id, e.org_id, e.type, e.commit_seq FROM events e, cursor c
+                 WHERE e.commit_seq > c.last_commit_seq
+                 ORDER BY e.commit_seq LIMIT $1",
                 &[&FANOUT_EVENTS],
             )
             .await
             .map_err(pg_err)?;
         let now = Timestamp::now();
         let mut woken: Vec<String> = Vec::new();
-        let (mut created, mut taken, mut last) = (0, 0, None);
+        let (mut created, mut taken, mut last) = (0, 0, None::<i64>);
         for row in &events {
             if created >= FANOUT_DELIVERIES {
                 break;
             }
             let (seq, event_id, org, event_type): (i64, String, String, String) =
                 (row.get(0), row.get(1), row.get(2), row.get(3));
-            last = Some(seq);
+            last = Some(row.get(4));
             taken += 1;
             let Some(kind) =
                 EventType::parse(&event_type).filter(|t| EventType::USER_EVENTS.contains(t))
@@ -246,32 +247,18 @@ impl PgStore {
                 }
             }
         }
-        if let Some(seq) = last {
+        if let Some(last) = last {
             tx.execute(
-                "UPDATE fanout_cursor SET last_xid = e.xid, last_seq = e.seq
-                 FROM events e WHERE fanout_cursor.id = 1 AND e.seq = $1",
-                &[&seq],
+                "UPDATE fanout_cursor SET last_commit_seq = $1 WHERE id = 1",
+                &[&last],
             )
             .await
             .map_err(pg_err)?;
         }
-        // Committed events that a still-running older transaction keeps above the horizon:
-        // nothing will notify us when that transaction ends, so the caller retries shortly.
-        let waiting = taken == 0
-            && tx
-                .query_one(
-                    "SELECT EXISTS (SELECT 1 FROM events e, fanout_cursor c
-                                    WHERE c.id = 1 AND (e.xid, e.seq) > (c.last_xid, c.last_seq))",
-                    &[],
-                )
-                .await
-                .map_err(pg_err)?
-                .get::<_, bool>(0);
         tx.commit().await.map_err(pg_err)?;
         Ok(FanOut {
             events: taken,
             woken,
-            waiting,
         })
     }
 
@@ -290,79 +277,139 @@ impl PgStore {
             .collect())
     }
 
+    /// Leases the due deliveries of each requested endpoint: `FOR UPDATE SKIP LOCKED`, at most
+    /// the per-endpoint bound in flight across every instance (an advisory lock per endpoint
+    /// serialises the count), lease times by the database clock.
     pub async fn lane_work(
         &self,
         requests: Vec<LaneRequest>,
-        now: Timestamp,
+        _now: Timestamp,
     ) -> Result<Vec<LaneWork>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
         let mut out = Vec::with_capacity(requests.len());
         for req in requests {
+            let lease = req.lease.clone().unwrap_or_else(|| crate::store::Lease {
+                token: ids::new_id("lease_"),
+                millis: 60_000,
+                per_endpoint: req.limit,
+            });
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 7))",
+                &[&req.endpoint_id],
+            )
+            .await
+            .map_err(pg_err)?;
             let rows = tx
                 .query(
-                    "SELECT d.id, d.event_id, d.next_attempt_at, d.manual, d.attempt_count,
-                            e.payload, e.occurred_at, ep.url
-                     FROM deliveries d
-                     JOIN events e ON e.seq = d.event_seq
-                     JOIN endpoints ep ON ep.id = d.endpoint_id
-                     WHERE d.endpoint_id = $1 AND d.status = 'pending'
-                     ORDER BY d.next_attempt_at LIMIT $2",
+                    "WITH clock AS (SELECT accommador_now_ms() AS t),
+                     busy AS (
+                         SELECT count(*) AS n FROM deliveries, clock
+                         WHERE endpoint_id = $1 AND status = 'pending' AND lease_until > clock.t),
+                     picked AS (
+                         SELECT d.id FROM deliveries d, clock
+                         WHERE d.endpoint_id = $1 AND d.status = 'pending'
+                           AND d.next_attempt_at <= clock.t
+                           AND (d.lease_until IS NULL OR d.lease_until <= clock.t)
+                         ORDER BY d.next_attempt_at
+                         LIMIT GREATEST(0, LEAST($2::bigint, $3::bigint - (SELECT n FROM busy)))
+                         FOR UPDATE OF d SKIP LOCKED)
+                     UPDATE deliveries d
+                        SET lease_token = $4, lease_until = (SELECT t FROM clock) + $5
+                       FROM picked, events e, endpoints ep
+                      WHERE d.id = picked.id AND e.seq = d.event_seq AND ep.id = d.endpoint_id
+                     RETURNING d.id, d.event_id, d.manual, d.attempt_count, e.payload,
+                               e.occurred_at, ep.url",
                     &[
                         &req.endpoint_id,
-                        &((req.limit + req.in_flight.len() + 1) as i64),
+                        &(req.limit as i64),
+                        &(lease.per_endpoint as i64),
+                        &lease.token,
+                        &lease.millis,
                     ],
                 )
                 .await
                 .map_err(pg_err)?;
-            let mut due = Vec::new();
-            let mut next_due = None;
-            let mut secrets: Option<Vec<String>> = None;
-            for r in rows {
-                let id: String = r.get(0);
-                if req.in_flight.contains(&id) {
-                    continue;
-                }
-                let at = Timestamp(r.get::<_, Option<i64>>(2).unwrap_or(now.millis()));
-                if at > now || due.len() >= req.limit {
-                    next_due = Some(at);
-                    break;
-                }
-                if secrets.is_none() {
-                    secrets = Some(signing_secrets(&tx, &req.endpoint_id, now).await?);
-                }
-                let manual: bool = r.get(3);
-                let attempts: i32 = r.get(4);
-                let payload: String = r.get(5);
-                due.push(DueDelivery {
-                    id,
-                    event_id: r.get(1),
-                    endpoint_id: req.endpoint_id.clone(),
-                    url: r.get(7),
-                    payload: bytes::Bytes::from(payload),
-                    secrets: secrets.clone().unwrap_or_default(),
-                    trigger: if manual {
-                        Trigger::Manual
-                    } else {
-                        Trigger::Scheduled
-                    },
-                    event_occurred_at: Timestamp(r.get(6)),
-                    first_attempt: attempts == 0,
-                });
-            }
+            let secrets = if rows.is_empty() {
+                Vec::new()
+            } else {
+                signing_secrets(&tx, &req.endpoint_id, Timestamp::now()).await?
+            };
+            let due: Vec<DueDelivery> = rows
+                .into_iter()
+                .map(|r| {
+                    let manual: bool = r.get(2);
+                    let attempts: i32 = r.get(3);
+                    let payload: String = r.get(4);
+                    DueDelivery {
+                        id: r.get(0),
+                        event_id: r.get(1),
+                        endpoint_id: req.endpoint_id.clone(),
+                        url: r.get(6),
+                        payload: bytes::Bytes::from(payload),
+                        secrets: secrets.clone(),
+                        trigger: if manual {
+                            Trigger::Manual
+                        } else {
+                            Trigger::Scheduled
+                        },
+                        event_occurred_at: Timestamp(r.get(5)),
+                        first_attempt: attempts == 0,
+                        lease_token: Some(lease.token.clone()),
+                    }
+                })
+                .collect();
+            // When this lane may next have work: its earliest pending delivery not leased now,
+            // or the expiry of a lease held by an instance that may have died.
+            let next: Option<i64> = tx
+                .query_one(
+                    "SELECT MIN(GREATEST(next_attempt_at, COALESCE(lease_until, 0)))
+                     FROM deliveries WHERE endpoint_id = $1 AND status = 'pending'
+                       AND (lease_token IS DISTINCT FROM $2)",
+                    &[&req.endpoint_id, &lease.token],
+                )
+                .await
+                .map_err(pg_err)?
+                .get(0);
             out.push(LaneWork {
                 endpoint_id: req.endpoint_id,
                 due,
-                next_due,
+                next_due: next.map(Timestamp),
             });
         }
         tx.commit().await.map_err(pg_err)?;
         Ok(out)
     }
 
+    /// Gives leases back (graceful shutdown): another instance may take them at once.
+    pub async fn release_leases(&self, token: String, ids: Vec<String>) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE deliveries SET lease_token = NULL, lease_until = NULL
+                 WHERE id = ANY($1) AND lease_token = $2",
+                &[&ids, &token],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(())
+    }
+
+    /// Tells every instance's listener that something happened (after commit, coalesced by
+    /// the caller): `outbox` (new events) or `due` with endpoint IDs (`*`: rescan).
+    pub async fn announce(&self, channel: &str, payload: String) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute("SELECT pg_notify($1, $2)", &[&channel, &payload])
+            .await
+            .map_err(pg_err)?;
+        Ok(())
+    }
+
     pub async fn record_attempt(
         &self,
         delivery_id: String,
+        lease_token: Option<String>,
         result: AttemptResult,
         policy: Arc<RetryPolicy>,
     ) -> Result<Recorded, StoreError> {
@@ -371,7 +418,7 @@ impl PgStore {
         let now = Timestamp::now();
         let row = tx
             .query_opt(
-                "SELECT endpoint_id, status, attempt_count, retries_used, resume_at
+                "SELECT endpoint_id, status, attempt_count, retries_used, resume_at, lease_token
                  FROM deliveries WHERE id = $1 FOR UPDATE",
                 &[&delivery_id],
             )
@@ -383,6 +430,16 @@ impl PgStore {
         let attempt_count: i32 = row.get(2);
         let retries_used: i32 = row.get(3);
         let resume_at: Option<i64> = row.get(4);
+        let holder: Option<String> = row.get(5);
+        if lease_token.is_some() && holder != lease_token {
+            // The lease expired and another instance took the delivery (or it was released):
+            // only the lease holder writes results.
+            tracing::warn!(delivery_id = %delivery_id, "lease lost; this attempt's result is discarded");
+            return Ok(Recorded {
+                next_due: None,
+                endpoint_disabled: false,
+            });
+        }
         let number = attempt_count + 1;
         insert_attempt(&tx, &delivery_id, number, &result).await?;
         let still_pending = status == DeliveryStatus::Pending.as_str();
@@ -407,7 +464,8 @@ impl PgStore {
         tx.execute(
             "UPDATE deliveries SET status = $2, attempt_count = $3,
                  retries_used = retries_used + $4, next_attempt_at = $5, manual = false,
-                 resume_at = NULL, last_status_code = $6, updated_at = $7
+                 resume_at = NULL, last_status_code = $6, updated_at = $7,
+                 lease_token = NULL, lease_until = NULL
              WHERE id = $1",
             &[
                 &delivery_id,
@@ -593,6 +651,19 @@ impl PgStore {
         if endpoint.status != EndpointStatus::Enabled {
             return Err(StoreError::EndpointDisabled);
         }
+        // Any instance's attempt in flight holds an unexpired lease.
+        let leased: bool = tx
+            .query_one(
+                "SELECT COALESCE(lease_until > accommador_now_ms(), false)
+                 FROM deliveries WHERE id = $1 FOR UPDATE",
+                &[&id],
+            )
+            .await
+            .map_err(pg_err)?
+            .get(0);
+        if leased {
+            return Err(StoreError::AttemptInFlight);
+        }
         let now = Timestamp::now();
         tx.execute(
             "UPDATE deliveries SET
@@ -650,7 +721,7 @@ impl PgStore {
                    AND NOT pg_visible_in_snapshot(e.xid, ep.created_snapshot)
                    AND e.occurred_at >= $2 AND e.occurred_at < $3
                    AND e.type <> 'webhook.test'
-                   AND e.xid < pg_snapshot_xmin(pg_current_snapshot())
+                   AND e.commit_seq IS NOT NULL
                    AND NOT EXISTS (SELECT 1 FROM deliveries d
                                    WHERE d.event_id = e.id AND d.endpoint_id = $4)
                  ORDER BY e.xid, e.seq",

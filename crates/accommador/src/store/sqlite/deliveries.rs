@@ -244,11 +244,9 @@ impl SqliteStore {
                     .and_then(|mut s| s.execute([last]))
                     .map_err(db_err)?;
             }
-            // One writer: whatever committed is below every horizon already.
             Ok(FanOut {
                 events: taken,
                 woken,
-                waiting: false,
             })
         })
         .await
@@ -291,6 +289,7 @@ impl SqliteStore {
     pub async fn record_attempt(
         &self,
         delivery_id: String,
+        _lease_token: Option<String>,
         result: AttemptResult,
         policy: Arc<RetryPolicy>,
     ) -> Result<Recorded, StoreError> {
@@ -733,6 +732,7 @@ fn lane_work_one(c: &Connection, req: LaneRequest, now: Timestamp) -> Result<Lan
             },
             event_occurred_at: Timestamp(occurred_at),
             first_attempt: attempts == 0,
+            lease_token: None,
         });
     }
     Ok(LaneWork {
