@@ -6,6 +6,7 @@ mod guard;
 #[path = "../api/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;
+#[allow(dead_code)] // shared with tests/postgres, which uses more of it
 mod receiver;
 
 use std::time::Duration;

@@ -53,6 +53,12 @@ pub struct Received {
 struct Inner {
     script: HashMap<String, VecDeque<Reply>>,
     received: Vec<Received>,
+    /// Requests being answered now, by (path, webhook-id).
+    open: HashMap<(String, String), usize>,
+    /// Requests that arrived while another one of the same delivery was still open.
+    overlaps: usize,
+    /// Replies for every path without a script of its own.
+    default: Option<Reply>,
 }
 
 #[derive(Clone)]
@@ -89,6 +95,21 @@ impl Receiver {
             .entry(path.to_owned())
             .or_default()
             .extend(replies);
+    }
+
+    /// Every path without a script answers this (instead of 204).
+    pub fn default_reply(&self, reply: Reply) {
+        self.inner.lock().unwrap().default = Some(reply);
+    }
+
+    /// How many requests arrived while another request for the same delivery was open.
+    pub fn overlaps(&self) -> usize {
+        self.inner.lock().unwrap().overlaps
+    }
+
+    /// Every request to any path.
+    pub fn all(&self) -> Vec<Received> {
+        self.inner.lock().unwrap().received.clone()
     }
 
     pub fn received(&self, path: &str) -> Vec<Received> {
@@ -129,8 +150,14 @@ async fn receive(State(r): State<Receiver>, uri: Uri, headers: HeaderMap, body: 
             .to_owned()
     };
     let path = uri.path().to_owned();
+    let key = (path.clone(), header("webhook-id"));
     let reply = {
         let mut inner = r.inner.lock().unwrap();
+        let open = inner.open.entry(key.clone()).or_default();
+        *open += 1;
+        if *open > 1 {
+            inner.overlaps += 1;
+        }
         inner.received.push(Received {
             path: path.clone(),
             id: header("webhook-id"),
@@ -141,8 +168,11 @@ async fn receive(State(r): State<Receiver>, uri: Uri, headers: HeaderMap, body: 
             body,
             at: Instant::now(),
         });
-        inner.script.get_mut(&path).and_then(VecDeque::pop_front)
+        let scripted = inner.script.get_mut(&path).and_then(VecDeque::pop_front);
+        scripted.or_else(|| inner.default.clone())
     };
+    // Closed when the reply is sent, or when the sender gives up on it (timeout).
+    let _open = OpenGuard(r.inner.clone(), key);
     r.notify.notify_waiters();
     let reply = reply.unwrap_or_else(|| Reply::status(204));
     if !reply.delay.is_zero() {
@@ -153,4 +183,14 @@ async fn receive(State(r): State<Receiver>, uri: Uri, headers: HeaderMap, body: 
         response.headers_mut().insert(name, value.parse().unwrap());
     }
     response
+}
+
+struct OpenGuard(Arc<Mutex<Inner>>, (String, String));
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        if let Some(open) = self.0.lock().unwrap().open.get_mut(&self.1) {
+            *open -= 1;
+        }
+    }
 }

@@ -8,6 +8,9 @@
 #[path = "../api/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;
+#[path = "../delivery/receiver.rs"]
+#[allow(dead_code)]
+mod receiver;
 
 use std::collections::{BTreeSet, HashSet};
 use std::process::{Child, Command, Stdio};
@@ -162,6 +165,11 @@ const ADMIN: &str = "pg-admin-token";
 
 impl Server {
     async fn start(database_url: &str) -> Server {
+        Server::spawn(database_url, &["serve"], &[]).await
+    }
+
+    /// `accommador <command…> --listen … --database …` with extra environment.
+    async fn spawn(database_url: &str, command: &[&str], envs: &[(&str, &str)]) -> Server {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -174,9 +182,11 @@ impl Server {
             }
         }
         let child = cmd
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(command)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--database", database_url])
             .env("ACCOMMADOR_ADMIN_TOKEN", ADMIN)
+            .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -556,4 +566,207 @@ async fn readyz_shows_a_database_outage_and_recovers_by_itself() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
+}
+
+const PRIVATE: (&str, &str) = ("ACCOMMADOR_ALLOW_PRIVATE_TARGETS", "true");
+
+async fn create_endpoint(client: &Client, server: &Server, key: &str, url: &str) -> String {
+    let r = client
+        .post(server.url("/v1/endpoints"))
+        .bearer_auth(key)
+        .json(&json!({ "url": url }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn create_users(client: &Client, servers: &[&Server], key: &str, n: usize, tag: &str) {
+    let urls: Vec<String> = servers.iter().map(|s| s.url("/v1/users")).collect();
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let (client, key, urls, tag) =
+            (client.clone(), key.to_owned(), urls.clone(), tag.to_owned());
+        tasks.push(tokio::spawn(async move {
+            for i in (w..n).step_by(8) {
+                let r = client
+                    .post(&urls[i % urls.len()])
+                    .bearer_auth(&key)
+                    .json(&json!({ "email": format!("{tag}{i}@example.com") }))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), StatusCode::CREATED);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// Waits until the receiver has seen `n` distinct deliveries (path × webhook-id).
+async fn wait_distinct(rx: &receiver::Receiver, n: usize, limit: Duration) -> usize {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let all = rx.all();
+        let distinct: HashSet<(String, String)> =
+            all.iter().map(|r| (r.path.clone(), r.id.clone())).collect();
+        if distinct.len() >= n {
+            return all.len();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {n} deliveries arrived within {limit:?}",
+            distinct.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn three_instances_share_the_work_without_ever_attempting_one_delivery_twice_at_once() {
+    if !postgres_configured() {
+        return;
+    }
+    // ACCOMMADOR_TEST_FULL=1: the 5,000 events; CI runs a tenth of it.
+    let events = if std::env::var("ACCOMMADOR_TEST_FULL").is_ok() {
+        5000
+    } else {
+        250
+    };
+    let db = TestDb::new().await;
+    let rx = receiver::Receiver::start().await;
+    let servers = [
+        Server::spawn(&db.url, &["serve"], &[PRIVATE]).await,
+        Server::spawn(&db.url, &["serve"], &[PRIVATE]).await,
+        Server::spawn(&db.url, &["serve"], &[PRIVATE]).await,
+    ];
+    let client = Client::new();
+    let key = create_org(&client, &servers[0]).await;
+    let mut endpoints = Vec::new();
+    for i in 0..20 {
+        endpoints.push(
+            create_endpoint(&client, &servers[i % 3], &key, &rx.url(&format!("/e{i}"))).await,
+        );
+    }
+    let refs: Vec<&Server> = servers.iter().collect();
+    create_users(&client, &refs, &key, events, "u").await;
+    let total = wait_distinct(&rx, events * 20, Duration::from_secs(240)).await;
+    assert_eq!(
+        rx.overlaps(),
+        0,
+        "two workers attempted one delivery at once"
+    );
+    assert_eq!(total, events * 20, "a delivery was attempted twice");
+
+    // Each delivery: one attempt, numbered 1, succeeded; every event reached every endpoint.
+    for endpoint in endpoints.iter().take(3) {
+        let ds = list_all(
+            &client,
+            &servers[1],
+            &key,
+            &format!("/v1/deliveries?endpoint_id={endpoint}"),
+        )
+        .await;
+        assert_eq!(ds.len(), events);
+        for d in &ds {
+            assert_eq!(d["status"], "succeeded");
+            assert_eq!(d["attempt_count"], 1);
+        }
+        let sample = ds[0]["id"].as_str().unwrap();
+        let attempts: Value = client
+            .get(servers[2].url(&format!("/v1/deliveries/{sample}/attempts")))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(attempts["data"].as_array().unwrap().len(), 1);
+        assert_eq!(attempts["data"][0]["number"], 1);
+    }
+}
+
+#[tokio::test]
+async fn a_killed_workers_leases_are_taken_over_and_a_stopped_one_gives_them_back() {
+    if !postgres_configured() {
+        return;
+    }
+    let db = TestDb::new().await;
+    let rx = receiver::Receiver::start().await;
+    let timeout = ("ACCOMMADOR_DELIVERY_TIMEOUT", "2s"); // lease: 2 × 2 s + 5 s = 9 s
+    let api = Server::spawn(&db.url, &["serve", "--no-worker"], &[PRIVATE]).await;
+    let client = Client::new();
+    let key = create_org(&client, &api).await;
+    create_endpoint(&client, &api, &key, &rx.url("/slow")).await;
+
+    // SIGKILL with attempts in flight: after the lease expires another worker takes them.
+    rx.default_reply(receiver::Reply::status(204).after(Duration::from_millis(1500)));
+    let mut a = Server::spawn(&db.url, &["worker"], &[PRIVATE, timeout]).await;
+    create_users(&client, &[&api], &key, 4, "k").await;
+    rx.wait_for("/slow", 4, Duration::from_secs(20)).await;
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let killed_at = std::time::Instant::now();
+    let _b = Server::spawn(&db.url, &["worker"], &[PRIVATE, timeout]).await;
+    rx.wait_for("/slow", 8, Duration::from_secs(30)).await;
+    let took = killed_at.elapsed();
+    assert!(
+        took >= Duration::from_secs(5),
+        "taken over before the lease expired ({took:?})"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while list_all(&client, &api, &key, "/v1/deliveries?status=succeeded")
+        .await
+        .len()
+        < 4
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the taken-over deliveries never succeeded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(_b);
+
+    // SIGTERM: the worker gives its leases back at once; the next one need not wait.
+    rx.default_reply(receiver::Reply::status(204).after(Duration::from_secs(6)));
+    let mut c = Server::spawn(
+        &db.url,
+        &["worker"],
+        &[PRIVATE, ("ACCOMMADOR_DELIVERY_TIMEOUT", "10s")],
+    )
+    .await;
+    create_users(&client, &[&api], &key, 3, "t").await;
+    rx.wait_for("/slow", 11, Duration::from_secs(20)).await;
+    rx.default_reply(receiver::Reply::status(204));
+    Command::new("kill")
+        .args(["-TERM", &c.child.id().to_string()])
+        .status()
+        .unwrap();
+    let stopped_at = std::time::Instant::now();
+    let status = c.child.wait().unwrap();
+    assert!(
+        status.success(),
+        "the worker did not stop cleanly: {status}"
+    );
+    let _d = Server::spawn(
+        &db.url,
+        &["worker"],
+        &[PRIVATE, ("ACCOMMADOR_DELIVERY_TIMEOUT", "10s")],
+    )
+    .await;
+    rx.wait_for("/slow", 14, Duration::from_secs(20)).await;
+    let took = stopped_at.elapsed();
+    // The released leases were good for 25 s more.
+    assert!(
+        took < Duration::from_secs(8),
+        "released leases were not taken at once ({took:?})"
+    );
 }
