@@ -740,3 +740,39 @@ async fn the_delivery_log_is_private_and_checks_its_filters() {
         json!([])
     );
 }
+
+#[tokio::test]
+async fn a_backlogged_endpoint_does_not_delay_the_others() {
+    let app = spawn_app_with(|s| {
+        s.retry_schedule = vec![];
+        s.endpoint_concurrency = 4;
+    })
+    .await;
+    let t = app.create_org("Acme").await;
+    let rx = Receiver::start().await;
+    // 4 at a time, 250 ms each: 100 deliveries take this endpoint over 6 s.
+    rx.script(
+        "/backlog",
+        (0..100)
+            .map(|_| Reply::status(204).after(ms(250)))
+            .collect(),
+    );
+    endpoint(&app, &t, &rx.url("/backlog"), None).await;
+    endpoint(&app, &t, &rx.url("/healthy"), None).await;
+    let start = std::time::Instant::now();
+    for i in 0..100 {
+        app.create_user(&t, json!({"email": format!("b{i}@example.com")}))
+            .await;
+    }
+    rx.wait_for("/healthy", 100, WAIT).await;
+    let healthy_done = start.elapsed();
+    let backlog_so_far = rx.received("/backlog").len();
+    assert!(
+        backlog_so_far < 100,
+        "the backlog drained first, so this test shows nothing"
+    );
+    assert!(
+        healthy_done < Duration::from_secs(4),
+        "the healthy endpoint waited behind the backlog ({healthy_done:?})"
+    );
+}

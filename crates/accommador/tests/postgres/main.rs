@@ -531,41 +531,113 @@ async fn eventually_ready(client: &Client, server: &Server, want: u16) {
 }
 
 #[tokio::test]
-async fn readyz_shows_a_database_outage_and_recovers_by_itself() {
+async fn a_database_restart_mid_load_loses_nothing_acknowledged() {
     if !postgres_configured() {
         return;
     }
     let cluster = PrivateCluster::start();
-    let server = Server::start(&cluster.url()).await;
+    let rx = receiver::Receiver::start().await;
+    let server = Server::spawn(&cluster.url(), &["serve"], &[PRIVATE]).await;
     let client = Client::new();
     let key = create_org(&client, &server).await;
+    create_endpoint(&client, &server, &key, &rx.url("/restart")).await;
     eventually_ready(&client, &server, 200).await;
 
+    // Writers keep creating users through the outage; only 201s count as acknowledged.
+    let acknowledged = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let (client, key, acked, stop, url) = (
+            client.clone(),
+            key.clone(),
+            acknowledged.clone(),
+            stop.clone(),
+            server.url("/v1/users"),
+        );
+        writers.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                i += 1;
+                let body = json!({ "email": format!("w{w}-{i}@example.com") });
+                let sent = client
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .json(&body)
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status() == StatusCode::CREATED => {
+                        let u: Value = r.json().await.unwrap();
+                        acked
+                            .lock()
+                            .unwrap()
+                            .push(u["id"].as_str().unwrap().to_owned());
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        }));
+    }
+    let wait_acked = |n: usize| {
+        let acknowledged = acknowledged.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while acknowledged.lock().unwrap().len() < n {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "writes did not resume"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait_acked(30).await;
     cluster.pg_ctl("stop");
     eventually_ready(&client, &server, 503).await;
-    let r = client
-        .post(server.url("/v1/users"))
-        .bearer_auth(&key)
-        .json(&json!({"email": "during@example.com"}))
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        r.status().is_server_error(),
-        "a write during the outage answered {}",
-        r.status()
-    );
-
+    let during = acknowledged.lock().unwrap().len();
     cluster.pg_ctl("start");
     eventually_ready(&client, &server, 200).await;
-    let r = client
-        .post(server.url("/v1/users"))
-        .bearer_auth(&key)
-        .json(&json!({"email": "after@example.com"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
+    wait_acked(during + 30).await;
+    stop.store(true, Ordering::SeqCst);
+    for w in writers {
+        w.await.unwrap();
+    }
+
+    let acked: Vec<String> = acknowledged.lock().unwrap().clone();
+    let users = list_all(&client, &server, &key, "/v1/users").await;
+    let stored: HashSet<String> = users
+        .iter()
+        .map(|u| u["id"].as_str().unwrap().to_owned())
+        .collect();
+    for id in &acked {
+        assert!(stored.contains(id), "acknowledged user {id} is gone");
+    }
+    // Every acknowledged user's user.created reaches the endpoint (at least once).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let delivered: HashSet<String> = rx
+            .received("/restart")
+            .iter()
+            .filter_map(|r| serde_json::from_slice::<Value>(&r.body).ok())
+            .map(|b| {
+                b["data"]["user"]["id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect();
+        let missing = acked.iter().filter(|id| !delivered.contains(*id)).count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{missing} acknowledged users never delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 const PRIVATE: (&str, &str) = ("ACCOMMADOR_ALLOW_PRIVATE_TARGETS", "true");
