@@ -12,13 +12,16 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::client::WebhookClient;
 use super::{InFlight, Wake};
 use crate::domain::Timestamp;
 use crate::domain::delivery::RetryPolicy;
 use crate::store::{DueDelivery, LaneRequest, Lease, Store};
+
+/// How soon to look again at an endpoint that is at its concurrency bound elsewhere.
+const SATURATED_RETRY_MS: i64 = 20;
 
 /// Most lanes served by one step (one read of the database).
 const LANES_PER_STEP: usize = 256;
@@ -41,7 +44,6 @@ struct Done {
 pub struct Dispatcher {
     store: Store,
     client: WebhookClient,
-    policy: Arc<RetryPolicy>,
     in_flight: InFlight,
     lanes: HashMap<String, Lane>,
     global: Arc<Semaphore>,
@@ -51,6 +53,8 @@ pub struct Dispatcher {
     done_rx: mpsc::UnboundedReceiver<Done>,
     /// This dispatcher's lease terms on a shared database.
     lease: Lease,
+    /// Where finished attempts go to be recorded, in batches.
+    recorder: mpsc::UnboundedSender<ToRecord>,
     /// Fan-out wakes other instances through this (PostgreSQL).
     rescan_pending: bool,
 }
@@ -70,7 +74,9 @@ impl Dispatcher {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         // A lease outlives the longest attempt (connect + timeout) with room to record it.
         let lease_millis = 2 * delivery_timeout.as_millis() as i64 + 5_000;
+        let policy = Arc::new(policy);
         Dispatcher {
+            recorder: spawn_recorder(store.clone(), policy.clone()),
             lease: Lease {
                 token: crate::domain::ids::new_id("lease_"),
                 millis: lease_millis,
@@ -79,7 +85,6 @@ impl Dispatcher {
             rescan_pending: false,
             store,
             client,
-            policy: Arc::new(policy),
             in_flight,
             lanes: HashMap::new(),
             global: Arc::new(Semaphore::new(global_bound.max(1))),
@@ -163,7 +168,15 @@ impl Dispatcher {
                     let mut starts = Vec::new();
                     for w in work {
                         let lane = self.lanes.entry(w.endpoint_id.clone()).or_default();
-                        lane.due_at = w.next_due;
+                        lane.due_at = match w.next_due {
+                            // Due, yet none handed out: the endpoint is at its bound across
+                            // instances (PostgreSQL). Their attempts finish without telling us,
+                            // so look again shortly instead of spinning.
+                            Some(at) if w.due.is_empty() && at <= now => {
+                                Some(Timestamp(now.millis() + SATURATED_RETRY_MS))
+                            }
+                            other => other,
+                        };
                         for d in w.due {
                             let Ok(permit) = self.global.clone().try_acquire_owned() else {
                                 lane.due_at = Some(now);
@@ -197,18 +210,26 @@ impl Dispatcher {
 
     fn start(&self, d: DueDelivery, permit: tokio::sync::OwnedSemaphorePermit) {
         let client = self.client.clone();
-        let store = self.store.clone();
-        let policy = self.policy.clone();
+        let recorder = self.recorder.clone();
         let done = self.done_tx.clone();
         let in_flight = self.in_flight.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let result = client.attempt(&d).await;
             record_metrics(&d, &result);
-            let next_due = match store
-                .record_attempt(d.id.clone(), d.lease_token.clone(), result, policy)
-                .await
-            {
+            let (reply, recorded) = oneshot::channel();
+            let _ = recorder.send(ToRecord {
+                delivery_id: d.id.clone(),
+                lease_token: d.lease_token.clone(),
+                result,
+                reply,
+            });
+            let recorded = recorded.await.unwrap_or_else(|_| {
+                Err(crate::store::StoreError::database(std::io::Error::other(
+                    "the recorder stopped",
+                )))
+            });
+            let next_due = match recorded {
                 Ok(recorded) => recorded.next_due,
                 Err(e) => {
                     // The delivery is still due in the database: try it again shortly
@@ -291,6 +312,45 @@ impl Dispatcher {
             }
         }
     }
+}
+
+/// A finished attempt waiting to be recorded.
+#[derive(Debug)]
+struct ToRecord {
+    delivery_id: String,
+    lease_token: Option<String>,
+    result: crate::domain::delivery::AttemptResult,
+    reply: oneshot::Sender<Result<crate::store::Recorded, crate::store::StoreError>>,
+}
+
+/// Most attempts recorded in one batch.
+const RECORD_BATCH: usize = 64;
+
+/// Records finished attempts in batches: whatever arrived while the previous batch was being
+/// written goes in the next one, so under load one commit acknowledges many attempts (a lost
+/// acknowledgement only causes a duplicate, which at-least-once allows).
+fn spawn_recorder(store: Store, policy: Arc<RetryPolicy>) -> mpsc::UnboundedSender<ToRecord> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<ToRecord>();
+    tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < RECORD_BATCH {
+                match rx.try_recv() {
+                    Ok(item) => batch.push(item),
+                    Err(_) => break,
+                }
+            }
+            let (items, replies): (Vec<_>, Vec<_>) = batch
+                .into_iter()
+                .map(|t| ((t.delivery_id, t.lease_token, t.result), t.reply))
+                .unzip();
+            let results = store.record_attempts(items, policy.clone()).await;
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(result);
+            }
+        }
+    });
+    tx
 }
 
 fn record_metrics(d: &DueDelivery, r: &crate::domain::delivery::AttemptResult) {

@@ -385,23 +385,41 @@ impl Store {
         }
     }
 
-    /// Records an attempt; under a lease only while `lease_token` still holds it.
-    pub async fn record_attempt(
+    /// Records attempts (delivery ID, lease token, result); under a lease only while the token
+    /// still holds it. PostgreSQL commits a batch once; SQLite's writer groups them anyway.
+    pub async fn record_attempts(
         &self,
-        delivery_id: String,
-        lease_token: Option<String>,
-        result: AttemptResult,
+        batch: Vec<(String, Option<String>, AttemptResult)>,
         policy: std::sync::Arc<RetryPolicy>,
-    ) -> Result<Recorded, StoreError> {
+    ) -> Vec<Result<Recorded, StoreError>> {
         match self {
             Store::Sqlite(s) => {
-                s.record_attempt(delivery_id, lease_token, result, policy)
-                    .await
+                let mut set = tokio::task::JoinSet::new();
+                for (i, (id, token, result)) in batch.into_iter().enumerate() {
+                    let (s, policy) = (s.clone(), policy.clone());
+                    set.spawn(
+                        async move { (i, s.record_attempt(id, token, result, policy).await) },
+                    );
+                }
+                let mut out: Vec<Option<Result<Recorded, StoreError>>> =
+                    (0..set.len()).map(|_| None).collect();
+                while let Some(joined) = set.join_next().await {
+                    match joined {
+                        Ok((i, r)) => out[i] = Some(r),
+                        Err(e) => tracing::error!(error = %e, "recording an attempt panicked"),
+                    }
+                }
+                out.into_iter()
+                    .map(|r| {
+                        r.unwrap_or_else(|| {
+                            Err(StoreError::database(std::io::Error::other(
+                                "recording panicked",
+                            )))
+                        })
+                    })
+                    .collect()
             }
-            Store::Postgres(s) => {
-                s.record_attempt(delivery_id, lease_token, result, policy)
-                    .await
-            }
+            Store::Postgres(s) => s.record_attempts(batch, policy).await,
         }
     }
 

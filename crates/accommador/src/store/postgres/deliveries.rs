@@ -288,18 +288,32 @@ impl PgStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
         let mut out = Vec::with_capacity(requests.len());
+        // One lock order for every instance; an endpoint another instance is leasing right now
+        // is skipped (and looked at again shortly) rather than waited for.
+        let mut requests = requests;
+        requests.sort_by(|a, b| a.endpoint_id.cmp(&b.endpoint_id));
         for req in requests {
             let lease = req.lease.clone().unwrap_or_else(|| crate::store::Lease {
                 token: ids::new_id("lease_"),
                 millis: 60_000,
                 per_endpoint: req.limit,
             });
-            tx.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended($1, 7))",
-                &[&req.endpoint_id],
-            )
-            .await
-            .map_err(pg_err)?;
+            let locked: bool = tx
+                .query_one(
+                    "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 7))",
+                    &[&req.endpoint_id],
+                )
+                .await
+                .map_err(pg_err)?
+                .get(0);
+            if !locked {
+                out.push(LaneWork {
+                    endpoint_id: req.endpoint_id,
+                    due: Vec::new(),
+                    next_due: Some(Timestamp(Timestamp::now().millis() + 10)),
+                });
+                continue;
+            }
             let rows = tx
                 .query(
                     "WITH clock AS (SELECT accommador_now_ms() AS t),
@@ -406,15 +420,67 @@ impl PgStore {
         Ok(())
     }
 
-    pub async fn record_attempt(
+    /// Records attempts in one transaction (one commit for the batch). Rows are locked in
+    /// endpoint order so concurrent batches do not deadlock in the common case; if a batch
+    /// fails anyway, each attempt is recorded on its own.
+    pub async fn record_attempts(
         &self,
-        delivery_id: String,
-        lease_token: Option<String>,
-        result: AttemptResult,
+        mut batch: Vec<(String, Option<String>, AttemptResult)>,
         policy: Arc<RetryPolicy>,
-    ) -> Result<Recorded, StoreError> {
+    ) -> Vec<Result<Recorded, StoreError>> {
+        if batch.len() > 1 {
+            match self.record_batch(&batch, &policy).await {
+                Ok(recorded) => return recorded.into_iter().map(Ok).collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, size = batch.len(), "recording a batch failed; one at a time")
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(batch.len());
+        for item in batch.drain(..) {
+            out.push(
+                self.record_batch(std::slice::from_ref(&item), &policy)
+                    .await
+                    .map(|mut r| r.remove(0)),
+            );
+        }
+        out
+    }
+
+    async fn record_batch(
+        &self,
+        batch: &[(String, Option<String>, AttemptResult)],
+        policy: &RetryPolicy,
+    ) -> Result<Vec<Recorded>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
+        let mut order: Vec<usize> = (0..batch.len()).collect();
+        order.sort_by(|a, b| batch[*a].0.cmp(&batch[*b].0));
+        let mut out = vec![
+            Recorded {
+                next_due: None,
+                endpoint_disabled: false
+            };
+            batch.len()
+        ];
+        for i in order {
+            let (id, token, result) = &batch[i];
+            out[i] = record_in(&tx, id, token.as_deref(), result, policy).await?;
+        }
+        tx.commit().await.map_err(pg_err)?;
+        Ok(out)
+    }
+}
+
+/// Records one attempt inside `tx` and applies what follows it.
+async fn record_in(
+    tx: &Transaction<'_>,
+    delivery_id: &str,
+    lease_token: Option<&str>,
+    result: &AttemptResult,
+    policy: &RetryPolicy,
+) -> Result<Recorded, StoreError> {
+    {
         let now = Timestamp::now();
         let row = tx
             .query_opt(
@@ -431,7 +497,7 @@ impl PgStore {
         let retries_used: i32 = row.get(3);
         let resume_at: Option<i64> = row.get(4);
         let holder: Option<String> = row.get(5);
-        if lease_token.is_some() && holder != lease_token {
+        if lease_token.is_some() && holder.as_deref() != lease_token {
             // The lease expired and another instance took the delivery (or it was released):
             // only the lease holder writes results.
             tracing::warn!(delivery_id = %delivery_id, "lease lost; this attempt's result is discarded");
@@ -441,14 +507,14 @@ impl PgStore {
             });
         }
         let number = attempt_count + 1;
-        insert_attempt(&tx, &delivery_id, number, &result).await?;
+        insert_attempt(tx, delivery_id, number, result).await?;
         let still_pending = status == DeliveryStatus::Pending.as_str();
         let facts = DeliveryFacts {
             retries_used: retries_used as u32,
             resume_at: resume_at.map(Timestamp),
         };
         let next = if still_pending {
-            policy.decide(facts, &result, now, rand::random::<f64>() * 2.0 - 1.0)
+            policy.decide(facts, result, now, rand::random::<f64>() * 2.0 - 1.0)
         } else if result.succeeded() {
             Next::Succeeded
         } else {
@@ -499,25 +565,26 @@ impl PgStore {
                 .map(|r| r.get(0));
             if let Some(since) = since {
                 if result.gone() {
-                    disable_endpoint(&tx, &endpoint_id, DISABLED_GONE, now).await?;
+                    disable_endpoint(tx, &endpoint_id, DISABLED_GONE, now).await?;
                     endpoint_disabled = true;
                 } else if policy.should_disable(Timestamp(since), now) {
                     let reason = format!(
                         "failing continuously since {}",
                         Timestamp(since).to_rfc3339()
                     );
-                    disable_endpoint(&tx, &endpoint_id, &reason, now).await?;
+                    disable_endpoint(tx, &endpoint_id, &reason, now).await?;
                     endpoint_disabled = true;
                 }
             }
         }
-        tx.commit().await.map_err(pg_err)?;
         Ok(Recorded {
             next_due: if endpoint_disabled { None } else { next_at },
             endpoint_disabled,
         })
     }
+}
 
+impl PgStore {
     pub async fn list_deliveries(
         &self,
         org: String,
