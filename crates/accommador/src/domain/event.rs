@@ -49,6 +49,21 @@ impl NewEvent {
     }
 }
 
+/// A `webhook.test` event for one endpoint: its ID and its payload bytes.
+pub fn test_event(endpoint_id: &str, now: Timestamp) -> (String, String) {
+    let id = super::ids::new_id(super::ids::EVENT);
+    let payload = serde_json::to_string(&Event {
+        id: id.clone(),
+        event_type: EventType::WebhookTest,
+        timestamp: now.to_rfc3339(),
+        data: accommador_webhooks::payload::TestEventData {
+            endpoint_id: endpoint_id.to_owned(),
+        },
+    })
+    .expect("events serialise");
+    (id, payload)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

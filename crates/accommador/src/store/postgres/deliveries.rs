@@ -840,16 +840,7 @@ impl PgStore {
             return Err(StoreError::EndpointDisabled);
         }
         let now = Timestamp::now();
-        let event_id = ids::new_id(ids::EVENT);
-        let payload = serde_json::to_string(&accommador_webhooks::Event {
-            id: event_id.clone(),
-            event_type: EventType::WebhookTest,
-            timestamp: now.to_rfc3339(),
-            data: accommador_webhooks::payload::TestEventData {
-                endpoint_id: endpoint_id.clone(),
-            },
-        })
-        .expect("events serialise");
+        let (event_id, payload) = crate::domain::event::test_event(&endpoint_id, now);
         let seq: i64 = tx
             .query_one(
                 "INSERT INTO events (id, org_id, type, occurred_at, payload)
