@@ -20,6 +20,9 @@ use crate::domain::Timestamp;
 use crate::domain::delivery::RetryPolicy;
 use crate::store::{DueDelivery, LaneRequest, Lease, Store};
 
+/// How often a dispatcher on a shared database reloads its lanes (lost wake-ups).
+const SAFETY_RESCAN: Duration = Duration::from_secs(30);
+
 /// How soon to look again at an endpoint that is at its concurrency bound elsewhere.
 const SATURATED_RETRY_MS: i64 = 20;
 
@@ -55,6 +58,10 @@ pub struct Dispatcher {
     lease: Lease,
     /// Where finished attempts go to be recorded, in batches.
     recorder: mpsc::UnboundedSender<ToRecord>,
+    /// On a shared database, a wake-up another instance sent may be lost (it died between
+    /// commit and notify): every so often the lanes are reloaded from the database.
+    rescan_every: Option<Duration>,
+    last_rescan: std::time::Instant,
     /// Fan-out wakes other instances through this (PostgreSQL).
     rescan_pending: bool,
 }
@@ -75,7 +82,10 @@ impl Dispatcher {
         // A lease outlives the longest attempt (connect + timeout) with room to record it.
         let lease_millis = 2 * delivery_timeout.as_millis() as i64 + 5_000;
         let policy = Arc::new(policy);
+        let rescan_every = store.postgres_url().map(|_| SAFETY_RESCAN);
         Dispatcher {
+            rescan_every,
+            last_rescan: std::time::Instant::now(),
             recorder: spawn_recorder(store.clone(), policy.clone()),
             lease: Lease {
                 token: crate::domain::ids::new_id("lease_"),
@@ -131,11 +141,17 @@ impl Dispatcher {
         while let Ok(w) = self.wake_rx.try_recv() {
             self.on_wake(w);
         }
-        if std::mem::take(&mut self.rescan_pending)
-            && let Err(e) = self.restore().await
+        if self
+            .rescan_every
+            .is_some_and(|every| self.last_rescan.elapsed() >= every)
         {
-            tracing::warn!(error = %e, "rescanning pending deliveries failed");
             self.rescan_pending = true;
+        }
+        if std::mem::take(&mut self.rescan_pending) {
+            self.last_rescan = std::time::Instant::now();
+            if let Err(e) = self.restore().await {
+                tracing::warn!(error = %e, "rescanning pending deliveries failed");
+            }
         }
         while let Ok(done) = self.done_rx.try_recv() {
             self.finish(done);
@@ -201,10 +217,15 @@ impl Dispatcher {
         self.lanes
             .retain(|_, l| l.due_at.is_some() || !l.in_flight.is_empty());
         metrics::gauge!("webhook_deliveries_in_flight").set(self.in_flight.len() as f64);
+        let next_rescan = self.rescan_every.map(|every| {
+            let left = every.saturating_sub(self.last_rescan.elapsed());
+            Timestamp(now.millis() + left.as_millis() as i64)
+        });
         self.lanes
             .values()
             .filter(|l| l.in_flight.len() < self.per_endpoint)
             .filter_map(|l| l.due_at)
+            .chain(next_rescan)
             .min()
     }
 
@@ -252,7 +273,8 @@ impl Dispatcher {
     /// still in flight, so another instance takes them over at once.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         if let Err(e) = self.restore().await {
-            tracing::error!(error = %e, "could not load pending deliveries; they wait for new work");
+            tracing::error!(error = %e, "could not load pending deliveries; trying again");
+            self.rescan_pending = true;
         }
         tokio::pin!(shutdown);
         loop {

@@ -81,11 +81,12 @@ impl fmt::Display for BlockedAddress {
         if self.host == self.ip.to_string() {
             write!(f, "blocked address {}: {}", self.ip, self.why.reason())
         } else {
+            // The address itself is not told: that would make the API an oracle for the
+            // operator's internal DNS.
             write!(
                 f,
-                "blocked address: {} resolves to {}, a {}",
+                "blocked address: {} resolves to a {}",
                 self.host,
-                self.ip,
                 self.why.reason()
             )
         }

@@ -58,7 +58,11 @@ fn in_v6(ip: Ipv6Addr, net: [u16; 8], bits: u32) -> bool {
 
 /// Classifies one IPv4 address; `None` means globally routable.
 pub fn classify_v4(ip: Ipv4Addr) -> Option<Blocked> {
-    if METADATA_V4.contains(&ip) {
+    // Cloud metadata and credential services live in these link-local blocks.
+    if METADATA_V4.contains(&ip)
+        || in_v4(ip, [169, 254, 169, 0], 24)
+        || in_v4(ip, [169, 254, 170, 0], 24)
+    {
         return Some(Blocked::Metadata);
     }
     let table: [([u8; 4], u32, Blocked); 17] = [
@@ -92,7 +96,10 @@ pub fn classify_v4(ip: Ipv4Addr) -> Option<Blocked> {
 
 /// Classifies one IPv6 address; IPv4-mapped addresses are judged by the IPv4 inside.
 pub fn classify_v6(ip: Ipv6Addr) -> Option<Blocked> {
-    if METADATA_V6.contains(&ip) {
+    if METADATA_V6.contains(&ip)
+        || in_v6(ip, [0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0], 32)
+        || ip == Ipv6Addr::new(0xfd20, 0x00ce, 0, 0, 0, 0, 0, 0x254)
+    {
         return Some(Blocked::Metadata);
     }
     if let Some(v4) = ip.to_ipv4_mapped() {

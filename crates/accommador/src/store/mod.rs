@@ -36,8 +36,9 @@ pub enum StoreError {
     EndpointDisabled,
     #[error("an attempt of this delivery is in flight")]
     AttemptInFlight,
-    #[error("database error")]
-    Database(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The cause is in the message (not a `source`), so every log line of it says why.
+    #[error("database error: {0}")]
+    Database(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl StoreError {
@@ -544,7 +545,7 @@ pub struct FanOut {
 }
 
 /// A delivery ready to be attempted, with everything the attempt needs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DueDelivery {
     pub id: String,
     pub event_id: String,
@@ -571,6 +572,18 @@ pub struct Lease {
     pub millis: i64,
     /// Attempts in flight to one endpoint across every instance, at most.
     pub per_endpoint: usize,
+}
+
+impl std::fmt::Debug for DueDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secrets.
+        f.debug_struct("DueDelivery")
+            .field("id", &self.id)
+            .field("event_id", &self.event_id)
+            .field("endpoint_id", &self.endpoint_id)
+            .field("trigger", &self.trigger)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The due work of one endpoint, as the dispatcher asks for it.

@@ -306,9 +306,13 @@ impl PgStore {
             .map_err(pg_err)?;
         let n = tx
             .execute(
-                "UPDATE events SET commit_seq = nextval('events_commit_seq')
-                 WHERE seq IN (SELECT seq FROM events WHERE commit_seq IS NULL
-                               ORDER BY seq LIMIT 10000)",
+                // Numbers are drawn in seq order (the innermost ORDER BY feeds nextval), and
+                // the partial index on unnumbered events keeps this off the whole table.
+                "UPDATE events e SET commit_seq = n.cs
+                 FROM (SELECT q.seq, nextval('events_commit_seq') AS cs
+                       FROM (SELECT seq FROM events WHERE commit_seq IS NULL
+                             ORDER BY seq LIMIT 1000) q) n
+                 WHERE e.seq = n.seq",
                 &[],
             )
             .await

@@ -33,20 +33,20 @@ pub(super) async fn fail_pending(
     reason: &str,
     now: Timestamp,
 ) -> Result<u64, StoreError> {
+    // One statement: the UPDATE waits for each row's lock and re-checks it, so a delivery
+    // whose attempt is being recorded right now is numbered after that attempt.
     tx.execute(
-        "INSERT INTO attempts (delivery_id, number, trigger, started_at, duration_ms,
+        "WITH failed AS (
+             UPDATE deliveries SET status = 'failed', attempt_count = attempt_count + 1,
+                 next_attempt_at = NULL, manual = false, resume_at = NULL, updated_at = $2,
+                 lease_token = NULL, lease_until = NULL
+             WHERE endpoint_id = $1 AND status = 'pending'
+             RETURNING id, attempt_count)
+         INSERT INTO attempts (delivery_id, number, trigger, started_at, duration_ms,
                                status_code, error_class, error, response_headers, response_body)
-         SELECT id, attempt_count + 1, 'scheduled', $2, 0, NULL, 'endpoint_disabled', $3, '{}', ''
-         FROM deliveries WHERE endpoint_id = $1 AND status = 'pending'",
+         SELECT id, attempt_count, 'scheduled', $2, 0, NULL, 'endpoint_disabled', $3, '{}', ''
+         FROM failed",
         &[&endpoint_id, &now.millis(), &reason],
-    )
-    .await
-    .map_err(pg_err)?;
-    tx.execute(
-        "UPDATE deliveries SET status = 'failed', attempt_count = attempt_count + 1,
-             next_attempt_at = NULL, manual = false, resume_at = NULL, updated_at = $2
-         WHERE endpoint_id = $1 AND status = 'pending'",
-        &[&endpoint_id, &now.millis()],
     )
     .await
     .map_err(pg_err)
@@ -78,25 +78,28 @@ async fn insert_delivery(
     event_type: &str,
     endpoint_id: &str,
     now: Timestamp,
-) -> Result<String, StoreError> {
+) -> Result<Option<String>, StoreError> {
     let id = ids::new_id(ids::DELIVERY);
-    tx.execute(
-        "INSERT INTO deliveries (id, org_id, event_seq, event_id, event_type, endpoint_id,
+    // One delivery per (event, endpoint), whoever creates it first (fan-out or recover).
+    let inserted = tx
+        .execute(
+            "INSERT INTO deliveries (id, org_id, event_seq, event_id, event_type, endpoint_id,
                                  status, next_attempt_at, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $7, $7)",
-        &[
-            &id,
-            &org,
-            &event_seq,
-            &event_id,
-            &event_type,
-            &endpoint_id,
-            &now.millis(),
-        ],
-    )
-    .await
-    .map_err(pg_err)?;
-    Ok(id)
+         VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $7, $7)
+         ON CONFLICT (event_id, endpoint_id) DO NOTHING",
+            &[
+                &id,
+                &org,
+                &event_seq,
+                &event_id,
+                &event_type,
+                &endpoint_id,
+                &now.millis(),
+            ],
+        )
+        .await
+        .map_err(pg_err)?;
+    Ok((inserted == 1).then_some(id))
 }
 
 const DELIVERY_COLUMNS: &str = "id, event_id, event_type, endpoint_id, status, attempt_count,
@@ -222,7 +225,8 @@ impl PgStore {
                     "SELECT ep.id, ep.event_types FROM endpoints ep, events e
                      WHERE e.seq = $2 AND ep.org_id = $1 AND ep.status = 'enabled'
                        AND ep.deleted_at IS NULL
-                       AND NOT pg_visible_in_snapshot(e.xid, ep.created_snapshot)",
+                       AND NOT pg_visible_in_snapshot(e.xid, ep.created_snapshot)
+                     FOR SHARE OF ep",
                     &[&org, &seq],
                 )
                 .await
@@ -238,9 +242,12 @@ impl PgStore {
             }
             for (endpoint_id, filter) in &list {
                 if filter.contains(kind) {
-                    insert_delivery(&tx, &org, seq, &event_id, &event_type, endpoint_id, now)
-                        .await?;
-                    created += 1;
+                    if insert_delivery(&tx, &org, seq, &event_id, &event_type, endpoint_id, now)
+                        .await?
+                        .is_some()
+                    {
+                        created += 1;
+                    }
                     if !woken.contains(endpoint_id) {
                         woken.push(endpoint_id.clone());
                     }
@@ -314,6 +321,34 @@ impl PgStore {
                 });
                 continue;
             }
+            // Deliveries that slipped past a disable or delete (created concurrently with it)
+            // are failed here rather than sent.
+            let state = tx
+                .query_opt(
+                    "SELECT status, disabled_reason, deleted_at IS NOT NULL FROM endpoints
+                     WHERE id = $1 FOR SHARE",
+                    &[&req.endpoint_id],
+                )
+                .await
+                .map_err(pg_err)?;
+            let closed = match &state {
+                None => Some("the endpoint was deleted".to_owned()),
+                Some(r) if r.get::<_, bool>(2) => Some("the endpoint was deleted".to_owned()),
+                Some(r) if r.get::<_, String>(0) != "enabled" => Some(
+                    r.get::<_, Option<String>>(1)
+                        .unwrap_or_else(|| "the endpoint is disabled".to_owned()),
+                ),
+                Some(_) => None,
+            };
+            if let Some(reason) = closed {
+                fail_pending(&tx, &req.endpoint_id, &reason, Timestamp::now()).await?;
+                out.push(LaneWork {
+                    endpoint_id: req.endpoint_id,
+                    due: Vec::new(),
+                    next_due: None,
+                });
+                continue;
+            }
             let rows = tx
                 .query(
                     "WITH clock AS (SELECT accommador_now_ms() AS t),
@@ -325,6 +360,7 @@ impl PgStore {
                          WHERE d.endpoint_id = $1 AND d.status = 'pending'
                            AND d.next_attempt_at <= clock.t
                            AND (d.lease_until IS NULL OR d.lease_until <= clock.t)
+                           AND d.id <> ALL($6)
                          ORDER BY d.next_attempt_at
                          LIMIT GREATEST(0, LEAST($2::bigint, $3::bigint - (SELECT n FROM busy)))
                          FOR UPDATE OF d SKIP LOCKED)
@@ -332,6 +368,7 @@ impl PgStore {
                         SET lease_token = $4, lease_until = (SELECT t FROM clock) + $5
                        FROM picked, events e, endpoints ep
                       WHERE d.id = picked.id AND e.seq = d.event_seq AND ep.id = d.endpoint_id
+                        AND ep.status = 'enabled' AND ep.deleted_at IS NULL
                      RETURNING d.id, d.event_id, d.manual, d.attempt_count, e.payload,
                                e.occurred_at, ep.url",
                     &[
@@ -340,6 +377,7 @@ impl PgStore {
                         &(lease.per_endpoint as i64),
                         &lease.token,
                         &lease.millis,
+                        &req.in_flight,
                     ],
                 )
                 .await
@@ -373,14 +411,15 @@ impl PgStore {
                     }
                 })
                 .collect();
+            let leased_now: Vec<String> = due.iter().map(|d| d.id.clone()).collect();
             // When this lane may next have work: its earliest pending delivery not leased now,
             // or the expiry of a lease held by an instance that may have died.
             let next: Option<i64> = tx
                 .query_one(
                     "SELECT MIN(GREATEST(next_attempt_at, COALESCE(lease_until, 0)))
                      FROM deliveries WHERE endpoint_id = $1 AND status = 'pending'
-                       AND (lease_token IS DISTINCT FROM $2)",
-                    &[&req.endpoint_id, &lease.token],
+                       AND id <> ALL($2) AND NOT (id = ANY($3))",
+                    &[&req.endpoint_id, &req.in_flight, &leased_now],
                 )
                 .await
                 .map_err(pg_err)?
@@ -454,8 +493,23 @@ impl PgStore {
     ) -> Result<Vec<Recorded>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
+        // Lock endpoints in one order across concurrent batches.
+        let ids: Vec<String> = batch.iter().map(|b| b.0.clone()).collect();
+        let endpoint_of: std::collections::HashMap<String, String> = tx
+            .query(
+                "SELECT id, endpoint_id FROM deliveries WHERE id = ANY($1)",
+                &[&ids],
+            )
+            .await
+            .map_err(pg_err)?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
         let mut order: Vec<usize> = (0..batch.len()).collect();
-        order.sort_by(|a, b| batch[*a].0.cmp(&batch[*b].0));
+        order.sort_by(|a, b| {
+            let key = |i: &usize| (endpoint_of.get(&batch[*i].0).cloned(), batch[*i].0.clone());
+            key(a).cmp(&key(b))
+        });
         let mut out = vec![
             Recorded {
                 next_due: None,
@@ -482,6 +536,14 @@ async fn record_in(
 ) -> Result<Recorded, StoreError> {
     {
         let now = Timestamp::now();
+        // Endpoint row first, then the delivery: the order disabling and deleting use too.
+        tx.execute(
+            "SELECT 1 FROM endpoints
+             WHERE id = (SELECT endpoint_id FROM deliveries WHERE id = $1) FOR UPDATE",
+            &[&delivery_id],
+        )
+        .await
+        .map_err(pg_err)?;
         let row = tx
             .query_opt(
                 "SELECT endpoint_id, status, attempt_count, retries_used, resume_at, lease_token
@@ -712,7 +774,7 @@ impl PgStore {
         let d = get_delivery_row(&tx, &org, &id)
             .await?
             .ok_or(StoreError::NotFound)?;
-        let endpoint = live_endpoint(&tx, &org, &d.endpoint_id, false)
+        let endpoint = live_endpoint(&tx, &org, &d.endpoint_id, true)
             .await?
             .ok_or(StoreError::NotFound)?;
         if endpoint.status != EndpointStatus::Enabled {
@@ -809,7 +871,7 @@ impl PgStore {
                 EventType::parse(&event_type).is_some_and(|t| endpoint.event_types.contains(t));
             if wanted {
                 let event_id: String = r.get(1);
-                insert_delivery(
+                if insert_delivery(
                     &tx,
                     &org,
                     r.get(0),
@@ -818,8 +880,11 @@ impl PgStore {
                     &endpoint_id,
                     now,
                 )
-                .await?;
-                created += 1;
+                .await?
+                .is_some()
+                {
+                    created += 1;
+                }
             }
         }
         tx.commit().await.map_err(pg_err)?;
@@ -833,7 +898,7 @@ impl PgStore {
     ) -> Result<(String, String), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
-        let endpoint = live_endpoint(&tx, &org, &endpoint_id, false)
+        let endpoint = live_endpoint(&tx, &org, &endpoint_id, true)
             .await?
             .ok_or(StoreError::NotFound)?;
         if endpoint.status != EndpointStatus::Enabled {
@@ -859,7 +924,8 @@ impl PgStore {
             &endpoint_id,
             now,
         )
-        .await?;
+        .await?
+        .ok_or_else(|| StoreError::database(std::io::Error::other("test delivery exists")))?;
         tx.commit().await.map_err(pg_err)?;
         Ok((event_id, delivery_id))
     }

@@ -78,26 +78,30 @@ fn insert_delivery(
     event_type: &str,
     endpoint_id: &str,
     now: Timestamp,
-) -> Result<String, StoreError> {
+) -> Result<Option<String>, StoreError> {
     let id = ids::new_id(ids::DELIVERY);
-    c.prepare_cached(
-        "INSERT INTO deliveries (id, org_id, event_seq, event_id, event_type, endpoint_id,
+    // An (event, endpoint) pair gets one delivery, whoever creates it first (fan-out or
+    // recover): the other finds it there and moves on.
+    let inserted = c
+        .prepare_cached(
+            "INSERT INTO deliveries (id, org_id, event_seq, event_id, event_type, endpoint_id,
                                  status, next_attempt_at, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7, ?7)",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            id,
-            org,
-            event_seq,
-            event_id,
-            event_type,
-            endpoint_id,
-            now.millis()
-        ])
-    })
-    .map_err(db_err)?;
-    Ok(id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7, ?7)
+         ON CONFLICT (event_id, endpoint_id) DO NOTHING",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                id,
+                org,
+                event_seq,
+                event_id,
+                event_type,
+                endpoint_id,
+                now.millis()
+            ])
+        })
+        .map_err(db_err)?;
+    Ok((inserted == 1).then_some(id))
 }
 
 const DELIVERY_COLUMNS: &str = "id, event_id, event_type, endpoint_id, status, attempt_count,
@@ -231,8 +235,11 @@ impl SqliteStore {
                 }
                 for (endpoint_id, filter, after_seq) in &endpoints_of[org] {
                     if filter.contains(kind) && *after_seq < *seq {
-                        insert_delivery(c, org, *seq, event_id, event_type, endpoint_id, now)?;
-                        created += 1;
+                        if insert_delivery(c, org, *seq, event_id, event_type, endpoint_id, now)?
+                            .is_some()
+                        {
+                            created += 1;
+                        }
                         if !woken.contains(endpoint_id) {
                             woken.push(endpoint_id.clone());
                         }
@@ -585,8 +592,10 @@ impl SqliteStore {
             for (seq, event_id, event_type) in missing {
                 let wanted =
                     EventType::parse(&event_type).is_some_and(|t| endpoint.event_types.contains(t));
-                if wanted {
-                    insert_delivery(c, &org, seq, &event_id, &event_type, &endpoint_id, now)?;
+                if wanted
+                    && insert_delivery(c, &org, seq, &event_id, &event_type, &endpoint_id, now)?
+                        .is_some()
+                {
                     created += 1;
                 }
             }
@@ -626,7 +635,8 @@ impl SqliteStore {
                 EventType::WebhookTest.as_str(),
                 &endpoint_id,
                 now,
-            )?;
+            )?
+            .ok_or_else(|| StoreError::database(std::io::Error::other("test delivery exists")))?;
             Ok((event_id, delivery_id))
         })
         .await
