@@ -122,6 +122,17 @@ pub async fn spawn_app() -> TestApp {
 
 /// A server whose settings `adjust` may change first.
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_app_options(adjust, true).await
+}
+
+/// An API-only server (`serve --no-worker`): nothing fans out or delivers unless a test
+/// drives the store itself.
+#[allow(dead_code)] // used by tests/delivery, which shares this file
+pub async fn spawn_api_only() -> TestApp {
+    spawn_app_options(|_| {}, false).await
+}
+
+async fn spawn_app_options(adjust: impl FnOnce(&mut Settings), workers: bool) -> TestApp {
     let db = TestDb::new().await;
     let mut settings = Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -140,7 +151,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     // Host names resolve only through this table: tests never touch real DNS.
     let lookup = FixedLookup::default();
     let options = Options {
-        workers: true,
+        workers,
         lookup: std::sync::Arc::new(lookup.clone()),
         api: true,
     };

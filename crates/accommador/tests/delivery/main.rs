@@ -12,7 +12,7 @@ mod receiver;
 use std::time::Duration;
 
 use accommador_webhooks::{Secret, Verifier, WebhookHeaders};
-use helpers::{Tenant, TestApp, error_fields, problem, spawn_app_with};
+use helpers::{Tenant, TestApp, error_fields, problem, spawn_api_only, spawn_app_with};
 use receiver::{Received, Receiver, Reply};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -775,4 +775,52 @@ async fn a_backlogged_endpoint_does_not_delay_the_others() {
         healthy_done < Duration::from_secs(4),
         "the healthy endpoint waited behind the backlog ({healthy_done:?})"
     );
+}
+
+/// Recover may create a delivery before fan-out reaches its event; fan-out must then skip
+/// that pair and go on (it used to fail on the duplicate, for every organization, forever).
+#[tokio::test]
+async fn recover_before_fan_out_does_not_block_fan_out() {
+    let app = spawn_api_only().await;
+    let t = app.create_org("Acme").await;
+    let ep = endpoint(&app, &t, "http://127.0.0.1:9/never", None).await;
+    let since = accommador::domain::Timestamp(0).to_rfc3339();
+    app.create_user(&t, json!({"email": "first@example.com"}))
+        .await;
+    let r = app
+        .post(
+            &t,
+            &format!("/v1/endpoints/{}/recover", ep.id),
+            &json!({ "since": since }),
+        )
+        .await;
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"requeued": 0, "created": 1})
+    );
+    app.create_user(&t, json!({"email": "second@example.com"}))
+        .await;
+
+    // Drive fan-out by hand on the same database.
+    let store = accommador::store::Store::open(
+        &accommador::store::DatabaseUrl::parse(&app.db.url).unwrap(),
+        accommador::store::Ownership::Tool,
+        2,
+    )
+    .await
+    .unwrap();
+    let mut taken = 0;
+    loop {
+        let step = store
+            .fan_out()
+            .await
+            .expect("fan-out must not fail on a recovered pair");
+        if step.events == 0 {
+            break;
+        }
+        taken += step.events;
+    }
+    assert_eq!(taken, 2);
+    let ds = deliveries_of(&app, &t, &ep.id).await;
+    assert_eq!(ds.len(), 2, "one delivery per event: {ds:?}");
 }
