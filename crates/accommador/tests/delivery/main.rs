@@ -551,6 +551,31 @@ async fn after_rotation_both_secrets_sign_until_the_overlap_ends() {
     verify(&ep.secret, &got[0]);
     verify(new_secret, &got[0]);
 
+    // When the overlap ends (made to end now), only the new secret signs.
+    let ended = "UPDATE endpoint_secrets SET expires_at = 1 WHERE expires_at IS NOT NULL";
+    app.db.execute(ended, ended).await;
+    app.create_user(&t, json!({"email": "after-overlap@example.com"}))
+        .await;
+    let got = rx.wait_for("/rot", 2, WAIT).await;
+    assert_eq!(
+        got[1].signature.split(' ').count(),
+        1,
+        "{}",
+        got[1].signature
+    );
+    verify(new_secret, &got[1]);
+    let headers = WebhookHeaders {
+        id: &got[1].id,
+        timestamp: &got[1].timestamp,
+        signature: &got[1].signature,
+    };
+    assert!(
+        Verifier::new(Secret::parse(&ep.secret).unwrap())
+            .verify(&headers, &got[1].body)
+            .is_err(),
+        "the old secret still signs after the overlap"
+    );
+
     // Rotating again ends the oldest secret: still two signatures, the first secret no longer.
     let third: Value = app
         .post(
@@ -563,17 +588,17 @@ async fn after_rotation_both_secrets_sign_until_the_overlap_ends() {
         .await
         .unwrap();
     app.create_user(&t, json!({"email": "b@example.com"})).await;
-    let got = rx.wait_for("/rot", 2, WAIT).await;
-    verify(third["secret"].as_str().unwrap(), &got[1]);
-    verify(new_secret, &got[1]);
+    let got = rx.wait_for("/rot", 3, WAIT).await;
+    verify(third["secret"].as_str().unwrap(), &got[2]);
+    verify(new_secret, &got[2]);
     let headers = WebhookHeaders {
-        id: &got[1].id,
-        timestamp: &got[1].timestamp,
-        signature: &got[1].signature,
+        id: &got[2].id,
+        timestamp: &got[2].timestamp,
+        signature: &got[2].signature,
     };
     assert!(
         Verifier::new(Secret::parse(&ep.secret).unwrap())
-            .verify(&headers, &got[1].body)
+            .verify(&headers, &got[2].body)
             .is_err()
     );
 }
