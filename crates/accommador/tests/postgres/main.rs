@@ -783,10 +783,12 @@ async fn a_killed_workers_leases_are_taken_over_and_a_stopped_one_gives_them_bac
     let mut a = Server::spawn(&db.url, &["worker"], &[PRIVATE, timeout]).await;
     create_users(&client, &[&api], &key, 4, "k").await;
     rx.wait_for("/slow", 4, Duration::from_secs(20)).await;
+    // A survivor is already running when A dies: it must take A's deliveries over by itself
+    // once A's leases expire (nothing wakes it but its own timers).
+    let _b = Server::spawn(&db.url, &["worker"], &[PRIVATE, timeout]).await;
     a.child.kill().unwrap();
     a.child.wait().unwrap();
     let killed_at = std::time::Instant::now();
-    let _b = Server::spawn(&db.url, &["worker"], &[PRIVATE, timeout]).await;
     rx.wait_for("/slow", 8, Duration::from_secs(30)).await;
     let took = killed_at.elapsed();
     assert!(
