@@ -48,6 +48,8 @@ const MIGRATION_LOCK: i64 = 0x00ac_c0d0_2026;
 pub struct PgStore {
     pool: Pool,
     url: String,
+    /// Requests to number committed events, served in batches (see `sequence_after_commit`).
+    sequencer: tokio::sync::mpsc::UnboundedSender<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -90,11 +92,14 @@ impl PgStore {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .context("building the PostgreSQL pool")?;
+        let (sequencer, requests) = tokio::sync::mpsc::unbounded_channel();
         let store = PgStore {
             pool,
             url: url.to_owned(),
+            sequencer,
         };
         store.migrate().await?;
+        tokio::spawn(run_sequencer(store.clone(), requests));
         // Events a crashed process committed but did not number yet.
         store.sequence_events().await?;
         Ok(store)
@@ -290,9 +295,14 @@ impl PgStore {
     /// After a commit that wrote events: number them now, so the caller reads its own write.
     /// The change is durable already; if numbering fails here, the next write or fan-out
     /// step numbers it, so the request still succeeds.
+    ///
+    /// Requests are served in batches, like a group commit: one sequencer step numbers every
+    /// event committed before it started, so all requests that arrived while the previous
+    /// step ran are answered by the next one (one lock, one commit for many writers).
     async fn sequence_after_commit(&self) {
-        if let Err(e) = self.sequence_events().await {
-            tracing::warn!(error = %e, "numbering committed events failed; the next step will");
+        let (done, numbered) = tokio::sync::oneshot::channel();
+        if self.sequencer.send(done).is_err() || numbered.await.is_err() {
+            tracing::warn!("the event sequencer stopped; the next fan-out step numbers events");
         }
     }
 
@@ -708,6 +718,34 @@ impl PgStore {
             .await?
             .ok_or(StoreError::NotFound)?;
         deliveries::signing_secrets(&tx, &id, Timestamp::now()).await
+    }
+}
+
+/// Serves `sequence_after_commit` requests in batches until every sender is gone.
+async fn run_sequencer(
+    store: PgStore,
+    mut requests: tokio::sync::mpsc::UnboundedReceiver<tokio::sync::oneshot::Sender<()>>,
+) {
+    let mut waiting = Vec::new();
+    while let Some(first) = requests.recv().await {
+        waiting.push(first);
+        while let Ok(more) = requests.try_recv() {
+            waiting.push(more);
+        }
+        // Up to 1,000 events a step: keep stepping while a step was full.
+        loop {
+            match store.sequence_events().await {
+                Ok(n) if n >= 1000 => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "numbering committed events failed; the next step will");
+                    break;
+                }
+            }
+        }
+        for done in waiting.drain(..) {
+            let _ = done.send(());
+        }
     }
 }
 
