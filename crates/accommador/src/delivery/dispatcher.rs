@@ -32,10 +32,22 @@ const LANES_PER_STEP: usize = 256;
 #[derive(Debug, Default)]
 struct Lane {
     due_at: Option<Timestamp>,
+    /// Deliveries handed out and not yet recorded: never handed out again meanwhile.
     in_flight: HashSet<String>,
+    /// Of those, the ones whose request is still open: what the per-endpoint bound counts.
+    /// A slot frees when the endpoint answers, not when the result is committed, so a busy
+    /// database does not throttle deliveries to an endpoint that answers quickly.
+    active: usize,
 }
 
-/// A finished attempt, as the attempt task reports it.
+/// What an attempt task reports: the endpoint answered, then the result was recorded.
+#[derive(Debug)]
+enum Finished {
+    Answered { endpoint_id: String },
+    Recorded(Done),
+}
+
+/// A recorded attempt.
 #[derive(Debug)]
 struct Done {
     endpoint_id: String,
@@ -52,8 +64,8 @@ pub struct Dispatcher {
     global: Arc<Semaphore>,
     per_endpoint: usize,
     wake_rx: mpsc::UnboundedReceiver<Wake>,
-    done_tx: mpsc::UnboundedSender<Done>,
-    done_rx: mpsc::UnboundedReceiver<Done>,
+    done_tx: mpsc::UnboundedSender<Finished>,
+    done_rx: mpsc::UnboundedReceiver<Finished>,
     /// This dispatcher's lease terms on a shared database.
     lease: Lease,
     /// Where finished attempts go to be recorded, in batches.
@@ -117,6 +129,17 @@ impl Dispatcher {
         lane.due_at = Some(lane.due_at.map_or(at, |d| d.min(at)));
     }
 
+    fn on_finished(&mut self, f: Finished) {
+        match f {
+            Finished::Answered { endpoint_id } => {
+                if let Some(lane) = self.lanes.get_mut(&endpoint_id) {
+                    lane.active = lane.active.saturating_sub(1);
+                }
+            }
+            Finished::Recorded(done) => self.finish(done),
+        }
+    }
+
     fn finish(&mut self, done: Done) {
         self.in_flight.remove(&done.delivery_id);
         if let Some(lane) = self.lanes.get_mut(&done.endpoint_id) {
@@ -153,14 +176,14 @@ impl Dispatcher {
                 tracing::warn!(error = %e, "rescanning pending deliveries failed");
             }
         }
-        while let Ok(done) = self.done_rx.try_recv() {
-            self.finish(done);
+        while let Ok(f) = self.done_rx.try_recv() {
+            self.on_finished(f);
         }
         let now = Timestamp::now();
         let mut ready: Vec<(Timestamp, String)> = self
             .lanes
             .iter()
-            .filter(|(_, l)| l.in_flight.len() < self.per_endpoint)
+            .filter(|(_, l)| l.active < self.per_endpoint)
             .filter_map(|(id, l)| l.due_at.filter(|d| *d <= now).map(|d| (d, id.clone())))
             .collect();
         ready.sort();
@@ -173,7 +196,7 @@ impl Dispatcher {
                     let lane = &self.lanes[id];
                     LaneRequest {
                         endpoint_id: id.clone(),
-                        limit: (self.per_endpoint - lane.in_flight.len()).min(permits),
+                        limit: (self.per_endpoint - lane.active).min(permits),
                         in_flight: lane.in_flight.iter().cloned().collect(),
                         lease: Some(self.lease.clone()),
                     }
@@ -200,6 +223,7 @@ impl Dispatcher {
                             };
                             permits = permits.saturating_sub(1);
                             lane.in_flight.insert(d.id.clone());
+                            lane.active += 1;
                             self.in_flight.insert(&d.id);
                             starts.push((d, permit));
                         }
@@ -223,7 +247,7 @@ impl Dispatcher {
         });
         self.lanes
             .values()
-            .filter(|l| l.in_flight.len() < self.per_endpoint)
+            .filter(|l| l.active < self.per_endpoint)
             .filter_map(|l| l.due_at)
             .chain(next_rescan)
             .min()
@@ -235,8 +259,12 @@ impl Dispatcher {
         let done = self.done_tx.clone();
         let in_flight = self.in_flight.clone();
         tokio::spawn(async move {
-            let _permit = permit;
             let result = client.attempt(&d).await;
+            // The endpoint has answered: its slot and the global one are free again.
+            drop(permit);
+            let _ = done.send(Finished::Answered {
+                endpoint_id: d.endpoint_id.clone(),
+            });
             record_metrics(&d, &result);
             let (reply, recorded) = oneshot::channel();
             let _ = recorder.send(ToRecord {
@@ -261,11 +289,11 @@ impl Dispatcher {
             };
             // Recorded (or given up): a manual retry may be queued from now on.
             in_flight.remove(&d.id);
-            let _ = done.send(Done {
+            let _ = done.send(Finished::Recorded(Done {
                 endpoint_id: d.endpoint_id,
                 delivery_id: d.id,
                 next_due,
-            });
+            }));
         });
     }
 
@@ -299,9 +327,9 @@ impl Dispatcher {
                     Some(w) => self.on_wake(w),
                     None => return,
                 },
-                d = self.done_rx.recv() => {
-                    if let Some(d) = d {
-                        self.finish(d);
+                f = self.done_rx.recv() => {
+                    if let Some(f) = f {
+                        self.on_finished(f);
                     }
                 }
                 () = tokio::time::sleep(sleep), if !sleep.is_zero() => {}
