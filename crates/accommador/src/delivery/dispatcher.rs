@@ -198,6 +198,7 @@ impl Dispatcher {
                         endpoint_id: id.clone(),
                         limit: (self.per_endpoint - lane.active).min(permits),
                         in_flight: lane.in_flight.iter().cloned().collect(),
+                        active: lane.active,
                         lease: Some(self.lease.clone()),
                     }
                 })

@@ -594,6 +594,9 @@ pub struct LaneRequest {
     pub limit: usize,
     /// Deliveries already being attempted (not to be handed out again).
     pub in_flight: Vec<String>,
+    /// Of those, the ones whose request is still open: this instance's share of the
+    /// per-endpoint bound (answered ones waiting to be recorded no longer count).
+    pub active: usize,
     /// Lease terms on a shared database.
     pub lease: Option<Lease>,
 }

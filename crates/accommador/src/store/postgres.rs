@@ -13,7 +13,10 @@
 //!   response (as on SQLite, the duplicate waits rather than getting a 409).
 //! - Timestamps are bigint milliseconds, like SQLite, so both render identically.
 
+mod cached;
 mod deliveries;
+
+use cached::Cached;
 
 use std::str::FromStr;
 
@@ -40,13 +43,22 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_init.sql"),
     include_str!("../../migrations/postgres/0002_leases.sql"),
     include_str!("../../migrations/postgres/0003_commit_order.sql"),
+    include_str!("../../migrations/postgres/0004_leased_index.sql"),
 ];
 /// Serialises migrations of instances starting together.
 const MIGRATION_LOCK: i64 = 0x00ac_c0d0_2026;
 
+/// Connections of the background pool: the event sequencer, fan-out, leasing, recording
+/// attempts and wake-up notices each hold at most one at a time.
+const BACKGROUND_POOL: usize = 6;
+
 #[derive(Clone)]
 pub struct PgStore {
+    /// The API's connections (`database_pool_size`).
     pool: Pool,
+    /// The delivery side's and the sequencer's own connections, so a burst of API requests
+    /// never starves fan-out, leasing or acknowledgements (nor the reverse).
+    background: Pool,
     url: String,
     /// Requests to number committed events, served in batches (see `sequence_after_commit`).
     sequencer: tokio::sync::mpsc::UnboundedSender<tokio::sync::oneshot::Sender<()>>,
@@ -75,26 +87,30 @@ fn conversion(what: impl Into<String>) -> StoreError {
 }
 
 impl PgStore {
-    /// Connects (a pool of `pool_size`) and applies the migrations this database has not seen.
+    /// Connects (`pool_size` connections for the API, a few more for the delivery side, both
+    /// opened on demand) and applies the migrations this database has not seen.
     pub async fn open(url: &str, pool_size: usize) -> anyhow::Result<PgStore> {
         let config = tokio_postgres::Config::from_str(url).context("parsing the PostgreSQL URL")?;
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(pool_size.max(2))
-            .wait_timeout(Some(std::time::Duration::from_secs(10)))
-            .create_timeout(Some(std::time::Duration::from_secs(5)))
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .build()
-            .context("building the PostgreSQL pool")?;
+        let pool = |size: usize| {
+            let manager = Manager::from_config(
+                config.clone(),
+                NoTls,
+                ManagerConfig {
+                    recycling_method: RecyclingMethod::Fast,
+                },
+            );
+            Pool::builder(manager)
+                .max_size(size)
+                .wait_timeout(Some(std::time::Duration::from_secs(10)))
+                .create_timeout(Some(std::time::Duration::from_secs(5)))
+                .runtime(deadpool_postgres::Runtime::Tokio1)
+                .build()
+                .context("building the PostgreSQL pool")
+        };
         let (sequencer, requests) = tokio::sync::mpsc::unbounded_channel();
         let store = PgStore {
-            pool,
+            pool: pool(pool_size.max(2))?,
+            background: pool(BACKGROUND_POOL)?,
             url: url.to_owned(),
             sequencer,
         };
@@ -108,7 +124,7 @@ impl PgStore {
     async fn migrate(&self) -> anyhow::Result<()> {
         let mut client = self.pool.get().await.context("connecting to PostgreSQL")?;
         let tx = client.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        tx.run("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await?;
         tx.batch_execute(
             "CREATE TABLE IF NOT EXISTS accommador_migrations (
@@ -116,7 +132,7 @@ impl PgStore {
         )
         .await?;
         let applied: i32 = tx
-            .query_one(
+            .fetch_one(
                 "SELECT COALESCE(MAX(version), 0) FROM accommador_migrations",
                 &[],
             )
@@ -133,7 +149,7 @@ impl PgStore {
             tx.batch_execute(sql)
                 .await
                 .with_context(|| format!("applying PostgreSQL migration {}", i + 1))?;
-            tx.execute(
+            tx.run(
                 "INSERT INTO accommador_migrations (version) VALUES ($1)",
                 &[&((i + 1) as i32)],
             )
@@ -147,9 +163,14 @@ impl PgStore {
         &self.url
     }
 
-    /// A pooled connection.
+    /// A pooled connection for an API request.
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(pool_err)
+    }
+
+    /// A connection of the background pool (sequencer, fan-out, leasing, recording).
+    async fn background_client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.background.get().await.map_err(pool_err)
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -163,13 +184,13 @@ impl PgStore {
         let tx = client.transaction().await.map_err(pg_err)?;
         let now = Timestamp::now().millis();
         let id = ids::new_id(ids::ORG);
-        tx.execute(
+        tx.run(
             "INSERT INTO organizations (id, name, created_at) VALUES ($1, $2, $3)",
             &[&id, &name, &now],
         )
         .await
         .map_err(pg_err)?;
-        tx.execute(
+        tx.run(
             "INSERT INTO api_keys (id, org_id, lookup, hash, created_at) VALUES ($1, $2, $3, $4, $5)",
             &[&ids::new_id(ids::API_KEY), &id, &key.lookup, &key.hash.as_slice(), &now],
         )
@@ -216,14 +237,14 @@ impl PgStore {
         if let Some(req) = &idempotency {
             // Drop an expired record, then claim the key. A concurrent holder of the same key
             // makes this insert wait for its commit; then the key is taken and we replay.
-            tx.execute(
+            tx.run(
                 "DELETE FROM idempotency_keys WHERE org_id = $1 AND key = $2 AND created_at < $3",
                 &[&org, &req.key, &(now.millis() - IDEMPOTENCY_TTL_MS)],
             )
             .await
             .map_err(pg_err)?;
             let claimed = tx
-                .execute(
+                .run(
                     "INSERT INTO idempotency_keys (org_id, key, fingerprint, status, body, created_at)
                      VALUES ($1, $2, $3, 0, '', $4) ON CONFLICT DO NOTHING",
                     &[&org, &req.key, &req.fingerprint.as_slice(), &now.millis()],
@@ -232,7 +253,7 @@ impl PgStore {
                 .map_err(pg_err)?;
             if claimed == 0 {
                 let row = tx
-                    .query_one(
+                    .fetch_one(
                         "SELECT fingerprint, status, body FROM idempotency_keys
                          WHERE org_id = $1 AND key = $2",
                         &[&org, &req.key],
@@ -251,7 +272,7 @@ impl PgStore {
             }
         }
         let user = new.into_record(ids::new_id(ids::USER), now);
-        tx.execute("SAVEPOINT change", &[]).await.map_err(pg_err)?;
+        tx.run("SAVEPOINT change", &[]).await.map_err(pg_err)?;
         let result = match insert_user(&tx, &org, &user).await {
             Ok(()) => insert_event(
                 &tx,
@@ -263,13 +284,13 @@ impl PgStore {
             Err(e) => Err(e),
         };
         if result.is_err() {
-            tx.execute("ROLLBACK TO SAVEPOINT change", &[])
+            tx.run("ROLLBACK TO SAVEPOINT change", &[])
                 .await
                 .map_err(pg_err)?;
         }
         let outcome = match (&idempotency, render(&result)) {
             (Some(req), Some(saved)) => {
-                tx.execute(
+                tx.run(
                     "UPDATE idempotency_keys SET status = $3, body = $4 WHERE org_id = $1 AND key = $2",
                     &[&org, &req.key, &(saved.status as i32), &saved.body],
                 )
@@ -309,13 +330,13 @@ impl PgStore {
     /// Numbers committed events in commit order (see the module docs). Runs after the commit
     /// of every change that wrote events, and before each fan-out step.
     pub async fn sequence_events(&self) -> Result<u64, StoreError> {
-        let mut client = self.client().await?;
+        let mut client = self.background_client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
-        tx.execute("SELECT 1 FROM event_sequencer WHERE id = 1 FOR UPDATE", &[])
+        tx.run("SELECT 1 FROM event_sequencer WHERE id = 1 FOR UPDATE", &[])
             .await
             .map_err(pg_err)?;
         let n = tx
-            .execute(
+            .run(
                 // Numbers are drawn in seq order (the innermost ORDER BY feeds nextval), and
                 // the partial index on unnumbered events keeps this off the whole table.
                 "UPDATE events e SET commit_seq = n.cs
@@ -353,7 +374,7 @@ impl PgStore {
         let Some((next, previous)) = patch.apply(&user, Timestamp::now()) else {
             return Ok(user);
         };
-        tx.execute(
+        tx.run(
             "UPDATE users SET email = $1, email_lower = $2, name = $3, attributes = $4,
                  version = $5, updated_at = $6 WHERE id = $7 AND org_id = $8",
             &[
@@ -395,7 +416,7 @@ impl PgStore {
             .await?
             .ok_or(StoreError::NotFound)?;
         let last = tombstone(&user, Timestamp::now());
-        tx.execute(
+        tx.run(
             "UPDATE users SET version = $1, updated_at = $2, deleted_at = $2
              WHERE id = $3 AND org_id = $4",
             &[
@@ -429,7 +450,7 @@ impl PgStore {
         let tx = client.transaction().await.map_err(pg_err)?;
         let after_seq = cursor_seq(&tx, "users", &org, after.as_deref()).await?;
         let rows = tx
-            .query(
+            .fetch(
                 &format!(
                     "SELECT {USER_COLUMNS} FROM users
                      WHERE org_id = $1 AND deleted_at IS NULL AND seq > $2
@@ -454,7 +475,7 @@ impl PgStore {
         let tx = client.transaction().await.map_err(pg_err)?;
         if let Some(after) = &after {
             let known = tx
-                .query_opt(
+                .fetch_opt(
                     "SELECT 1 FROM events WHERE id = $1 AND org_id = $2",
                     &[after, &org],
                 )
@@ -490,7 +511,7 @@ impl PgStore {
     pub async fn get_event(&self, org: String, id: String) -> Result<StoredEvent, StoreError> {
         let client = self.client().await?;
         client
-            .query_opt(
+            .fetch_opt(
                 "SELECT id, payload FROM events
                  WHERE id = $1 AND org_id = $2 AND type <> 'webhook.test'",
                 &[&id, &org],
@@ -507,7 +528,7 @@ impl PgStore {
     pub async fn purge_idempotency_keys(&self, now: Timestamp) -> Result<usize, StoreError> {
         let client = self.client().await?;
         let n = client
-            .execute(
+            .run(
                 "DELETE FROM idempotency_keys WHERE ctid IN (
                      SELECT ctid FROM idempotency_keys WHERE created_at < $1 LIMIT 5000)",
                 &[&(now.millis() - IDEMPOTENCY_TTL_MS)],
@@ -527,7 +548,7 @@ impl PgStore {
         let tx = client.transaction().await.map_err(pg_err)?;
         let now = Timestamp::now();
         let e = new.into_record(ids::new_id(ids::ENDPOINT), now);
-        tx.execute(
+        tx.run(
             "INSERT INTO endpoints (id, org_id, url, event_types, description, status,
                                     created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
@@ -543,7 +564,7 @@ impl PgStore {
         )
         .await
         .map_err(pg_err)?;
-        tx.execute(
+        tx.run(
             "INSERT INTO endpoint_secrets (endpoint_id, secret, created_at) VALUES ($1, $2, $3)",
             &[&e.id, &secret, &now.millis()],
         )
@@ -575,7 +596,7 @@ impl PgStore {
         let tx = client.transaction().await.map_err(pg_err)?;
         let after_seq = cursor_seq(&tx, "endpoints", &org, after.as_deref()).await?;
         let rows = tx
-            .query(
+            .fetch(
                 &format!(
                     "SELECT {ENDPOINT_COLUMNS} FROM endpoints
                      WHERE org_id = $1 AND deleted_at IS NULL AND seq > $2
@@ -606,7 +627,7 @@ impl PgStore {
         let Some(next) = patch.apply(&e, Timestamp::now()) else {
             return Ok(e);
         };
-        tx.execute(
+        tx.run(
             "UPDATE endpoints SET url = $1, event_types = $2, description = $3, status = $4,
                  disabled_reason = $5,
                  failing_since = CASE WHEN $4 = 'enabled' THEN NULL ELSE failing_since END,
@@ -638,7 +659,7 @@ impl PgStore {
         let tx = client.transaction().await.map_err(pg_err)?;
         let now = Timestamp::now();
         let changed = tx
-            .execute(
+            .run(
                 "UPDATE endpoints SET deleted_at = $1, updated_at = $1
                  WHERE id = $2 AND org_id = $3 AND deleted_at IS NULL",
                 &[&now.millis(), &id, &org],
@@ -648,7 +669,7 @@ impl PgStore {
         if changed == 0 {
             return Err(StoreError::NotFound);
         }
-        tx.execute(
+        tx.run(
             "DELETE FROM endpoint_secrets WHERE endpoint_id = $1",
             &[&id],
         )
@@ -664,7 +685,7 @@ impl PgStore {
         live_endpoint(&tx, &org, &id, false)
             .await?
             .ok_or(StoreError::NotFound)?;
-        tx.query_one(
+        tx.fetch_one(
             "SELECT secret FROM endpoint_secrets WHERE endpoint_id = $1 AND expires_at IS NULL",
             &[&id],
         )
@@ -685,19 +706,19 @@ impl PgStore {
             .await?
             .ok_or(StoreError::NotFound)?;
         let now = Timestamp::now().millis();
-        tx.execute(
+        tx.run(
             "DELETE FROM endpoint_secrets WHERE endpoint_id = $1 AND expires_at IS NOT NULL",
             &[&id],
         )
         .await
         .map_err(pg_err)?;
-        tx.execute(
+        tx.run(
             "UPDATE endpoint_secrets SET expires_at = $2 WHERE endpoint_id = $1 AND expires_at IS NULL",
             &[&id, &(now + SECRET_OVERLAP_MS)],
         )
         .await
         .map_err(pg_err)?;
-        tx.execute(
+        tx.run(
             "INSERT INTO endpoint_secrets (endpoint_id, secret, created_at) VALUES ($1, $2, $3)",
             &[&id, &secret, &now],
         )
@@ -759,7 +780,7 @@ async fn cursor_seq(
     let Some(id) = after else {
         return Ok(0);
     };
-    tx.query_opt(
+    tx.fetch_opt(
         &format!("SELECT seq FROM {table} WHERE id = $1 AND org_id = $2"),
         &[&id, &org],
     )
@@ -794,7 +815,7 @@ async fn live_user(
     for_update: bool,
 ) -> Result<Option<UserRecord>, StoreError> {
     let lock = if for_update { " FOR UPDATE" } else { "" };
-    tx.query_opt(
+    tx.fetch_opt(
         &format!(
             "SELECT {USER_COLUMNS} FROM users
              WHERE id = $1 AND org_id = $2 AND deleted_at IS NULL{lock}"
@@ -808,7 +829,7 @@ async fn live_user(
 }
 
 async fn insert_user(tx: &Transaction<'_>, org: &str, u: &UserRecord) -> Result<(), StoreError> {
-    tx.execute(
+    tx.run(
         "INSERT INTO users (id, org_id, email, email_lower, name, attributes, version,
                             created_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -836,7 +857,7 @@ async fn insert_user(tx: &Transaction<'_>, org: &str, u: &UserRecord) -> Result<
 }
 
 async fn insert_event(tx: &Transaction<'_>, org: &str, e: &NewEvent) -> Result<(), StoreError> {
-    tx.execute(
+    tx.run(
         "INSERT INTO events (id, org_id, type, user_id, user_version, occurred_at, payload)
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
         &[
@@ -886,7 +907,7 @@ async fn live_endpoint(
     for_update: bool,
 ) -> Result<Option<EndpointRecord>, StoreError> {
     let lock = if for_update { " FOR UPDATE" } else { "" };
-    tx.query_opt(
+    tx.fetch_opt(
         &format!(
             "SELECT {ENDPOINT_COLUMNS} FROM endpoints
              WHERE id = $1 AND org_id = $2 AND deleted_at IS NULL{lock}"

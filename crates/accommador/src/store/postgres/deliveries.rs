@@ -6,12 +6,13 @@
 //! (see the module above). Attempt ownership across instances (leases) is not here yet: each
 //! instance keeps its in-flight set in memory, as on SQLite.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use accommador_webhooks::EventType;
 use deadpool_postgres::Transaction;
 
-use super::{PgStore, conversion, live_endpoint, pg_err};
+use super::{Cached, PgStore, conversion, live_endpoint, pg_err};
 use crate::domain::delivery::{
     AttemptRecord, AttemptResult, DeliveryFacts, DeliveryRecord, DeliveryStatus, ErrorClass, Next,
     RetryPolicy, Trigger,
@@ -35,7 +36,7 @@ pub(super) async fn fail_pending(
 ) -> Result<u64, StoreError> {
     // One statement: the UPDATE waits for each row's lock and re-checks it, so a delivery
     // whose attempt is being recorded right now is numbered after that attempt.
-    tx.execute(
+    tx.run(
         "WITH failed AS (
              UPDATE deliveries SET status = 'failed', attempt_count = attempt_count + 1,
                  next_attempt_at = NULL, manual = false, resume_at = NULL, updated_at = $2,
@@ -58,7 +59,7 @@ async fn disable_endpoint(
     reason: &str,
     now: Timestamp,
 ) -> Result<(), StoreError> {
-    tx.execute(
+    tx.run(
         "UPDATE endpoints SET status = 'disabled', disabled_reason = $2, updated_at = $3
          WHERE id = $1",
         &[&endpoint_id, &reason, &now.millis()],
@@ -82,7 +83,7 @@ async fn insert_delivery(
     let id = ids::new_id(ids::DELIVERY);
     // One delivery per (event, endpoint), whoever creates it first (fan-out or recover).
     let inserted = tx
-        .execute(
+        .run(
             "INSERT INTO deliveries (id, org_id, event_seq, event_id, event_type, endpoint_id,
                                  status, next_attempt_at, created_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $7, $7)
@@ -100,6 +101,63 @@ async fn insert_delivery(
         .await
         .map_err(pg_err)?;
     Ok((inserted == 1).then_some(id))
+}
+
+/// New deliveries, column by column, for one `INSERT … SELECT FROM UNNEST`.
+#[derive(Default)]
+struct NewDeliveries {
+    id: Vec<String>,
+    org_id: Vec<String>,
+    event_seq: Vec<i64>,
+    event_id: Vec<String>,
+    event_type: Vec<String>,
+    endpoint_id: Vec<String>,
+}
+
+impl NewDeliveries {
+    fn push(
+        &mut self,
+        org: &str,
+        event_seq: i64,
+        event_id: &str,
+        event_type: &str,
+        endpoint: &str,
+    ) {
+        self.id.push(ids::new_id(ids::DELIVERY));
+        self.org_id.push(org.to_owned());
+        self.event_seq.push(event_seq);
+        self.event_id.push(event_id.to_owned());
+        self.event_type.push(event_type.to_owned());
+        self.endpoint_id.push(endpoint.to_owned());
+    }
+
+    /// Inserts them, pending and due now; one delivery per (event, endpoint), whoever creates
+    /// it first (fan-out or recover). Returns how many were new.
+    async fn insert(&self, tx: &Transaction<'_>, now: Timestamp) -> Result<u64, StoreError> {
+        if self.id.is_empty() {
+            return Ok(0);
+        }
+        tx.run(
+            "INSERT INTO deliveries (id, org_id, event_seq, event_id, event_type, endpoint_id,
+                                     status, next_attempt_at, created_at, updated_at)
+             SELECT u.*, 'pending', $7::bigint, $7::bigint, $7::bigint
+             FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[])
+                  AS u(id, org_id, event_seq, event_id, event_type, endpoint_id)
+             ORDER BY u.event_seq, u.endpoint_id
+             ON CONFLICT (event_id, endpoint_id) DO NOTHING",
+            &[
+                &self.id,
+                &self.org_id,
+                &self.event_seq,
+                &self.event_id,
+                &self.event_type,
+                &self.endpoint_id,
+                &now.millis(),
+            ],
+        )
+        .await
+        .map_err(pg_err)
+    }
 }
 
 const DELIVERY_COLUMNS: &str = "id, event_id, event_type, endpoint_id, status, attempt_count,
@@ -129,7 +187,7 @@ async fn get_delivery_row(
     org: &str,
     id: &str,
 ) -> Result<Option<DeliveryRecord>, StoreError> {
-    tx.query_opt(
+    tx.fetch_opt(
         &format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = $1 AND org_id = $2"),
         &[&id, &org],
     )
@@ -145,7 +203,7 @@ pub(super) async fn signing_secrets(
     now: Timestamp,
 ) -> Result<Vec<String>, StoreError> {
     Ok(tx
-        .query(
+        .fetch(
             "SELECT secret FROM endpoint_secrets
              WHERE endpoint_id = $1 AND (expires_at IS NULL OR expires_at > $2)
              ORDER BY expires_at IS NOT NULL, created_at DESC",
@@ -158,43 +216,16 @@ pub(super) async fn signing_secrets(
         .collect())
 }
 
-async fn insert_attempt(
-    tx: &Transaction<'_>,
-    delivery_id: &str,
-    number: i32,
-    r: &AttemptResult,
-) -> Result<(), StoreError> {
-    tx.execute(
-        "INSERT INTO attempts (delivery_id, number, trigger, started_at, duration_ms,
-                               status_code, error_class, error, response_headers, response_body)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        &[
-            &delivery_id,
-            &number,
-            &r.trigger.as_str(),
-            &r.started_at.millis(),
-            &(r.duration_ms as i64),
-            &r.status_code.map(i32::from),
-            &r.error_class.map(ErrorClass::as_str),
-            &r.error,
-            &serde_json::to_string(&r.response_headers).expect("headers serialise"),
-            &r.response_body,
-        ],
-    )
-    .await
-    .map(|_| ())
-    .map_err(pg_err)
-}
-
 impl PgStore {
     pub async fn fan_out(&self) -> Result<FanOut, StoreError> {
         // Number what has committed, then take the next events in that order. The cursor row
-        // lock makes each event fanned out exactly once across instances.
+        // lock makes each event fanned out exactly once across instances. A step is a fixed
+        // number of statements, whatever the number of events and endpoints.
         self.sequence_events().await?;
-        let mut client = self.client().await?;
+        let mut client = self.background_client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
         let events = tx
-            .query(
+            .fetch(
                 "WITH cursor AS (SELECT last_commit_seq FROM fanout_cursor WHERE id = 1 FOR UPDATE)
                  SELECT e.seq, e.id, e.org_id, e.type, e.commit_seq FROM events e, cursor c
                  WHERE e.commit_seq > c.last_commit_seq
@@ -203,65 +234,103 @@ impl PgStore {
             )
             .await
             .map_err(pg_err)?;
-        let now = Timestamp::now();
-        let mut woken: Vec<String> = Vec::new();
-        let (mut created, mut taken, mut last) = (0, 0, None::<i64>);
-        for row in &events {
-            if created >= FANOUT_DELIVERIES {
-                break;
-            }
-            let (seq, event_id, org, event_type): (i64, String, String, String) =
-                (row.get(0), row.get(1), row.get(2), row.get(3));
-            last = Some(row.get(4));
-            taken += 1;
-            let Some(kind) =
-                EventType::parse(&event_type).filter(|t| EventType::USER_EVENTS.contains(t))
-            else {
-                continue;
-            };
-            // Endpoints whose creation did not see this event (it committed after them).
-            let candidates = tx
-                .query(
-                    "SELECT ep.id, ep.event_types FROM endpoints ep, events e
-                     WHERE e.seq = $2 AND ep.org_id = $1 AND ep.status = 'enabled'
-                       AND ep.deleted_at IS NULL
-                       AND NOT pg_visible_in_snapshot(e.xid, ep.created_snapshot)
-                     FOR SHARE OF ep",
-                    &[&org, &seq],
-                )
-                .await
-                .map_err(pg_err)?;
-            let mut list = Vec::with_capacity(candidates.len());
-            for c in candidates {
-                let types: String = c.get(1);
-                let names: Vec<String> =
-                    serde_json::from_str(&types).map_err(StoreError::database)?;
-                let filter = EventTypeFilter::from_names(names.iter().map(String::as_str))
-                    .map_err(conversion)?;
-                list.push((c.get::<_, String>(0), filter));
-            }
-            for (endpoint_id, filter) in &list {
-                if filter.contains(kind) {
-                    if insert_delivery(&tx, &org, seq, &event_id, &event_type, endpoint_id, now)
-                        .await?
-                        .is_some()
-                    {
-                        created += 1;
-                    }
-                    if !woken.contains(endpoint_id) {
-                        woken.push(endpoint_id.clone());
-                    }
-                }
-            }
+        if events.is_empty() {
+            tx.commit().await.map_err(pg_err)?;
+            return Ok(FanOut {
+                events: 0,
+                woken: Vec::new(),
+            });
         }
-        if let Some(last) = last {
-            tx.execute(
-                "UPDATE fanout_cursor SET last_commit_seq = $1 WHERE id = 1",
-                &[&last],
+        // Bound the step by the endpoints it may create deliveries for (at least one event).
+        let mut orgs: Vec<String> = events.iter().map(|r| r.get(2)).collect();
+        orgs.sort();
+        orgs.dedup();
+        let endpoints_per_org: HashMap<String, i64> = tx
+            .fetch(
+                "SELECT org_id, count(*) FROM endpoints
+                 WHERE org_id = ANY($1) AND status = 'enabled' AND deleted_at IS NULL
+                 GROUP BY org_id",
+                &[&orgs],
             )
             .await
-            .map_err(pg_err)?;
+            .map_err(pg_err)?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let mut taken = 0;
+        let mut budget = 0i64;
+        for row in &events {
+            let org: String = row.get(2);
+            let fan = endpoints_per_org.get(&org).copied().unwrap_or(0);
+            if taken > 0 && budget + fan > FANOUT_DELIVERIES as i64 {
+                break;
+            }
+            budget += fan;
+            taken += 1;
         }
+        let events = &events[..taken];
+        let last: i64 = events[taken - 1].get(4);
+        let seqs: Vec<i64> = events
+            .iter()
+            .filter(|r| {
+                EventType::parse(r.get(3)).is_some_and(|t| EventType::USER_EVENTS.contains(&t))
+            })
+            .map(|r| r.get(0))
+            .collect();
+        // Each event's endpoints: enabled, and created before the event committed (their
+        // creation did not see it).
+        let pairs = if seqs.is_empty() {
+            Vec::new()
+        } else {
+            tx.fetch(
+                "SELECT e.seq, ep.id, ep.event_types
+                 FROM events e JOIN endpoints ep ON ep.org_id = e.org_id
+                 WHERE e.seq = ANY($1) AND ep.status = 'enabled' AND ep.deleted_at IS NULL
+                   AND NOT pg_visible_in_snapshot(e.xid, ep.created_snapshot)
+                 ORDER BY e.seq, ep.id
+                 FOR SHARE OF ep",
+                &[&seqs],
+            )
+            .await
+            .map_err(pg_err)?
+        };
+        let by_seq: HashMap<i64, &tokio_postgres::Row> =
+            events.iter().map(|r| (r.get::<_, i64>(0), r)).collect();
+        let mut filters: HashMap<String, EventTypeFilter> = HashMap::new();
+        let mut rows = NewDeliveries::default();
+        let now = Timestamp::now();
+        let mut woken: Vec<String> = Vec::new();
+        for pair in &pairs {
+            let (seq, endpoint_id): (i64, String) = (pair.get(0), pair.get(1));
+            let Some(event) = by_seq.get(&seq) else {
+                continue;
+            };
+            let event_type: String = event.get(3);
+            let Some(kind) = EventType::parse(&event_type) else {
+                continue;
+            };
+            if !filters.contains_key(&endpoint_id) {
+                let names: Vec<String> =
+                    serde_json::from_str(pair.get::<_, &str>(2)).map_err(StoreError::database)?;
+                let filter = EventTypeFilter::from_names(names.iter().map(String::as_str))
+                    .map_err(conversion)?;
+                filters.insert(endpoint_id.clone(), filter);
+            }
+            if !filters[&endpoint_id].contains(kind) {
+                continue;
+            }
+            rows.push(event.get(2), seq, event.get(1), &event_type, &endpoint_id);
+            if !woken.contains(&endpoint_id) {
+                woken.push(endpoint_id);
+            }
+        }
+        rows.insert(&tx, now).await?;
+        tx.run(
+            "UPDATE fanout_cursor SET last_commit_seq = $1 WHERE id = 1",
+            &[&last],
+        )
+        .await
+        .map_err(pg_err)?;
         tx.commit().await.map_err(pg_err)?;
         Ok(FanOut {
             events: taken,
@@ -270,9 +339,9 @@ impl PgStore {
     }
 
     pub async fn pending_lanes(&self) -> Result<Vec<(String, Timestamp)>, StoreError> {
-        let client = self.client().await?;
+        let client = self.background_client().await?;
         Ok(client
-            .query(
+            .fetch(
                 "SELECT endpoint_id, MIN(next_attempt_at) FROM deliveries
                  WHERE status = 'pending' GROUP BY endpoint_id",
                 &[],
@@ -292,7 +361,7 @@ impl PgStore {
         requests: Vec<LaneRequest>,
         _now: Timestamp,
     ) -> Result<Vec<LaneWork>, StoreError> {
-        let mut client = self.client().await?;
+        let mut client = self.background_client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
         let mut out = Vec::with_capacity(requests.len());
         // One lock order for every instance; an endpoint another instance is leasing right now
@@ -305,15 +374,19 @@ impl PgStore {
                 millis: 60_000,
                 per_endpoint: req.limit,
             });
-            let locked: bool = tx
-                .query_one(
-                    "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 7))",
+            // The advisory lock and the endpoint's state in one round trip. No row lock: the
+            // lease UPDATE below re-checks that the endpoint is enabled, and a disable that
+            // commits meanwhile fails what is pending (attempts in flight record as usual).
+            let state = tx
+                .fetch_opt(
+                    "SELECT pg_try_advisory_xact_lock(hashtextextended(id, 7)), status,
+                            disabled_reason, deleted_at IS NOT NULL
+                     FROM endpoints WHERE id = $1",
                     &[&req.endpoint_id],
                 )
                 .await
-                .map_err(pg_err)?
-                .get(0);
-            if !locked {
+                .map_err(pg_err)?;
+            if state.as_ref().is_some_and(|r| !r.get::<_, bool>(0)) {
                 out.push(LaneWork {
                     endpoint_id: req.endpoint_id,
                     due: Vec::new(),
@@ -323,19 +396,11 @@ impl PgStore {
             }
             // Deliveries that slipped past a disable or delete (created concurrently with it)
             // are failed here rather than sent.
-            let state = tx
-                .query_opt(
-                    "SELECT status, disabled_reason, deleted_at IS NOT NULL FROM endpoints
-                     WHERE id = $1 FOR SHARE",
-                    &[&req.endpoint_id],
-                )
-                .await
-                .map_err(pg_err)?;
             let closed = match &state {
                 None => Some("the endpoint was deleted".to_owned()),
-                Some(r) if r.get::<_, bool>(2) => Some("the endpoint was deleted".to_owned()),
-                Some(r) if r.get::<_, String>(0) != "enabled" => Some(
-                    r.get::<_, Option<String>>(1)
+                Some(r) if r.get::<_, bool>(3) => Some("the endpoint was deleted".to_owned()),
+                Some(r) if r.get::<_, String>(1) != "enabled" => Some(
+                    r.get::<_, Option<String>>(2)
                         .unwrap_or_else(|| "the endpoint is disabled".to_owned()),
                 ),
                 Some(_) => None,
@@ -349,12 +414,16 @@ impl PgStore {
                 });
                 continue;
             }
+            // The bound across instances: this instance's open requests (`active`) plus the
+            // unexpired leases of other instances (through the partial index of leased rows).
             let rows = tx
-                .query(
+                .fetch(
                     "WITH clock AS (SELECT accommador_now_ms() AS t),
                      busy AS (
                          SELECT count(*) AS n FROM deliveries, clock
-                         WHERE endpoint_id = $1 AND status = 'pending' AND lease_until > clock.t),
+                         WHERE endpoint_id = $1 AND status = 'pending'
+                           AND lease_token IS NOT NULL AND lease_token <> $4
+                           AND lease_until > clock.t),
                      picked AS (
                          SELECT d.id FROM deliveries d, clock
                          WHERE d.endpoint_id = $1 AND d.status = 'pending'
@@ -362,7 +431,8 @@ impl PgStore {
                            AND (d.lease_until IS NULL OR d.lease_until <= clock.t)
                            AND d.id <> ALL($6)
                          ORDER BY d.next_attempt_at
-                         LIMIT GREATEST(0, LEAST($2::bigint, $3::bigint - (SELECT n FROM busy)))
+                         LIMIT GREATEST(0, LEAST($2::bigint,
+                                                 $3::bigint - $7::bigint - (SELECT n FROM busy)))
                          FOR UPDATE OF d SKIP LOCKED)
                      UPDATE deliveries d
                         SET lease_token = $4, lease_until = (SELECT t FROM clock) + $5
@@ -378,6 +448,7 @@ impl PgStore {
                         &lease.token,
                         &lease.millis,
                         &req.in_flight,
+                        &(req.active as i64),
                     ],
                 )
                 .await
@@ -412,13 +483,19 @@ impl PgStore {
                 })
                 .collect();
             let leased_now: Vec<String> = due.iter().map(|d| d.id.clone()).collect();
-            // When this lane may next have work: its earliest pending delivery not leased now,
-            // or the expiry of a lease held by an instance that may have died.
+            // When this lane may next have work: its earliest pending delivery that nobody
+            // holds (in due order, through the due index: leased rows, ours included, are
+            // skipped), or the expiry of a lease held by an instance that may have died.
             let next: Option<i64> = tx
-                .query_one(
-                    "SELECT MIN(GREATEST(next_attempt_at, COALESCE(lease_until, 0)))
-                     FROM deliveries WHERE endpoint_id = $1 AND status = 'pending'
-                       AND id <> ALL($2) AND NOT (id = ANY($3))",
+                .fetch_one(
+                    "SELECT LEAST(
+                         (SELECT next_attempt_at FROM deliveries
+                          WHERE endpoint_id = $1 AND status = 'pending' AND lease_token IS NULL
+                          ORDER BY next_attempt_at LIMIT 1),
+                         (SELECT MIN(GREATEST(next_attempt_at, lease_until)) FROM deliveries
+                          WHERE endpoint_id = $1 AND status = 'pending'
+                            AND lease_token IS NOT NULL
+                            AND id <> ALL($2) AND NOT (id = ANY($3))))",
                     &[&req.endpoint_id, &req.in_flight, &leased_now],
                 )
                 .await
@@ -436,9 +513,9 @@ impl PgStore {
 
     /// Gives leases back (graceful shutdown): another instance may take them at once.
     pub async fn release_leases(&self, token: String, ids: Vec<String>) -> Result<(), StoreError> {
-        let client = self.client().await?;
+        let client = self.background_client().await?;
         client
-            .execute(
+            .run(
                 "UPDATE deliveries SET lease_token = NULL, lease_until = NULL
                  WHERE id = ANY($1) AND lease_token = $2",
                 &[&ids, &token],
@@ -451,198 +528,344 @@ impl PgStore {
     /// Tells every instance's listener that something happened (after commit, coalesced by
     /// the caller): `outbox` (new events) or `due` with endpoint IDs (`*`: rescan).
     pub async fn announce(&self, channel: &str, payload: String) -> Result<(), StoreError> {
-        let client = self.client().await?;
+        let client = self.background_client().await?;
         client
-            .execute("SELECT pg_notify($1, $2)", &[&channel, &payload])
+            .run("SELECT pg_notify($1, $2)", &[&channel, &payload])
             .await
             .map_err(pg_err)?;
         Ok(())
     }
 
-    /// Records attempts in one transaction (one commit for the batch). Rows are locked in
-    /// endpoint order so concurrent batches do not deadlock in the common case; if a batch
-    /// fails anyway, each attempt is recorded on its own.
+    /// Records attempts in one transaction (one commit for the batch) with a fixed number of
+    /// statements, whatever the batch size. If a batch fails anyway (a deadlock with another
+    /// instance, say), each attempt is recorded on its own.
     pub async fn record_attempts(
         &self,
-        mut batch: Vec<(String, Option<String>, AttemptResult)>,
+        batch: Vec<(String, Option<String>, AttemptResult)>,
         policy: Arc<RetryPolicy>,
     ) -> Vec<Result<Recorded, StoreError>> {
-        if batch.len() > 1 {
+        let distinct: std::collections::HashSet<&str> =
+            batch.iter().map(|b| b.0.as_str()).collect();
+        if batch.len() > 1 && distinct.len() == batch.len() {
             match self.record_batch(&batch, &policy).await {
-                Ok(recorded) => return recorded.into_iter().map(Ok).collect(),
+                Ok(recorded) => return recorded,
                 Err(e) => {
                     tracing::warn!(error = %e, size = batch.len(), "recording a batch failed; one at a time")
                 }
             }
         }
         let mut out = Vec::with_capacity(batch.len());
-        for item in batch.drain(..) {
+        for item in batch {
             out.push(
-                self.record_batch(std::slice::from_ref(&item), &policy)
+                match self
+                    .record_batch(std::slice::from_ref(&item), &policy)
                     .await
-                    .map(|mut r| r.remove(0)),
+                {
+                    Ok(mut r) => r.remove(0),
+                    Err(e) => Err(e),
+                },
             );
         }
         out
     }
 
+    /// One batch (distinct deliveries): lock what changes (endpoints whose failure clock moves
+    /// first, then the deliveries, each in ID order: the order disabling and deleting use),
+    /// decide each delivery's next step, then write every attempt with one INSERT and every
+    /// delivery with one UPDATE.
     async fn record_batch(
         &self,
         batch: &[(String, Option<String>, AttemptResult)],
         policy: &RetryPolicy,
-    ) -> Result<Vec<Recorded>, StoreError> {
-        let mut client = self.client().await?;
+    ) -> Result<Vec<Result<Recorded, StoreError>>, StoreError> {
+        let mut client = self.background_client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
-        // Lock endpoints in one order across concurrent batches.
+        let now = Timestamp::now();
         let ids: Vec<String> = batch.iter().map(|b| b.0.clone()).collect();
-        let endpoint_of: std::collections::HashMap<String, String> = tx
-            .query(
-                "SELECT id, endpoint_id FROM deliveries WHERE id = ANY($1)",
+        let mut endpoint_of: HashMap<String, String> = HashMap::new();
+        let mut clock_set: HashMap<String, bool> = HashMap::new();
+        for r in tx
+            .fetch(
+                "SELECT d.id, d.endpoint_id, ep.failing_since IS NOT NULL
+                 FROM deliveries d JOIN endpoints ep ON ep.id = d.endpoint_id
+                 WHERE d.id = ANY($1)",
                 &[&ids],
             )
             .await
             .map_err(pg_err)?
+        {
+            endpoint_of.insert(r.get(0), r.get(1));
+            clock_set.insert(r.get(1), r.get(2));
+        }
+        // An endpoint's row is written (and so locked first) when an attempt failed, or when
+        // one succeeded while its failure clock runs. A success racing another instance's
+        // first failure leaves that clock running until the next success.
+        let mut touched: Vec<String> = batch
             .iter()
-            .map(|r| (r.get(0), r.get(1)))
+            .filter_map(|(id, _, result)| {
+                let endpoint = endpoint_of.get(id)?;
+                (!result.succeeded() || clock_set.get(endpoint).copied().unwrap_or(false))
+                    .then(|| endpoint.clone())
+            })
             .collect();
-        let mut order: Vec<usize> = (0..batch.len()).collect();
-        order.sort_by(|a, b| {
-            let key = |i: &usize| (endpoint_of.get(&batch[*i].0).cloned(), batch[*i].0.clone());
-            key(a).cmp(&key(b))
-        });
-        let mut out = vec![
-            Recorded {
-                next_due: None,
-                endpoint_disabled: false
+        touched.sort();
+        touched.dedup();
+        let mut clocks: HashMap<String, (String, Option<i64>)> = HashMap::new();
+        if !touched.is_empty() {
+            for r in tx
+                .fetch(
+                    "SELECT id, status, failing_since FROM endpoints
+                     WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+                    &[&touched],
+                )
+                .await
+                .map_err(pg_err)?
+            {
+                clocks.insert(r.get(0), (r.get(1), r.get(2)));
+            }
+        }
+        let mut current: HashMap<String, tokio_postgres::Row> = tx
+            .fetch(
+                "SELECT id, status, attempt_count, retries_used, resume_at, lease_token
+                 FROM deliveries WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                &[&ids],
+            )
+            .await
+            .map_err(pg_err)?
+            .into_iter()
+            .map(|r| (r.get::<_, String>(0), r))
+            .collect();
+
+        let mut attempts = AttemptColumns::default();
+        let mut updates = DeliveryColumns::default();
+        let mut out: Vec<Result<Recorded, StoreError>> = Vec::with_capacity(batch.len());
+        // Per touched endpoint: (started_at, succeeded, gone) of its recorded attempts.
+        let mut outcomes: HashMap<String, Vec<(i64, bool, bool)>> = HashMap::new();
+        for (delivery_id, lease_token, result) in batch {
+            let Some(row) = current.remove(delivery_id) else {
+                out.push(Err(StoreError::NotFound));
+                continue;
             };
-            batch.len()
-        ];
-        for i in order {
-            let (id, token, result) = &batch[i];
-            out[i] = record_in(&tx, id, token.as_deref(), result, policy).await?;
+            let status: String = row.get(1);
+            let attempt_count: i32 = row.get(2);
+            let retries_used: i32 = row.get(3);
+            let resume_at: Option<i64> = row.get(4);
+            let holder: Option<String> = row.get(5);
+            if lease_token.is_some() && holder.as_deref() != lease_token.as_deref() {
+                // The lease expired and another instance took the delivery (or it was
+                // released): only the lease holder writes results.
+                tracing::warn!(delivery_id = %delivery_id, "lease lost; this attempt's result is discarded");
+                out.push(Ok(Recorded {
+                    next_due: None,
+                    endpoint_disabled: false,
+                }));
+                continue;
+            }
+            let number = attempt_count + 1;
+            let next = if status == DeliveryStatus::Pending.as_str() {
+                let facts = DeliveryFacts {
+                    retries_used: retries_used as u32,
+                    resume_at: resume_at.map(Timestamp),
+                };
+                policy.decide(facts, result, now, rand::random::<f64>() * 2.0 - 1.0)
+            } else if result.succeeded() {
+                Next::Succeeded
+            } else {
+                Next::Failed
+            };
+            let (new_status, next_at, spent) = match next {
+                Next::Succeeded => (DeliveryStatus::Succeeded, None, 0i32),
+                Next::Failed => (DeliveryStatus::Failed, None, 0),
+                Next::RetryAt { at, spends_retry } => {
+                    (DeliveryStatus::Pending, Some(at), i32::from(spends_retry))
+                }
+            };
+            attempts.push(delivery_id, number, result);
+            updates.push(delivery_id, new_status, number, spent, next_at, result);
+            if let Some(endpoint) = endpoint_of.get(delivery_id)
+                && clocks.contains_key(endpoint)
+            {
+                outcomes.entry(endpoint.clone()).or_default().push((
+                    result.started_at.millis(),
+                    result.succeeded(),
+                    result.gone(),
+                ));
+            }
+            out.push(Ok(Recorded {
+                next_due: next_at,
+                endpoint_disabled: false,
+            }));
+        }
+        if !attempts.delivery_id.is_empty() {
+            attempts.insert(&tx).await?;
+            updates.apply(&tx, now).await?;
+        }
+
+        // Failure clocks, in the order the attempts started: a success stops the clock, the
+        // first failure after it starts it again. 410 Gone, or failing for too long, disables
+        // the endpoint (and fails what it still has pending).
+        let mut disabled: Vec<String> = Vec::new();
+        for endpoint in &touched {
+            let (Some((ep_status, since_before)), Some(seen)) =
+                (clocks.get(endpoint), outcomes.get_mut(endpoint))
+            else {
+                continue;
+            };
+            seen.sort_unstable();
+            let mut since = *since_before;
+            for &(started, ok, _) in seen.iter() {
+                if ok {
+                    since = None;
+                } else if since.is_none() {
+                    since = Some(started);
+                }
+            }
+            let enabled = ep_status == "enabled";
+            if since != *since_before && (enabled || since.is_none()) {
+                tx.run(
+                    "UPDATE endpoints SET failing_since = $2 WHERE id = $1",
+                    &[endpoint, &since],
+                )
+                .await
+                .map_err(pg_err)?;
+            }
+            if !enabled {
+                continue;
+            }
+            let reason = if seen.iter().any(|&(_, _, gone)| gone) {
+                Some(DISABLED_GONE.to_owned())
+            } else {
+                since
+                    .filter(|s| policy.should_disable(Timestamp(*s), now))
+                    .map(|s| format!("failing continuously since {}", Timestamp(s).to_rfc3339()))
+            };
+            if let Some(reason) = reason {
+                disable_endpoint(&tx, endpoint, &reason, now).await?;
+                disabled.push(endpoint.clone());
+            }
         }
         tx.commit().await.map_err(pg_err)?;
+        if !disabled.is_empty() {
+            for ((delivery_id, _, _), recorded) in batch.iter().zip(out.iter_mut()) {
+                if let (Ok(r), Some(endpoint)) = (recorded, endpoint_of.get(delivery_id))
+                    && disabled.contains(endpoint)
+                {
+                    r.next_due = None;
+                    r.endpoint_disabled = true;
+                }
+            }
+        }
         Ok(out)
     }
 }
 
-/// Records one attempt inside `tx` and applies what follows it.
-async fn record_in(
-    tx: &Transaction<'_>,
-    delivery_id: &str,
-    lease_token: Option<&str>,
-    result: &AttemptResult,
-    policy: &RetryPolicy,
-) -> Result<Recorded, StoreError> {
-    {
-        let now = Timestamp::now();
-        // Endpoint row first, then the delivery: the order disabling and deleting use too.
-        tx.execute(
-            "SELECT 1 FROM endpoints
-             WHERE id = (SELECT endpoint_id FROM deliveries WHERE id = $1) FOR UPDATE",
-            &[&delivery_id],
+/// The attempts of a batch, column by column, for one `INSERT … SELECT FROM UNNEST`.
+#[derive(Default)]
+struct AttemptColumns {
+    delivery_id: Vec<String>,
+    number: Vec<i32>,
+    trigger: Vec<&'static str>,
+    started_at: Vec<i64>,
+    duration_ms: Vec<i64>,
+    status_code: Vec<Option<i32>>,
+    error_class: Vec<Option<&'static str>>,
+    error: Vec<Option<String>>,
+    response_headers: Vec<String>,
+    response_body: Vec<String>,
+}
+
+impl AttemptColumns {
+    fn push(&mut self, delivery_id: &str, number: i32, r: &AttemptResult) {
+        self.delivery_id.push(delivery_id.to_owned());
+        self.number.push(number);
+        self.trigger.push(r.trigger.as_str());
+        self.started_at.push(r.started_at.millis());
+        self.duration_ms.push(r.duration_ms as i64);
+        self.status_code.push(r.status_code.map(i32::from));
+        self.error_class.push(r.error_class.map(ErrorClass::as_str));
+        self.error.push(r.error.clone());
+        self.response_headers
+            .push(serde_json::to_string(&r.response_headers).expect("headers serialise"));
+        self.response_body.push(r.response_body.clone());
+    }
+
+    async fn insert(&self, tx: &Transaction<'_>) -> Result<(), StoreError> {
+        tx.run(
+            "INSERT INTO attempts (delivery_id, number, trigger, started_at, duration_ms,
+                                   status_code, error_class, error, response_headers,
+                                   response_body)
+             SELECT * FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::int8[], $5::int8[],
+                                  $6::int4[], $7::text[], $8::text[], $9::text[], $10::text[])",
+            &[
+                &self.delivery_id,
+                &self.number,
+                &self.trigger,
+                &self.started_at,
+                &self.duration_ms,
+                &self.status_code,
+                &self.error_class,
+                &self.error,
+                &self.response_headers,
+                &self.response_body,
+            ],
         )
         .await
-        .map_err(pg_err)?;
-        let row = tx
-            .query_opt(
-                "SELECT endpoint_id, status, attempt_count, retries_used, resume_at, lease_token
-                 FROM deliveries WHERE id = $1 FOR UPDATE",
-                &[&delivery_id],
-            )
-            .await
-            .map_err(pg_err)?
-            .ok_or(StoreError::NotFound)?;
-        let endpoint_id: String = row.get(0);
-        let status: String = row.get(1);
-        let attempt_count: i32 = row.get(2);
-        let retries_used: i32 = row.get(3);
-        let resume_at: Option<i64> = row.get(4);
-        let holder: Option<String> = row.get(5);
-        if lease_token.is_some() && holder.as_deref() != lease_token {
-            // The lease expired and another instance took the delivery (or it was released):
-            // only the lease holder writes results.
-            tracing::warn!(delivery_id = %delivery_id, "lease lost; this attempt's result is discarded");
-            return Ok(Recorded {
-                next_due: None,
-                endpoint_disabled: false,
-            });
-        }
-        let number = attempt_count + 1;
-        insert_attempt(tx, delivery_id, number, result).await?;
-        let still_pending = status == DeliveryStatus::Pending.as_str();
-        let facts = DeliveryFacts {
-            retries_used: retries_used as u32,
-            resume_at: resume_at.map(Timestamp),
-        };
-        let next = if still_pending {
-            policy.decide(facts, result, now, rand::random::<f64>() * 2.0 - 1.0)
-        } else if result.succeeded() {
-            Next::Succeeded
-        } else {
-            Next::Failed
-        };
-        let (new_status, next_at, spent) = match next {
-            Next::Succeeded => (DeliveryStatus::Succeeded, None, 0i32),
-            Next::Failed => (DeliveryStatus::Failed, None, 0),
-            Next::RetryAt { at, spends_retry } => {
-                (DeliveryStatus::Pending, Some(at), i32::from(spends_retry))
-            }
-        };
-        tx.execute(
-            "UPDATE deliveries SET status = $2, attempt_count = $3,
-                 retries_used = retries_used + $4, next_attempt_at = $5, manual = false,
-                 resume_at = NULL, last_status_code = $6, updated_at = $7,
-                 lease_token = NULL, lease_until = NULL
-             WHERE id = $1",
+        .map(|_| ())
+        .map_err(pg_err)
+    }
+}
+
+/// What each delivery of a batch becomes, column by column, for one `UPDATE … FROM UNNEST`.
+#[derive(Default)]
+struct DeliveryColumns {
+    id: Vec<String>,
+    status: Vec<&'static str>,
+    attempt_count: Vec<i32>,
+    spent: Vec<i32>,
+    next_attempt_at: Vec<Option<i64>>,
+    last_status_code: Vec<Option<i32>>,
+}
+
+impl DeliveryColumns {
+    fn push(
+        &mut self,
+        id: &str,
+        status: DeliveryStatus,
+        attempt_count: i32,
+        spent: i32,
+        next_at: Option<Timestamp>,
+        r: &AttemptResult,
+    ) {
+        self.id.push(id.to_owned());
+        self.status.push(status.as_str());
+        self.attempt_count.push(attempt_count);
+        self.spent.push(spent);
+        self.next_attempt_at.push(next_at.map(Timestamp::millis));
+        self.last_status_code.push(r.status_code.map(i32::from));
+    }
+
+    async fn apply(&self, tx: &Transaction<'_>, now: Timestamp) -> Result<(), StoreError> {
+        tx.run(
+            "UPDATE deliveries d SET status = u.status, attempt_count = u.attempt_count,
+                 retries_used = d.retries_used + u.spent, next_attempt_at = u.next_attempt_at,
+                 manual = false, resume_at = NULL, last_status_code = u.last_status_code,
+                 updated_at = $7, lease_token = NULL, lease_until = NULL
+             FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::int4[], $5::int8[], $6::int4[])
+                  AS u(id, status, attempt_count, spent, next_attempt_at, last_status_code)
+             WHERE d.id = u.id",
             &[
-                &delivery_id,
-                &new_status.as_str(),
-                &number,
-                &spent,
-                &next_at.map(Timestamp::millis),
-                &result.status_code.map(i32::from),
+                &self.id,
+                &self.status,
+                &self.attempt_count,
+                &self.spent,
+                &self.next_attempt_at,
+                &self.last_status_code,
                 &now.millis(),
             ],
         )
         .await
-        .map_err(pg_err)?;
-        let mut endpoint_disabled = false;
-        if result.succeeded() {
-            tx.execute(
-                "UPDATE endpoints SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL",
-                &[&endpoint_id],
-            )
-            .await
-            .map_err(pg_err)?;
-        } else {
-            let since: Option<i64> = tx
-                .query_opt(
-                    "UPDATE endpoints SET failing_since = COALESCE(failing_since, $2)
-                     WHERE id = $1 AND status = 'enabled' RETURNING failing_since",
-                    &[&endpoint_id, &result.started_at.millis()],
-                )
-                .await
-                .map_err(pg_err)?
-                .map(|r| r.get(0));
-            if let Some(since) = since {
-                if result.gone() {
-                    disable_endpoint(tx, &endpoint_id, DISABLED_GONE, now).await?;
-                    endpoint_disabled = true;
-                } else if policy.should_disable(Timestamp(since), now) {
-                    let reason = format!(
-                        "failing continuously since {}",
-                        Timestamp(since).to_rfc3339()
-                    );
-                    disable_endpoint(tx, &endpoint_id, &reason, now).await?;
-                    endpoint_disabled = true;
-                }
-            }
-        }
-        Ok(Recorded {
-            next_due: if endpoint_disabled { None } else { next_at },
-            endpoint_disabled,
-        })
+        .map(|_| ())
+        .map_err(pg_err)
     }
 }
 
@@ -659,7 +882,7 @@ impl PgStore {
         let before = match after.as_deref() {
             None => i64::MAX,
             Some(id) => tx
-                .query_opt(
+                .fetch_opt(
                     "SELECT seq FROM deliveries WHERE id = $1 AND org_id = $2",
                     &[&id, &org],
                 )
@@ -725,7 +948,7 @@ impl PgStore {
             .await?
             .ok_or(StoreError::NotFound)?;
         let rows = tx
-            .query(
+            .fetch(
                 "SELECT number, trigger, started_at, duration_ms, status_code, error_class,
                         error, response_headers, response_body
                  FROM attempts WHERE delivery_id = $1 ORDER BY number",
@@ -782,7 +1005,7 @@ impl PgStore {
         }
         // Any instance's attempt in flight holds an unexpired lease.
         let leased: bool = tx
-            .query_one(
+            .fetch_one(
                 "SELECT COALESCE(lease_until > accommador_now_ms(), false)
                  FROM deliveries WHERE id = $1 FOR UPDATE",
                 &[&id],
@@ -794,7 +1017,7 @@ impl PgStore {
             return Err(StoreError::AttemptInFlight);
         }
         let now = Timestamp::now();
-        tx.execute(
+        tx.run(
             "UPDATE deliveries SET
                  resume_at = CASE WHEN status = 'pending' AND NOT manual
                                   THEN next_attempt_at ELSE resume_at END,
@@ -829,7 +1052,7 @@ impl PgStore {
         let now = Timestamp::now();
         let until = until.unwrap_or(Timestamp(i64::MAX));
         let requeued = tx
-            .execute(
+            .run(
                 "UPDATE deliveries SET status = 'pending', next_attempt_at = $4,
                      retries_used = 0, manual = false, resume_at = NULL, updated_at = $4
                  WHERE endpoint_id = $1 AND status = 'failed'
@@ -844,7 +1067,7 @@ impl PgStore {
             .await
             .map_err(pg_err)?;
         let missing = tx
-            .query(
+            .fetch(
                 "SELECT e.seq, e.id, e.type FROM events e, endpoints ep
                  WHERE ep.id = $5 AND e.org_id = $1
                    AND NOT pg_visible_in_snapshot(e.xid, ep.created_snapshot)
@@ -907,7 +1130,7 @@ impl PgStore {
         let now = Timestamp::now();
         let (event_id, payload) = crate::domain::event::test_event(&endpoint_id, now);
         let seq: i64 = tx
-            .query_one(
+            .fetch_one(
                 "INSERT INTO events (id, org_id, type, occurred_at, payload)
                  VALUES ($1, $2, 'webhook.test', $3, $4) RETURNING seq",
                 &[&event_id, &org, &now.millis(), &payload],
@@ -933,7 +1156,7 @@ impl PgStore {
     pub async fn delivery_stats(&self, now: Timestamp) -> Result<DeliveryStats, StoreError> {
         let client = self.client().await?;
         let row = client
-            .query_one(
+            .fetch_one(
                 "SELECT COUNT(*), MIN(next_attempt_at) FROM deliveries
                  WHERE status = 'pending' AND next_attempt_at <= $1",
                 &[&now.millis()],
@@ -941,7 +1164,7 @@ impl PgStore {
             .await
             .map_err(pg_err)?;
         let disabled = client
-            .query_one(
+            .fetch_one(
                 "SELECT COUNT(*) FROM endpoints WHERE status = 'disabled' AND deleted_at IS NULL",
                 &[],
             )
