@@ -8,9 +8,9 @@
 //! The loop sleeps until a wake-up (fan-out, manual action), a finished attempt, or the next
 //! due time of a lane; it never polls.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -29,6 +29,9 @@ const SATURATED_RETRY_MS: i64 = 20;
 /// Most lanes served by one step (one read of the database).
 const LANES_PER_STEP: usize = 256;
 
+/// Most deliveries leased ahead and queued, over all lanes (each queued one holds its payload).
+const QUEUED_AT_MOST: usize = 1024;
+
 #[derive(Debug, Default)]
 struct Lane {
     due_at: Option<Timestamp>,
@@ -38,6 +41,9 @@ struct Lane {
     /// A slot frees when the endpoint answers, not when the result is committed, so a busy
     /// database does not throttle deliveries to an endpoint that answers quickly.
     active: usize,
+    /// Leased ahead (up to the per-endpoint bound again, when no other instance is on the
+    /// endpoint): started the moment a slot frees, without a round trip to the database.
+    queued: VecDeque<(DueDelivery, Instant)>,
 }
 
 /// What an attempt task reports: the endpoint answered, then the result was recorded.
@@ -63,6 +69,8 @@ pub struct Dispatcher {
     lanes: HashMap<String, Lane>,
     global: Arc<Semaphore>,
     per_endpoint: usize,
+    /// Deliveries queued in all lanes.
+    queued: usize,
     wake_rx: mpsc::UnboundedReceiver<Wake>,
     done_tx: mpsc::UnboundedSender<Finished>,
     done_rx: mpsc::UnboundedReceiver<Finished>,
@@ -111,6 +119,7 @@ impl Dispatcher {
             lanes: HashMap::new(),
             global: Arc::new(Semaphore::new(global_bound.max(1))),
             per_endpoint: per_endpoint.max(1),
+            queued: 0,
             wake_rx,
             done_tx,
             done_rx,
@@ -180,32 +189,44 @@ impl Dispatcher {
             self.on_finished(f);
         }
         let now = Timestamp::now();
+        self.start_queued();
+        let bound = self.per_endpoint;
+        // A lane is read when it is due and has room: free slots, or room to lease ahead.
         let mut ready: Vec<(Timestamp, String)> = self
             .lanes
             .iter()
-            .filter(|(_, l)| l.active < self.per_endpoint)
+            .filter(|(_, l)| self.has_room(l))
             .filter_map(|(id, l)| l.due_at.filter(|d| *d <= now).map(|d| (d, id.clone())))
             .collect();
         ready.sort();
         ready.truncate(LANES_PER_STEP);
         let mut permits = self.global.available_permits();
-        if !ready.is_empty() && permits > 0 {
+        let mut room = QUEUED_AT_MOST.saturating_sub(self.queued);
+        if !ready.is_empty() && permits + room > 0 {
             let requests: Vec<LaneRequest> = ready
                 .iter()
                 .map(|(_, id)| {
                     let lane = &self.lanes[id];
+                    let busy = lane.active + lane.queued.len();
+                    // Free slots (as far as the global bound has permits), then lease ahead.
+                    let now_startable = bound.saturating_sub(busy).min(permits);
+                    let ahead = (2 * bound).saturating_sub(busy + now_startable).min(room);
+                    permits -= now_startable;
+                    room -= ahead;
                     LaneRequest {
                         endpoint_id: id.clone(),
-                        limit: (self.per_endpoint - lane.active).min(permits),
+                        limit: now_startable + ahead,
                         in_flight: lane.in_flight.iter().cloned().collect(),
-                        active: lane.active,
+                        active: busy,
+                        ahead: bound,
                         lease: Some(self.lease.clone()),
                     }
                 })
+                .filter(|r| r.limit > 0)
                 .collect();
             match self.store.lane_work(requests, now).await {
                 Ok(work) => {
-                    let mut starts = Vec::new();
+                    let leased_at = Instant::now();
                     for w in work {
                         let lane = self.lanes.entry(w.endpoint_id.clone()).or_default();
                         lane.due_at = match w.next_due {
@@ -218,20 +239,13 @@ impl Dispatcher {
                             other => other,
                         };
                         for d in w.due {
-                            let Ok(permit) = self.global.clone().try_acquire_owned() else {
-                                lane.due_at = Some(now);
-                                break;
-                            };
-                            permits = permits.saturating_sub(1);
                             lane.in_flight.insert(d.id.clone());
-                            lane.active += 1;
                             self.in_flight.insert(&d.id);
-                            starts.push((d, permit));
+                            lane.queued.push_back((d, leased_at));
+                            self.queued += 1;
                         }
                     }
-                    for (d, permit) in starts {
-                        self.start(d, permit);
-                    }
+                    self.start_queued();
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "reading due deliveries failed; retrying in 1 s");
@@ -248,10 +262,60 @@ impl Dispatcher {
         });
         self.lanes
             .values()
-            .filter(|l| l.active < self.per_endpoint)
+            .filter(|l| self.has_room(l))
             .filter_map(|l| l.due_at)
             .chain(next_rescan)
             .min()
+    }
+
+    /// Whether reading the lane could hand out anything: it has a free slot, or room to lease
+    /// ahead (up to the bound again) while the queues have room.
+    fn has_room(&self, lane: &Lane) -> bool {
+        let busy = lane.active + lane.queued.len();
+        busy < self.per_endpoint || (busy < 2 * self.per_endpoint && self.queued < QUEUED_AT_MOST)
+    }
+
+    /// Starts queued deliveries on lanes with free slots, while global permits last. One
+    /// queued so long that its lease could run out before its attempt ends is given back
+    /// instead (`stale`), to be leased again.
+    fn start_queued(&mut self) {
+        let fresh_for = Duration::from_millis((self.lease.millis / 2).max(0) as u64);
+        let mut starts = Vec::new();
+        let mut stale = Vec::new();
+        for lane in self.lanes.values_mut() {
+            while lane.active < self.per_endpoint {
+                let Some((d, leased_at)) = lane.queued.pop_front() else {
+                    break;
+                };
+                self.queued -= 1;
+                if leased_at.elapsed() > fresh_for {
+                    lane.in_flight.remove(&d.id);
+                    stale.push(d.id);
+                    continue;
+                }
+                let Ok(permit) = self.global.clone().try_acquire_owned() else {
+                    lane.queued.push_front((d, leased_at));
+                    self.queued += 1;
+                    break;
+                };
+                lane.active += 1;
+                starts.push((d, permit));
+            }
+        }
+        for (d, permit) in starts {
+            self.start(d, permit);
+        }
+        if !stale.is_empty() {
+            for id in &stale {
+                self.in_flight.remove(id);
+            }
+            let (store, token) = (self.store.clone(), self.lease.token.clone());
+            tokio::spawn(async move {
+                if let Err(e) = store.release_leases(token, stale).await {
+                    tracing::warn!(error = %e, "giving back stale leases failed; they expire");
+                }
+            });
+        }
     }
 
     fn start(&self, d: DueDelivery, permit: tokio::sync::OwnedSemaphorePermit) {

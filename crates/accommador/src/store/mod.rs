@@ -594,9 +594,12 @@ pub struct LaneRequest {
     pub limit: usize,
     /// Deliveries already being attempted (not to be handed out again).
     pub in_flight: Vec<String>,
-    /// Of those, the ones whose request is still open: this instance's share of the
-    /// per-endpoint bound (answered ones waiting to be recorded no longer count).
+    /// Of those, the ones whose request is open or that wait in this instance's queue: what
+    /// counts against the per-endpoint bound (answered ones waiting to be recorded do not).
     pub active: usize,
+    /// How many more than the per-endpoint bound may be leased ahead (queued here, started as
+    /// slots free) while no other instance holds a lease on the endpoint.
+    pub ahead: usize,
     /// Lease terms on a shared database.
     pub lease: Option<Lease>,
 }

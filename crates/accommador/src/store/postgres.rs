@@ -15,6 +15,7 @@
 
 mod cached;
 mod deliveries;
+mod intake;
 
 use cached::Cached;
 
@@ -44,7 +45,10 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0002_leases.sql"),
     include_str!("../../migrations/postgres/0003_commit_order.sql"),
     include_str!("../../migrations/postgres/0004_leased_index.sql"),
+    include_str!("../../migrations/postgres/0005_lighter_writes.sql"),
 ];
+/// Most events numbered by one sequencer step.
+const SEQUENCE_STEP: i64 = 1000;
 /// Serialises migrations of instances starting together.
 const MIGRATION_LOCK: i64 = 0x00ac_c0d0_2026;
 
@@ -62,6 +66,8 @@ pub struct PgStore {
     url: String,
     /// Requests to number committed events, served in batches (see `sequence_after_commit`).
     sequencer: tokio::sync::mpsc::UnboundedSender<tokio::sync::oneshot::Sender<()>>,
+    /// User creations without an Idempotency-Key, written in batches (see `intake`).
+    intake: tokio::sync::mpsc::UnboundedSender<intake::Creation>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -91,7 +97,13 @@ impl PgStore {
     /// opened on demand) and applies the migrations this database has not seen.
     pub async fn open(url: &str, pool_size: usize) -> anyhow::Result<PgStore> {
         let config = tokio_postgres::Config::from_str(url).context("parsing the PostgreSQL URL")?;
-        let pool = |size: usize| {
+        // The background statements run on every step for the life of the process: a plan
+        // cached while the tables were small (a seq scan where an index lookup is right) would
+        // stay, so they are planned for the current table sizes each time (parsing is still
+        // cached).
+        let mut background_config = config.clone();
+        background_config.options("-c plan_cache_mode=force_custom_plan");
+        let pool = |config: &tokio_postgres::Config, size: usize| {
             let manager = Manager::from_config(
                 config.clone(),
                 NoTls,
@@ -108,14 +120,17 @@ impl PgStore {
                 .context("building the PostgreSQL pool")
         };
         let (sequencer, requests) = tokio::sync::mpsc::unbounded_channel();
+        let (intake, creations) = tokio::sync::mpsc::unbounded_channel();
         let store = PgStore {
-            pool: pool(pool_size.max(2))?,
-            background: pool(BACKGROUND_POOL)?,
+            pool: pool(&config, pool_size.max(2))?,
+            background: pool(&background_config, BACKGROUND_POOL)?,
             url: url.to_owned(),
             sequencer,
+            intake,
         };
         store.migrate().await?;
         tokio::spawn(run_sequencer(store.clone(), requests));
+        tokio::spawn(intake::run(store.clone(), creations));
         // Events a crashed process committed but did not number yet.
         store.sequence_events().await?;
         Ok(store)
@@ -231,6 +246,9 @@ impl PgStore {
         idempotency: Option<IdempotencyRequest>,
         render: RenderSaved<UserRecord>,
     ) -> Result<Idempotent<UserRecord>, StoreError> {
+        if idempotency.is_none() {
+            return self.create_user_at_once(org, new).await;
+        }
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
         let now = Timestamp::now();
@@ -313,6 +331,30 @@ impl PgStore {
         Ok(outcome)
     }
 
+    /// A creation without an Idempotency-Key: written with whatever other creations are
+    /// waiting, in one transaction that also numbers their events (see `intake`).
+    async fn create_user_at_once(
+        &self,
+        org: String,
+        new: NewUser,
+    ) -> Result<Idempotent<UserRecord>, StoreError> {
+        let user = new.into_record(ids::new_id(ids::USER), Timestamp::now());
+        let event = NewEvent::for_user(EventType::UserCreated, &user, None);
+        let (reply, written) = tokio::sync::oneshot::channel();
+        self.intake
+            .send(intake::Creation {
+                org,
+                user: user.clone(),
+                event,
+                reply,
+            })
+            .map_err(|_| StoreError::database(std::io::Error::other("the user writer stopped")))?;
+        written.await.map_err(|_| {
+            StoreError::database(std::io::Error::other("the user writer stopped"))
+        })??;
+        Ok(Idempotent::Fresh(user))
+    }
+
     /// After a commit that wrote events: number them now, so the caller reads its own write.
     /// The change is durable already; if numbering fails here, the next write or fan-out
     /// step numbers it, so the request still succeeds.
@@ -323,12 +365,12 @@ impl PgStore {
     async fn sequence_after_commit(&self) {
         let (done, numbered) = tokio::sync::oneshot::channel();
         if self.sequencer.send(done).is_err() || numbered.await.is_err() {
-            tracing::warn!("the event sequencer stopped; the next fan-out step numbers events");
+            tracing::warn!("the event sequencer stopped; an idle fan-out step numbers events");
         }
     }
 
     /// Numbers committed events in commit order (see the module docs). Runs after the commit
-    /// of every change that wrote events, and before each fan-out step.
+    /// of every change that wrote events, and by an idle fan-out step (events a crashed process left).
     pub async fn sequence_events(&self) -> Result<u64, StoreError> {
         let mut client = self.background_client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
@@ -340,11 +382,13 @@ impl PgStore {
                 // Numbers are drawn in seq order (the innermost ORDER BY feeds nextval), and
                 // the partial index on unnumbered events keeps this off the whole table.
                 "UPDATE events e SET commit_seq = n.cs
+                 -- The limit is a parameter so the statement is planned for the table's
+                 -- current size (see `open`), not once while it was empty.
                  FROM (SELECT q.seq, nextval('events_commit_seq') AS cs
                        FROM (SELECT seq FROM events WHERE commit_seq IS NULL
-                             ORDER BY seq LIMIT 1000) q) n
+                             ORDER BY seq LIMIT $1) q) n
                  WHERE e.seq = n.seq",
-                &[],
+                &[&SEQUENCE_STEP],
             )
             .await
             .map_err(pg_err)?;
@@ -756,7 +800,7 @@ async fn run_sequencer(
         // Up to 1,000 events a step: keep stepping while a step was full.
         loop {
             match store.sequence_events().await {
-                Ok(n) if n >= 1000 => continue,
+                Ok(n) if n >= SEQUENCE_STEP as u64 => continue,
                 Ok(_) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "numbering committed events failed; the next step will");

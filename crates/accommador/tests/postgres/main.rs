@@ -86,6 +86,77 @@ async fn fifty_concurrent_patches_make_fifty_versions_each_once() {
 }
 
 #[tokio::test]
+async fn concurrent_creations_written_together_keep_each_email_once() {
+    if !postgres_configured() {
+        return;
+    }
+    // Creations without an Idempotency-Key are written in batches: a taken email (or one
+    // taken twice within a batch) must refuse only that request, and every created user must
+    // have exactly its own event.
+    let app = Arc::new(spawn_app().await);
+    assert!(app.db.is_postgres());
+    let t = app.create_org("Acme").await;
+    app.create_user(&t, json!({"email": "taken@example.com"}))
+        .await;
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let (app, t) = (app.clone(), t.clone());
+        // 20 emails, each sent three times in different case; plus the taken one.
+        let email = match i % 20 {
+            0 => "TAKEN@example.com".to_owned(),
+            n => match i / 20 {
+                0 => format!("u{n}@example.com"),
+                1 => format!("U{n}@example.com"),
+                _ => format!("u{n}@EXAMPLE.com"),
+            },
+        };
+        tasks.push(tokio::spawn(async move {
+            let r = app.post(&t, "/v1/users", &json!({ "email": email })).await;
+            let status = r.status();
+            let body: Value = r.json().await.unwrap();
+            (email.to_lowercase(), status, body)
+        }));
+    }
+    let mut created: std::collections::HashMap<String, String> = Default::default();
+    let mut refused = 0;
+    for task in tasks {
+        let (email, status, body) = task.await.unwrap();
+        match status {
+            StatusCode::CREATED => {
+                let id = body["id"].as_str().unwrap().to_owned();
+                assert!(
+                    created.insert(email.clone(), id).is_none(),
+                    "{email} was created twice"
+                );
+            }
+            StatusCode::CONFLICT => {
+                refused += 1;
+                assert_eq!(body["status"], 409, "{body}");
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(created.len(), 19, "one creation per new email");
+    assert!(!created.contains_key("taken@example.com"));
+    assert_eq!(refused, 60 - 19);
+    let events = app.all_events(&t, "&type=user.created").await;
+    assert_eq!(events.len(), 20, "the first user and the 19 created now");
+    for id in created.values() {
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| e["data"]["user"]["id"] == id.as_str())
+                .count(),
+            1
+        );
+        assert_eq!(
+            app.get(&t, &format!("/v1/users/{id}")).await.status(),
+            StatusCode::OK
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_poller_following_after_sees_every_event_exactly_once_under_concurrent_writers() {
     if !postgres_configured() {
         return;

@@ -1,10 +1,12 @@
-//! Deliveries on PostgreSQL: fan-out, the dispatcher's due queries, recording attempts, and
-//! the delivery log, with the same rules as the SQLite backend.
+//! Deliveries on PostgreSQL: fan-out, leasing due deliveries, recording attempts, and the
+//! delivery log, with the same rules as the SQLite backend.
 //!
-//! Fan-out is safe with several instances: the cursor row is locked for the step, so each
-//! event is fanned out exactly once, and it reads only below the oldest running transaction
-//! (see the module above). Attempt ownership across instances (leases) is not here yet: each
-//! instance keeps its in-flight set in memory, as on SQLite.
+//! - Fan-out follows the events' commit order under the cursor row lock, so each event is
+//!   fanned out exactly once across instances.
+//! - Leases (`lease_token`, `lease_until` by the database clock) say which instance attempts
+//!   a delivery; only the holder records its result.
+//! - The hot paths (fan-out, leasing, recording) run a fixed number of statements per step,
+//!   whatever the batch size: `UNNEST` inserts and updates, pipelined per-lane statements.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -217,23 +219,37 @@ pub(super) async fn signing_secrets(
 }
 
 impl PgStore {
+    /// Fans out the next events in commit order. Events are numbered by the sequencer after
+    /// each commit; when none is waiting, events that a crashed process committed and never
+    /// numbered are numbered here first (the fan-out loop steps once a second when idle).
     pub async fn fan_out(&self) -> Result<FanOut, StoreError> {
-        // Number what has committed, then take the next events in that order. The cursor row
-        // lock makes each event fanned out exactly once across instances. A step is a fixed
-        // number of statements, whatever the number of events and endpoints.
-        self.sequence_events().await?;
+        let out = self.fan_out_step().await?;
+        if out.events > 0 || self.sequence_events().await? == 0 {
+            return Ok(out);
+        }
+        self.fan_out_step().await
+    }
+
+    /// The cursor row lock makes each event fanned out exactly once across instances. A step
+    /// is a fixed number of statements, whatever the number of events and endpoints.
+    async fn fan_out_step(&self) -> Result<FanOut, StoreError> {
         let mut client = self.background_client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
-        let events = tx
-            .fetch(
+        // Not waited for on disk: if a database crash loses this step, it loses the cursor
+        // move with it and the events are fanned out again; an acknowledgement of one of its
+        // deliveries (a durable commit) flushes it first.
+        let (_, events) = tokio::try_join!(
+            tx.batch_execute("SET LOCAL synchronous_commit TO off"),
+            tx.fetch(
+                // The cursor as a parameter (not a join), so the scan starts at it.
                 "WITH cursor AS (SELECT last_commit_seq FROM fanout_cursor WHERE id = 1 FOR UPDATE)
-                 SELECT e.seq, e.id, e.org_id, e.type, e.commit_seq FROM events e, cursor c
-                 WHERE e.commit_seq > c.last_commit_seq
+                 SELECT e.seq, e.id, e.org_id, e.type, e.commit_seq FROM events e
+                 WHERE e.commit_seq > (SELECT last_commit_seq FROM cursor)
                  ORDER BY e.commit_seq LIMIT $1",
                 &[&FANOUT_EVENTS],
-            )
-            .await
-            .map_err(pg_err)?;
+            ),
+        )
+        .map_err(pg_err)?;
         if events.is_empty() {
             tx.commit().await.map_err(pg_err)?;
             return Ok(FanOut {
@@ -356,6 +372,16 @@ impl PgStore {
     /// Leases the due deliveries of each requested endpoint: `FOR UPDATE SKIP LOCKED`, at most
     /// the per-endpoint bound in flight across every instance (an advisory lock per endpoint
     /// serialises the count), lease times by the database clock.
+    ///
+    /// A lease also moves the delivery's `next_attempt_at` to the lease's end: that is when it
+    /// is due again if its holder dies, and the due scan (in `next_attempt_at` order, bounded
+    /// by now) never walks over deliveries in flight, however many there are.
+    ///
+    /// One transaction for all the lanes, its statements pipelined (sent together, answered in
+    /// order), so a step costs three round trips whatever the number of lanes. Its commit is
+    /// not waited for on disk: a lease lost in a database crash only lets the delivery be
+    /// leased again (at-least-once), and every acknowledgement, which is durable, flushes the
+    /// leases written before it.
     pub async fn lane_work(
         &self,
         requests: Vec<LaneRequest>,
@@ -363,30 +389,134 @@ impl PgStore {
     ) -> Result<Vec<LaneWork>, StoreError> {
         let mut client = self.background_client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
-        let mut out = Vec::with_capacity(requests.len());
-        // One lock order for every instance; an endpoint another instance is leasing right now
-        // is skipped (and looked at again shortly) rather than waited for.
-        let mut requests = requests;
-        requests.sort_by(|a, b| a.endpoint_id.cmp(&b.endpoint_id));
-        for req in requests {
-            let lease = req.lease.clone().unwrap_or_else(|| crate::store::Lease {
-                token: ids::new_id("lease_"),
-                millis: 60_000,
-                per_endpoint: req.limit,
-            });
-            // The advisory lock and the endpoint's state in one round trip. No row lock: the
-            // lease UPDATE below re-checks that the endpoint is enabled, and a disable that
-            // commits meanwhile fails what is pending (attempts in flight record as usual).
-            let state = tx
-                .fetch_opt(
-                    "SELECT pg_try_advisory_xact_lock(hashtextextended(id, 7)), status,
-                            disabled_reason, deleted_at IS NOT NULL
-                     FROM endpoints WHERE id = $1",
-                    &[&req.endpoint_id],
+        let state = tx
+            .prepare_cached(
+                // Re-entrant: the lease statement below takes the same lock again.
+                "SELECT pg_try_advisory_xact_lock(hashtextextended(id, 7)), status,
+                        disabled_reason, deleted_at IS NOT NULL
+                 FROM endpoints WHERE id = $1",
+            )
+            .await
+            .map_err(pg_err)?;
+        // The bound across instances: this instance's open and queued attempts (`active`)
+        // plus the unexpired leases of other instances (through the partial index of leased
+        // rows). Only an instance alone on the endpoint leases ahead (`ahead`, queued until a
+        // slot frees): another instance counts those leases as busy, so the attempts in flight
+        // never exceed the bound. Nothing is leased without the endpoint's advisory lock or
+        // while it is not enabled.
+        let lease_due = tx
+            .prepare_cached(
+                "WITH clock AS (SELECT accommador_now_ms() AS t),
+                 busy AS (
+                     SELECT count(*) AS n FROM deliveries, clock
+                     WHERE endpoint_id = $1 AND status = 'pending'
+                       AND lease_token IS NOT NULL AND lease_token <> $4
+                       AND lease_until > clock.t),
+                 picked AS (
+                     -- The clock as a parameter, not a join: the scan's filters then run
+                     -- cheapest first, and only rows whose lease expired meet the ID list.
+                     SELECT d.id FROM deliveries d
+                     WHERE d.endpoint_id = $1 AND d.status = 'pending'
+                       AND d.next_attempt_at <= (SELECT t FROM clock)
+                       AND (d.lease_until IS NULL OR d.lease_until <= (SELECT t FROM clock))
+                       AND d.id <> ALL($6)
+                       AND (SELECT pg_try_advisory_xact_lock(hashtextextended($1, 7)))
+                     ORDER BY d.next_attempt_at
+                     LIMIT GREATEST(0, LEAST($2::bigint,
+                         $3::bigint - $7::bigint - (SELECT n FROM busy)
+                         + CASE WHEN (SELECT n FROM busy) = 0 THEN $8::bigint ELSE 0 END))
+                     FOR UPDATE OF d SKIP LOCKED)
+                 UPDATE deliveries d
+                    SET lease_token = $4, lease_until = (SELECT t FROM clock) + $5,
+                        next_attempt_at = (SELECT t FROM clock) + $5
+                   FROM picked, events e, endpoints ep
+                  WHERE d.id = picked.id AND e.seq = d.event_seq AND ep.id = d.endpoint_id
+                    AND ep.status = 'enabled' AND ep.deleted_at IS NULL
+                 RETURNING d.id, d.event_id, d.manual, d.attempt_count, e.payload,
+                           e.occurred_at, ep.url",
+            )
+            .await
+            .map_err(pg_err)?;
+        let secrets = tx
+            .prepare_cached(
+                "SELECT secret FROM endpoint_secrets
+                 WHERE endpoint_id = $1 AND (expires_at IS NULL OR expires_at > $2)
+                 ORDER BY expires_at IS NOT NULL, created_at DESC",
+            )
+            .await
+            .map_err(pg_err)?;
+        // When this lane may next have work: its earliest pending delivery that nobody holds
+        // (in due order through the due index; leased rows are skipped), or the expiry of a
+        // lease that is not one of this instance's live ones (its holder may have died).
+        let next_due = tx
+            .prepare_cached(
+                "SELECT LEAST(
+                     (SELECT next_attempt_at FROM deliveries
+                      WHERE endpoint_id = $1 AND status = 'pending' AND lease_token IS NULL
+                      ORDER BY next_attempt_at LIMIT 1),
+                     (SELECT MIN(GREATEST(next_attempt_at, lease_until)) FROM deliveries
+                      WHERE endpoint_id = $1 AND status = 'pending' AND lease_token IS NOT NULL
+                        AND NOT (lease_token = $2 AND lease_until > accommador_now_ms())))",
+            )
+            .await
+            .map_err(pg_err)?;
+
+        let now_ms = Timestamp::now().millis();
+        let leases: Vec<crate::store::Lease> = requests
+            .iter()
+            .map(|req| {
+                req.lease.clone().unwrap_or_else(|| crate::store::Lease {
+                    token: ids::new_id("lease_"),
+                    millis: 60_000,
+                    per_endpoint: req.limit,
+                })
+            })
+            .collect();
+        let lanes = requests.iter().zip(&leases).map(|(req, lease)| {
+            let (tx, state, lease_due, secrets, next_due) =
+                (&tx, &state, &lease_due, &secrets, &next_due);
+            async move {
+                let (limit, bound, active, ahead) = (
+                    req.limit as i64,
+                    lease.per_endpoint as i64,
+                    req.active as i64,
+                    req.ahead as i64,
+                );
+                let id: &(dyn tokio_postgres::types::ToSql + Sync) = &req.endpoint_id;
+                let lease_params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
+                    id,
+                    &limit,
+                    &bound,
+                    &lease.token,
+                    &lease.millis,
+                    &req.in_flight,
+                    &active,
+                    &ahead,
+                ];
+                let secret_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [id, &now_ms];
+                let next_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+                    [id, &lease.token];
+                let state_params = [id];
+                tokio::try_join!(
+                    tx.query_opt(state, &state_params),
+                    tx.query(lease_due, &lease_params),
+                    tx.query(secrets, &secret_params),
+                    tx.query_one(next_due, &next_params),
                 )
-                .await
-                .map_err(pg_err)?;
+            }
+        });
+        let (_, answers) = tokio::try_join!(
+            tx.batch_execute("SET LOCAL synchronous_commit TO off"),
+            futures_util::future::try_join_all(lanes),
+        )
+        .map_err(pg_err)?;
+
+        let mut out = Vec::with_capacity(requests.len());
+        for ((req, lease), (state, rows, secret_rows, next)) in
+            requests.into_iter().zip(leases).zip(answers)
+        {
             if state.as_ref().is_some_and(|r| !r.get::<_, bool>(0)) {
+                // Another instance is leasing this endpoint right now: look again shortly.
                 out.push(LaneWork {
                     endpoint_id: req.endpoint_id,
                     due: Vec::new(),
@@ -414,50 +544,7 @@ impl PgStore {
                 });
                 continue;
             }
-            // The bound across instances: this instance's open requests (`active`) plus the
-            // unexpired leases of other instances (through the partial index of leased rows).
-            let rows = tx
-                .fetch(
-                    "WITH clock AS (SELECT accommador_now_ms() AS t),
-                     busy AS (
-                         SELECT count(*) AS n FROM deliveries, clock
-                         WHERE endpoint_id = $1 AND status = 'pending'
-                           AND lease_token IS NOT NULL AND lease_token <> $4
-                           AND lease_until > clock.t),
-                     picked AS (
-                         SELECT d.id FROM deliveries d, clock
-                         WHERE d.endpoint_id = $1 AND d.status = 'pending'
-                           AND d.next_attempt_at <= clock.t
-                           AND (d.lease_until IS NULL OR d.lease_until <= clock.t)
-                           AND d.id <> ALL($6)
-                         ORDER BY d.next_attempt_at
-                         LIMIT GREATEST(0, LEAST($2::bigint,
-                                                 $3::bigint - $7::bigint - (SELECT n FROM busy)))
-                         FOR UPDATE OF d SKIP LOCKED)
-                     UPDATE deliveries d
-                        SET lease_token = $4, lease_until = (SELECT t FROM clock) + $5
-                       FROM picked, events e, endpoints ep
-                      WHERE d.id = picked.id AND e.seq = d.event_seq AND ep.id = d.endpoint_id
-                        AND ep.status = 'enabled' AND ep.deleted_at IS NULL
-                     RETURNING d.id, d.event_id, d.manual, d.attempt_count, e.payload,
-                               e.occurred_at, ep.url",
-                    &[
-                        &req.endpoint_id,
-                        &(req.limit as i64),
-                        &(lease.per_endpoint as i64),
-                        &lease.token,
-                        &lease.millis,
-                        &req.in_flight,
-                        &(req.active as i64),
-                    ],
-                )
-                .await
-                .map_err(pg_err)?;
-            let secrets = if rows.is_empty() {
-                Vec::new()
-            } else {
-                signing_secrets(&tx, &req.endpoint_id, Timestamp::now()).await?
-            };
+            let secrets: Vec<String> = secret_rows.iter().map(|r| r.get(0)).collect();
             let due: Vec<DueDelivery> = rows
                 .into_iter()
                 .map(|r| {
@@ -482,29 +569,10 @@ impl PgStore {
                     }
                 })
                 .collect();
-            let leased_now: Vec<String> = due.iter().map(|d| d.id.clone()).collect();
-            // When this lane may next have work: its earliest pending delivery that nobody
-            // holds (in due order, through the due index: leased rows, ours included, are
-            // skipped), or the expiry of a lease held by an instance that may have died.
-            let next: Option<i64> = tx
-                .fetch_one(
-                    "SELECT LEAST(
-                         (SELECT next_attempt_at FROM deliveries
-                          WHERE endpoint_id = $1 AND status = 'pending' AND lease_token IS NULL
-                          ORDER BY next_attempt_at LIMIT 1),
-                         (SELECT MIN(GREATEST(next_attempt_at, lease_until)) FROM deliveries
-                          WHERE endpoint_id = $1 AND status = 'pending'
-                            AND lease_token IS NOT NULL
-                            AND id <> ALL($2) AND NOT (id = ANY($3))))",
-                    &[&req.endpoint_id, &req.in_flight, &leased_now],
-                )
-                .await
-                .map_err(pg_err)?
-                .get(0);
             out.push(LaneWork {
                 endpoint_id: req.endpoint_id,
                 due,
-                next_due: next.map(Timestamp),
+                next_due: next.get::<_, Option<i64>>(0).map(Timestamp),
             });
         }
         tx.commit().await.map_err(pg_err)?;
@@ -516,8 +584,9 @@ impl PgStore {
         let client = self.background_client().await?;
         client
             .run(
-                "UPDATE deliveries SET lease_token = NULL, lease_until = NULL
-                 WHERE id = ANY($1) AND lease_token = $2",
+                "UPDATE deliveries SET lease_token = NULL, lease_until = NULL,
+                     next_attempt_at = accommador_now_ms()
+                 WHERE id = ANY($1) AND lease_token = $2 AND status = 'pending'",
                 &[&ids, &token],
             )
             .await
@@ -1076,7 +1145,7 @@ impl PgStore {
                    AND e.commit_seq IS NOT NULL
                    AND NOT EXISTS (SELECT 1 FROM deliveries d
                                    WHERE d.event_id = e.id AND d.endpoint_id = $4)
-                 ORDER BY e.xid, e.seq",
+                 ORDER BY e.commit_seq",
                 &[
                     &org,
                     &since.millis(),
