@@ -3,11 +3,14 @@
 //!
 //! - Every method runs in its own transaction; concurrent changes to one user are serialised
 //!   with `SELECT … FOR UPDATE`, email uniqueness and idempotency keys are database constraints.
+//!   Creations without an Idempotency-Key are group-committed (`intake`).
 //! - **Events cursor**: `seq` is taken before commit, so it is not commit order. After each
 //!   commit that wrote events, a sequencer step (one at a time, under a row lock) numbers the
 //!   committed events that have no `commit_seq` yet; readers follow `commit_seq`, so an event
 //!   that commits late is numbered after everything already readable and `after=` never skips
-//!   it. The API answers only after its events are numbered (read-your-writes).
+//!   it. The API answers only after its events are numbered (read-your-writes). A batch of
+//!   creations numbers its own events while holding the sequencer's lock, which gives the same
+//!   order without the extra step.
 //! - **Idempotency-Key**: the key's row is inserted first in the request's transaction; a
 //!   concurrent duplicate blocks on the unique index until the first commits, then replays its
 //!   response (as on SQLite, the duplicate waits rather than getting a 409).
@@ -370,7 +373,8 @@ impl PgStore {
     }
 
     /// Numbers committed events in commit order (see the module docs). Runs after the commit
-    /// of every change that wrote events, and by an idle fan-out step (events a crashed process left).
+    /// of every change that wrote events (creations number their own), and by an idle fan-out
+    /// step (events a crashed process left).
     pub async fn sequence_events(&self) -> Result<u64, StoreError> {
         let mut client = self.background_client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
