@@ -71,6 +71,9 @@ pub struct Dispatcher {
     per_endpoint: usize,
     /// Deliveries queued in all lanes.
     queued: usize,
+    /// How many a lane may lease beyond its free slots: the bound on PostgreSQL, where each
+    /// read is a round trip; none on SQLite, where reading is cheap and local.
+    ahead: usize,
     wake_rx: mpsc::UnboundedReceiver<Wake>,
     done_tx: mpsc::UnboundedSender<Finished>,
     done_rx: mpsc::UnboundedReceiver<Finished>,
@@ -102,7 +105,8 @@ impl Dispatcher {
         // A lease outlives the longest attempt (connect + timeout) with room to record it.
         let lease_millis = 2 * delivery_timeout.as_millis() as i64 + 5_000;
         let policy = Arc::new(policy);
-        let rescan_every = store.postgres_url().map(|_| SAFETY_RESCAN);
+        let shared = store.postgres_url().is_some();
+        let rescan_every = shared.then_some(SAFETY_RESCAN);
         Dispatcher {
             rescan_every,
             last_rescan: std::time::Instant::now(),
@@ -120,6 +124,11 @@ impl Dispatcher {
             global: Arc::new(Semaphore::new(global_bound.max(1))),
             per_endpoint: per_endpoint.max(1),
             queued: 0,
+            ahead: if shared {
+                per_endpoint.max(1)
+            } else {
+                0
+            },
             wake_rx,
             done_tx,
             done_rx,
@@ -210,7 +219,9 @@ impl Dispatcher {
                     let busy = lane.active + lane.queued.len();
                     // Free slots (as far as the global bound has permits), then lease ahead.
                     let now_startable = bound.saturating_sub(busy).min(permits);
-                    let ahead = (2 * bound).saturating_sub(busy + now_startable).min(room);
+                    let ahead = (bound + self.ahead)
+                        .saturating_sub(busy + now_startable)
+                        .min(room);
                     permits -= now_startable;
                     room -= ahead;
                     LaneRequest {
@@ -218,7 +229,7 @@ impl Dispatcher {
                         limit: now_startable + ahead,
                         in_flight: lane.in_flight.iter().cloned().collect(),
                         active: busy,
-                        ahead: bound,
+                        ahead: self.ahead,
                         lease: Some(self.lease.clone()),
                     }
                 })
@@ -272,7 +283,8 @@ impl Dispatcher {
     /// ahead (up to the bound again) while the queues have room.
     fn has_room(&self, lane: &Lane) -> bool {
         let busy = lane.active + lane.queued.len();
-        busy < self.per_endpoint || (busy < 2 * self.per_endpoint && self.queued < QUEUED_AT_MOST)
+        busy < self.per_endpoint
+            || (busy < self.per_endpoint + self.ahead && self.queued < QUEUED_AT_MOST)
     }
 
     /// Starts queued deliveries on lanes with free slots, while global permits last. One
