@@ -1,6 +1,10 @@
 //! The use-cases, shared by the HTTP API and the CLI: they take parsed domain input, apply the
 //! rules that span more than one store call, and return domain output.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -44,6 +48,42 @@ pub struct Service {
     store: Store,
     delivery: DeliveryHandle,
     guard: AddressGuard,
+    keys: Arc<KeyCache>,
+}
+
+/// How long an API key that authenticated is trusted without asking the database again. A key
+/// revoked in the database stops working within this time.
+const KEY_CACHE_TTL: Duration = Duration::from_secs(5);
+/// Most keys remembered at once.
+const KEY_CACHE_ENTRIES: usize = 10_000;
+
+/// Keys that authenticated recently, by the SHA-256 of the presented key (never the key
+/// itself), with their organization: most requests then need no database round trip to
+/// authenticate. Failures are never remembered.
+#[derive(Debug, Default)]
+struct KeyCache {
+    entries: Mutex<HashMap<[u8; 32], (String, Instant)>>,
+}
+
+impl KeyCache {
+    fn get(&self, digest: &[u8; 32]) -> Option<String> {
+        let entries = self.entries.lock().expect("key cache lock");
+        entries
+            .get(digest)
+            .filter(|(_, at)| at.elapsed() < KEY_CACHE_TTL)
+            .map(|(org, _)| org.clone())
+    }
+
+    fn put(&self, digest: [u8; 32], org: String) {
+        let mut entries = self.entries.lock().expect("key cache lock");
+        if entries.len() >= KEY_CACHE_ENTRIES {
+            entries.retain(|_, (_, at)| at.elapsed() < KEY_CACHE_TTL);
+            if entries.len() >= KEY_CACHE_ENTRIES {
+                entries.clear();
+            }
+        }
+        entries.insert(digest, (org, Instant::now()));
+    }
 }
 
 impl Service {
@@ -52,6 +92,7 @@ impl Service {
             store,
             delivery,
             guard,
+            keys: Arc::default(),
         }
     }
 
@@ -76,7 +117,15 @@ impl Service {
     }
 
     pub async fn authenticate(&self, presented: &str) -> Result<Option<String>, ServiceError> {
-        Ok(self.store.authenticate(presented.to_owned()).await?)
+        let digest = crate::domain::org::hash_key(presented);
+        if let Some(org) = self.keys.get(&digest) {
+            return Ok(Some(org));
+        }
+        let org = self.store.authenticate(presented.to_owned()).await?;
+        if let Some(org) = &org {
+            self.keys.put(digest, org.clone());
+        }
+        Ok(org)
     }
 
     /// Creates a user and its `user.created` event in one commit. With an `Idempotency-Key`,
@@ -443,6 +492,22 @@ fn write_canonical(hasher: &mut Sha256, value: &Value) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_remembered_key_answers_only_for_its_own_digest_and_only_for_a_while() {
+        let cache = KeyCache::default();
+        let (a, b) = (
+            crate::domain::org::hash_key("acm_a"),
+            crate::domain::org::hash_key("acm_b"),
+        );
+        cache.put(a, "org_1".to_owned());
+        assert_eq!(cache.get(&a).as_deref(), Some("org_1"));
+        assert_eq!(cache.get(&b), None);
+        // Expired: as if it had been remembered longer ago than the TTL.
+        cache.entries.lock().unwrap().get_mut(&a).unwrap().1 =
+            Instant::now() - KEY_CACHE_TTL - Duration::from_millis(1);
+        assert_eq!(cache.get(&a), None);
+    }
 
     fn fp(v: Value) -> [u8; 32] {
         idempotency_request("POST /v1/users", "k", v.as_object().unwrap())

@@ -124,11 +124,7 @@ impl Dispatcher {
             global: Arc::new(Semaphore::new(global_bound.max(1))),
             per_endpoint: per_endpoint.max(1),
             queued: 0,
-            ahead: if shared {
-                per_endpoint.max(1)
-            } else {
-                0
-            },
+            ahead: if shared { per_endpoint.max(1) } else { 0 },
             wake_rx,
             done_tx,
             done_rx,

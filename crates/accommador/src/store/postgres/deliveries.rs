@@ -391,9 +391,13 @@ impl PgStore {
         let tx = client.transaction().await.map_err(pg_err)?;
         let state = tx
             .prepare_cached(
-                // Re-entrant: the lease statement below takes the same lock again.
+                // Re-entrant: the lease statement below takes the same lock again. The live
+                // signing secrets come along (newest first, then the ones being rotated out).
                 "SELECT pg_try_advisory_xact_lock(hashtextextended(id, 7)), status,
-                        disabled_reason, deleted_at IS NOT NULL
+                        disabled_reason, deleted_at IS NOT NULL,
+                        ARRAY(SELECT secret FROM endpoint_secrets
+                              WHERE endpoint_id = $1 AND (expires_at IS NULL OR expires_at > $2)
+                              ORDER BY expires_at IS NOT NULL, created_at DESC)
                  FROM endpoints WHERE id = $1",
             )
             .await
@@ -408,10 +412,10 @@ impl PgStore {
             .prepare_cached(
                 "WITH clock AS (SELECT accommador_now_ms() AS t),
                  busy AS (
-                     SELECT count(*) AS n FROM deliveries, clock
+                     SELECT count(*) AS n FROM deliveries
                      WHERE endpoint_id = $1 AND status = 'pending'
-                       AND lease_token IS NOT NULL AND lease_token <> $4
-                       AND lease_until > clock.t),
+                       AND lease_token IS NOT NULL AND lease_until > (SELECT t FROM clock)
+                       AND lease_token <> $4),
                  picked AS (
                      -- The clock as a parameter, not a join: the scan's filters then run
                      -- cheapest first, and only rows whose lease expired meet the ID list.
@@ -437,26 +441,20 @@ impl PgStore {
             )
             .await
             .map_err(pg_err)?;
-        let secrets = tx
-            .prepare_cached(
-                "SELECT secret FROM endpoint_secrets
-                 WHERE endpoint_id = $1 AND (expires_at IS NULL OR expires_at > $2)
-                 ORDER BY expires_at IS NOT NULL, created_at DESC",
-            )
-            .await
-            .map_err(pg_err)?;
         // When this lane may next have work: its earliest pending delivery that nobody holds
-        // (in due order through the due index; leased rows are skipped), or the expiry of a
-        // lease that is not one of this instance's live ones (its holder may have died).
+        // (in due order through the due index), or the earliest end of a lease that is not
+        // one of this instance's live ones (its holder may have died; through the leased
+        // index, in lease-end order).
         let next_due = tx
             .prepare_cached(
                 "SELECT LEAST(
                      (SELECT next_attempt_at FROM deliveries
                       WHERE endpoint_id = $1 AND status = 'pending' AND lease_token IS NULL
                       ORDER BY next_attempt_at LIMIT 1),
-                     (SELECT MIN(GREATEST(next_attempt_at, lease_until)) FROM deliveries
+                     (SELECT GREATEST(next_attempt_at, lease_until) FROM deliveries
                       WHERE endpoint_id = $1 AND status = 'pending' AND lease_token IS NOT NULL
-                        AND NOT (lease_token = $2 AND lease_until > accommador_now_ms())))",
+                        AND NOT (lease_token = $2 AND lease_until > accommador_now_ms())
+                      ORDER BY lease_until LIMIT 1))",
             )
             .await
             .map_err(pg_err)?;
@@ -473,8 +471,7 @@ impl PgStore {
             })
             .collect();
         let lanes = requests.iter().zip(&leases).map(|(req, lease)| {
-            let (tx, state, lease_due, secrets, next_due) =
-                (&tx, &state, &lease_due, &secrets, &next_due);
+            let (tx, state, lease_due, next_due) = (&tx, &state, &lease_due, &next_due);
             async move {
                 let (limit, bound, active, ahead) = (
                     req.limit as i64,
@@ -493,14 +490,12 @@ impl PgStore {
                     &active,
                     &ahead,
                 ];
-                let secret_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [id, &now_ms];
                 let next_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
                     [id, &lease.token];
-                let state_params = [id];
+                let state_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [id, &now_ms];
                 tokio::try_join!(
                     tx.query_opt(state, &state_params),
                     tx.query(lease_due, &lease_params),
-                    tx.query(secrets, &secret_params),
                     tx.query_one(next_due, &next_params),
                 )
             }
@@ -512,9 +507,7 @@ impl PgStore {
         .map_err(pg_err)?;
 
         let mut out = Vec::with_capacity(requests.len());
-        for ((req, lease), (state, rows, secret_rows, next)) in
-            requests.into_iter().zip(leases).zip(answers)
-        {
+        for ((req, lease), (state, rows, next)) in requests.into_iter().zip(leases).zip(answers) {
             if state.as_ref().is_some_and(|r| !r.get::<_, bool>(0)) {
                 // Another instance is leasing this endpoint right now: look again shortly.
                 out.push(LaneWork {
@@ -544,7 +537,7 @@ impl PgStore {
                 });
                 continue;
             }
-            let secrets: Vec<String> = secret_rows.iter().map(|r| r.get(0)).collect();
+            let secrets: Vec<String> = state.as_ref().map(|r| r.get(4)).unwrap_or_default();
             let due: Vec<DueDelivery> = rows
                 .into_iter()
                 .map(|r| {
