@@ -147,8 +147,9 @@ impl Application {
             .with_graceful_shutdown(shutdown)
             .await
             .context("serving HTTP");
-        // The dispatcher gives back the leases of attempts in flight (PostgreSQL), so another
-        // instance takes them at once; on SQLite they are simply due again on the next start.
+        // The dispatcher records the attempts that were already answered (for up to 3 s), then
+        // gives back the leases of the requests still open (PostgreSQL), so another instance
+        // takes them at once; on SQLite they are simply due again on the next start.
         if let Some((stop, main)) = dispatcher {
             let _ = stop.send(());
             if tokio::time::timeout(Duration::from_secs(5), main)

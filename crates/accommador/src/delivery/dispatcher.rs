@@ -393,6 +393,7 @@ impl Dispatcher {
             }
             tokio::select! {
                 () = &mut shutdown => {
+                    self.flush_answered().await;
                     self.release().await;
                     return;
                 }
@@ -411,7 +412,32 @@ impl Dispatcher {
     }
 }
 
+/// On shutdown, how long to wait for attempts that were answered to be recorded.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(3);
+
 impl Dispatcher {
+    /// On shutdown: waits (briefly) until every attempt whose endpoint has answered is
+    /// recorded, so a restart or deploy does not send those again. Open requests are not
+    /// waited for: their leases are given back at once (`release`).
+    async fn flush_answered(&mut self) {
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_FLUSH;
+        while self
+            .lanes
+            .values()
+            .any(|l| l.in_flight.len() > l.active + l.queued.len())
+        {
+            match tokio::time::timeout_at(deadline, self.done_rx.recv()).await {
+                Ok(Some(f)) => self.on_finished(f),
+                _ => {
+                    tracing::warn!(
+                        "answered attempts not yet recorded at shutdown; they will be attempted again"
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
     async fn release(&mut self) {
         let ids: Vec<String> = self
             .lanes

@@ -298,14 +298,21 @@ impl PgStore {
         let pairs = if seqs.is_empty() {
             Vec::new()
         } else {
+            // Both sides are read on their own first (the events by key, the endpoints of
+            // just their organizations by index), then joined: left to itself the planner
+            // could loop over every endpoint of every organization.
             tx.fetch(
-                "SELECT e.seq, ep.id, ep.event_types
-                 FROM events e JOIN endpoints ep ON ep.org_id = e.org_id
-                 WHERE e.seq = ANY($1) AND ep.status = 'enabled' AND ep.deleted_at IS NULL
-                   AND NOT pg_visible_in_snapshot(e.xid, ep.created_snapshot)
-                 ORDER BY e.seq, ep.id
-                 FOR SHARE OF ep",
-                &[&seqs],
+                "WITH ev AS MATERIALIZED (
+                     SELECT seq, org_id, xid FROM events WHERE seq = ANY($1)),
+                 eps AS MATERIALIZED (
+                     SELECT id, org_id, event_types, created_snapshot FROM endpoints
+                     WHERE org_id = ANY($2) AND status = 'enabled' AND deleted_at IS NULL
+                     FOR SHARE)
+                 SELECT ev.seq, eps.id, eps.event_types
+                 FROM ev JOIN eps ON eps.org_id = ev.org_id
+                 WHERE NOT pg_visible_in_snapshot(ev.xid, eps.created_snapshot)
+                 ORDER BY ev.seq, eps.id",
+                &[&seqs, &orgs],
             )
             .await
             .map_err(pg_err)?
