@@ -69,7 +69,7 @@ pub struct Settings {
     pub endpoint_concurrency: usize,
     /// Attempts in flight in this process at most.
     pub delivery_concurrency: usize,
-    /// PostgreSQL connections per process at most.
+    /// PostgreSQL connections per process for the API at most (the background pool adds 6).
     pub database_pool_size: usize,
 }
 
