@@ -287,18 +287,19 @@ impl Dispatcher {
     /// queued so long that its lease could run out before its attempt ends is given back
     /// instead (`stale`), to be leased again.
     fn start_queued(&mut self) {
-        let fresh_for = Duration::from_millis((self.lease.millis / 2).max(0) as u64);
+        // A lease lasts 2 × the delivery timeout + 5 s: one started within a timeout of its
+        // lease still has 5 s to be recorded after its longest possible attempt.
+        let fresh_for = Duration::from_millis(((self.lease.millis - 5_000) / 2).max(0) as u64);
         let mut starts = Vec::new();
-        let mut stale = Vec::new();
-        for lane in self.lanes.values_mut() {
+        let mut stale: Vec<(String, String)> = Vec::new();
+        for (endpoint_id, lane) in self.lanes.iter_mut() {
             while lane.active < self.per_endpoint {
                 let Some((d, leased_at)) = lane.queued.pop_front() else {
                     break;
                 };
                 self.queued -= 1;
                 if leased_at.elapsed() > fresh_for {
-                    lane.in_flight.remove(&d.id);
-                    stale.push(d.id);
+                    stale.push((endpoint_id.clone(), d.id));
                     continue;
                 }
                 let Ok(permit) = self.global.clone().try_acquire_owned() else {
@@ -314,13 +315,24 @@ impl Dispatcher {
             self.start(d, permit);
         }
         if !stale.is_empty() {
-            for id in &stale {
-                self.in_flight.remove(id);
-            }
-            let (store, token) = (self.store.clone(), self.lease.token.clone());
+            // Given back, then handed over as finished: that takes them out of the in-flight
+            // sets and makes their lanes due now (the rows are due again once released).
+            let (store, token, done) = (
+                self.store.clone(),
+                self.lease.token.clone(),
+                self.done_tx.clone(),
+            );
             tokio::spawn(async move {
-                if let Err(e) = store.release_leases(token, stale).await {
+                let ids = stale.iter().map(|(_, id)| id.clone()).collect();
+                if let Err(e) = store.release_leases(token, ids).await {
                     tracing::warn!(error = %e, "giving back stale leases failed; they expire");
+                }
+                for (endpoint_id, delivery_id) in stale {
+                    let _ = done.send(Finished::Recorded(Done {
+                        endpoint_id,
+                        delivery_id,
+                        next_due: Some(Timestamp::now()),
+                    }));
                 }
             });
         }

@@ -105,7 +105,12 @@ impl PgStore {
         // stay, so they are planned for the current table sizes each time (parsing is still
         // cached).
         let mut background_config = config.clone();
-        background_config.options("-c plan_cache_mode=force_custom_plan");
+        // Added to any options the URL sets (a search_path, say), not in their place.
+        let options = match config.get_options() {
+            Some(given) => format!("{given} -c plan_cache_mode=force_custom_plan"),
+            None => "-c plan_cache_mode=force_custom_plan".to_owned(),
+        };
+        background_config.options(&options);
         let pool = |config: &tokio_postgres::Config, size: usize| {
             let manager = Manager::from_config(
                 config.clone(),

@@ -837,6 +837,28 @@ async fn three_instances_share_the_work_without_ever_attempting_one_delivery_twi
 }
 
 #[tokio::test]
+async fn options_in_the_database_url_apply_to_every_connection() {
+    if !postgres_configured() {
+        return;
+    }
+    // The URL puts the tables in their own schema. The API's connections and the delivery
+    // side's own pool (which adds planner options of its own) must both use it: otherwise
+    // users are created but their events are never numbered or delivered.
+    let db = TestDb::new().await;
+    db.execute("", "CREATE SCHEMA accommador_app").await;
+    let url = format!("{}?options=-c%20search_path%3Daccommador_app", db.url);
+    let rx = receiver::Receiver::start().await;
+    let server = Server::spawn(&url, &["serve"], &[PRIVATE]).await;
+    let client = Client::new();
+    let key = create_org(&client, &server).await;
+    create_endpoint(&client, &server, &key, &rx.url("/hook")).await;
+    create_users(&client, &[&server], &key, 3, "schema").await;
+    rx.wait_for("/hook", 3, Duration::from_secs(20)).await;
+    let events = list_all(&client, &server, &key, "/v1/events").await;
+    assert_eq!(events.len(), 3);
+}
+
+#[tokio::test]
 async fn a_killed_workers_leases_are_taken_over_and_a_stopped_one_gives_them_back() {
     if !postgres_configured() {
         return;

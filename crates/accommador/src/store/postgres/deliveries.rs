@@ -521,7 +521,9 @@ impl PgStore {
 
         let mut out = Vec::with_capacity(requests.len());
         for ((req, lease), (state, rows, next)) in requests.into_iter().zip(leases).zip(answers) {
-            if state.as_ref().is_some_and(|r| !r.get::<_, bool>(0)) {
+            // Rows mean the lease statement held the lock (it tries again, and another
+            // instance may have committed in between), so they are used whatever `state` saw.
+            if rows.is_empty() && state.as_ref().is_some_and(|r| !r.get::<_, bool>(0)) {
                 // Another instance is leasing this endpoint right now: look again shortly.
                 out.push(LaneWork {
                     endpoint_id: req.endpoint_id,

@@ -66,18 +66,31 @@ async fn write(store: &PgStore, batch: Vec<Creation>) {
                 });
             }
         }
-        Err(e) if batch.len() == 1 => {
+        // The COMMIT itself failed: whether it took effect is unknown, so retrying would
+        // answer "email taken" for users that may have been created. Every request gets the
+        // error (a 500, which the client may retry with an Idempotency-Key).
+        Err(Failed::AtCommit(e)) => {
+            tracing::error!(error = %e, size = batch.len(), "committing a batch of users failed; outcome unknown");
+            for c in batch {
+                let _ = c
+                    .reply
+                    .send(Err(StoreError::database(std::io::Error::other(format!(
+                        "the commit's outcome is unknown: {e}"
+                    )))));
+            }
+        }
+        Err(Failed::Before(e)) if batch.len() == 1 => {
             if let Some(c) = batch.into_iter().next() {
                 let _ = c.reply.send(Err(e));
             }
         }
-        Err(e) => {
+        Err(Failed::Before(e)) => {
             tracing::warn!(error = %e, size = batch.len(), "writing a batch of users failed; one at a time");
             for c in batch {
                 let result = match write_batch(store, std::slice::from_ref(&c)).await {
                     Ok(created) if created[0] => Ok(()),
                     Ok(_) => Err(StoreError::EmailTaken),
-                    Err(e) => Err(e),
+                    Err(Failed::Before(e) | Failed::AtCommit(e)) => Err(e),
                 };
                 let _ = c.reply.send(result);
             }
@@ -85,9 +98,21 @@ async fn write(store: &PgStore, batch: Vec<Creation>) {
     }
 }
 
+/// How a batch failed: before its COMMIT (nothing was written), or at it (unknown).
+enum Failed {
+    Before(StoreError),
+    AtCommit(StoreError),
+}
+
+impl From<StoreError> for Failed {
+    fn from(e: StoreError) -> Failed {
+        Failed::Before(e)
+    }
+}
+
 /// Writes the batch in one transaction; which of its users were created (the others' emails
 /// were taken).
-async fn write_batch(store: &PgStore, batch: &[Creation]) -> Result<Vec<bool>, StoreError> {
+async fn write_batch(store: &PgStore, batch: &[Creation]) -> Result<Vec<bool>, Failed> {
     let mut columns = Columns::default();
     for c in batch {
         columns.push(c);
@@ -141,7 +166,7 @@ async fn write_batch(store: &PgStore, batch: &[Creation]) -> Result<Vec<bool>, S
         )
         .await
         .map_err(pg_err)?;
-    tx.commit().await.map_err(pg_err)?;
+    tx.commit().await.map_err(|e| Failed::AtCommit(pg_err(e)))?;
     let created: std::collections::HashSet<String> =
         rows.iter().map(|r| r.get::<_, String>(0)).collect();
     Ok(batch.iter().map(|c| created.contains(&c.user.id)).collect())
