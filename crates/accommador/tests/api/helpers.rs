@@ -62,6 +62,7 @@ impl TestDb {
         }
     }
 
+    #[allow(dead_code)] // used by tests/postgres and tests/delivery
     pub fn is_postgres(&self) -> bool {
         self.postgres.is_some()
     }
@@ -71,17 +72,29 @@ impl TestDb {
     pub async fn execute(&self, sqlite: &str, postgres: &str) {
         match &self.postgres {
             None => {
+                // The server's writer holds the file's write lock while it commits; wait for
+                // it as long as a loaded machine may need, and off the test's runtime, which
+                // also hosts the server and the receiver.
                 let path = self.url.trim_start_matches("sqlite://").to_owned();
-                let conn = rusqlite::Connection::open(path).unwrap();
-                conn.busy_timeout(Duration::from_secs(5)).unwrap();
-                conn.execute_batch(sqlite).unwrap();
+                let sql = sqlite.to_owned();
+                tokio::task::spawn_blocking(move || {
+                    let conn = rusqlite::Connection::open(path)?;
+                    conn.busy_timeout(Duration::from_secs(60))?;
+                    conn.execute_batch(&sql)
+                })
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("test SQL on SQLite failed: {e}\n{sqlite}"));
             }
             Some(_) => {
                 let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
                     .await
                     .unwrap();
                 tokio::spawn(conn);
-                client.batch_execute(postgres).await.unwrap();
+                client
+                    .batch_execute(postgres)
+                    .await
+                    .unwrap_or_else(|e| panic!("test SQL on PostgreSQL failed: {e}\n{postgres}"));
             }
         }
     }

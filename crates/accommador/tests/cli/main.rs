@@ -4,6 +4,9 @@
 //! Readiness is a bounded `/healthz` poll, never a fixed sleep; servers are killed when their
 //! guard drops, so a failing test leaves no process behind.
 
+#[path = "../common/spawn.rs"]
+#[allow(dead_code)]
+mod spawn;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
-use support::{ADMIN_TOKEN, Server, command, free_port, port_is_open, run, run_args, sqlite_url};
+use support::{ADMIN_TOKEN, Server, command, run, run_args, sqlite_url};
 
 const ADMIN: (&str, &str) = ("ACCOMMADOR_ADMIN_TOKEN", ADMIN_TOKEN);
 
@@ -124,13 +127,12 @@ async fn a_second_server_on_the_same_file_refuses_and_the_first_keeps_serving() 
         .to_owned();
     let first = Server::start(dir.path(), &db, &[]).await;
 
-    let second_port = free_port();
     let out = run_args(
         dir.path(),
         &[
             "serve",
             "--listen",
-            &format!("127.0.0.1:{second_port}"),
+            "127.0.0.1:0",
             "--database",
             &sqlite_url(&db),
         ],
@@ -142,8 +144,9 @@ async fn a_second_server_on_the_same_file_refuses_and_the_first_keeps_serving() 
         "the message names no file: {line}"
     );
     assert!(
-        !port_is_open(second_port),
-        "the refused server still listens"
+        !out.stderr.contains("is listening"),
+        "the refused server served before refusing: {}",
+        out.stderr
     );
 
     let user = first.create_user(&key, "still@example.com").await;
@@ -166,7 +169,7 @@ async fn a_second_server_through_a_symlink_to_the_same_file_also_refuses() {
         &[
             "serve",
             "--listen",
-            &format!("127.0.0.1:{}", free_port()),
+            "127.0.0.1:0",
             "--database",
             &sqlite_url(&link),
         ],
@@ -378,14 +381,17 @@ fn worker_refuses_sqlite_and_says_it_needs_postgres() {
 
 #[tokio::test]
 async fn listen_comes_from_the_file_then_the_environment_then_the_flag() {
+    // Each layer names its own loopback address (port 0: the kernel picks a free port, so no
+    // port is chosen here and taken by someone else before the server binds it). The address
+    // the server reports shows which layer won.
     let dir = tempdir();
-    let (port_a, port_b, port_c) = (free_port(), free_port(), free_port());
+    let (ip_a, ip_b, ip_c) = ("127.0.0.2", "127.0.0.3", "127.0.0.4");
     let db = dir.path().join("conf.db");
     let config = dir.path().join("accommador.toml");
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:{port_a}\"\ndatabase_url = \"{}\"\n",
+            "listen = \"{ip_a}:0\"\ndatabase_url = \"{}\"\n",
             sqlite_url(&db)
         ),
     )
@@ -395,35 +401,44 @@ async fn listen_comes_from_the_file_then_the_environment_then_the_flag() {
     // File only: its address, and its database.
     let mut cmd = command(dir.path());
     cmd.args(["serve", "--config", config]);
-    let server = Server::spawn(dir.path(), cmd, port_a)
+    let server = Server::spawn(dir.path(), cmd)
         .await
-        .unwrap_or_else(|log| panic!("the file's listen address is not used:\n{log}"));
+        .unwrap_or_else(|log| panic!("serve with the file did not start:\n{log}"));
+    assert_eq!(
+        server.addr.ip().to_string(),
+        ip_a,
+        "the file's listen address is not used"
+    );
     assert!(db.is_file(), "the file's database_url is not used");
     drop(server);
 
     // The environment overrides the file.
     let mut cmd = command(dir.path());
     cmd.args(["serve", "--config", config])
-        .env("ACCOMMADOR_LISTEN", format!("127.0.0.1:{port_b}"));
-    let server = Server::spawn(dir.path(), cmd, port_b)
+        .env("ACCOMMADOR_LISTEN", format!("{ip_b}:0"));
+    let server = Server::spawn(dir.path(), cmd)
         .await
-        .unwrap_or_else(|log| panic!("ACCOMMADOR_LISTEN does not override the file:\n{log}"));
-    assert!(!port_is_open(port_a), "the file's address is still used");
+        .unwrap_or_else(|log| panic!("serve with ACCOMMADOR_LISTEN did not start:\n{log}"));
+    assert_eq!(
+        server.addr.ip().to_string(),
+        ip_b,
+        "ACCOMMADOR_LISTEN does not override the file"
+    );
     drop(server);
 
     // The flag overrides the environment.
     let mut cmd = command(dir.path());
     cmd.args(["serve", "--config", config])
-        .args(["--listen", &format!("127.0.0.1:{port_c}")])
-        .env("ACCOMMADOR_LISTEN", format!("127.0.0.1:{port_b}"));
-    let server = Server::spawn(dir.path(), cmd, port_c)
+        .args(["--listen", &format!("{ip_c}:0")])
+        .env("ACCOMMADOR_LISTEN", format!("{ip_b}:0"));
+    let server = Server::spawn(dir.path(), cmd)
         .await
-        .unwrap_or_else(|log| panic!("--listen does not override the environment:\n{log}"));
-    assert!(
-        !port_is_open(port_b),
-        "the environment's address is still used"
+        .unwrap_or_else(|log| panic!("serve with --listen did not start:\n{log}"));
+    assert_eq!(
+        server.addr.ip().to_string(),
+        ip_c,
+        "--listen does not override the environment"
     );
-    assert!(!port_is_open(port_a), "the file's address is still used");
     drop(server);
 }
 
@@ -431,8 +446,13 @@ async fn listen_comes_from_the_file_then_the_environment_then_the_flag() {
 fn an_invalid_setting_fails_fast_with_one_line_naming_it() {
     let dir = tempdir();
     let db = dir.path().join("bad.db");
-    let listen = format!("127.0.0.1:{}", free_port());
-    let args = ["serve", "--listen", &listen, "--database", &sqlite_url(&db)];
+    let args = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--database",
+        &sqlite_url(&db),
+    ];
 
     let mut cmd = command(dir.path());
     cmd.args(args).env("ACCOMMADOR_DELIVERY_TIMEOUT", "soon");
@@ -598,30 +618,35 @@ fn help_lists_every_subcommand_and_each_has_its_own_help() {
 async fn listen_verifies_signatures_and_prints_each_request() {
     let dir = tempdir();
     let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-    let port = free_port();
     let out = dir.path().join("listen.out");
+    let err = dir.path().join("listen.err");
+    // Port 0: the receiver says where it listens ("listening on http://…").
     let mut child = command(dir.path())
-        .args([
-            "listen",
-            "--port",
-            &port.to_string(),
-            "--secret",
-            secret,
-            "--json",
-        ])
+        .args(["listen", "--port", "0", "--secret", secret, "--json"])
         .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&err).unwrap())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !port_is_open(port) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let port = loop {
+        let said = std::fs::read_to_string(&err).unwrap_or_default();
+        if let Some(addr) = said
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("http://"))
+            .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+        {
+            break addr.port();
+        }
         assert!(
             std::time::Instant::now() < deadline,
-            "listen never opened its port"
+            "listen never said where it listens: {said}"
         );
-        assert!(child.try_wait().unwrap().is_none(), "listen exited early");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "listen exited early: {said}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    };
     let body =
         r#"{"id":"evt_1","type":"user.created","timestamp":"2026-11-27T01:02:03.456Z","data":{}}"#;
     let ts = SystemTime::now()

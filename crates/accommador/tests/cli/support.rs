@@ -2,7 +2,7 @@
 //! processes that are polled until `/healthz` answers and killed when dropped.
 
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::spawn;
+
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_accommador");
 pub(crate) const ADMIN_TOKEN: &str = "cli-test-admin-token";
 
 /// How long a one-shot command may run before the test gives up on it.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long a server may take to answer `/healthz`.
-const READY_TIMEOUT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(20);
 
 /// Names files for children's output uniquely within one test directory.
@@ -26,22 +26,8 @@ fn next_seq() -> usize {
     SEQ.fetch_add(1, Ordering::Relaxed)
 }
 
-/// A port nothing listens on right now (bound on port 0 and released).
-pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("binding 127.0.0.1:0")
-        .port()
-}
-
 pub(crate) fn sqlite_url(path: &Path) -> String {
     format!("sqlite://{}", path.display())
-}
-
-/// Whether something accepts TCP connections on this local port.
-pub(crate) fn port_is_open(port: u16) -> bool {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
 }
 
 /// The binary, run in `dir`, with no inherited `ACCOMMADOR_*` setting (nor `RUST_LOG`), so the
@@ -165,78 +151,43 @@ pub(crate) fn http_client() -> reqwest::Client {
 #[derive(Debug)]
 pub(crate) struct Server {
     child: Option<Child>,
-    pub port: u16,
+    /// Where it listens, as it logged once bound.
+    pub addr: SocketAddr,
     log: PathBuf,
     pub client: reqwest::Client,
 }
 
 impl Server {
-    /// `serve --listen 127.0.0.1:<free port> --database sqlite://<db>` with `envs`; retried on
-    /// a fresh port if another process took the chosen one first.
+    /// `serve --listen 127.0.0.1:0 --database sqlite://<db>` with `envs`.
     pub async fn start(dir: &Path, db: &Path, envs: &[(&str, &str)]) -> Server {
-        let mut last_log = String::new();
-        for _ in 0..3 {
-            let port = free_port();
-            let mut cmd = command(dir);
-            cmd.arg("serve")
-                .arg("--listen")
-                .arg(format!("127.0.0.1:{port}"))
-                .arg("--database")
-                .arg(sqlite_url(db))
-                .envs(envs.iter().copied());
-            match Server::spawn(dir, cmd, port).await {
-                Ok(server) => return server,
-                Err(log) if log.contains("error: listening on") => last_log = log,
-                Err(log) => panic!("accommador serve did not start:\n{log}"),
-            }
-        }
-        panic!("accommador serve could not bind a free port:\n{last_log}");
+        let mut cmd = command(dir);
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--database")
+            .arg(sqlite_url(db))
+            .envs(envs.iter().copied());
+        Server::spawn(dir, cmd)
+            .await
+            .unwrap_or_else(|log| panic!("accommador serve did not start:\n{log}"))
     }
 
-    /// Spawns `cmd` (a `serve` command line) and waits until `/healthz` answers on `port`.
-    /// `Err` carries the child's stderr if it exited or never became healthy.
-    pub async fn spawn(dir: &Path, mut cmd: Command, port: u16) -> Result<Server, String> {
+    /// Spawns `cmd` (a `serve` command line whose listen address has port 0, however it is
+    /// given) and waits until it logs the address it bound and `/healthz` answers there. `Err`
+    /// carries the child's stderr if it exited or never became healthy.
+    pub async fn spawn(dir: &Path, cmd: Command) -> Result<Server, String> {
         let log = dir.join(format!("serve-{}.log", next_seq()));
-        cmd.stdout(Stdio::null())
-            .stderr(File::create(&log).expect("creating the server log"));
-        let child = cmd.spawn().expect("spawning accommador serve");
-        let mut server = Server {
+        let (child, addr) = spawn::spawn_listening(cmd, &log).await?;
+        Ok(Server {
             child: Some(child),
-            port,
+            addr,
             log,
             client: http_client(),
-        };
-        match server.wait_healthy().await {
-            Ok(()) => Ok(server),
-            Err(why) => {
-                server.kill();
-                Err(format!("{why}\nserver log:\n{}", server.log()))
-            }
-        }
-    }
-
-    async fn wait_healthy(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let url = self.url("/healthz");
-        loop {
-            let child = self.child.as_mut().expect("a started server");
-            if let Some(status) = child.try_wait().expect("polling the server") {
-                return Err(format!("the server exited with {status} before answering"));
-            }
-            if let Ok(resp) = self.client.get(&url).send().await
-                && resp.status() == 200
-            {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(format!("{url} did not answer 200 within {READY_TIMEOUT:?}"));
-            }
-            tokio::time::sleep(POLL).await;
-        }
+        })
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        format!("http://{}{path}", self.addr)
     }
 
     pub fn pid(&self) -> u32 {

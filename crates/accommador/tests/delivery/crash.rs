@@ -2,17 +2,18 @@
 //! restart every event still reaches the endpoint at least once.
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use reqwest::Client;
 use serde_json::{Value, json};
 
 use crate::receiver::{Receiver, Reply};
+use crate::spawn;
 
 const ADMIN: &str = "crash-admin-token";
 
-struct Server(Child, u16);
+struct Server(Child, std::net::SocketAddr);
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -22,49 +23,27 @@ impl Drop for Server {
 }
 
 async fn start(dir: &std::path::Path) -> Server {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_accommador"));
     for (k, _) in std::env::vars() {
         if k.starts_with("ACCOMMADOR_") {
             cmd.env_remove(k);
         }
     }
-    let child = cmd
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+    cmd.args(["serve", "--listen", "127.0.0.1:0"])
         .arg("--database")
         .arg(format!("sqlite://{}", dir.join("crash.db").display()))
         .env("ACCOMMADOR_ADMIN_TOKEN", ADMIN)
         .env("ACCOMMADOR_ALLOW_PRIVATE_TARGETS", "true")
-        .env("ACCOMMADOR_RETRY_SCHEDULE", "100ms,100ms,100ms")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut server = Server(child, port);
-    let client = Client::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(r) = client.get(server.url("/healthz")).send().await
-            && r.status() == 200
-        {
-            return server;
-        }
-        assert!(server.0.try_wait().unwrap().is_none(), "serve exited");
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "serve never became healthy"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        .env("ACCOMMADOR_RETRY_SCHEDULE", "100ms,100ms,100ms");
+    let (child, addr) = spawn::spawn_listening(cmd, &spawn::log_path(dir, "serve"))
+        .await
+        .unwrap_or_else(|e| panic!("accommador serve did not start: {e}"));
+    Server(child, addr)
 }
 
 impl Server {
     fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.1)
+        format!("http://{}{path}", self.1)
     }
 }
 
@@ -110,9 +89,9 @@ async fn deliveries_in_flight_at_sigkill_are_attempted_again_after_restart() {
             .unwrap();
         assert_eq!(r.status(), 201);
     }
-    rx.wait_for("/crash", 8, Duration::from_secs(10)).await;
+    rx.wait_for("/crash", 8, Duration::from_secs(30)).await;
     server.0.kill().unwrap();
-    server.0.wait().unwrap();
+    spawn::reap(&mut server.0).await;
 
     let server = start(dir.path()).await;
     let events: Value = client
@@ -131,7 +110,7 @@ async fn deliveries_in_flight_at_sigkill_are_attempted_again_after_restart() {
         .map(|e| e["id"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(expected.len(), 20);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         // Answered requests only: the hung ones before the crash never completed.
         let answered: HashSet<String> = rx.received("/crash")[8..]
@@ -149,7 +128,7 @@ async fn deliveries_in_flight_at_sigkill_are_attempted_again_after_restart() {
         rx.wait_for(
             "/crash",
             rx.received("/crash").len() + 1,
-            Duration::from_secs(15),
+            Duration::from_secs(30),
         )
         .await;
     }
