@@ -12,7 +12,7 @@ use accommador_webhooks::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, Secret}
 use anyhow::Context;
 use serde_json::{Map, Value};
 
-use super::guard::{AddressGuard, BlockedAddress};
+use super::guard::{AddressGuard, BlockedAddress, ResolveError};
 use crate::domain::Timestamp;
 use crate::domain::delivery::{AttemptResult, ErrorClass, MAX_LOGGED_BODY, parse_retry_after};
 use crate::store::DueDelivery;
@@ -149,7 +149,9 @@ impl WebhookClient {
     }
 }
 
-/// The error class and message (with its cause chain) of a failed request.
+/// The error class and message (with its cause chain) of a failed request. The class comes
+/// from the types in the chain, never from its words (the message quotes the URL, whose path
+/// may say anything).
 fn classify(e: &reqwest::Error) -> (ErrorClass, String) {
     let mut chain = e.to_string();
     let mut source = std::error::Error::source(e);
@@ -158,21 +160,30 @@ fn classify(e: &reqwest::Error) -> (ErrorClass, String) {
         chain.push_str(&s.to_string());
         source = s.source();
     }
-    let mut blocked = false;
+    let (mut blocked, mut dns, mut tls, mut timed_out) = (false, false, false, e.is_timeout());
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
         blocked |= s.downcast_ref::<BlockedAddress>().is_some();
-        source = s.source();
+        dns |= s.downcast_ref::<ResolveError>().is_some();
+        tls |= s.downcast_ref::<rustls::Error>().is_some();
+        source = match s.downcast_ref::<std::io::Error>() {
+            // An I/O error hides what it wraps from `source()` (TLS errors come wrapped in
+            // two of them): step into it instead.
+            Some(io) => {
+                timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
+                io.get_ref()
+                    .map(|inner| inner as &(dyn std::error::Error + 'static))
+            }
+            None => s.source(),
+        };
     }
-    let lower = chain.to_lowercase();
     let class = if blocked {
         ErrorClass::BlockedAddress
-    } else if e.is_timeout() || lower.contains("timed out") {
+    } else if timed_out {
         ErrorClass::Timeout
-    } else if lower.contains("dns error") || lower.contains("failed to lookup address") {
+    } else if dns {
         ErrorClass::Dns
-    } else if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake")
-    {
+    } else if tls {
         ErrorClass::Tls
     } else {
         ErrorClass::Connect

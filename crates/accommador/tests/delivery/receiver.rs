@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -17,6 +17,8 @@ pub struct Reply {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
     pub delay: Duration,
+    /// The response body (none by default).
+    pub body: Vec<u8>,
 }
 
 impl Reply {
@@ -25,6 +27,7 @@ impl Reply {
             status,
             headers: Vec::new(),
             delay: Duration::ZERO,
+            body: Vec::new(),
         }
     }
     pub fn header(mut self, name: &'static str, value: &str) -> Reply {
@@ -33,6 +36,10 @@ impl Reply {
     }
     pub fn after(mut self, delay: Duration) -> Reply {
         self.delay = delay;
+        self
+    }
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Reply {
+        self.body = body.into();
         self
     }
 }
@@ -47,6 +54,8 @@ pub struct Received {
     pub content_type: String,
     pub body: Bytes,
     pub at: Instant,
+    /// The wall-clock time of arrival (for comparing with `webhook-timestamp` and HTTP dates).
+    pub wall: SystemTime,
 }
 
 #[derive(Default)]
@@ -71,6 +80,20 @@ pub struct Receiver {
 impl Receiver {
     pub async fn start() -> Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Receiver::serve(listener)
+    }
+
+    /// Holds a free 127.0.0.1 port without listening on it: connections to it are refused
+    /// until [`ReservedPort::start`] makes a receiver listen there (no other process can take
+    /// the port meanwhile).
+    pub fn reserve() -> ReservedPort {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = socket.local_addr().unwrap();
+        ReservedPort { socket, addr }
+    }
+
+    fn serve(listener: tokio::net::TcpListener) -> Receiver {
         let addr = listener.local_addr().unwrap();
         let r = Receiver {
             addr,
@@ -95,6 +118,11 @@ impl Receiver {
             .entry(path.to_owned())
             .or_default()
             .extend(replies);
+    }
+
+    /// Drops what is left of `path`'s script: it answers 204 (or the default reply) again.
+    pub fn clear_script(&self, path: &str) {
+        self.inner.lock().unwrap().script.remove(path);
     }
 
     /// Every path without a script answers this (instead of 204).
@@ -167,6 +195,7 @@ async fn receive(State(r): State<Receiver>, uri: Uri, headers: HeaderMap, body: 
             content_type: header("content-type"),
             body,
             at: Instant::now(),
+            wall: SystemTime::now(),
         });
         let scripted = inner.script.get_mut(&path).and_then(VecDeque::pop_front);
         scripted.or_else(|| inner.default.clone())
@@ -178,11 +207,33 @@ async fn receive(State(r): State<Receiver>, uri: Uri, headers: HeaderMap, body: 
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }
-    let mut response = StatusCode::from_u16(reply.status).unwrap().into_response();
+    let status = StatusCode::from_u16(reply.status).unwrap();
+    let mut response = if reply.body.is_empty() {
+        status.into_response()
+    } else {
+        (status, reply.body).into_response()
+    };
     for (name, value) in reply.headers {
         response.headers_mut().insert(name, value.parse().unwrap());
     }
     response
+}
+
+/// A bound 127.0.0.1 port nobody listens on yet (see [`Receiver::reserve`]).
+pub struct ReservedPort {
+    socket: tokio::net::TcpSocket,
+    pub addr: SocketAddr,
+}
+
+impl ReservedPort {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Starts listening on the reserved port: from now on it is a receiver like any other.
+    pub fn start(self) -> Receiver {
+        Receiver::serve(self.socket.listen(1024).unwrap())
+    }
 }
 
 struct OpenGuard(Arc<Mutex<Inner>>, (String, String));
