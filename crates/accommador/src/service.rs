@@ -249,17 +249,20 @@ impl Service {
         if let Some(url) = &patch.url {
             self.check_target(url).await?;
         }
-        Ok(self
+        let updated = self
             .store
             .update_endpoint(org.to_owned(), id.to_owned(), patch)
-            .await?)
+            .await?;
+        self.delivery.endpoint_changed(id);
+        Ok(updated)
     }
 
     pub async fn delete_endpoint(&self, org: &str, id: &str) -> Result<(), ServiceError> {
-        Ok(self
-            .store
+        self.store
             .delete_endpoint(org.to_owned(), id.to_owned())
-            .await?)
+            .await?;
+        self.delivery.endpoint_changed(id);
+        Ok(())
     }
 
     pub async fn endpoint_secret(&self, org: &str, id: &str) -> Result<String, ServiceError> {
@@ -276,10 +279,12 @@ impl Service {
         id: &str,
     ) -> Result<String, ServiceError> {
         let secret = accommador_webhooks::Secret::generate().expose();
-        Ok(self
+        let secret = self
             .store
             .rotate_endpoint_secret(org.to_owned(), id.to_owned(), secret)
-            .await?)
+            .await?;
+        self.delivery.endpoint_changed(id);
+        Ok(secret)
     }
 }
 

@@ -190,6 +190,7 @@ fn start_workers(
         client,
         policy,
         wakers.in_flight,
+        wakers.changes,
         dispatcher_wake,
         settings.delivery_concurrency,
         settings.endpoint_concurrency,

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::client::WebhookClient;
-use super::{InFlight, Wake};
+use super::target::{Checked, Targets};
+use super::{EndpointChanges, InFlight, Wake};
 use crate::domain::Timestamp;
 use crate::domain::delivery::RetryPolicy;
 use crate::store::{DueDelivery, LaneRequest, Lease, Store};
@@ -42,7 +43,8 @@ struct Lane {
     /// database does not throttle deliveries to an endpoint that answers quickly.
     active: usize,
     /// Leased ahead (up to the per-endpoint bound again, when no other instance is on the
-    /// endpoint): started the moment a slot frees, without a round trip to the database.
+    /// endpoint): started the moment a slot frees, without a round trip to the database. Each
+    /// with the moment the read that found it began.
     queued: VecDeque<(DueDelivery, Instant)>,
 }
 
@@ -65,6 +67,8 @@ struct Done {
 pub struct Dispatcher {
     store: Store,
     client: WebhookClient,
+    /// Checks each send against the endpoint's latest changes just before it starts.
+    targets: Targets,
     in_flight: InFlight,
     lanes: HashMap<String, Lane>,
     global: Arc<Semaphore>,
@@ -96,6 +100,7 @@ impl Dispatcher {
         client: WebhookClient,
         policy: RetryPolicy,
         in_flight: InFlight,
+        changes: EndpointChanges,
         wake_rx: mpsc::UnboundedReceiver<Wake>,
         global_bound: usize,
         per_endpoint: usize,
@@ -117,6 +122,7 @@ impl Dispatcher {
                 per_endpoint: per_endpoint.max(1),
             },
             rescan_pending: false,
+            targets: Targets::new(store.clone(), changes),
             store,
             client,
             in_flight,
@@ -231,9 +237,10 @@ impl Dispatcher {
                 })
                 .filter(|r| r.limit > 0)
                 .collect();
+            // Before the read: whatever changes after this instant is checked again at send.
+            let leased_at = Instant::now();
             match self.store.lane_work(requests, now).await {
                 Ok(work) => {
-                    let leased_at = Instant::now();
                     for w in work {
                         let lane = self.lanes.entry(w.endpoint_id.clone()).or_default();
                         lane.due_at = match w.next_due {
@@ -308,11 +315,11 @@ impl Dispatcher {
                     break;
                 };
                 lane.active += 1;
-                starts.push((d, permit));
+                starts.push((d, leased_at, permit));
             }
         }
-        for (d, permit) in starts {
-            self.start(d, permit);
+        for (d, read_at, permit) in starts {
+            self.start(d, read_at, permit);
         }
         if !stale.is_empty() {
             // Given back, then handed over as finished: that takes them out of the in-flight
@@ -338,12 +345,44 @@ impl Dispatcher {
         }
     }
 
-    fn start(&self, d: DueDelivery, permit: tokio::sync::OwnedSemaphorePermit) {
+    fn start(&self, d: DueDelivery, read_at: Instant, permit: tokio::sync::OwnedSemaphorePermit) {
         let client = self.client.clone();
         let recorder = self.recorder.clone();
         let done = self.done_tx.clone();
         let in_flight = self.in_flight.clone();
+        let targets = self.targets.clone();
+        let store = self.store.clone();
+        let changes = self.targets.changes().clone();
         tokio::spawn(async move {
+            let (endpoint_id, delivery_id, lease) =
+                (d.endpoint_id.clone(), d.id.clone(), d.lease_token.clone());
+            let d = match targets.current(d, read_at).await {
+                Checked::Send(d) => d,
+                unsent => {
+                    // Nothing was sent: free the slot, give the lease back, and look at the
+                    // lane again (at once if the endpoint could not be read, in a second).
+                    drop(permit);
+                    let _ = done.send(Finished::Answered {
+                        endpoint_id: endpoint_id.clone(),
+                    });
+                    if let Some(token) = lease
+                        && let Err(e) = store.release_leases(token, vec![delivery_id.clone()]).await
+                    {
+                        tracing::warn!(error = %e, "giving back an unsent lease failed; it expires");
+                    }
+                    let next_due = match unsent {
+                        Checked::Unknown => Some(Timestamp(Timestamp::now().millis() + 1000)),
+                        _ => None,
+                    };
+                    in_flight.remove(&delivery_id);
+                    let _ = done.send(Finished::Recorded(Done {
+                        endpoint_id,
+                        delivery_id,
+                        next_due,
+                    }));
+                    return;
+                }
+            };
             let result = client.attempt(&d).await;
             // The endpoint has answered: its slot and the global one are free again.
             drop(permit);
@@ -364,7 +403,13 @@ impl Dispatcher {
                 )))
             });
             let next_due = match recorded {
-                Ok(recorded) => recorded.next_due,
+                Ok(recorded) => {
+                    if recorded.endpoint_disabled {
+                        // Sends of this endpoint read before now must not go out.
+                        changes.touch(&d.endpoint_id);
+                    }
+                    recorded.next_due
+                }
                 Err(e) => {
                     // The delivery is still due in the database: try it again shortly
                     // (at-least-once; the receiver deduplicates on webhook-id).

@@ -15,9 +15,11 @@ pub mod dispatcher;
 pub mod fanout;
 pub mod guard;
 pub mod notify;
+pub mod target;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, mpsc};
 
@@ -46,6 +48,38 @@ impl InFlight {
 }
 
 /// A nudge to the dispatcher.
+/// When each endpoint last changed in a way that matters to a send (URL, secrets, status,
+/// deletion), as this process saw it. Set after the change commits and before the API
+/// answers; the dispatcher reads it just before each send and reads the endpoint again when it
+/// changed after the send's data was read. So once the API has answered, no attempt on this
+/// instance starts with the old values.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointChanges(Arc<Mutex<HashMap<String, Instant>>>);
+
+/// How long a change is remembered: far longer than any delivery waits between being read and
+/// being sent (a queued one is given back after one delivery timeout).
+const CHANGES_KEPT: Duration = Duration::from_secs(3600);
+
+impl EndpointChanges {
+    /// Marks `endpoint_id` as changed now.
+    pub fn touch(&self, endpoint_id: &str) {
+        let mut map = self.0.lock().expect("endpoint changes lock");
+        if map.len() >= 4096 {
+            map.retain(|_, at| at.elapsed() < CHANGES_KEPT);
+        }
+        map.insert(endpoint_id.to_owned(), Instant::now());
+    }
+
+    /// Whether `endpoint_id` changed at or after `read_at`.
+    pub fn changed_since(&self, endpoint_id: &str, read_at: Instant) -> bool {
+        self.0
+            .lock()
+            .expect("endpoint changes lock")
+            .get(endpoint_id)
+            .is_some_and(|at| *at >= read_at)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum Wake {
     /// This endpoint has work due at `at`.
@@ -61,6 +95,7 @@ pub struct DeliveryHandle {
     fanout: Arc<Notify>,
     wake: mpsc::UnboundedSender<Wake>,
     pub in_flight: InFlight,
+    pub changes: EndpointChanges,
     /// Tells other instances (PostgreSQL); `None` on SQLite's single process.
     announcer: Option<notify::Announcer>,
 }
@@ -73,6 +108,7 @@ pub struct DeliveryWakers {
     /// For fan-out, which wakes the dispatcher too.
     pub wake_sender: mpsc::UnboundedSender<Wake>,
     pub in_flight: InFlight,
+    pub changes: EndpointChanges,
     pub announcer: Option<notify::Announcer>,
 }
 
@@ -83,6 +119,7 @@ impl DeliveryHandle {
         let fanout = Arc::new(Notify::new());
         let (tx, rx) = mpsc::unbounded_channel();
         let in_flight = InFlight::default();
+        let changes = EndpointChanges::default();
         let announcer = store
             .postgres_url()
             .map(|_| notify::Announcer::start(store.clone()));
@@ -91,6 +128,7 @@ impl DeliveryHandle {
                 fanout: fanout.clone(),
                 wake: tx.clone(),
                 in_flight: in_flight.clone(),
+                changes: changes.clone(),
                 announcer: announcer.clone(),
             },
             DeliveryWakers {
@@ -98,6 +136,7 @@ impl DeliveryHandle {
                 wake: rx,
                 wake_sender: tx,
                 in_flight,
+                changes,
                 announcer,
             },
         )
@@ -112,6 +151,12 @@ impl DeliveryHandle {
     }
 
     /// An endpoint has work due now (a manual retry, a recovery, a test event).
+    /// An endpoint's URL, secrets or status changed, or it was deleted (committed): sends
+    /// read before now are checked again before they start.
+    pub fn endpoint_changed(&self, endpoint_id: &str) {
+        self.changes.touch(endpoint_id);
+    }
+
     pub fn endpoint_due(&self, endpoint_id: &str) {
         let _ = self.wake.send(Wake::Endpoint {
             endpoint_id: endpoint_id.to_owned(),

@@ -182,6 +182,87 @@ impl RetryPolicy {
     }
 }
 
+/// What recording an attempt writes into its delivery's row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    pub status: DeliveryStatus,
+    pub next_attempt_at: Option<Timestamp>,
+    /// Whether the attempt used one step of the schedule (`retries_used` + 1).
+    pub spends_retry: bool,
+}
+
+/// The one rule, for both backends, for what an attempt does to its delivery. A delivery that
+/// is still pending follows `policy`. One that is no longer pending was ended while its
+/// attempt was in flight (its endpoint was disabled or deleted): the attempt is logged, since
+/// it happened, but the delivery keeps the status it was ended with.
+pub fn settle(
+    current: DeliveryStatus,
+    facts: DeliveryFacts,
+    result: &AttemptResult,
+    policy: &RetryPolicy,
+    now: Timestamp,
+    jitter: f64,
+) -> Settled {
+    if current != DeliveryStatus::Pending {
+        return Settled {
+            status: current,
+            next_attempt_at: None,
+            spends_retry: false,
+        };
+    }
+    match policy.decide(facts, result, now, jitter) {
+        Next::Succeeded => Settled {
+            status: DeliveryStatus::Succeeded,
+            next_attempt_at: None,
+            spends_retry: false,
+        },
+        Next::Failed => Settled {
+            status: DeliveryStatus::Failed,
+            next_attempt_at: None,
+            spends_retry: false,
+        },
+        Next::RetryAt { at, spends_retry } => Settled {
+            status: DeliveryStatus::Pending,
+            next_attempt_at: Some(at),
+            spends_retry,
+        },
+    }
+}
+
+/// The continuous-failure clock of an endpoint after some attempts, given as (started at,
+/// succeeded) in the order they started: a success stops it, the first failure after that
+/// starts it at that failure's start.
+pub fn failing_since(
+    before: Option<Timestamp>,
+    attempts: &[(Timestamp, bool)],
+) -> Option<Timestamp> {
+    attempts.iter().fold(
+        before,
+        |since, &(started, ok)| {
+            if ok { None } else { since.or(Some(started)) }
+        },
+    )
+}
+
+/// The reason to disable an enabled endpoint after its attempts, if any: an answer of 410 Gone,
+/// or failing continuously (since `since`) for the policy's limit.
+pub fn disable_reason(
+    gone: bool,
+    since: Option<Timestamp>,
+    policy: &RetryPolicy,
+    now: Timestamp,
+) -> Option<String> {
+    if gone {
+        return Some(DISABLED_GONE.to_owned());
+    }
+    since
+        .filter(|s| policy.should_disable(*s, now))
+        .map(|s| format!("failing continuously since {}", s.to_rfc3339()))
+}
+
+/// Why an endpoint that answered 410 was disabled.
+pub const DISABLED_GONE: &str = "the endpoint answered 410 Gone";
+
 /// `Retry-After` as seconds or an HTTP date, relative to `now`; `None` if unreadable.
 pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
     let value = value.trim();
@@ -226,6 +307,74 @@ mod tests {
         retries_used: 0,
         resume_at: None,
     };
+
+    #[test]
+    fn an_ended_delivery_keeps_its_status_whatever_its_late_attempt_found() {
+        let mut ok = failed(Some(200));
+        ok.error_class = None;
+        for current in [DeliveryStatus::Failed, DeliveryStatus::Succeeded] {
+            for result in [&ok, &failed(Some(500)), &failed(None)] {
+                let s = settle(current, FRESH, result, &policy(), NOW, 0.0);
+                assert_eq!(s.status, current);
+                assert_eq!(s.next_attempt_at, None);
+                assert!(!s.spends_retry);
+            }
+        }
+        let s = settle(DeliveryStatus::Pending, FRESH, &ok, &policy(), NOW, 0.0);
+        assert_eq!(s.status, DeliveryStatus::Succeeded);
+        let s = settle(
+            DeliveryStatus::Pending,
+            FRESH,
+            &failed(Some(500)),
+            &policy(),
+            NOW,
+            0.0,
+        );
+        assert_eq!(
+            (s.status, s.next_attempt_at, s.spends_retry),
+            (
+                DeliveryStatus::Pending,
+                Some(Timestamp(NOW.0 + 5_000)),
+                true
+            )
+        );
+    }
+
+    #[test]
+    fn the_failure_clock_starts_at_the_first_failure_and_stops_at_a_success() {
+        let t = Timestamp;
+        assert_eq!(failing_since(None, &[]), None);
+        assert_eq!(
+            failing_since(None, &[(t(5), false), (t(9), false)]),
+            Some(t(5))
+        );
+        assert_eq!(failing_since(Some(t(1)), &[(t(5), false)]), Some(t(1)));
+        assert_eq!(failing_since(Some(t(1)), &[(t(5), true)]), None);
+        assert_eq!(
+            failing_since(Some(t(1)), &[(t(5), true), (t(7), false)]),
+            Some(t(7))
+        );
+    }
+
+    #[test]
+    fn an_endpoint_is_disabled_for_410_or_for_failing_past_the_limit() {
+        let p = policy();
+        let hour = 3_600_000;
+        assert_eq!(
+            disable_reason(true, None, &p, NOW).as_deref(),
+            Some(DISABLED_GONE)
+        );
+        assert_eq!(disable_reason(false, None, &p, NOW), None);
+        assert_eq!(
+            disable_reason(false, Some(Timestamp(NOW.0 - hour + 1)), &p, NOW),
+            None
+        );
+        let reason = disable_reason(false, Some(Timestamp(NOW.0 - hour)), &p, NOW).unwrap();
+        assert!(
+            reason.starts_with("failing continuously since "),
+            "{reason}"
+        );
+    }
 
     #[test]
     fn failures_follow_the_schedule_then_fail() {

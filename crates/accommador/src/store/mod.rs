@@ -386,6 +386,15 @@ impl Store {
         }
     }
 
+    /// Where and with which secrets an endpoint's deliveries go now; `None` when it is
+    /// disabled or deleted (read again just before a send whose endpoint may have changed).
+    pub async fn send_target(&self, endpoint_id: String) -> Result<Option<SendTarget>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.send_target(endpoint_id).await,
+            Store::Postgres(s) => s.send_target(endpoint_id).await,
+        }
+    }
+
     /// Records attempts (delivery ID, lease token, result); under a lease only while the token
     /// still holds it. PostgreSQL commits a batch once; SQLite's writer groups them anyway.
     pub async fn record_attempts(
@@ -561,6 +570,31 @@ pub struct DueDelivery {
     pub first_attempt: bool,
     /// The lease this attempt holds (PostgreSQL); results are written only under it.
     pub lease_token: Option<String>,
+}
+
+/// An enabled endpoint's URL and the secrets signing for it now (the current one first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendTarget {
+    pub url: String,
+    pub secrets: Vec<String>,
+}
+
+/// The statement both backends read a [`SendTarget`] with (`?1`/`$1` the endpoint, `?2`/`$2`
+/// now): one row per signing secret, the current one first; none when the endpoint is
+/// disabled or deleted.
+const SEND_TARGET_SQL: &str = "SELECT ep.url, s.secret FROM endpoints ep
+     JOIN endpoint_secrets s ON s.endpoint_id = ep.id
+         AND (s.expires_at IS NULL OR s.expires_at > $2)
+     WHERE ep.id = $1 AND ep.status = 'enabled' AND ep.deleted_at IS NULL
+     ORDER BY s.expires_at IS NOT NULL, s.created_at DESC";
+
+/// Rows of (url, secret) from [`SEND_TARGET_SQL`] as a target.
+fn send_target_from(rows: Vec<(String, String)>) -> Option<SendTarget> {
+    let url = rows.first()?.0.clone();
+    Some(SendTarget {
+        url,
+        secrets: rows.into_iter().map(|(_, s)| s).collect(),
+    })
 }
 
 /// How a dispatcher leases work on a shared database (ignored by SQLite's single owner).

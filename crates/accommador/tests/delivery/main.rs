@@ -12,6 +12,7 @@ mod receiver;
 #[path = "../common/spawn.rs"]
 #[allow(dead_code)]
 mod spawn;
+mod stale;
 
 use std::time::Duration;
 

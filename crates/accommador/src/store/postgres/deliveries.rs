@@ -16,19 +16,18 @@ use deadpool_postgres::Transaction;
 
 use super::{Cached, PgStore, conversion, live_endpoint, pg_err};
 use crate::domain::delivery::{
-    AttemptRecord, AttemptResult, DeliveryFacts, DeliveryRecord, DeliveryStatus, ErrorClass, Next,
-    RetryPolicy, Trigger,
+    AttemptRecord, AttemptResult, DeliveryFacts, DeliveryRecord, DeliveryStatus, ErrorClass,
+    RetryPolicy, Trigger, disable_reason, failing_since, settle,
 };
 use crate::domain::endpoint::{EndpointStatus, EventTypeFilter};
 use crate::domain::{Timestamp, ids};
 use crate::store::{
     DeliveryFilter, DeliveryStats, DueDelivery, FanOut, LaneRequest, LaneWork, Page, Recorded,
-    StoreError,
+    SEND_TARGET_SQL, SendTarget, StoreError, send_target_from,
 };
 
 const FANOUT_EVENTS: i64 = 256;
 const FANOUT_DELIVERIES: usize = 20_000;
-const DISABLED_GONE: &str = "the endpoint answered 410 Gone";
 
 pub(super) async fn fail_pending(
     tx: &Transaction<'_>,
@@ -588,6 +587,17 @@ impl PgStore {
     }
 
     /// Gives leases back (graceful shutdown): another instance may take them at once.
+    pub async fn send_target(&self, endpoint_id: String) -> Result<Option<SendTarget>, StoreError> {
+        let client = self.background_client().await?;
+        let rows = client
+            .fetch(SEND_TARGET_SQL, &[&endpoint_id, &Timestamp::now().millis()])
+            .await
+            .map_err(pg_err)?;
+        Ok(send_target_from(
+            rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
+        ))
+    }
+
     pub async fn release_leases(&self, token: String, ids: Vec<String>) -> Result<(), StoreError> {
         let client = self.background_client().await?;
         client
@@ -728,9 +738,14 @@ impl PgStore {
             let retries_used: i32 = row.get(3);
             let resume_at: Option<i64> = row.get(4);
             let holder: Option<String> = row.get(5);
-            if lease_token.is_some() && holder.as_deref() != lease_token.as_deref() {
+            let current = DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Failed);
+            if current == DeliveryStatus::Pending
+                && lease_token.is_some()
+                && holder.as_deref() != lease_token.as_deref()
+            {
                 // The lease expired and another instance took the delivery (or it was
-                // released): only the lease holder writes results.
+                // released): only the lease holder writes results. A delivery that is no
+                // longer pending was ended while in flight; `settle` keeps it as it is.
                 tracing::warn!(delivery_id = %delivery_id, "lease lost; this attempt's result is discarded");
                 out.push(Ok(Recorded {
                     next_due: None,
@@ -739,24 +754,17 @@ impl PgStore {
                 continue;
             }
             let number = attempt_count + 1;
-            let next = if status == DeliveryStatus::Pending.as_str() {
-                let facts = DeliveryFacts {
-                    retries_used: retries_used as u32,
-                    resume_at: resume_at.map(Timestamp),
-                };
-                policy.decide(facts, result, now, rand::random::<f64>() * 2.0 - 1.0)
-            } else if result.succeeded() {
-                Next::Succeeded
-            } else {
-                Next::Failed
+            let facts = DeliveryFacts {
+                retries_used: retries_used as u32,
+                resume_at: resume_at.map(Timestamp),
             };
-            let (new_status, next_at, spent) = match next {
-                Next::Succeeded => (DeliveryStatus::Succeeded, None, 0i32),
-                Next::Failed => (DeliveryStatus::Failed, None, 0),
-                Next::RetryAt { at, spends_retry } => {
-                    (DeliveryStatus::Pending, Some(at), i32::from(spends_retry))
-                }
-            };
+            let jitter = rand::random::<f64>() * 2.0 - 1.0;
+            let settled = settle(current, facts, result, policy, now, jitter);
+            let (new_status, next_at, spent) = (
+                settled.status,
+                settled.next_attempt_at,
+                i32::from(settled.spends_retry),
+            );
             attempts.push(delivery_id, number, result);
             updates.push(delivery_id, new_status, number, spent, next_at, result);
             if let Some(endpoint) = endpoint_of.get(delivery_id)
@@ -789,14 +797,11 @@ impl PgStore {
                 continue;
             };
             seen.sort_unstable();
-            let mut since = *since_before;
-            for &(started, ok, _) in seen.iter() {
-                if ok {
-                    since = None;
-                } else if since.is_none() {
-                    since = Some(started);
-                }
-            }
+            let started: Vec<(Timestamp, bool)> = seen
+                .iter()
+                .map(|&(at, ok, _)| (Timestamp(at), ok))
+                .collect();
+            let since = failing_since(since_before.map(Timestamp), &started).map(Timestamp::millis);
             let enabled = ep_status == "enabled";
             if since != *since_before && (enabled || since.is_none()) {
                 tx.run(
@@ -809,13 +814,8 @@ impl PgStore {
             if !enabled {
                 continue;
             }
-            let reason = if seen.iter().any(|&(_, _, gone)| gone) {
-                Some(DISABLED_GONE.to_owned())
-            } else {
-                since
-                    .filter(|s| policy.should_disable(Timestamp(*s), now))
-                    .map(|s| format!("failing continuously since {}", Timestamp(s).to_rfc3339()))
-            };
+            let gone = seen.iter().any(|&(_, _, gone)| gone);
+            let reason = disable_reason(gone, since.map(Timestamp), policy, now);
             if let Some(reason) = reason {
                 disable_endpoint(&tx, endpoint, &reason, now).await?;
                 disabled.push(endpoint.clone());

@@ -13,21 +13,19 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{SqliteStore, cursor_seq, db_err, live_endpoint};
 use crate::domain::delivery::{
-    AttemptRecord, AttemptResult, DeliveryFacts, DeliveryRecord, DeliveryStatus, ErrorClass, Next,
-    RetryPolicy, Trigger,
+    AttemptRecord, AttemptResult, DeliveryFacts, DeliveryRecord, DeliveryStatus, ErrorClass,
+    RetryPolicy, Trigger, disable_reason, failing_since, settle,
 };
 use crate::domain::endpoint::{EndpointStatus, EventTypeFilter};
 use crate::domain::{Timestamp, ids};
 use crate::store::{
     DeliveryFilter, DeliveryStats, DueDelivery, FanOut, LaneRequest, LaneWork, Page, Recorded,
-    StoreError,
+    SEND_TARGET_SQL, SendTarget, StoreError, send_target_from,
 };
 
 /// Most events one fan-out step takes, and most deliveries it creates.
 const FANOUT_EVENTS: i64 = 256;
 const FANOUT_DELIVERIES: usize = 20_000;
-
-pub const DISABLED_GONE: &str = "the endpoint answered 410 Gone";
 
 /// Fails every pending delivery of an endpoint with `endpoint_disabled`, recording why as an
 /// attempt in each one's log.
@@ -291,6 +289,22 @@ impl SqliteStore {
         .await
     }
 
+    pub async fn send_target(&self, endpoint_id: String) -> Result<Option<SendTarget>, StoreError> {
+        self.read(move |c| {
+            // `$N` is a named parameter to SQLite (numbered by first appearance): use `?N`.
+            c.prepare_cached(&SEND_TARGET_SQL.replace('$', "?"))
+                .and_then(|mut s| {
+                    s.query_map(params![endpoint_id, Timestamp::now().millis()], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })?
+                    .collect::<Result<Vec<(String, String)>, _>>()
+                })
+                .map(send_target_from)
+                .map_err(db_err)
+        })
+        .await
+    }
+
     /// Records an attempt and applies what follows it: success, a retry, failure, and the
     /// endpoint's continuous-failure clock (disabling it when it has failed too long).
     pub async fn record_attempt(
@@ -325,26 +339,14 @@ impl SqliteStore {
             let number = attempt_count + 1;
             insert_attempt(c, &delivery_id, number, &result)?;
 
-            let still_pending = status == DeliveryStatus::Pending.as_str();
+            let current = DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Failed);
             let facts = DeliveryFacts {
                 retries_used,
                 resume_at: resume_at.map(Timestamp),
             };
-            let next = if still_pending {
-                policy.decide(facts, &result, now, rand::random::<f64>() * 2.0 - 1.0)
-            } else if result.succeeded() {
-                // Cancelled while in flight, yet it arrived.
-                Next::Succeeded
-            } else {
-                Next::Failed
-            };
-            let (new_status, next_at, spent) = match next {
-                Next::Succeeded => (DeliveryStatus::Succeeded, None, 0),
-                Next::Failed => (DeliveryStatus::Failed, None, 0),
-                Next::RetryAt { at, spends_retry } => {
-                    (DeliveryStatus::Pending, Some(at), u32::from(spends_retry))
-                }
-            };
+            let jitter = rand::random::<f64>() * 2.0 - 1.0;
+            let settled = settle(current, facts, &result, &policy, now, jitter);
+            let next_at = settled.next_attempt_at;
             c.prepare_cached(
                 "UPDATE deliveries SET status = ?2, attempt_count = ?3,
                      retries_used = retries_used + ?4, next_attempt_at = ?5, manual = 0,
@@ -354,9 +356,9 @@ impl SqliteStore {
             .and_then(|mut s| {
                 s.execute(params![
                     delivery_id,
-                    new_status.as_str(),
+                    settled.status.as_str(),
                     number,
-                    spent,
+                    u32::from(settled.spends_retry),
                     next_at.map(Timestamp::millis),
                     result.status_code,
                     now.millis()
@@ -364,36 +366,32 @@ impl SqliteStore {
             })
             .map_err(db_err)?;
 
+            // The endpoint's failure clock (the same rules as PostgreSQL's batches, in
+            // `domain::delivery`): a success stops it on any endpoint; a failure starts it,
+            // and may disable the endpoint, only while it is enabled.
             let mut endpoint_disabled = false;
-            if result.succeeded() {
-                c.prepare_cached("UPDATE endpoints SET failing_since = NULL WHERE id = ?1")
-                    .and_then(|mut s| s.execute([&endpoint_id]))
-                    .map_err(db_err)?;
-            } else {
-                let since: Option<i64> = c
-                    .prepare_cached(
-                        "UPDATE endpoints SET failing_since = COALESCE(failing_since, ?2)
-                         WHERE id = ?1 AND status = 'enabled' RETURNING failing_since",
-                    )
-                    .and_then(|mut s| {
-                        s.query_row(params![endpoint_id, result.started_at.millis()], |r| {
-                            r.get(0)
-                        })
+            let clock: Option<(String, Option<i64>)> = c
+                .prepare_cached("SELECT status, failing_since FROM endpoints WHERE id = ?1")
+                .and_then(|mut s| {
+                    s.query_row([&endpoint_id], |r| Ok((r.get(0)?, r.get(1)?)))
                         .optional()
-                    })
-                    .map_err(db_err)?;
-                if let Some(since) = since {
-                    if result.gone() {
-                        disable_endpoint(c, &endpoint_id, DISABLED_GONE, now)?;
-                        endpoint_disabled = true;
-                    } else if policy.should_disable(Timestamp(since), now) {
-                        let reason = format!(
-                            "failing continuously since {}",
-                            Timestamp(since).to_rfc3339()
-                        );
-                        disable_endpoint(c, &endpoint_id, &reason, now)?;
-                        endpoint_disabled = true;
-                    }
+                })
+                .map_err(db_err)?;
+            if let Some((endpoint_status, before)) = clock {
+                let enabled = endpoint_status == EndpointStatus::Enabled.as_str();
+                let before = before.map(Timestamp);
+                let since = failing_since(before, &[(result.started_at, result.succeeded())]);
+                if since != before && (enabled || since.is_none()) {
+                    c.prepare_cached("UPDATE endpoints SET failing_since = ?2 WHERE id = ?1")
+                        .and_then(|mut s| {
+                            s.execute(params![endpoint_id, since.map(Timestamp::millis)])
+                        })
+                        .map_err(db_err)?;
+                }
+                if enabled && let Some(reason) = disable_reason(result.gone(), since, &policy, now)
+                {
+                    disable_endpoint(c, &endpoint_id, &reason, now)?;
+                    endpoint_disabled = true;
                 }
             }
             Ok(Recorded {
