@@ -1026,3 +1026,44 @@ async fn an_idempotency_key_expires_after_24_hours() {
         .collect();
     assert_eq!(emails, ["first@example.com", "second@example.com"]);
 }
+
+/// `recover` selects by the event's time for both of its halves: the deliveries it created for
+/// a window, once failed, are found again by the same window.
+#[tokio::test]
+async fn recovering_the_same_window_twice_finds_what_the_first_recovery_created() {
+    let app = spawn_app_with(|s| s.retry_schedule = vec![]).await;
+    let t = app.create_org("Acme").await;
+    let rx = Receiver::start().await;
+    rx.default_reply(Reply::status(500));
+    let ep = endpoint(&app, &t, &rx.url("/down"), None).await;
+    set_status(&app, &t, &ep.id, "disabled").await;
+
+    // Two events while the endpoint is disabled: fan-out gives it no delivery for them.
+    let since = Timestamp::now();
+    past(since).await;
+    let a = app.create_user(&t, json!({"email": "a@example.com"})).await;
+    let b = app.create_user(&t, json!({"email": "b@example.com"})).await;
+    let (ea, eb) = (
+        event_of(&app, &t, &a, "user.created").await,
+        event_of(&app, &t, &b, "user.created").await,
+    );
+    let until = Timestamp::now();
+    past(until).await;
+    let window = json!({"since": since.to_rfc3339(), "until": until.to_rfc3339()});
+    set_status(&app, &t, &ep.id, "enabled").await;
+
+    // The first recovery creates both (after the window's end); both then fail for good.
+    assert_eq!(
+        recover(&app, &t, &ep.id, window.clone()).await,
+        json!({"requeued": 0, "created": 2})
+    );
+    for e in [&ea, &eb] {
+        delivery_when(&app, &t, &ep.id, e, |d| d["status"] == "failed").await;
+    }
+    // The same window again: the events are in it, so their failed deliveries are queued again.
+    assert_eq!(
+        recover(&app, &t, &ep.id, window).await,
+        json!({"requeued": 2, "created": 0})
+    );
+    rx.wait_for("/down", 4, WAIT).await;
+}

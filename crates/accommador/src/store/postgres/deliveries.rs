@@ -1130,10 +1130,11 @@ impl PgStore {
         let until = until.unwrap_or(Timestamp(i64::MAX));
         let requeued = tx
             .run(
-                "UPDATE deliveries SET status = 'pending', next_attempt_at = $4,
+                "UPDATE deliveries d SET status = 'pending', next_attempt_at = $4,
                      retries_used = 0, manual = false, resume_at = NULL, updated_at = $4
-                 WHERE endpoint_id = $1 AND status = 'failed'
-                   AND created_at >= $2 AND created_at < $3",
+                 FROM events e
+                 WHERE d.endpoint_id = $1 AND d.status = 'failed' AND e.seq = d.event_seq
+                   AND e.occurred_at >= $2 AND e.occurred_at < $3",
                 &[
                     &endpoint_id,
                     &since.millis(),

@@ -553,7 +553,8 @@ impl SqliteStore {
                     "UPDATE deliveries SET status = 'pending', next_attempt_at = ?4,
                          retries_used = 0, manual = 0, resume_at = NULL, updated_at = ?4
                      WHERE endpoint_id = ?1 AND status = 'failed'
-                       AND created_at >= ?2 AND created_at < ?3",
+                       AND (SELECT occurred_at FROM events WHERE seq = deliveries.event_seq)
+                           BETWEEN ?2 AND ?3 - 1",
                 )
                 .and_then(|mut s| {
                     s.execute(params![
