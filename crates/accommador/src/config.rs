@@ -25,6 +25,7 @@ const KEYS: &[&str] = &[
     "disable_after",
     "log_format",
     "endpoint_concurrency",
+    "org_concurrency",
     "delivery_concurrency",
     "database_pool_size",
 ];
@@ -67,6 +68,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Attempts in flight to one endpoint at most.
     pub endpoint_concurrency: usize,
+    /// Attempts in flight for one organization at most (all its endpoints).
+    pub org_concurrency: usize,
     /// Attempts in flight in this process at most.
     pub delivery_concurrency: usize,
     /// PostgreSQL connections per process for the API at most (the background pool adds 6).
@@ -123,6 +126,7 @@ struct Raw {
     disable_after: Scalar,
     log_format: Scalar,
     endpoint_concurrency: Scalar,
+    org_concurrency: Scalar,
     delivery_concurrency: Scalar,
     database_pool_size: Scalar,
 }
@@ -198,6 +202,7 @@ impl Settings {
         };
         Ok(Settings {
             endpoint_concurrency: count("endpoint_concurrency", raw.endpoint_concurrency)?,
+            org_concurrency: count("org_concurrency", raw.org_concurrency)?,
             delivery_concurrency: count("delivery_concurrency", raw.delivery_concurrency)?,
             database_pool_size: count("database_pool_size", raw.database_pool_size)?,
             listen,
@@ -279,6 +284,7 @@ mod tests {
         assert!(!s.allow_private_targets);
         assert_eq!(s.disable_after, Duration::from_secs(5 * 86_400));
         assert_eq!(s.endpoint_concurrency, 16);
+        assert_eq!(s.org_concurrency, 64);
         assert_eq!(s.delivery_concurrency, 256);
     }
 

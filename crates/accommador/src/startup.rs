@@ -194,6 +194,7 @@ fn start_workers(
         dispatcher_wake,
         settings.delivery_concurrency,
         settings.endpoint_concurrency,
+        settings.org_concurrency,
         settings.delivery_timeout,
     );
     let stats_store = store.clone();

@@ -73,6 +73,12 @@ pub struct Dispatcher {
     lanes: HashMap<String, Lane>,
     global: Arc<Semaphore>,
     per_endpoint: usize,
+    /// Attempts in flight (or leased ahead) for one organization at most.
+    per_org: usize,
+    /// Each endpoint's organization, learned once per endpoint (it never changes).
+    org_of: HashMap<String, String>,
+    /// The organization served last: the next turn starts with the one after it.
+    last_served: Option<String>,
     /// Deliveries queued in all lanes.
     queued: usize,
     /// How many a lane may lease beyond its free slots: the bound on PostgreSQL, where each
@@ -104,6 +110,7 @@ impl Dispatcher {
         wake_rx: mpsc::UnboundedReceiver<Wake>,
         global_bound: usize,
         per_endpoint: usize,
+        per_org: usize,
         delivery_timeout: Duration,
     ) -> Dispatcher {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
@@ -129,6 +136,9 @@ impl Dispatcher {
             lanes: HashMap::new(),
             global: Arc::new(Semaphore::new(global_bound.max(1))),
             per_endpoint: per_endpoint.max(1),
+            per_org: per_org.max(1),
+            org_of: HashMap::new(),
+            last_served: None,
             queued: 0,
             ahead: if shared { per_endpoint.max(1) } else { 0 },
             wake_rx,
@@ -202,30 +212,43 @@ impl Dispatcher {
         let now = Timestamp::now();
         self.start_queued();
         let bound = self.per_endpoint;
-        // A lane is read when it is due and has room: free slots, or room to lease ahead.
+        self.learn_orgs().await;
+        let mut org_busy = self.org_busy();
+        // A lane is read when it is due and has room: free slots, or room to lease ahead, and
+        // its organization is under its bound. Organizations take turns, then their lanes.
         let mut ready: Vec<(Timestamp, String)> = self
             .lanes
             .iter()
-            .filter(|(_, l)| self.has_room(l))
+            .filter(|(id, l)| self.has_room(l) && self.org_has_room(id, &org_busy))
             .filter_map(|(id, l)| l.due_at.filter(|d| *d <= now).map(|d| (d, id.clone())))
             .collect();
         ready.sort();
+        let mut ready = self.take_turns(ready, |(_, id)| id);
         ready.truncate(LANES_PER_STEP);
         let mut permits = self.global.available_permits();
         let mut room = QUEUED_AT_MOST.saturating_sub(self.queued);
         if !ready.is_empty() && permits + room > 0 {
+            let mut served = None;
             let requests: Vec<LaneRequest> = ready
                 .iter()
                 .map(|(_, id)| {
                     let lane = &self.lanes[id];
                     let busy = lane.active + lane.queued.len();
-                    // Free slots (as far as the global bound has permits), then lease ahead.
-                    let now_startable = bound.saturating_sub(busy).min(permits);
+                    let org = org_busy.entry(self.org_key(id)).or_default();
+                    let org_room = self.per_org.saturating_sub(*org);
+                    // Free slots (as far as the global bound has permits and the organization
+                    // has room), then lease ahead.
+                    let now_startable = bound.saturating_sub(busy).min(permits).min(org_room);
                     let ahead = (bound + self.ahead)
                         .saturating_sub(busy + now_startable)
-                        .min(room);
+                        .min(room)
+                        .min(org_room - now_startable);
                     permits -= now_startable;
                     room -= ahead;
+                    *org += now_startable + ahead;
+                    if now_startable > 0 {
+                        served = Some(self.org_key(id));
+                    }
                     LaneRequest {
                         endpoint_id: id.clone(),
                         limit: now_startable + ahead,
@@ -237,6 +260,9 @@ impl Dispatcher {
                 })
                 .filter(|r| r.limit > 0)
                 .collect();
+            if served.is_some() {
+                self.last_served = served;
+            }
             // Before the read: whatever changes after this instant is checked again at send.
             let leased_at = Instant::now();
             match self.store.lane_work(requests, now).await {
@@ -274,12 +300,111 @@ impl Dispatcher {
             let left = every.saturating_sub(self.last_rescan.elapsed());
             Timestamp(now.millis() + left.as_millis() as i64)
         });
+        // A lane waiting for room (its own, or its organization's) is woken by a finished
+        // attempt, not by the clock.
+        let org_busy = self.org_busy();
         self.lanes
-            .values()
-            .filter(|l| self.has_room(l))
-            .filter_map(|l| l.due_at)
+            .iter()
+            .filter(|(id, l)| self.has_room(l) && self.org_has_room(id, &org_busy))
+            .filter_map(|(_, l)| l.due_at)
             .chain(next_rescan)
             .min()
+    }
+
+    /// The organization an endpoint's lane counts against (until it is known, the lane
+    /// counts alone).
+    fn org_key(&self, endpoint_id: &str) -> String {
+        self.org_of
+            .get(endpoint_id)
+            .cloned()
+            .unwrap_or_else(|| endpoint_id.to_owned())
+    }
+
+    /// Learns the organizations of lanes not seen before (one read for all of them).
+    async fn learn_orgs(&mut self) {
+        let unknown: Vec<String> = self
+            .lanes
+            .keys()
+            .filter(|id| !self.org_of.contains_key(*id))
+            .cloned()
+            .collect();
+        if unknown.is_empty() {
+            return;
+        }
+        match self.store.endpoint_orgs(unknown).await {
+            Ok(found) => {
+                if self.org_of.len() > 100_000 {
+                    let lanes = &self.lanes;
+                    self.org_of.retain(|id, _| lanes.contains_key(id));
+                }
+                self.org_of.extend(found);
+            }
+            Err(e) => tracing::warn!(error = %e, "reading endpoints' organizations failed"),
+        }
+    }
+
+    /// Where a turn starts in `orgs` (sorted): after the organization served last.
+    fn first_turn(&self, orgs: &[String]) -> usize {
+        self.last_served
+            .as_ref()
+            .and_then(|last| orgs.iter().position(|o| o > last))
+            .unwrap_or(0)
+    }
+
+    /// Attempts in flight or leased ahead, per organization.
+    fn org_busy(&self) -> HashMap<String, usize> {
+        let mut busy: HashMap<String, usize> = HashMap::new();
+        for (id, lane) in &self.lanes {
+            let n = lane.active + lane.queued.len();
+            if n > 0 {
+                *busy.entry(self.org_key(id)).or_default() += n;
+            }
+        }
+        busy
+    }
+
+    fn org_has_room(&self, endpoint_id: &str, org_busy: &HashMap<String, usize>) -> bool {
+        org_busy
+            .get(&self.org_key(endpoint_id))
+            .is_none_or(|n| *n < self.per_org)
+    }
+
+    /// `items` (each naming its endpoint by `endpoint`) reordered so organizations take turns:
+    /// the first of each organization, then the second of each, and so on; within one
+    /// organization the order is kept. The turn starts after the organization served last.
+    fn take_turns<T>(&self, items: Vec<T>, endpoint: impl Fn(&T) -> &String) -> Vec<T> {
+        let mut by_org: HashMap<String, VecDeque<T>> = HashMap::new();
+        let mut orgs: Vec<String> = Vec::new();
+        for item in items {
+            let org = self.org_key(endpoint(&item));
+            let queue = by_org.entry(org.clone()).or_default();
+            if queue.is_empty() {
+                orgs.push(org);
+            }
+            queue.push_back(item);
+        }
+        if orgs.len() <= 1 {
+            return by_org
+                .into_values()
+                .next()
+                .map(Vec::from)
+                .unwrap_or_default();
+        }
+        orgs.sort_unstable();
+        let first = self.first_turn(&orgs);
+        orgs.rotate_left(first);
+        let mut out = Vec::new();
+        loop {
+            let before = out.len();
+            for org in &orgs {
+                if let Some(item) = by_org.get_mut(org).and_then(VecDeque::pop_front) {
+                    out.push(item);
+                }
+            }
+            if out.len() == before {
+                return out;
+            }
+        }
     }
 
     /// Whether reading the lane could hand out anything: it has a free slot, or room to lease
@@ -299,11 +424,47 @@ impl Dispatcher {
         let fresh_for = Duration::from_millis(((self.lease.millis - 5_000) / 2).max(0) as u64);
         let mut starts = Vec::new();
         let mut stale: Vec<(String, String)> = Vec::new();
-        for (endpoint_id, lane) in self.lanes.iter_mut() {
-            while lane.active < self.per_endpoint {
-                let Some((d, leased_at)) = lane.queued.pop_front() else {
-                    break;
-                };
+        // Lanes with something queued and a free slot, organizations taking turns: each turn
+        // starts one delivery per organization under its bound, while global permits last.
+        let mut org_active: HashMap<String, usize> = HashMap::new();
+        for (id, lane) in &self.lanes {
+            *org_active.entry(self.org_key(id)).or_default() += lane.active;
+        }
+        let mut waiting: Vec<&String> = self
+            .lanes
+            .iter()
+            .filter(|(_, l)| !l.queued.is_empty() && l.active < self.per_endpoint)
+            .map(|(id, _)| id)
+            .collect();
+        waiting.sort_unstable();
+        let mut by_org: HashMap<String, VecDeque<String>> = HashMap::new();
+        for id in waiting {
+            by_org
+                .entry(self.org_key(id))
+                .or_default()
+                .push_back(id.clone());
+        }
+        let mut orgs: Vec<String> = by_org.keys().cloned().collect();
+        orgs.sort_unstable();
+        let first = self.first_turn(&orgs);
+        orgs.rotate_left(first);
+        let mut turns: VecDeque<String> = orgs.into();
+        let mut served = None;
+        'turns: while let Some(org) = turns.pop_front() {
+            let org_n = org_active.entry(org.clone()).or_default();
+            let Some(lanes) = by_org.get_mut(&org) else {
+                continue;
+            };
+            if *org_n >= self.per_org {
+                continue;
+            }
+            let Some(endpoint_id) = lanes.pop_front() else {
+                continue;
+            };
+            let Some(lane) = self.lanes.get_mut(&endpoint_id) else {
+                continue;
+            };
+            while let Some((d, leased_at)) = lane.queued.pop_front() {
                 self.queued -= 1;
                 if leased_at.elapsed() > fresh_for {
                     stale.push((endpoint_id.clone(), d.id));
@@ -312,11 +473,24 @@ impl Dispatcher {
                 let Ok(permit) = self.global.clone().try_acquire_owned() else {
                     lane.queued.push_front((d, leased_at));
                     self.queued += 1;
-                    break;
+                    break 'turns;
                 };
                 lane.active += 1;
+                *org_n += 1;
                 starts.push((d, leased_at, permit));
+                served = Some(org.clone());
+                break;
             }
+            if !lane.queued.is_empty() && lane.active < self.per_endpoint {
+                lanes.push_back(endpoint_id);
+            }
+            if !lanes.is_empty() {
+                // This organization's next turn comes after every other one's.
+                turns.push_back(org);
+            }
+        }
+        if served.is_some() {
+            self.last_served = served;
         }
         for (d, read_at, permit) in starts {
             self.start(d, read_at, permit);

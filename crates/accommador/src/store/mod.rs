@@ -386,6 +386,17 @@ impl Store {
         }
     }
 
+    /// The organization of each of these endpoints (deleted ones included).
+    pub async fn endpoint_orgs(
+        &self,
+        endpoint_ids: Vec<String>,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.endpoint_orgs(endpoint_ids).await,
+            Store::Postgres(s) => s.endpoint_orgs(endpoint_ids).await,
+        }
+    }
+
     /// Where and with which secrets an endpoint's deliveries go now; `None` when it is
     /// disabled or deleted (read again just before a send whose endpoint may have changed).
     pub async fn send_target(&self, endpoint_id: String) -> Result<Option<SendTarget>, StoreError> {

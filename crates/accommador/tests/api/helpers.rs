@@ -157,6 +157,7 @@ async fn spawn_app_options(adjust: impl FnOnce(&mut Settings), workers: bool) ->
         disable_after: Duration::from_secs(3600),
         log_format: LogFormat::Text,
         endpoint_concurrency: 16,
+        org_concurrency: 64,
         delivery_concurrency: 256,
         database_pool_size: 8,
     };

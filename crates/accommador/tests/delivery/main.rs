@@ -13,6 +13,7 @@ mod receiver;
 #[allow(dead_code)]
 mod spawn;
 mod stale;
+mod tenants;
 
 use std::time::Duration;
 

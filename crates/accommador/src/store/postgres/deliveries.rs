@@ -587,6 +587,23 @@ impl PgStore {
     }
 
     /// Gives leases back (graceful shutdown): another instance may take them at once.
+    pub async fn endpoint_orgs(
+        &self,
+        endpoint_ids: Vec<String>,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let client = self.background_client().await?;
+        Ok(client
+            .fetch(
+                "SELECT id, org_id FROM endpoints WHERE id = ANY($1)",
+                &[&endpoint_ids],
+            )
+            .await
+            .map_err(pg_err)?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+
     pub async fn send_target(&self, endpoint_id: String) -> Result<Option<SendTarget>, StoreError> {
         let client = self.background_client().await?;
         let rows = client

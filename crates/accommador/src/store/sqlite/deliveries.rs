@@ -289,6 +289,29 @@ impl SqliteStore {
         .await
     }
 
+    pub async fn endpoint_orgs(
+        &self,
+        endpoint_ids: Vec<String>,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        self.read(move |c| {
+            let mut s = c
+                .prepare_cached("SELECT org_id FROM endpoints WHERE id = ?1")
+                .map_err(db_err)?;
+            let mut out = Vec::with_capacity(endpoint_ids.len());
+            for id in endpoint_ids {
+                if let Some(org) = s
+                    .query_row([&id], |r| r.get::<_, String>(0))
+                    .optional()
+                    .map_err(db_err)?
+                {
+                    out.push((id, org));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     pub async fn send_target(&self, endpoint_id: String) -> Result<Option<SendTarget>, StoreError> {
         self.read(move |c| {
             // `$N` is a named parameter to SQLite (numbered by first appearance): use `?N`.
