@@ -14,7 +14,7 @@ use crate::config::Settings;
 use crate::delivery::client::WebhookClient;
 use crate::delivery::dispatcher::Dispatcher;
 use crate::delivery::guard::{AddressGuard, Lookup, SystemLookup};
-use crate::delivery::{DeliveryHandle, DeliveryWakers, fanout, notify};
+use crate::delivery::{DeliveryHandle, DeliveryWakers, cancel, fanout, notify};
 use crate::domain::Timestamp;
 use crate::domain::delivery::RetryPolicy;
 use crate::http::{self, AppState};
@@ -208,6 +208,7 @@ fn start_workers(
         )));
     }
     others.extend([
+        tokio::spawn(cancel::run(store.clone(), wakers.cancel)),
         tokio::spawn(fanout::run(
             store,
             wakers.fanout,

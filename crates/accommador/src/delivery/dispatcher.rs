@@ -237,15 +237,15 @@ impl Dispatcher {
                     let org = org_busy.entry(self.org_key(id)).or_default();
                     let org_room = self.per_org.saturating_sub(*org);
                     // Free slots (as far as the global bound has permits and the organization
-                    // has room), then lease ahead.
+                    // has room), then lease ahead: queued deliveries start only while their
+                    // organization is under its bound (`start_queued`).
                     let now_startable = bound.saturating_sub(busy).min(permits).min(org_room);
                     let ahead = (bound + self.ahead)
                         .saturating_sub(busy + now_startable)
-                        .min(room)
-                        .min(org_room - now_startable);
+                        .min(room);
                     permits -= now_startable;
                     room -= ahead;
-                    *org += now_startable + ahead;
+                    *org += now_startable;
                     if now_startable > 0 {
                         served = Some(self.org_key(id));
                     }
@@ -351,11 +351,11 @@ impl Dispatcher {
             .unwrap_or(0)
     }
 
-    /// Attempts in flight or leased ahead, per organization.
+    /// Attempts in flight, per organization.
     fn org_busy(&self) -> HashMap<String, usize> {
         let mut busy: HashMap<String, usize> = HashMap::new();
         for (id, lane) in &self.lanes {
-            let n = lane.active + lane.queued.len();
+            let n = lane.active;
             if n > 0 {
                 *busy.entry(self.org_key(id)).or_default() += n;
             }

@@ -10,6 +10,7 @@
 //!
 //! [`DeliveryHandle`] is how the rest of the process (the service) wakes them.
 
+pub mod cancel;
 pub mod client;
 pub mod dispatcher;
 pub mod fanout;
@@ -96,6 +97,8 @@ pub struct DeliveryHandle {
     wake: mpsc::UnboundedSender<Wake>,
     pub in_flight: InFlight,
     pub changes: EndpointChanges,
+    /// Wakes the task that fails a disabled or deleted endpoint's pending deliveries.
+    cancel: Arc<Notify>,
     /// Tells other instances (PostgreSQL); `None` on SQLite's single process.
     announcer: Option<notify::Announcer>,
 }
@@ -109,6 +112,7 @@ pub struct DeliveryWakers {
     pub wake_sender: mpsc::UnboundedSender<Wake>,
     pub in_flight: InFlight,
     pub changes: EndpointChanges,
+    pub cancel: Arc<Notify>,
     pub announcer: Option<notify::Announcer>,
 }
 
@@ -120,6 +124,7 @@ impl DeliveryHandle {
         let (tx, rx) = mpsc::unbounded_channel();
         let in_flight = InFlight::default();
         let changes = EndpointChanges::default();
+        let cancel = Arc::new(Notify::new());
         let announcer = store
             .postgres_url()
             .map(|_| notify::Announcer::start(store.clone()));
@@ -129,6 +134,7 @@ impl DeliveryHandle {
                 wake: tx.clone(),
                 in_flight: in_flight.clone(),
                 changes: changes.clone(),
+                cancel: cancel.clone(),
                 announcer: announcer.clone(),
             },
             DeliveryWakers {
@@ -137,6 +143,7 @@ impl DeliveryHandle {
                 wake_sender: tx,
                 in_flight,
                 changes,
+                cancel,
                 announcer,
             },
         )
@@ -155,6 +162,7 @@ impl DeliveryHandle {
     /// read before now are checked again before they start.
     pub fn endpoint_changed(&self, endpoint_id: &str) {
         self.changes.touch(endpoint_id);
+        self.cancel.notify_one();
     }
 
     pub fn endpoint_due(&self, endpoint_id: &str) {

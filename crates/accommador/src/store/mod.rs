@@ -386,6 +386,19 @@ impl Store {
         }
     }
 
+    /// One bounded step of failing the pending deliveries of disabled or deleted endpoints
+    /// (`endpoint_disabled`, at most [`CANCEL_BATCH`] in one transaction): the first such
+    /// endpoint after `after` (by ID) gets one batch. `None`: no such endpoint after `after`.
+    pub async fn cancel_step(
+        &self,
+        after: Option<String>,
+    ) -> Result<Option<CancelStep>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.cancel_step(after).await,
+            Store::Postgres(s) => s.cancel_step(after).await,
+        }
+    }
+
     /// The organization of each of these endpoints (deleted ones included).
     pub async fn endpoint_orgs(
         &self,
@@ -581,6 +594,28 @@ pub struct DueDelivery {
     pub first_attempt: bool,
     /// The lease this attempt holds (PostgreSQL); results are written only under it.
     pub lease_token: Option<String>,
+}
+
+/// Most deliveries failed in one step when their endpoint was disabled or deleted: no tenant
+/// action holds the SQLite writer, or PostgreSQL's row locks, for more than one such batch.
+pub const CANCEL_BATCH: usize = 1000;
+
+/// What one [`Store::cancel_step`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelStep {
+    pub endpoint_id: String,
+    /// Deliveries failed (fewer than [`CANCEL_BATCH`]: that endpoint is done, unless some
+    /// were locked by an attempt being recorded).
+    pub failed: usize,
+}
+
+/// Why the pending deliveries of a disabled or deleted endpoint are failed.
+fn cancel_reason(disabled_reason: Option<String>, deleted: bool) -> String {
+    if deleted {
+        "the endpoint was deleted".to_owned()
+    } else {
+        disabled_reason.unwrap_or_else(|| "disabled".to_owned())
+    }
 }
 
 /// An enabled endpoint's URL and the secrets signing for it now (the current one first).

@@ -49,6 +49,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0003_commit_order.sql"),
     include_str!("../../migrations/postgres/0004_leased_index.sql"),
     include_str!("../../migrations/postgres/0005_lighter_writes.sql"),
+    include_str!("../../migrations/postgres/0006_cancel_pending.sql"),
 ];
 /// Most events numbered by one sequencer step.
 const SEQUENCE_STEP: i64 = 1000;
@@ -684,7 +685,7 @@ impl PgStore {
             "UPDATE endpoints SET url = $1, event_types = $2, description = $3, status = $4,
                  disabled_reason = $5,
                  failing_since = CASE WHEN $4 = 'enabled' THEN NULL ELSE failing_since END,
-                 updated_at = $6
+                 cancel_pending = ($4 = 'disabled'), updated_at = $6
              WHERE id = $7 AND org_id = $8",
             &[
                 &next.url,
@@ -699,10 +700,8 @@ impl PgStore {
         )
         .await
         .map_err(pg_err)?;
-        if next.status == EndpointStatus::Disabled && e.status == EndpointStatus::Enabled {
-            let reason = next.disabled_reason.as_deref().unwrap_or("disabled");
-            deliveries::fail_pending(&tx, &next.id, reason, next.updated_at).await?;
-        }
+        // Disabled: its pending deliveries are failed in the background, in bounded batches
+        // (`cancel_step`); none is leased from now on.
         tx.commit().await.map_err(pg_err)?;
         Ok(next)
     }
@@ -713,7 +712,7 @@ impl PgStore {
         let now = Timestamp::now();
         let changed = tx
             .run(
-                "UPDATE endpoints SET deleted_at = $1, updated_at = $1
+                "UPDATE endpoints SET deleted_at = $1, updated_at = $1, cancel_pending = true
                  WHERE id = $2 AND org_id = $3 AND deleted_at IS NULL",
                 &[&now.millis(), &id, &org],
             )
@@ -728,7 +727,6 @@ impl PgStore {
         )
         .await
         .map_err(pg_err)?;
-        deliveries::fail_pending(&tx, &id, "the endpoint was deleted", now).await?;
         tx.commit().await.map_err(pg_err)
     }
 

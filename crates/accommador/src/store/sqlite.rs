@@ -55,6 +55,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_init.sql"),
     include_str!("../../migrations/sqlite/0002_endpoints.sql"),
     include_str!("../../migrations/sqlite/0003_deliveries.sql"),
+    include_str!("../../migrations/sqlite/0004_cancel_pending.sql"),
 ];
 
 mod deliveries;
@@ -559,7 +560,7 @@ impl SqliteStore {
                 "UPDATE endpoints SET url = ?1, event_types = ?2, description = ?3, status = ?4,
                     disabled_reason = ?5,
                     failing_since = CASE WHEN ?4 = 'enabled' THEN NULL ELSE failing_since END,
-                    updated_at = ?6
+                    cancel_pending = (?4 = 'disabled'), updated_at = ?6
                  WHERE id = ?7 AND org_id = ?8",
             )
             .and_then(|mut s| {
@@ -575,10 +576,8 @@ impl SqliteStore {
                 ])
             })
             .map_err(db_err)?;
-            if next.status == EndpointStatus::Disabled && e.status == EndpointStatus::Enabled {
-                let reason = next.disabled_reason.as_deref().unwrap_or("disabled");
-                deliveries::fail_pending(c, &next.id, reason, next.updated_at)?;
-            }
+            // Disabled: its pending deliveries are failed in the background, in bounded
+            // batches (`cancel_step`); none is handed out from now on.
             Ok(next)
         })
         .await
@@ -588,7 +587,7 @@ impl SqliteStore {
         self.write(move |c| {
             let changed = c
                 .prepare_cached(
-                    "UPDATE endpoints SET deleted_at = ?1, updated_at = ?1
+                    "UPDATE endpoints SET deleted_at = ?1, updated_at = ?1, cancel_pending = 1
                      WHERE id = ?2 AND org_id = ?3 AND deleted_at IS NULL",
                 )
                 .and_then(|mut s| s.execute(params![Timestamp::now().millis(), id, org]))
@@ -596,7 +595,6 @@ impl SqliteStore {
             if changed == 0 {
                 return Err(StoreError::NotFound);
             }
-            deliveries::fail_pending(c, &id, "the endpoint was deleted", Timestamp::now())?;
             c.prepare_cached("DELETE FROM endpoint_secrets WHERE endpoint_id = ?1")
                 .and_then(|mut s| s.execute([id]))
                 .map_err(db_err)?;

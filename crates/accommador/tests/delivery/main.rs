@@ -1,6 +1,7 @@
 //! Webhook delivery end to end: a real server on port 0 delivering to a real local receiver,
 //! every request verified with the `accommador-webhooks` crate.
 
+mod cancel;
 mod contract;
 mod crash;
 mod guard;

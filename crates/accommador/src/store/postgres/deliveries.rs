@@ -22,38 +22,16 @@ use crate::domain::delivery::{
 use crate::domain::endpoint::{EndpointStatus, EventTypeFilter};
 use crate::domain::{Timestamp, ids};
 use crate::store::{
-    DeliveryFilter, DeliveryStats, DueDelivery, FanOut, LaneRequest, LaneWork, Page, Recorded,
-    SEND_TARGET_SQL, SendTarget, StoreError, send_target_from,
+    CANCEL_BATCH, CancelStep, DeliveryFilter, DeliveryStats, DueDelivery, FanOut, LaneRequest,
+    LaneWork, Page, Recorded, SEND_TARGET_SQL, SendTarget, StoreError, cancel_reason,
+    send_target_from,
 };
 
 const FANOUT_EVENTS: i64 = 256;
 const FANOUT_DELIVERIES: usize = 20_000;
 
-pub(super) async fn fail_pending(
-    tx: &Transaction<'_>,
-    endpoint_id: &str,
-    reason: &str,
-    now: Timestamp,
-) -> Result<u64, StoreError> {
-    // One statement: the UPDATE waits for each row's lock and re-checks it, so a delivery
-    // whose attempt is being recorded right now is numbered after that attempt.
-    tx.run(
-        "WITH failed AS (
-             UPDATE deliveries SET status = 'failed', attempt_count = attempt_count + 1,
-                 next_attempt_at = NULL, manual = false, resume_at = NULL, updated_at = $2,
-                 lease_token = NULL, lease_until = NULL
-             WHERE endpoint_id = $1 AND status = 'pending'
-             RETURNING id, attempt_count)
-         INSERT INTO attempts (delivery_id, number, trigger, started_at, duration_ms,
-                               status_code, error_class, error, response_headers, response_body)
-         SELECT id, attempt_count, 'scheduled', $2, 0, NULL, 'endpoint_disabled', $3, '{}', ''
-         FROM failed",
-        &[&endpoint_id, &now.millis(), &reason],
-    )
-    .await
-    .map_err(pg_err)
-}
-
+/// Disables an endpoint; its pending deliveries are then failed in the background, in bounded
+/// batches ([`PgStore::cancel_step`]).
 async fn disable_endpoint(
     tx: &Transaction<'_>,
     endpoint_id: &str,
@@ -61,13 +39,13 @@ async fn disable_endpoint(
     now: Timestamp,
 ) -> Result<(), StoreError> {
     tx.run(
-        "UPDATE endpoints SET status = 'disabled', disabled_reason = $2, updated_at = $3
+        "UPDATE endpoints SET status = 'disabled', disabled_reason = $2, updated_at = $3,
+             cancel_pending = true
          WHERE id = $1",
         &[&endpoint_id, &reason, &now.millis()],
     )
     .await
     .map_err(pg_err)?;
-    fail_pending(tx, endpoint_id, reason, now).await?;
     Ok(())
 }
 
@@ -542,8 +520,16 @@ impl PgStore {
                 ),
                 Some(_) => None,
             };
-            if let Some(reason) = closed {
-                fail_pending(&tx, &req.endpoint_id, &reason, Timestamp::now()).await?;
+            if closed.is_some() {
+                // Failed in the background (`cancel_step`), not here: a bulk write inside the
+                // leasing transaction would hold every lane of this step.
+                tx.run(
+                    "UPDATE endpoints SET cancel_pending = true
+                     WHERE id = $1 AND NOT cancel_pending",
+                    &[&req.endpoint_id],
+                )
+                .await
+                .map_err(pg_err)?;
                 out.push(LaneWork {
                     endpoint_id: req.endpoint_id,
                     due: Vec::new(),
@@ -587,6 +573,72 @@ impl PgStore {
     }
 
     /// Gives leases back (graceful shutdown): another instance may take them at once.
+    /// One bounded step of failing the pending deliveries of disabled or deleted endpoints:
+    /// up to [`CANCEL_BATCH`] deliveries of the first such endpoint after `after`, in one
+    /// statement, skipping rows locked by an attempt being recorded right now (a later step
+    /// takes them if they are still pending). `None` when there is no such endpoint after
+    /// `after`.
+    pub async fn cancel_step(
+        &self,
+        after: Option<String>,
+    ) -> Result<Option<CancelStep>, StoreError> {
+        let client = self.background_client().await?;
+        let Some(found) = client
+            .fetch_opt(
+                "SELECT id, disabled_reason, deleted_at IS NOT NULL FROM endpoints
+                 WHERE cancel_pending AND id > $1 ORDER BY id LIMIT 1",
+                &[&after.unwrap_or_default()],
+            )
+            .await
+            .map_err(pg_err)?
+        else {
+            return Ok(None);
+        };
+        let id: String = found.get(0);
+        let reason = cancel_reason(found.get(1), found.get(2));
+        let now = Timestamp::now().millis();
+        // Only while the endpoint is still marked: a re-enabled one keeps its deliveries.
+        let failed = client
+            .run(
+                "WITH batch AS (
+                     SELECT d.id FROM deliveries d
+                     WHERE d.endpoint_id = $1 AND d.status = 'pending'
+                       AND EXISTS (SELECT 1 FROM endpoints WHERE id = $1 AND cancel_pending)
+                     LIMIT $4 FOR UPDATE OF d SKIP LOCKED),
+                 failed AS (
+                     UPDATE deliveries d SET status = 'failed',
+                         attempt_count = d.attempt_count + 1, next_attempt_at = NULL,
+                         manual = false, resume_at = NULL, updated_at = $2,
+                         lease_token = NULL, lease_until = NULL
+                     FROM batch WHERE d.id = batch.id
+                     RETURNING d.id, d.attempt_count)
+                 INSERT INTO attempts (delivery_id, number, trigger, started_at, duration_ms,
+                                       status_code, error_class, error, response_headers,
+                                       response_body)
+                 SELECT id, attempt_count, 'scheduled', $2, 0, NULL, 'endpoint_disabled', $3,
+                        '{}', ''
+                 FROM failed",
+                &[&id, &now, &reason, &(CANCEL_BATCH as i64)],
+            )
+            .await
+            .map_err(pg_err)?;
+        if (failed as usize) < CANCEL_BATCH {
+            client
+                .run(
+                    "UPDATE endpoints SET cancel_pending = false
+                     WHERE id = $1 AND NOT EXISTS (
+                         SELECT 1 FROM deliveries WHERE endpoint_id = $1 AND status = 'pending')",
+                    &[&id],
+                )
+                .await
+                .map_err(pg_err)?;
+        }
+        Ok(Some(CancelStep {
+            endpoint_id: id,
+            failed: failed as usize,
+        }))
+    }
+
     pub async fn endpoint_orgs(
         &self,
         endpoint_ids: Vec<String>,

@@ -19,39 +19,61 @@ use crate::domain::delivery::{
 use crate::domain::endpoint::{EndpointStatus, EventTypeFilter};
 use crate::domain::{Timestamp, ids};
 use crate::store::{
-    DeliveryFilter, DeliveryStats, DueDelivery, FanOut, LaneRequest, LaneWork, Page, Recorded,
-    SEND_TARGET_SQL, SendTarget, StoreError, send_target_from,
+    CANCEL_BATCH, CancelStep, DeliveryFilter, DeliveryStats, DueDelivery, FanOut, LaneRequest,
+    LaneWork, Page, Recorded, SEND_TARGET_SQL, SendTarget, StoreError, cancel_reason,
+    send_target_from,
 };
 
 /// Most events one fan-out step takes, and most deliveries it creates.
 const FANOUT_EVENTS: i64 = 256;
 const FANOUT_DELIVERIES: usize = 20_000;
 
-/// Fails every pending delivery of an endpoint with `endpoint_disabled`, recording why as an
-/// attempt in each one's log.
-pub(super) fn fail_pending(
+/// Fails up to `limit` pending deliveries of an endpoint with `endpoint_disabled`, recording
+/// why as an attempt in each one's log. Returns how many.
+fn fail_pending(
     c: &Connection,
     endpoint_id: &str,
     reason: &str,
     now: Timestamp,
+    limit: usize,
 ) -> Result<usize, StoreError> {
-    c.prepare_cached(
-        "INSERT INTO attempts (delivery_id, number, trigger, started_at, duration_ms,
-                               status_code, error_class, error, response_headers, response_body)
-         SELECT id, attempt_count + 1, 'scheduled', ?2, 0, NULL, 'endpoint_disabled', ?3, '{}', ''
-         FROM deliveries WHERE endpoint_id = ?1 AND status = 'pending'",
-    )
-    .and_then(|mut s| s.execute(params![endpoint_id, now.millis(), reason]))
-    .map_err(db_err)?;
-    c.prepare_cached(
-        "UPDATE deliveries SET status = 'failed', attempt_count = attempt_count + 1,
-             next_attempt_at = NULL, manual = 0, resume_at = NULL, updated_at = ?2
-         WHERE endpoint_id = ?1 AND status = 'pending'",
-    )
-    .and_then(|mut s| s.execute(params![endpoint_id, now.millis()]))
-    .map_err(db_err)
+    let ids: Vec<String> = c
+        .prepare_cached(
+            "SELECT id FROM deliveries WHERE endpoint_id = ?1 AND status = 'pending' LIMIT ?2",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![endpoint_id, limit as i64], |r| r.get(0))?
+                .collect()
+        })
+        .map_err(db_err)?;
+    let mut attempt = c
+        .prepare_cached(
+            "INSERT INTO attempts (delivery_id, number, trigger, started_at, duration_ms,
+                                   status_code, error_class, error, response_headers,
+                                   response_body)
+             SELECT id, attempt_count + 1, 'scheduled', ?2, 0, NULL, 'endpoint_disabled', ?3,
+                    '{}', ''
+             FROM deliveries WHERE id = ?1",
+        )
+        .map_err(db_err)?;
+    let mut fail = c
+        .prepare_cached(
+            "UPDATE deliveries SET status = 'failed', attempt_count = attempt_count + 1,
+                 next_attempt_at = NULL, manual = 0, resume_at = NULL, updated_at = ?2
+             WHERE id = ?1",
+        )
+        .map_err(db_err)?;
+    for id in &ids {
+        attempt
+            .execute(params![id, now.millis(), reason])
+            .map_err(db_err)?;
+        fail.execute(params![id, now.millis()]).map_err(db_err)?;
+    }
+    Ok(ids.len())
 }
 
+/// Disables an endpoint; its pending deliveries are then failed in the background, in bounded
+/// batches ([`SqliteStore::cancel_step`]).
 fn disable_endpoint(
     c: &Connection,
     endpoint_id: &str,
@@ -59,12 +81,12 @@ fn disable_endpoint(
     now: Timestamp,
 ) -> Result<(), StoreError> {
     c.prepare_cached(
-        "UPDATE endpoints SET status = 'disabled', disabled_reason = ?2, updated_at = ?3
+        "UPDATE endpoints SET status = 'disabled', disabled_reason = ?2, updated_at = ?3,
+             cancel_pending = 1
          WHERE id = ?1",
     )
     .and_then(|mut s| s.execute(params![endpoint_id, reason, now.millis()]))
     .map_err(db_err)?;
-    fail_pending(c, endpoint_id, reason, now)?;
     Ok(())
 }
 
@@ -285,6 +307,44 @@ impl SqliteStore {
                 out.push(lane_work_one(c, req, now)?);
             }
             Ok(out)
+        })
+        .await
+    }
+
+    /// One bounded step of failing the pending deliveries of disabled or deleted endpoints:
+    /// up to [`CANCEL_BATCH`] deliveries of the first such endpoint after `after`, in one
+    /// short write. `None` when there is no such endpoint after `after`.
+    pub async fn cancel_step(
+        &self,
+        after: Option<String>,
+    ) -> Result<Option<CancelStep>, StoreError> {
+        self.write(move |c| {
+            let found: Option<(String, Option<String>, Option<i64>)> = c
+                .prepare_cached(
+                    "SELECT id, disabled_reason, deleted_at FROM endpoints
+                     WHERE cancel_pending = 1 AND id > ?1 ORDER BY id LIMIT 1",
+                )
+                .and_then(|mut s| {
+                    s.query_row([after.unwrap_or_default()], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
+                    .optional()
+                })
+                .map_err(db_err)?;
+            let Some((id, disabled_reason, deleted_at)) = found else {
+                return Ok(None);
+            };
+            let reason = cancel_reason(disabled_reason, deleted_at.is_some());
+            let failed = fail_pending(c, &id, &reason, Timestamp::now(), CANCEL_BATCH)?;
+            if failed < CANCEL_BATCH {
+                c.prepare_cached("UPDATE endpoints SET cancel_pending = 0 WHERE id = ?1")
+                    .and_then(|mut s| s.execute([&id]))
+                    .map_err(db_err)?;
+            }
+            Ok(Some(CancelStep {
+                endpoint_id: id,
+                failed,
+            }))
         })
         .await
     }
@@ -702,6 +762,7 @@ fn lane_work_one(c: &Connection, req: LaneRequest, now: Timestamp) -> Result<Lan
              JOIN events e ON e.seq = d.event_seq
              JOIN endpoints ep ON ep.id = d.endpoint_id
              WHERE d.endpoint_id = ?1 AND d.status = 'pending'
+               AND ep.status = 'enabled' AND ep.deleted_at IS NULL
              ORDER BY d.next_attempt_at LIMIT ?2",
         )
         .and_then(|mut s| {

@@ -1,0 +1,165 @@
+//! Disabling or deleting an endpoint with a backlog (DESIGN §10): the API answers once the
+//! endpoint's row has changed; the pending deliveries are then failed (`endpoint_disabled`)
+//! in the background, in batches of at most 1,000 rows, and none is attempted after the
+//! answer.
+
+use std::sync::Arc;
+
+use accommador::store::{CANCEL_BATCH, CancelStep, DatabaseUrl, Ownership, Store};
+
+use super::*;
+
+/// Creates `n` users of `t`, eight at a time.
+async fn create_users(app: &Arc<TestApp>, t: &Tenant, n: usize) {
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let (app, t) = (app.clone(), t.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in (w..n).step_by(8) {
+                app.create_user(&t, json!({ "email": format!("u{i}@example.com") }))
+                    .await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+/// How many deliveries of `endpoint_id` have `status`, counted over every page.
+async fn count(app: &TestApp, t: &Tenant, endpoint_id: &str, status: &str) -> usize {
+    let mut n = 0;
+    let mut after = String::new();
+    loop {
+        let page = json_of(
+            app,
+            t,
+            &format!("/v1/deliveries?endpoint_id={endpoint_id}&status={status}&limit=500{after}"),
+        )
+        .await;
+        n += page["data"].as_array().unwrap().len();
+        match page["next_cursor"].as_str() {
+            Some(c) => after = format!("&after={c}"),
+            None => return n,
+        }
+    }
+}
+
+/// A store of the test's database opened beside the server, to drive background work by hand.
+async fn tool_store(app: &TestApp) -> Store {
+    Store::open(
+        &DatabaseUrl::parse(&app.db.url).unwrap(),
+        Ownership::Tool,
+        2,
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_disabled_endpoints_backlog_is_failed_in_batches_of_at_most_a_thousand() {
+    // No workers: fan-out and the background failing are driven by hand, step by step.
+    let app = Arc::new(spawn_api_only().await);
+    let t = app.create_org("Acme").await;
+    let ep = endpoint(&app, &t, "http://127.0.0.1:9/never", None).await;
+    let other = endpoint(&app, &t, "http://127.0.0.1:9/other", None).await;
+    let n = CANCEL_BATCH + 200;
+    create_users(&app, &t, n).await;
+    let store = tool_store(&app).await;
+    while store.fan_out().await.unwrap().events > 0 {}
+    assert_eq!(count(&app, &t, &ep.id, "pending").await, n);
+
+    let r = app
+        .patch(
+            &t,
+            &format!("/v1/endpoints/{}", ep.id),
+            &json!({"status": "disabled"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let reason = r.json::<Value>().await.unwrap()["disabled_reason"].clone();
+    assert!(reason.is_string(), "{reason}");
+    // The answer changed the endpoint only; its deliveries wait for the background steps.
+    assert_eq!(count(&app, &t, &ep.id, "pending").await, n);
+
+    let first = store.cancel_step(None).await.unwrap();
+    assert_eq!(
+        first,
+        Some(CancelStep {
+            endpoint_id: ep.id.clone(),
+            failed: CANCEL_BATCH
+        })
+    );
+    assert_eq!(count(&app, &t, &ep.id, "failed").await, CANCEL_BATCH);
+    let second = store.cancel_step(None).await.unwrap();
+    assert_eq!(
+        second,
+        Some(CancelStep {
+            endpoint_id: ep.id.clone(),
+            failed: 200
+        })
+    );
+    assert_eq!(store.cancel_step(None).await.unwrap(), None, "nothing left");
+    assert_eq!(count(&app, &t, &ep.id, "pending").await, 0);
+    assert_eq!(count(&app, &t, &ep.id, "failed").await, n);
+    // Each one's log says why; the other endpoint's deliveries are untouched.
+    let sample = deliveries_of(&app, &t, &ep.id).await;
+    let log = attempts(&app, &t, sample[0]["id"].as_str().unwrap()).await;
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0]["error_class"], "endpoint_disabled");
+    assert_eq!(log[0]["error"], reason, "the endpoint's disabled_reason");
+    assert_eq!(count(&app, &t, &other.id, "pending").await, n);
+}
+
+#[tokio::test]
+async fn deleting_an_endpoint_with_a_backlog_sends_nothing_more_and_fails_it_all() {
+    let app = Arc::new(
+        spawn_app_with(|s| {
+            s.retry_schedule = vec![];
+            s.delivery_timeout = Duration::from_secs(120);
+            s.endpoint_concurrency = 1;
+        })
+        .await,
+    );
+    let t = app.create_org("Acme").await;
+    let rx = Receiver::start().await;
+    // The first delivery hangs: the rest wait behind it.
+    rx.script(
+        "/backlog",
+        vec![Reply::status(200).after(Duration::from_secs(60))],
+    );
+    let ep = endpoint(&app, &t, &rx.url("/backlog"), None).await;
+    let n = 1500;
+    create_users(&app, &t, n).await;
+    rx.wait_for("/backlog", 1, WAIT).await;
+    eventually(
+        &app,
+        &t,
+        &format!("/v1/deliveries?endpoint_id={}&limit=500", ep.id),
+        |v| v["data"].as_array().unwrap().len() == 500,
+    )
+    .await;
+
+    let r = app.delete(&t, &format!("/v1/endpoints/{}", ep.id)).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    // In the background every delivery ends failed (the one in flight too: its reply is held
+    // for a minute), each with the reason in its log.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let failed = count(&app, &t, &ep.id, "failed").await;
+        if failed == n {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{failed} of {n} deliveries failed"
+        );
+        tokio::time::sleep(ms(100)).await;
+    }
+    let sample = deliveries_of(&app, &t, &ep.id).await;
+    let log = attempts(&app, &t, sample[0]["id"].as_str().unwrap()).await;
+    assert_eq!(log[0]["error_class"], "endpoint_disabled");
+    assert_eq!(log[0]["error"], "the endpoint was deleted");
+    // Only the attempt in flight before the answer reached the receiver.
+    assert_eq!(rx.received("/backlog").len(), 1);
+}
