@@ -8,7 +8,8 @@ use axum::routing::{get, post};
 
 use super::error::ApiError;
 use super::extract::{Org, QueryParams};
-use super::openapi::{AttemptList, DeliveryList, DeliverySchema, Problem};
+use super::openapi::DeliveryStatus as DeliveryStatusSchema;
+use super::openapi::{AttemptList, DeliveryEventType, DeliveryList, DeliverySchema, Problem};
 use super::{AppState, json_response, list_body, page_response, parse_page};
 use crate::domain::delivery::DeliveryStatus;
 use crate::domain::{FieldError, Timestamp};
@@ -91,14 +92,20 @@ fn parse_filter(query: &QueryParams) -> Result<DeliveryFilter, ApiError> {
 /// Newest first. Filters combine; `since`/`until` bound the delivery's creation time.
 #[utoipa::path(get, path = "/v1/deliveries", tag = "deliveries",
     params(
-        ("endpoint_id" = Option<String>, Query, description = "ep_…"),
-        ("event_id" = Option<String>, Query, description = "evt_…"),
-        ("event_type" = Option<String>, Query, description = "user.created, user.updated, user.deleted or webhook.test"),
-        ("status" = Option<String>, Query, description = "pending, succeeded or failed"),
-        ("since" = Option<String>, Query, description = "RFC 3339; created at or after"),
-        ("until" = Option<String>, Query, description = "RFC 3339; created before"),
-        ("limit" = Option<usize>, Query, description = "1–500, default 50"),
-        ("after" = Option<String>, Query, description = "next_cursor of the previous page"),
+        ("endpoint_id" = Option<String>, Query, description = "Only this endpoint's deliveries (`ep_…`; any other value matches none); empty: every endpoint",
+            extensions(("x-allow-empty-value" = json!(true)))),
+        ("event_id" = Option<String>, Query, description = "Only this event's deliveries (`evt_…`; any other value matches none); empty: every event",
+            extensions(("x-allow-empty-value" = json!(true)))),
+        ("event_type" = Option<DeliveryEventType>, Query, description = "Only deliveries of this event type; empty: every type",
+            extensions(("x-allow-empty-value" = json!(true)))),
+        ("status" = Option<DeliveryStatusSchema>, Query, description = "Only deliveries in this state; empty: every state",
+            extensions(("x-allow-empty-value" = json!(true)))),
+        ("since" = Option<String>, Query, format = DateTime, description = "RFC 3339 date-time (any offset; any one ASCII character is accepted in place of `T`): created at or after; empty: no bound",
+            extensions(("x-allow-empty-value" = json!(true)))),
+        ("until" = Option<String>, Query, format = DateTime, description = "RFC 3339 date-time (any offset; any one ASCII character is accepted in place of `T`): created before; empty: no bound",
+            extensions(("x-allow-empty-value" = json!(true)))),
+        ("limit" = Option<usize>, Query, minimum = 1, maximum = 500, description = "Page size, 1–500; default 50"),
+        ("after" = Option<String>, Query, min_length = 1, pattern = "^dlv_[0-9A-HJKMNP-TV-Z]{26}$", description = "`next_cursor` of the previous page (the ID of its last item); a value that names no item of this list is refused (422)"),
     ),
     responses(
         (status = 200, description = "A page of deliveries", body = DeliveryList),
@@ -120,7 +127,7 @@ pub async fn list_deliveries(
 
 /// Get a delivery
 #[utoipa::path(get, path = "/v1/deliveries/{id}", tag = "deliveries",
-    params(("id" = String, Path, description = "dlv_…")),
+    params(("id" = String, Path, description = "dlv_…", pattern = "^dlv_[0-9A-HJKMNP-TV-Z]{26}$")),
     responses(
         (status = 200, description = "The delivery", body = DeliverySchema),
         (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
@@ -145,7 +152,7 @@ pub async fn get_delivery(
 /// The delivery log, oldest attempt first: status code or error class, timings, response
 /// headers and the first 4 KiB of the response body.
 #[utoipa::path(get, path = "/v1/deliveries/{id}/attempts", tag = "deliveries",
-    params(("id" = String, Path, description = "dlv_…")),
+    params(("id" = String, Path, description = "dlv_…", pattern = "^dlv_[0-9A-HJKMNP-TV-Z]{26}$")),
     responses(
         (status = 200, description = "Every attempt of the delivery", body = AttemptList),
         (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
@@ -171,7 +178,7 @@ pub async fn list_attempts(
 /// One manual attempt as soon as possible, through the same queue. A failed manual attempt is
 /// not retried (a schedule it interrupted resumes).
 #[utoipa::path(post, path = "/v1/deliveries/{id}/retry", tag = "deliveries",
-    params(("id" = String, Path, description = "dlv_…")),
+    params(("id" = String, Path, description = "dlv_…", pattern = "^dlv_[0-9A-HJKMNP-TV-Z]{26}$")),
     responses(
         (status = 202, description = "Queued; the delivery as it is now", body = DeliverySchema),
         (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),

@@ -72,7 +72,7 @@ pub async fn create_endpoint(
 
 /// Get an endpoint
 #[utoipa::path(get, path = "/v1/endpoints/{id}", tag = "endpoints",
-    params(("id" = String, Path, description = "ep_…")),
+    params(("id" = String, Path, description = "ep_…", pattern = "^ep_[0-9A-HJKMNP-TV-Z]{26}$")),
     responses(
         (status = 200, description = "The endpoint", body = EndpointSchema),
         (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
@@ -97,8 +97,8 @@ pub async fn get_endpoint(
 /// Oldest first.
 #[utoipa::path(get, path = "/v1/endpoints", tag = "endpoints",
     params(
-        ("limit" = Option<usize>, Query, description = "1–500, default 50"),
-        ("after" = Option<String>, Query, description = "next_cursor of the previous page"),
+        ("limit" = Option<usize>, Query, minimum = 1, maximum = 500, description = "Page size, 1–500; default 50"),
+        ("after" = Option<String>, Query, min_length = 1, pattern = "^ep_[0-9A-HJKMNP-TV-Z]{26}$", description = "`next_cursor` of the previous page (the ID of its last item); a value that names no item of this list is refused (422)"),
     ),
     responses(
         (status = 200, description = "A page of endpoints", body = EndpointList),
@@ -122,7 +122,7 @@ pub async fn list_endpoints(
 /// Any of `url`, `event_types`, `description`, `status`. Setting `status` to `enabled` clears
 /// `disabled_reason`.
 #[utoipa::path(patch, path = "/v1/endpoints/{id}", tag = "endpoints",
-    params(("id" = String, Path, description = "ep_…")),
+    params(("id" = String, Path, description = "ep_…", pattern = "^ep_[0-9A-HJKMNP-TV-Z]{26}$")),
     request_body = UpdateEndpointRequest,
     responses(
         (status = 200, description = "The endpoint after the change", body = EndpointSchema),
@@ -149,7 +149,7 @@ pub async fn update_endpoint(
 
 /// Delete an endpoint
 #[utoipa::path(delete, path = "/v1/endpoints/{id}", tag = "endpoints",
-    params(("id" = String, Path, description = "ep_…")),
+    params(("id" = String, Path, description = "ep_…", pattern = "^ep_[0-9A-HJKMNP-TV-Z]{26}$")),
     responses(
         (status = 204, description = "Deleted"),
         (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
@@ -171,7 +171,7 @@ pub async fn delete_endpoint(
 
 /// Get an endpoint's signing secret
 #[utoipa::path(get, path = "/v1/endpoints/{id}/secret", tag = "endpoints",
-    params(("id" = String, Path, description = "ep_…")),
+    params(("id" = String, Path, description = "ep_…", pattern = "^ep_[0-9A-HJKMNP-TV-Z]{26}$")),
     responses(
         (status = 200, description = "The current secret", body = SecretSchema),
         (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
@@ -196,7 +196,7 @@ pub async fn get_secret(
 /// The previous secret keeps signing beside the new one for 24 h (webhooks carry both
 /// signatures); rotating again ends the older one at once.
 #[utoipa::path(post, path = "/v1/endpoints/{id}/secret/rotate", tag = "endpoints",
-    params(("id" = String, Path, description = "ep_…")),
+    params(("id" = String, Path, description = "ep_…", pattern = "^ep_[0-9A-HJKMNP-TV-Z]{26}$")),
     responses(
         (status = 200, description = "The new current secret", body = SecretSchema),
         (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
@@ -218,10 +218,11 @@ pub async fn rotate_secret(
 
 /// Recover an endpoint's deliveries
 ///
-/// Re-queues this endpoint's failed deliveries created in `[since, until)` and creates the
-/// deliveries it never got for events of that window (for example while it was disabled).
+/// Re-queues this endpoint's failed deliveries of events that occurred in `[since, until)`,
+/// and creates the deliveries it never got for events of that window (for example while it
+/// was disabled).
 #[utoipa::path(post, path = "/v1/endpoints/{id}/recover", tag = "endpoints",
-    params(("id" = String, Path, description = "ep_…")),
+    params(("id" = String, Path, description = "ep_…", pattern = "^ep_[0-9A-HJKMNP-TV-Z]{26}$")),
     request_body = RecoverRequest,
     responses(
         (status = 202, description = "Queued", body = RecoverResult),
@@ -253,7 +254,7 @@ pub async fn recover(
 /// Sends a `webhook.test` event (`data`: `{"endpoint_id"}`) to this endpoint only, ignoring its
 /// filter. It is not listed in `/v1/events`.
 #[utoipa::path(post, path = "/v1/endpoints/{id}/test", tag = "endpoints",
-    params(("id" = String, Path, description = "ep_…")),
+    params(("id" = String, Path, description = "ep_…", pattern = "^ep_[0-9A-HJKMNP-TV-Z]{26}$")),
     responses(
         (status = 202, description = "Queued", body = TestSent),
         (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),

@@ -8,7 +8,7 @@ use axum::routing::get;
 
 use super::error::ApiError;
 use super::extract::{Org, QueryParams};
-use super::openapi::{EventList, EventSchema, Problem};
+use super::openapi::{EventList, EventSchema, Problem, UserEventType};
 use super::{AppState, json_response, page_response, parse_page};
 use crate::domain::FieldError;
 use crate::service::ServiceError;
@@ -27,9 +27,10 @@ pub fn router() -> axum::Router<AppState> {
 /// later always comes after every event already returned.
 #[utoipa::path(get, path = "/v1/events", tag = "events",
     params(
-        ("type" = Option<String>, Query, description = "user.created, user.updated or user.deleted"),
-        ("limit" = Option<usize>, Query, description = "1–500, default 50"),
-        ("after" = Option<String>, Query, description = "next_cursor of the previous page, or an event ID"),
+        ("type" = Option<UserEventType>, Query, description = "Only events of this type; empty: every type",
+            extensions(("x-allow-empty-value" = json!(true)))),
+        ("limit" = Option<usize>, Query, minimum = 1, maximum = 500, description = "Page size, 1–500; default 50"),
+        ("after" = Option<String>, Query, min_length = 1, pattern = "^evt_[0-9A-HJKMNP-TV-Z]{26}$", description = "`next_cursor` of the previous page, or any event ID of this organization; a value that names no item of this list is refused (422)"),
     ),
     responses(
         (status = 200, description = "A page of events", body = EventList),
@@ -67,7 +68,7 @@ pub async fn list_events(
 
 /// Get an event
 #[utoipa::path(get, path = "/v1/events/{id}", tag = "events",
-    params(("id" = String, Path, description = "evt_…")),
+    params(("id" = String, Path, description = "evt_…", pattern = "^evt_[0-9A-HJKMNP-TV-Z]{26}$")),
     responses(
         (status = 200, description = "The event, byte for byte the webhook body", body = EventSchema),
         (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),

@@ -6,6 +6,81 @@ use serde_json::{Map, Value};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
+// The rules below restate what the validation code enforces (src/domain, src/service.rs,
+// src/http): the server is the reference, and `tests/api/openapi_rules.rs` sends requests built
+// from this document to check that both still agree.
+
+/// The extension a query parameter's annotation carries (spelled out there: the macro takes a
+/// literal) when an empty value (`?name=`) is accepted and means "absent"; [`Security`] renders
+/// it as OpenAPI's `allowEmptyValue: true`.
+pub const ALLOW_EMPTY_VALUE: &str = "x-allow-empty-value";
+
+/// A user event type: what endpoints subscribe to and `/v1/events` lists.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub enum UserEventType {
+    #[serde(rename = "user.created")]
+    UserCreated,
+    #[serde(rename = "user.updated")]
+    UserUpdated,
+    #[serde(rename = "user.deleted")]
+    UserDeleted,
+}
+
+/// Any event type a delivery can carry: the user event types and `webhook.test`.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub enum DeliveryEventType {
+    #[serde(rename = "user.created")]
+    UserCreated,
+    #[serde(rename = "user.updated")]
+    UserUpdated,
+    #[serde(rename = "user.deleted")]
+    UserDeleted,
+    #[serde(rename = "webhook.test")]
+    WebhookTest,
+}
+
+#[derive(Debug, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum EndpointStatus {
+    Enabled,
+    Disabled,
+}
+
+#[derive(Debug, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum DeliveryStatus {
+    Pending,
+    Succeeded,
+    Failed,
+}
+
+/// What started an attempt: the retry schedule, or `POST /v1/deliveries/{id}/retry`.
+#[derive(Debug, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum AttemptTrigger {
+    Scheduled,
+    Manual,
+}
+
+/// Why an attempt failed.
+#[derive(Debug, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum ErrorClass {
+    Timeout,
+    Connect,
+    Dns,
+    Tls,
+    BlockedAddress,
+    HttpStatus,
+    EndpointDisabled,
+}
+
 /// An RFC 9457 problem.
 #[derive(Debug, ToSchema)]
 #[allow(dead_code)]
@@ -35,38 +110,65 @@ pub struct FieldErrorSchema {
 #[allow(dead_code)]
 pub struct UserSchema {
     /// `usr_…`
+    #[schema(pattern = "^usr_[0-9A-HJKMNP-TV-Z]{26}$")]
     id: String,
     email: String,
     name: Option<String>,
     #[schema(value_type = Object)]
     attributes: Map<String, Value>,
     /// 1 at creation, +1 with every change (deletion included).
+    #[schema(minimum = 1)]
     version: u64,
     /// RFC 3339 UTC with milliseconds.
+    #[schema(format = DateTime)]
     created_at: String,
+    #[schema(format = DateTime)]
     updated_at: String,
     /// Only on the user inside a `user.deleted` event.
+    #[schema(format = DateTime)]
     deleted_at: Option<String>,
 }
 
+/// A new user. Unknown fields are refused (422).
 #[derive(Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct CreateUserRequest {
-    /// Unique per organization among live users, compared case-insensitively.
+    /// Unique per organization among live users, compared case-insensitively. At most 254
+    /// bytes: `local@domain`, a local part of 1–64 bytes without `@`, spaces or control
+    /// characters, and a domain of two or more dot-separated labels of letters, digits and
+    /// inner hyphens. The pattern spells the ASCII form; non-ASCII letters and digits are
+    /// accepted too (the limits count UTF-8 bytes).
+    #[schema(
+        max_length = 254,
+        pattern = "^[!-?A-~]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$"
+    )]
     email: String,
+    /// At most 256 characters; null is the same as absent.
+    #[schema(max_length = 256)]
     name: Option<String>,
-    /// A JSON object of at most 16 KiB.
+    /// A JSON object of at most 16 KiB as compact JSON; null is the same as absent (`{}`).
     #[schema(value_type = Option<Object>)]
     attributes: Option<Map<String, Value>>,
 }
 
-/// Any subset of the fields; `attributes` replaces the whole object.
+/// Any subset of the fields; `attributes` replaces the whole object. Unknown fields are
+/// refused (422).
 #[derive(Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct UpdateUserRequest {
-    #[schema(nullable = false)]
+    /// As on create: an address of at most 254 bytes, unique among live users.
+    #[schema(
+        nullable = false,
+        max_length = 254,
+        pattern = "^[!-?A-~]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$"
+    )]
     email: Option<String>,
+    /// At most 256 characters; null clears the name.
+    #[schema(max_length = 256)]
     name: Option<String>,
+    /// A JSON object of at most 16 KiB as compact JSON; null empties it.
     #[schema(value_type = Option<Object>)]
     attributes: Option<Map<String, Value>>,
 }
@@ -96,11 +198,12 @@ pub struct UserEventDataSchema {
 #[allow(dead_code)]
 pub struct EventSchema {
     /// `evt_…`, also the `webhook-id` header.
+    #[schema(pattern = "^evt_[0-9A-HJKMNP-TV-Z]{26}$")]
     id: String,
-    /// `user.created`, `user.updated` or `user.deleted`.
     #[schema(rename = "type")]
-    r#type: String,
+    r#type: UserEventType,
     /// When the change committed (RFC 3339 UTC, milliseconds).
+    #[schema(format = DateTime)]
     timestamp: String,
     data: UserEventDataSchema,
 }
@@ -112,9 +215,15 @@ pub struct EventList {
     next_cursor: Option<String>,
 }
 
+/// Unknown fields are refused (422).
 #[derive(Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct CreateOrganizationRequest {
+    /// 1–200 characters once surrounding whitespace is trimmed (the trimmed name is stored).
+    #[schema(
+        pattern = "^[\\t-\\r \\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000]*[^\\t-\\r \\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000](?:[\\s\\S]{0,198}[^\\t-\\r \\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000])?[\\t-\\r \\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000]*$"
+    )]
     name: String,
 }
 
@@ -122,6 +231,7 @@ pub struct CreateOrganizationRequest {
 #[allow(dead_code)]
 pub struct OrganizationCreated {
     /// `org_…`
+    #[schema(pattern = "^org_[0-9A-HJKMNP-TV-Z]{26}$")]
     id: String,
     name: String,
     /// Shown only in this response; stored as a SHA-256 hash.
@@ -134,16 +244,19 @@ pub struct OrganizationCreated {
 #[allow(dead_code)]
 pub struct EndpointSchema {
     /// `ep_…`
+    #[schema(pattern = "^ep_[0-9A-HJKMNP-TV-Z]{26}$")]
     id: String,
     url: String,
     /// The user event types it receives.
-    event_types: Vec<String>,
+    #[schema(min_items = 1)]
+    event_types: Vec<UserEventType>,
     description: String,
-    /// `enabled` or `disabled`.
-    status: String,
+    status: EndpointStatus,
     /// Why it was disabled; null while enabled.
     disabled_reason: Option<String>,
+    #[schema(format = DateTime)]
     created_at: String,
+    #[schema(format = DateTime)]
     updated_at: String,
 }
 
@@ -151,36 +264,67 @@ pub struct EndpointSchema {
 #[derive(Debug, ToSchema)]
 #[allow(dead_code)]
 pub struct EndpointCreated {
+    #[schema(pattern = "^ep_[0-9A-HJKMNP-TV-Z]{26}$")]
     id: String,
     url: String,
-    event_types: Vec<String>,
+    #[schema(min_items = 1)]
+    event_types: Vec<UserEventType>,
     description: String,
-    status: String,
+    status: EndpointStatus,
     disabled_reason: Option<String>,
+    #[schema(format = DateTime)]
     created_at: String,
+    #[schema(format = DateTime)]
     updated_at: String,
     /// `whsec_…`: base64 of 32 random bytes. Verify deliveries with it.
     secret: String,
 }
 
+/// A new endpoint. Unknown fields are refused (422).
 #[derive(Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct CreateEndpointRequest {
-    /// http(s) URL with a host.
+    /// An absolute `http` or `https` URL with a host, without user info or fragment, at most
+    /// 2048 bytes. The pattern spells the plain ASCII form to send; the server parses URLs as
+    /// browsers do (WHATWG), so it also takes internationalised host names, public IP literals
+    /// and other spellings it can normalise, and stores the normalised URL. A host that is, or
+    /// resolves to, a private, loopback, link-local or otherwise blocked address is refused
+    /// (422) unless the server allows private targets.
+    #[schema(
+        max_length = 2048,
+        pattern = "^[Hh][Tt][Tt][Pp][Ss]?://(?:[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*\\.)*[A-Za-z][A-Za-z0-9]*(?:-[A-Za-z0-9]+)*(?::(?:[0-9]{1,4}|[0-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?(?:[/?](?:[A-Za-z0-9._~!$&'()*+,;=:@/?-]|%[0-9A-Fa-f]{2})*)?$"
+    )]
     url: String,
-    /// Omit for every user event.
-    event_types: Option<Vec<String>>,
+    /// At least one; duplicates are ignored. Absent or null: every user event type.
+    #[schema(min_items = 1)]
+    event_types: Option<Vec<UserEventType>>,
+    /// At most 1024 characters; absent or null: empty.
+    #[schema(max_length = 1024)]
     description: Option<String>,
 }
 
+/// Any subset of the fields. Unknown fields are refused (422).
 #[derive(Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct UpdateEndpointRequest {
+    /// As on create.
+    #[schema(
+        nullable = false,
+        max_length = 2048,
+        pattern = "^[Hh][Tt][Tt][Pp][Ss]?://(?:[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*\\.)*[A-Za-z][A-Za-z0-9]*(?:-[A-Za-z0-9]+)*(?::(?:[0-9]{1,4}|[0-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?(?:[/?](?:[A-Za-z0-9._~!$&'()*+,;=:@/?-]|%[0-9A-Fa-f]{2})*)?$"
+    )]
     url: Option<String>,
-    event_types: Option<Vec<String>>,
+    /// At least one; duplicates are ignored. Null: every user event type.
+    #[schema(min_items = 1)]
+    event_types: Option<Vec<UserEventType>>,
+    /// At most 1024 characters; null empties it.
+    #[schema(max_length = 1024)]
     description: Option<String>,
-    /// `enabled` or `disabled`.
-    status: Option<String>,
+    /// `enabled` clears `disabled_reason`.
+    #[schema(nullable = false)]
+    status: Option<EndpointStatus>,
 }
 
 #[derive(Debug, ToSchema)]
@@ -198,12 +342,18 @@ pub struct SecretSchema {
     secret: String,
 }
 
+/// A recovery window. Unknown fields are refused (422).
 #[derive(Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct RecoverRequest {
-    /// RFC 3339: recover from here.
+    /// RFC 3339 date-time, any offset (any one ASCII character is accepted in place of `T`):
+    /// recover from here.
+    #[schema(format = DateTime)]
     since: String,
-    /// RFC 3339: up to here (exclusive); default now.
+    /// RFC 3339 date-time like `since`: up to here (exclusive); absent or null: now. Must be
+    /// after `since` (422 otherwise).
+    #[schema(format = DateTime)]
     until: Option<String>,
 }
 
@@ -220,7 +370,9 @@ pub struct RecoverResult {
 #[allow(dead_code)]
 pub struct TestSent {
     /// The `webhook.test` event (`webhook-id` of the request).
+    #[schema(pattern = "^evt_[0-9A-HJKMNP-TV-Z]{26}$")]
     event_id: String,
+    #[schema(pattern = "^dlv_[0-9A-HJKMNP-TV-Z]{26}$")]
     delivery_id: String,
 }
 
@@ -230,17 +382,22 @@ pub struct TestSent {
 #[allow(dead_code)]
 pub struct DeliverySchema {
     /// `dlv_…`
+    #[schema(pattern = "^dlv_[0-9A-HJKMNP-TV-Z]{26}$")]
     id: String,
+    #[schema(pattern = "^evt_[0-9A-HJKMNP-TV-Z]{26}$")]
     event_id: String,
-    event_type: String,
+    event_type: DeliveryEventType,
+    #[schema(pattern = "^ep_[0-9A-HJKMNP-TV-Z]{26}$")]
     endpoint_id: String,
-    /// `pending`, `succeeded` or `failed`.
-    status: String,
+    status: DeliveryStatus,
     attempt_count: u32,
     /// When the next attempt is due, while pending.
+    #[schema(format = DateTime)]
     next_attempt_at: Option<String>,
     last_status_code: Option<u16>,
+    #[schema(format = DateTime)]
     created_at: String,
+    #[schema(format = DateTime)]
     updated_at: String,
 }
 
@@ -257,15 +414,15 @@ pub struct DeliveryList {
 #[allow(dead_code)]
 pub struct AttemptSchema {
     /// 1, 2, … in the order made.
+    #[schema(minimum = 1)]
     number: u32,
-    /// `scheduled` or `manual`.
-    trigger: String,
+    trigger: AttemptTrigger,
+    #[schema(format = DateTime)]
     started_at: String,
     duration_ms: u64,
     status_code: Option<u16>,
-    /// `timeout`, `connect`, `dns`, `tls`, `blocked_address`, `http_status` or
-    /// `endpoint_disabled`; null on success.
-    error_class: Option<String>,
+    /// Null on success.
+    error_class: Option<ErrorClass>,
     error: Option<String>,
     /// Response headers, lower-case names.
     #[schema(value_type = Object)]
@@ -322,9 +479,36 @@ fn add_server_errors(openapi: &mut utoipa::openapi::OpenApi) {
     }
 }
 
+/// utoipa has no attribute for OpenAPI's `allowEmptyValue` and prefixes every extension with
+/// `x-`; turn the [`ALLOW_EMPTY_VALUE`] marker of a parameter's annotation into the real field.
+fn allow_empty_values(openapi: &mut utoipa::openapi::OpenApi) {
+    for item in openapi.paths.paths.values_mut() {
+        for op in [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            for param in op.parameters.iter_mut().flatten() {
+                if let utoipa::openapi::RefOr::T(param) = param
+                    && let Some(ext) = param.extensions.as_mut()
+                    && ext.remove(ALLOW_EMPTY_VALUE).is_some()
+                {
+                    ext.insert("allowEmptyValue".to_owned(), Value::Bool(true));
+                }
+            }
+        }
+    }
+}
+
 impl Modify for Security {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         add_server_errors(openapi);
+        allow_empty_values(openapi);
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "api_key",

@@ -49,9 +49,11 @@ fn saved_create(result: &Result<UserRecord, StoreError>) -> Option<SavedResponse
 /// retry with the same JSON within 24 h returns the first response and changes nothing.
 #[utoipa::path(post, path = "/v1/users", tag = "users",
     request_body = CreateUserRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe: same key + same JSON → the first response")),
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, pattern = "^[!-~]{1,255}$",
+        description = "Makes a retry safe: same key + same JSON → the first response. 1–255 visible ASCII characters; the same key with other JSON within 24 h is refused (422)")),
     responses(
-        (status = 201, description = "Created (or, for a retried Idempotency-Key, the first response with header `idempotent-replayed: true`)", body = UserSchema),
+        (status = 201, description = "Created (or, for a retried Idempotency-Key, the first response with header `idempotent-replayed: true`)", body = UserSchema,
+            headers(("idempotent-replayed" = String, description = "`true` when this is the saved response of an earlier request with the same Idempotency-Key and JSON"))),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Email already used by a live user", body = Problem, content_type = "application/problem+json"),
@@ -99,7 +101,7 @@ fn saved_response(saved: SavedResponse) -> Result<Response, ApiError> {
 
 /// Get a user
 #[utoipa::path(get, path = "/v1/users/{id}", tag = "users",
-    params(("id" = String, Path, description = "usr_…")),
+    params(("id" = String, Path, description = "usr_…", pattern = "^usr_[0-9A-HJKMNP-TV-Z]{26}$")),
     responses(
         (status = 200, description = "The user", body = UserSchema),
         (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
@@ -124,8 +126,8 @@ pub async fn get_user(
 /// Live users, oldest first.
 #[utoipa::path(get, path = "/v1/users", tag = "users",
     params(
-        ("limit" = Option<usize>, Query, description = "1–500, default 50"),
-        ("after" = Option<String>, Query, description = "next_cursor of the previous page"),
+        ("limit" = Option<usize>, Query, minimum = 1, maximum = 500, description = "Page size, 1–500; default 50"),
+        ("after" = Option<String>, Query, min_length = 1, pattern = "^usr_[0-9A-HJKMNP-TV-Z]{26}$", description = "`next_cursor` of the previous page (the ID of its last item); a value that names no item of this list is refused (422)"),
     ),
     responses(
         (status = 200, description = "A page of users", body = UserList),
@@ -149,7 +151,7 @@ pub async fn list_users(
 /// Changes any of `email`, `name`, `attributes` (replaced as a whole). A change makes a new
 /// version and one `user.updated` event; a PATCH that changes nothing makes neither.
 #[utoipa::path(patch, path = "/v1/users/{id}", tag = "users",
-    params(("id" = String, Path, description = "usr_…")),
+    params(("id" = String, Path, description = "usr_…", pattern = "^usr_[0-9A-HJKMNP-TV-Z]{26}$")),
     request_body = UpdateUserRequest,
     responses(
         (status = 200, description = "The user after the change", body = UserSchema),
@@ -181,7 +183,7 @@ pub async fn update_user(
 /// Tombstones the user and writes one `user.deleted` event carrying its last state with
 /// `version` + 1 and `deleted_at`. The user then answers 404.
 #[utoipa::path(delete, path = "/v1/users/{id}", tag = "users",
-    params(("id" = String, Path, description = "usr_…")),
+    params(("id" = String, Path, description = "usr_…", pattern = "^usr_[0-9A-HJKMNP-TV-Z]{26}$")),
     responses(
         (status = 204, description = "Deleted"),
         (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),

@@ -6,6 +6,7 @@ mod bad_input;
 mod endpoints;
 mod helpers;
 mod idempotency;
+mod openapi_rules;
 mod operations;
 mod tenancy;
 mod users;
