@@ -50,6 +50,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0004_leased_index.sql"),
     include_str!("../../migrations/postgres/0005_lighter_writes.sql"),
     include_str!("../../migrations/postgres/0006_cancel_pending.sql"),
+    include_str!("../../migrations/postgres/0007_fanout_partial.sql"),
 ];
 /// Most events numbered by one sequencer step.
 const SEQUENCE_STEP: i64 = 1000;

@@ -56,6 +56,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0002_endpoints.sql"),
     include_str!("../../migrations/sqlite/0003_deliveries.sql"),
     include_str!("../../migrations/sqlite/0004_cancel_pending.sql"),
+    include_str!("../../migrations/sqlite/0005_fanout_partial.sql"),
 ];
 
 mod deliveries;

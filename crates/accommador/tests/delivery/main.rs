@@ -4,6 +4,7 @@
 mod cancel;
 mod contract;
 mod crash;
+mod fanout;
 mod guard;
 #[path = "../api/helpers.rs"]
 #[allow(dead_code)]

@@ -8,7 +8,7 @@
 //! - The hot paths (fan-out, leasing, recording) run a fixed number of statements per step,
 //!   whatever the batch size: `UNNEST` inserts and updates, pipelined per-lane statements.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use accommador_webhooks::EventType;
@@ -28,7 +28,9 @@ use crate::store::{
 };
 
 const FANOUT_EVENTS: i64 = 256;
-const FANOUT_DELIVERIES: usize = 20_000;
+/// Most deliveries one fan-out step writes (one event to many endpoints takes several steps),
+/// so it never holds the cursor's lock, or its endpoints' share locks, long.
+const FANOUT_DELIVERIES: usize = 1_000;
 
 /// Disables an endpoint; its pending deliveries are then failed in the background, in bounded
 /// batches ([`PgStore::cancel_step`]).
@@ -219,8 +221,11 @@ impl PgStore {
             tx.batch_execute("SET LOCAL synchronous_commit TO off"),
             tx.fetch(
                 // The cursor as a parameter (not a join), so the scan starts at it.
-                "WITH cursor AS (SELECT last_commit_seq FROM fanout_cursor WHERE id = 1 FOR UPDATE)
-                 SELECT e.seq, e.id, e.org_id, e.type, e.commit_seq FROM events e
+                "WITH cursor AS (SELECT last_commit_seq, partial_endpoint FROM fanout_cursor
+                                 WHERE id = 1 FOR UPDATE)
+                 SELECT e.seq, e.id, e.org_id, e.type, e.commit_seq,
+                        (SELECT partial_endpoint FROM cursor)
+                 FROM events e
                  WHERE e.commit_seq > (SELECT last_commit_seq FROM cursor)
                  ORDER BY e.commit_seq LIMIT $1",
                 &[&FANOUT_EVENTS],
@@ -262,7 +267,9 @@ impl PgStore {
             taken += 1;
         }
         let events = &events[..taken];
-        let last: i64 = events[taken - 1].get(4);
+        // The first event may be partly fanned out already (to the endpoints up to this ID).
+        let partial: Option<String> = events[0].get(5);
+        let first_seq: i64 = events[0].get(0);
         let seqs: Vec<i64> = events
             .iter()
             .filter(|r| {
@@ -288,46 +295,63 @@ impl PgStore {
                  SELECT ev.seq, eps.id, eps.event_types
                  FROM ev JOIN eps ON eps.org_id = ev.org_id
                  WHERE NOT pg_visible_in_snapshot(ev.xid, eps.created_snapshot)
+                   AND (ev.seq <> $3 OR $4::text IS NULL OR eps.id > $4)
                  ORDER BY ev.seq, eps.id",
-                &[&seqs, &orgs],
+                &[&seqs, &orgs, &first_seq, &partial],
             )
             .await
             .map_err(pg_err)?
         };
-        let by_seq: HashMap<i64, &tokio_postgres::Row> =
-            events.iter().map(|r| (r.get::<_, i64>(0), r)).collect();
+        // Each event's pairs, in endpoint ID order.
+        let mut pairs_of: HashMap<i64, Vec<&tokio_postgres::Row>> = HashMap::new();
+        for pair in &pairs {
+            pairs_of.entry(pair.get(0)).or_default().push(pair);
+        }
         let mut filters: HashMap<String, EventTypeFilter> = HashMap::new();
         let mut rows = NewDeliveries::default();
         let now = Timestamp::now();
         let mut woken: Vec<String> = Vec::new();
-        for pair in &pairs {
-            let (seq, endpoint_id): (i64, String) = (pair.get(0), pair.get(1));
-            let Some(event) = by_seq.get(&seq) else {
-                continue;
-            };
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut budget = FANOUT_DELIVERIES;
+        // The cursor ends after the last event done (in commit order), and within the next
+        // one if the budget ran out in the middle of it.
+        let mut last: i64 = events[0].get::<_, i64>(4) - 1;
+        let mut stopped_at: Option<String> = None;
+        'events: for (i, event) in events.iter().enumerate() {
+            let seq: i64 = event.get(0);
             let event_type: String = event.get(3);
-            let Some(kind) = EventType::parse(&event_type) else {
-                continue;
-            };
-            if !filters.contains_key(&endpoint_id) {
-                let names: Vec<String> =
-                    serde_json::from_str(pair.get::<_, &str>(2)).map_err(StoreError::database)?;
-                let filter = EventTypeFilter::from_names(names.iter().map(String::as_str))
-                    .map_err(conversion)?;
-                filters.insert(endpoint_id.clone(), filter);
+            let mut done_up_to = if i == 0 { partial.clone() } else { None };
+            if let Some(kind) = EventType::parse(&event_type) {
+                for pair in pairs_of.get(&seq).map(Vec::as_slice).unwrap_or_default() {
+                    let endpoint_id: String = pair.get(1);
+                    if !filters.contains_key(&endpoint_id) {
+                        let names: Vec<String> = serde_json::from_str(pair.get::<_, &str>(2))
+                            .map_err(StoreError::database)?;
+                        let filter = EventTypeFilter::from_names(names.iter().map(String::as_str))
+                            .map_err(conversion)?;
+                        filters.insert(endpoint_id.clone(), filter);
+                    }
+                    if !filters[&endpoint_id].contains(kind) {
+                        continue;
+                    }
+                    if budget == 0 {
+                        stopped_at = done_up_to;
+                        break 'events;
+                    }
+                    budget -= 1;
+                    rows.push(event.get(2), seq, event.get(1), &event_type, &endpoint_id);
+                    if seen.insert(endpoint_id.clone()) {
+                        woken.push(endpoint_id.clone());
+                    }
+                    done_up_to = Some(endpoint_id);
+                }
             }
-            if !filters[&endpoint_id].contains(kind) {
-                continue;
-            }
-            rows.push(event.get(2), seq, event.get(1), &event_type, &endpoint_id);
-            if !woken.contains(&endpoint_id) {
-                woken.push(endpoint_id);
-            }
+            last = event.get(4);
         }
         rows.insert(&tx, now).await?;
         tx.run(
-            "UPDATE fanout_cursor SET last_commit_seq = $1 WHERE id = 1",
-            &[&last],
+            "UPDATE fanout_cursor SET last_commit_seq = $1, partial_endpoint = $2 WHERE id = 1",
+            &[&last, &stopped_at],
         )
         .await
         .map_err(pg_err)?;

@@ -5,7 +5,7 @@
 //! keeps the set of deliveries in flight in memory and passes it in, and after a restart every
 //! pending delivery is simply due again (at-least-once).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use accommador_webhooks::EventType;
@@ -26,7 +26,9 @@ use crate::store::{
 
 /// Most events one fan-out step takes, and most deliveries it creates.
 const FANOUT_EVENTS: i64 = 256;
-const FANOUT_DELIVERIES: usize = 20_000;
+/// Most deliveries one fan-out step writes (one event to many endpoints takes several steps),
+/// so it never holds the writer long.
+const FANOUT_DELIVERIES: usize = 1_000;
 
 /// Fails up to `limit` pending deliveries of an endpoint with `endpoint_disabled`, recording
 /// why as an attempt in each one's log. Returns how many.
@@ -186,7 +188,7 @@ fn enabled_endpoints(
     let mut stmt = c
         .prepare_cached(
             "SELECT id, event_types, after_event_seq FROM endpoints
-             WHERE org_id = ?1 AND status = 'enabled' AND deleted_at IS NULL",
+             WHERE org_id = ?1 AND status = 'enabled' AND deleted_at IS NULL ORDER BY id",
         )
         .map_err(db_err)?;
     let rows = stmt
@@ -216,10 +218,12 @@ impl SqliteStore {
     pub async fn fan_out(&self) -> Result<FanOut, StoreError> {
         self.write(|c| {
             let now = Timestamp::now();
-            let cursor: i64 = c
-                .query_row("SELECT last_seq FROM fanout_cursor WHERE id = 1", [], |r| {
-                    r.get(0)
-                })
+            let (cursor, partial): (i64, Option<String>) = c
+                .query_row(
+                    "SELECT last_seq, partial_endpoint FROM fanout_cursor WHERE id = 1",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
                 .map_err(db_err)?;
             let events: Vec<(i64, String, String, String)> = c
                 .prepare_cached(
@@ -235,41 +239,56 @@ impl SqliteStore {
             let mut endpoints_of: HashMap<String, Vec<(String, EventTypeFilter, i64)>> =
                 HashMap::new();
             let mut woken: Vec<String> = Vec::new();
-            let mut created = 0;
+            let mut seen: HashSet<String> = HashSet::new();
+            let mut budget = FANOUT_DELIVERIES;
+            // Where the cursor ends: after the last event done, and within the next one if
+            // the budget ran out in the middle of it.
             let mut last = cursor;
+            let mut stopped_at: Option<String> = None;
             let mut taken = 0;
-            for (seq, event_id, org, event_type) in &events {
-                if created >= FANOUT_DELIVERIES {
-                    break;
-                }
-                last = *seq;
+            'events: for (i, (seq, event_id, org, event_type)) in events.iter().enumerate() {
                 taken += 1;
                 // Test events are delivered by the `test` call itself; unknown types by no one.
                 let Some(kind) =
                     EventType::parse(event_type).filter(|t| EventType::USER_EVENTS.contains(t))
                 else {
+                    last = *seq;
                     continue;
                 };
                 if !endpoints_of.contains_key(org) {
                     endpoints_of.insert(org.clone(), enabled_endpoints(c, org)?);
                 }
+                // Resume within the first event where the previous step stopped. Endpoints
+                // come in ID order, so "up to this ID" says which are done.
+                let mut done_up_to = if i == 0 { partial.clone() } else { None };
                 for (endpoint_id, filter, after_seq) in &endpoints_of[org] {
-                    if filter.contains(kind) && *after_seq < *seq {
-                        if insert_delivery(c, org, *seq, event_id, event_type, endpoint_id, now)?
-                            .is_some()
-                        {
-                            created += 1;
-                        }
-                        if !woken.contains(endpoint_id) {
-                            woken.push(endpoint_id.clone());
-                        }
+                    if done_up_to
+                        .as_deref()
+                        .is_some_and(|p| endpoint_id.as_str() <= p)
+                        || !filter.contains(kind)
+                        || *after_seq >= *seq
+                    {
+                        continue;
                     }
+                    if budget == 0 {
+                        stopped_at = done_up_to;
+                        break 'events;
+                    }
+                    budget -= 1;
+                    insert_delivery(c, org, *seq, event_id, event_type, endpoint_id, now)?;
+                    if seen.insert(endpoint_id.clone()) {
+                        woken.push(endpoint_id.clone());
+                    }
+                    done_up_to = Some(endpoint_id.clone());
                 }
+                last = *seq;
             }
             if taken > 0 {
-                c.prepare_cached("UPDATE fanout_cursor SET last_seq = ?1 WHERE id = 1")
-                    .and_then(|mut s| s.execute([last]))
-                    .map_err(db_err)?;
+                c.prepare_cached(
+                    "UPDATE fanout_cursor SET last_seq = ?1, partial_endpoint = ?2 WHERE id = 1",
+                )
+                .and_then(|mut s| s.execute(params![last, stopped_at]))
+                .map_err(db_err)?;
             }
             Ok(FanOut {
                 events: taken,
