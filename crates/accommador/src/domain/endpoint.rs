@@ -315,6 +315,10 @@ fn parse_url(v: &Value, errors: &mut Vec<FieldError>) -> Option<EndpointUrl> {
 
 fn parse_description(v: &Value, errors: &mut Vec<FieldError>) -> Option<String> {
     match v {
+        Value::String(s) if s.contains('\0') => {
+            errors.push(FieldError::new("description", super::NO_NUL));
+            None
+        }
         Value::String(s) if s.chars().count() <= MAX_DESCRIPTION_CHARS => Some(s.clone()),
         Value::String(_) => {
             errors.push(FieldError::new(

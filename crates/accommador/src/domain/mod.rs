@@ -12,6 +12,10 @@ pub mod user;
 
 pub use time::Timestamp;
 
+/// Why a stored string with U+0000 is refused: PostgreSQL's text cannot hold it, so neither
+/// backend takes it (inside `attributes` it is only an escape in the stored JSON, and fine).
+pub const NO_NUL: &str = "must not contain the NUL character (U+0000)";
+
 /// One invalid field of a request, as reported in a 422 problem's `errors`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct FieldError {

@@ -21,6 +21,9 @@ pub fn parse_org_name(name: &str) -> Result<String, &'static str> {
     if trimmed.chars().count() > 200 {
         return Err("must be at most 200 characters");
     }
+    if trimmed.contains('\0') {
+        return Err(super::NO_NUL);
+    }
     Ok(trimmed.to_owned())
 }
 

@@ -239,6 +239,10 @@ fn parse_name(v: &Value, errors: &mut Vec<FieldError>) -> Option<Option<String>>
             errors.push(FieldError::new("name", "must be at most 256 characters"));
             None
         }
+        Value::String(s) if s.contains('\0') => {
+            errors.push(FieldError::new("name", super::NO_NUL));
+            None
+        }
         Value::String(s) => Some(Some(s.clone())),
         _ => {
             errors.push(FieldError::new("name", "must be a string or null"));

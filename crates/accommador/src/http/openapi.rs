@@ -144,8 +144,8 @@ pub struct CreateUserRequest {
         pattern = "^[!-?A-~]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$"
     )]
     email: String,
-    /// At most 256 characters; null is the same as absent.
-    #[schema(max_length = 256)]
+    /// At most 256 characters, without U+0000; null is the same as absent.
+    #[schema(max_length = 256, pattern = "^[^\\u0000]*$")]
     name: Option<String>,
     /// A JSON object of at most 16 KiB as compact JSON; null is the same as absent (`{}`).
     #[schema(value_type = Option<Object>)]
@@ -165,8 +165,8 @@ pub struct UpdateUserRequest {
         pattern = "^[!-?A-~]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$"
     )]
     email: Option<String>,
-    /// At most 256 characters; null clears the name.
-    #[schema(max_length = 256)]
+    /// At most 256 characters, without U+0000; null clears the name.
+    #[schema(max_length = 256, pattern = "^[^\\u0000]*$")]
     name: Option<String>,
     /// A JSON object of at most 16 KiB as compact JSON; null empties it.
     #[schema(value_type = Option<Object>)]
@@ -220,9 +220,10 @@ pub struct EventList {
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct CreateOrganizationRequest {
-    /// 1–200 characters once surrounding whitespace is trimmed (the trimmed name is stored).
+    /// 1–200 characters once surrounding whitespace is trimmed (the trimmed name is stored),
+    /// without U+0000.
     #[schema(
-        pattern = "^[\\t-\\r \\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000]*[^\\t-\\r \\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000](?:[\\s\\S]{0,198}[^\\t-\\r \\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000])?[\\t-\\r \\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000]*$"
+        pattern = "^[\\t-\\r \\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000]*[^\\u0000\\t-\\r \\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000](?:[^\\u0000]{0,198}[^\\u0000\\t-\\r \\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000])?[\\t-\\r \\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000]*$"
     )]
     name: String,
 }
@@ -299,8 +300,8 @@ pub struct CreateEndpointRequest {
     /// At least one; duplicates are ignored. Absent or null: every user event type.
     #[schema(min_items = 1)]
     event_types: Option<Vec<UserEventType>>,
-    /// At most 1024 characters; absent or null: empty.
-    #[schema(max_length = 1024)]
+    /// At most 1024 characters, without U+0000; absent or null: empty.
+    #[schema(max_length = 1024, pattern = "^[^\\u0000]*$")]
     description: Option<String>,
 }
 
@@ -319,8 +320,8 @@ pub struct UpdateEndpointRequest {
     /// At least one; duplicates are ignored. Null: every user event type.
     #[schema(min_items = 1)]
     event_types: Option<Vec<UserEventType>>,
-    /// At most 1024 characters; null empties it.
-    #[schema(max_length = 1024)]
+    /// At most 1024 characters, without U+0000; null empties it.
+    #[schema(max_length = 1024, pattern = "^[^\\u0000]*$")]
     description: Option<String>,
     /// `enabled` clears `disabled_reason`.
     #[schema(nullable = false)]

@@ -271,3 +271,82 @@ async fn organization_route_needs_the_admin_token_and_hides_without_one() {
         .unwrap();
     problem(r, StatusCode::METHOD_NOT_ALLOWED).await;
 }
+
+/// PostgreSQL cannot store U+0000 in text: a NUL in any stored string is refused as invalid
+/// input (422 naming the field) on both backends, never a 500, and nothing is stored.
+#[tokio::test]
+async fn a_nul_character_in_a_stored_string_is_422_naming_the_field() {
+    let app = spawn_app().await;
+    let t = app.create_org("Acme").await;
+    let nul = "a\u{0}b";
+
+    let p = problem(
+        app.post(&t, "/v1/users", &json!({"email": "a@example.com", "name": nul}))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(error_fields(&p), ["name"]);
+    assert_nothing_stored(&app, &t).await;
+
+    let user = app
+        .create_user(&t, json!({"email": "a@example.com", "name": "Ada"}))
+        .await;
+    let path = format!("/v1/users/{}", user["id"].as_str().unwrap());
+    let p = problem(
+        app.patch(&t, &path, &json!({"name": nul})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(error_fields(&p), ["name"]);
+    let stored: Value = app.get(&t, &path).await.json().await.unwrap();
+    assert_eq!(stored["name"], "Ada");
+    assert_eq!(stored["version"], 1);
+
+    // Inside attributes a NUL is only an escape in the stored JSON: accepted, and read back.
+    let r = app
+        .patch(&t, &path, &json!({"attributes": {"k": nul}}))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let stored: Value = app.get(&t, &path).await.json().await.unwrap();
+    assert_eq!(stored["attributes"]["k"], nul);
+
+    let p = problem(
+        app.post(
+            &t,
+            "/v1/endpoints",
+            &json!({"url": "https://hooks.example.com/in", "description": nul}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(error_fields(&p), ["description"]);
+    let r = app
+        .post(&t, "/v1/endpoints", &json!({"url": "https://hooks.example.com/in"}))
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let ep: Value = r.json().await.unwrap();
+    let p = problem(
+        app.patch(
+            &t,
+            &format!("/v1/endpoints/{}", ep["id"].as_str().unwrap()),
+            &json!({"description": nul}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(error_fields(&p), ["description"]);
+
+    let r = app
+        .client
+        .post(app.url("/v1/organizations"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"name": nul}))
+        .send()
+        .await
+        .unwrap();
+    let p = problem(r, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(error_fields(&p), ["name"]);
+}

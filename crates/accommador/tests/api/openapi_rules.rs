@@ -138,8 +138,9 @@ fn pattern_samples(pattern: &str) -> PatternSamples {
     let email = r"^[!-?A-~]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$";
     let url = r"^[Hh][Tt][Tt][Pp][Ss]?://(?:[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*\.)*[A-Za-z][A-Za-z0-9]*(?:-[A-Za-z0-9]+)*(?::(?:[0-9]{1,4}|[0-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?(?:[/?](?:[A-Za-z0-9._~!$&'()*+,;=:@/?-]|%[0-9A-Fa-f]{2})*)?$";
     let space = r"[\t-\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]";
-    let solid = r"[^\t-\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]";
-    let org_name = format!(r"^{space}*{solid}(?:[\s\S]{{0,198}}{solid})?{space}*$");
+    let solid = r"[^\u0000\t-\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]";
+    let org_name = format!(r"^{space}*{solid}(?:[^\u0000]{{0,198}}{solid})?{space}*$");
+    let no_nul = r"^[^\u0000]*$";
     let idempotency_key = "^[!-~]{1,255}$";
     if pattern == email {
         PatternSamples {
@@ -225,8 +226,16 @@ fn pattern_samples(pattern: &str) -> PatternSamples {
                     "\t\u{85}\u{a0}\u{2028}\u{3000}".into(),
                     "x".repeat(201),
                     format!(" {} ", "x".repeat(201)),
+                    "a\u{0}b".into(),
+                    "\u{0}".into(),
                 ]
             },
+        }
+    } else if pattern == no_nul {
+        PatternSamples {
+            at_length: |len, _| Some("é".repeat(len)),
+            good: |n| vec![format!("Ada {n}"), "\u{1}\u{7f}\u{ffff}".into()],
+            bad: || vec!["a\u{0}b".into(), "\u{0}".into()],
         }
     } else if pattern == idempotency_key {
         PatternSamples {
