@@ -62,7 +62,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate(args) => {
             let settings = load_with_database(config, &args)?;
             open_tool_store(&settings).await?;
-            eprintln!("migrations applied to {}", settings.database_url);
+            // Names the database, never its password.
+            eprintln!(
+                "migrations applied to {}",
+                crate::config::redact_database_url(&settings.database_url)
+            );
             Ok(())
         }
         Command::Orgs(OrgsCommand::Create {

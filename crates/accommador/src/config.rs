@@ -28,6 +28,7 @@ const KEYS: &[&str] = &[
     "org_concurrency",
     "delivery_concurrency",
     "database_pool_size",
+    "org_rate_limit",
 ];
 
 /// A value that must not be printed.
@@ -55,8 +56,8 @@ pub enum LogFormat {
     Json,
 }
 
-/// The validated settings.
-#[derive(Debug, Clone)]
+/// The validated settings. `Debug` shows the database URL without its password.
+#[derive(Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
     pub database_url: String,
@@ -74,15 +75,71 @@ pub struct Settings {
     pub delivery_concurrency: usize,
     /// PostgreSQL connections per process for the API at most (the background pool adds 6).
     pub database_pool_size: usize,
+    /// API requests per second one organization may make to this process (bursts of twice
+    /// that); 0 = no limit.
+    pub org_rate_limit: u32,
 }
 
-/// Values given as flags; `None` leaves the lower layers' value.
-#[derive(Debug, Default, Clone, Serialize)]
+/// Values given as flags; `None` leaves the lower layers' value. `Debug` shows the database URL
+/// without its password.
+#[derive(Default, Clone, Serialize)]
 pub struct Overrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub database_url: Option<String>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Every field, so a new one cannot be forgotten (the destructuring stops compiling).
+        let Settings {
+            listen,
+            database_url,
+            admin_token,
+            retry_schedule,
+            delivery_timeout,
+            allow_private_targets,
+            disable_after,
+            log_format,
+            endpoint_concurrency,
+            org_concurrency,
+            delivery_concurrency,
+            database_pool_size,
+            org_rate_limit,
+        } = self;
+        f.debug_struct("Settings")
+            .field("listen", listen)
+            .field("database_url", &redact_database_url(database_url))
+            .field("admin_token", admin_token)
+            .field("retry_schedule", retry_schedule)
+            .field("delivery_timeout", delivery_timeout)
+            .field("allow_private_targets", allow_private_targets)
+            .field("disable_after", disable_after)
+            .field("log_format", log_format)
+            .field("endpoint_concurrency", endpoint_concurrency)
+            .field("org_concurrency", org_concurrency)
+            .field("delivery_concurrency", delivery_concurrency)
+            .field("database_pool_size", database_pool_size)
+            .field("org_rate_limit", org_rate_limit)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Overrides {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Overrides {
+            listen,
+            database_url,
+        } = self;
+        f.debug_struct("Overrides")
+            .field("listen", listen)
+            .field(
+                "database_url",
+                &database_url.as_deref().map(redact_database_url),
+            )
+            .finish()
+    }
 }
 
 /// A scalar as TOML or the environment may spell it (`ACCOMMADOR_ADMIN_TOKEN=123` is a number
@@ -129,6 +186,7 @@ struct Raw {
     org_concurrency: Scalar,
     delivery_concurrency: Scalar,
     database_pool_size: Scalar,
+    org_rate_limit: Scalar,
 }
 
 impl Settings {
@@ -155,12 +213,9 @@ impl Settings {
         let figment = figment
             .merge(Serialized::globals(env))
             .merge(Serialized::globals(overrides));
-        let raw: Raw = figment.extract().map_err(|e| {
-            anyhow::anyhow!(
-                "invalid configuration: {}",
-                e.to_string().replace('\n', "; ")
-            )
-        })?;
+        let raw: Raw = figment
+            .extract()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {}", config_error(&e)))?;
         Settings::from_raw(raw)
     }
 
@@ -205,6 +260,15 @@ impl Settings {
             org_concurrency: count("org_concurrency", raw.org_concurrency)?,
             delivery_concurrency: count("delivery_concurrency", raw.delivery_concurrency)?,
             database_pool_size: count("database_pool_size", raw.database_pool_size)?,
+            org_rate_limit: {
+                let s = raw.org_rate_limit.into_string();
+                match s.parse::<u32>() {
+                    Ok(n) => n,
+                    _ => {
+                        bail!("org_rate_limit: {s:?} is not a whole number (0 turns the limit off)")
+                    }
+                }
+            },
             listen,
             database_url: raw.database_url.into_string(),
             admin_token: raw
@@ -220,6 +284,145 @@ impl Settings {
             log_format,
         })
     }
+}
+
+/// A configuration error on one line. A TOML parse error quotes the offending line of the file
+/// (`1 | database_url = "postgres://app:password@…`), which may hold a secret: those quoted lines
+/// are left out (the error still gives the line and column), and any database URL left in
+/// the message loses its password.
+fn config_error(e: &figment::Error) -> String {
+    e.to_string()
+        .lines()
+        .filter(|line| {
+            // The snippet: `  |`, `1 | text`, `  |    ^`.
+            let t = line.trim_start();
+            !t.trim_start_matches(|c: char| c.is_ascii_digit())
+                .trim_start()
+                .starts_with('|')
+        })
+        .map(|line| {
+            line.split(' ')
+                .map(|word| {
+                    if word.contains("://") {
+                        redact_database_url(word)
+                    } else {
+                        word.to_owned()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .map(|line| line.trim_end().to_owned())
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// What a hidden password is shown as.
+const HIDDEN: &str = "***";
+
+/// A database URL as it may be shown in a message, a log line or `Debug` output: the password
+/// (of the user-info, and of a `password` query option) is replaced by `***`, everything else
+/// is kept so operators can still tell which database was meant
+/// (`postgres://user:***@host:5432/db?sslmode=require`). SQLite URLs are paths and come back
+/// unchanged; `key=value` connection strings lose their `password=` values.
+///
+/// The password may hold any character, even unencoded ones that would end the user-info for
+/// a URL parser (`@`, `/`, `?`, `#`), so once the text before the first `@` has a `:` (what
+/// tokio-postgres reads as a password), everything up to the *last* `@` is hidden: a shown URL
+/// may hide more than the password, never less.
+pub fn redact_database_url(url: &str) -> String {
+    if url.starts_with("sqlite:") {
+        return url.to_owned();
+    }
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return redact_key_values(url);
+    };
+    let (head, rest) = url.split_at(scheme_end);
+    let mut shown = head.to_owned();
+    let first_at = rest.find('@');
+    let last_at = rest.rfind('@');
+    let tail = match (first_at, last_at) {
+        (Some(first), Some(last)) => match rest[..first].find(':') {
+            Some(colon) if colon + 1 < last => {
+                shown.push_str(&rest[..=colon]);
+                shown.push_str(HIDDEN);
+                &rest[last..]
+            }
+            _ => rest,
+        },
+        _ => rest,
+    };
+    match tail.split_once('?') {
+        Some((before, query)) => {
+            shown.push_str(before);
+            shown.push('?');
+            shown.push_str(&redact_query(query));
+        }
+        None => shown.push_str(tail),
+    }
+    shown
+}
+
+/// A URL query with the values of `password` options (however spelt) hidden.
+fn redact_query(query: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| {
+            let (key, _) = pair.split_once('=').unwrap_or((pair, ""));
+            let decoded = url::form_urlencoded::parse(key.as_bytes())
+                .next()
+                .map(|(k, _)| k.into_owned())
+                .unwrap_or_default();
+            if decoded.to_ascii_lowercase().ends_with("password") {
+                format!("{key}={HIDDEN}")
+            } else {
+                pair.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// A `key=value` connection string with the values of `…password` keys hidden (quoted ones
+/// included).
+fn redact_key_values(s: &str) -> String {
+    let lower = s.to_ascii_lowercase();
+    let mut shown = String::with_capacity(s.len());
+    let mut from = 0;
+    while let Some(found) = lower[from..].find("password") {
+        let key_end = from + found + "password".len();
+        let after_key = &s[key_end..];
+        let spaces = after_key.len() - after_key.trim_start().len();
+        if !after_key[spaces..].starts_with('=') {
+            shown.push_str(&s[from..key_end]);
+            from = key_end;
+            continue;
+        }
+        let value_start = key_end + spaces + 1;
+        let value = &s[value_start..];
+        let value_start = value_start + (value.len() - value.trim_start().len());
+        let value = &s[value_start..];
+        let value_len = if let Some(quoted) = value.strip_prefix('\'') {
+            // Up to the closing quote (a backslash escapes the next character).
+            let mut escaped = false;
+            quoted
+                .char_indices()
+                .find(|&(_, c)| {
+                    let end = !escaped && c == '\'';
+                    escaped = !escaped && c == '\\';
+                    end
+                })
+                .map_or(value.len(), |(i, _)| i + 2)
+        } else {
+            value.find(char::is_whitespace).unwrap_or(value.len())
+        };
+        shown.push_str(&s[from..value_start]);
+        shown.push_str(HIDDEN);
+        from = value_start + value_len;
+    }
+    shown.push_str(&s[from..]);
+    shown
 }
 
 /// `500ms`, `5s`, `5m`, `2h`, `5d`.
@@ -286,11 +489,136 @@ mod tests {
         assert_eq!(s.endpoint_concurrency, 16);
         assert_eq!(s.org_concurrency, 64);
         assert_eq!(s.delivery_concurrency, 256);
+        assert_eq!(s.org_rate_limit, 0);
     }
 
     #[test]
     fn secrets_are_redacted_in_debug() {
         let s = Secret::new("hunter2");
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn database_passwords_are_replaced_and_everything_else_kept() {
+        for (url, shown) in [
+            (
+                "postgres://user:password@db.internal:5432/app",
+                "postgres://user:***@db.internal:5432/app",
+            ),
+            (
+                "postgresql://user:pw@db.internal/app?sslmode=require&application_name=x",
+                "postgresql://user:***@db.internal/app?sslmode=require&application_name=x",
+            ),
+            // Percent-encoded: neither spelling of the password shows.
+            (
+                "postgres://us%40er:p%40ss%3Aw%2Fd@db.internal/app",
+                "postgres://us%40er:***@db.internal/app",
+            ),
+            // Special characters left unencoded (tokio-postgres would misread them, and the
+            // error must still not show any part of the password).
+            (
+                "postgres://user:p@ss:w/r?d#x@db.internal:5432/app?sslmode=require",
+                "postgres://user:***@db.internal:5432/app?sslmode=require",
+            ),
+            (
+                "postgres://user:pw@[::1]:5432/app",
+                "postgres://user:***@[::1]:5432/app",
+            ),
+            (
+                "postgres://user:pw@h1:5432,h2:5433/app",
+                "postgres://user:***@h1:5432,h2:5433/app",
+            ),
+            // The password as a query option.
+            (
+                "postgres://user@db.internal/app?sslmode=require&password=pw&options=x",
+                "postgres://user@db.internal/app?sslmode=require&password=***&options=x",
+            ),
+            // No password: nothing to hide.
+            (
+                "postgres://user@db.internal:5432/app?sslmode=verify-full",
+                "postgres://user@db.internal:5432/app?sslmode=verify-full",
+            ),
+            ("postgres://db.internal/app", "postgres://db.internal/app"),
+            (
+                "postgres://user:@db.internal/app",
+                "postgres://user:@db.internal/app",
+            ),
+            // SQLite URLs are paths: untouched, whatever characters they have.
+            ("sqlite://accommador.db", "sqlite://accommador.db"),
+            (
+                "sqlite:///var/lib/a:b@c/accommador.db?mode=rwc",
+                "sqlite:///var/lib/a:b@c/accommador.db?mode=rwc",
+            ),
+            // Other schemes (refused, but the error shows them) and key=value strings.
+            (
+                "mysql://root:pw@db.example:3306/app",
+                "mysql://root:***@db.example:3306/app",
+            ),
+            (
+                "host=db.internal user=u password=pw dbname=app",
+                "host=db.internal user=u password=*** dbname=app",
+            ),
+            (
+                "host=db.internal password = 'p w' dbname=app",
+                "host=db.internal password = *** dbname=app",
+            ),
+        ] {
+            assert_eq!(redact_database_url(url), shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn settings_in_debug_show_the_database_but_not_its_password() {
+        let raw: Raw = Figment::from(Toml::string(DEFAULTS)).extract().unwrap();
+        let mut s = Settings::from_raw(raw).unwrap();
+        s.database_url = "postgres://app:hunter2-pw@db.internal:5432/app".to_owned();
+        s.admin_token = Some(Secret::new("admin-hunter2"));
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("postgres://app:***@db.internal:5432/app"),
+            "{shown}"
+        );
+        let overrides = Overrides {
+            listen: None,
+            database_url: Some(s.database_url.clone()),
+        };
+        let shown = format!("{overrides:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("db.internal"), "{shown}");
+    }
+
+    #[test]
+    fn a_broken_config_file_is_reported_without_the_secrets_on_its_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        for broken in [
+            "database_url = \"postgres://app:hunter2-pw@db.internal/app\n",
+            "database_url = \"postgres://app:hunter2-pw@db.internal/app\" x\n",
+            "admin_token = \"hunter2-token\n",
+        ] {
+            let path = dir.path().join("broken.toml");
+            std::fs::write(&path, broken).unwrap();
+            let e = Settings::load(Some(&path), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(!e.contains("hunter2"), "{e}");
+            assert!(e.contains("line 1") && e.contains("broken.toml"), "{e}");
+        }
+    }
+
+    #[test]
+    fn database_urls_and_their_errors_do_not_show_the_password() {
+        use crate::store::DatabaseUrl;
+        let url = DatabaseUrl::parse("postgres://app:hunter2-pw@db.internal/app").unwrap();
+        for shown in [format!("{url:?}"), url.to_string()] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(
+                shown.contains("postgres://app:***@db.internal/app"),
+                "{shown}"
+            );
+        }
+        let refused = DatabaseUrl::parse("mysql://app:hunter2-pw@db.internal/app").unwrap_err();
+        assert!(!refused.contains("hunter2"), "{refused}");
+        assert!(refused.contains("db.internal"), "{refused}");
     }
 }

@@ -16,11 +16,10 @@ use crate::domain::delivery::{AttemptRecord, DeliveryRecord};
 use crate::domain::endpoint::{EndpointPatch, EndpointRecord, NewEndpoint};
 use crate::domain::org::{NewApiKey, parse_org_name};
 use crate::domain::user::{NewUser, UserPatch, UserRecord};
-use crate::store::DeliveryFilter;
 use crate::store::{
     CreatedOrg, IdempotencyRequest, Idempotent, Page, RenderSaved, Store, StoreError, StoredEvent,
 };
-use accommador_webhooks::EventType;
+use crate::store::{DeliveryFilter, EventFilter, ListPage};
 
 /// Default and largest page sizes of list routes.
 pub const DEFAULT_LIMIT: usize = 50;
@@ -49,7 +48,28 @@ pub struct Service {
     delivery: DeliveryHandle,
     guard: AddressGuard,
     keys: Arc<KeyCache>,
+    /// (organization, Idempotency-Key) of the requests running in this process: a duplicate
+    /// that arrives meanwhile is answered 409 (DESIGN §6). Across PostgreSQL instances the
+    /// store does the same with an advisory lock.
+    running_keys: Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>,
 }
+
+/// Holds an Idempotency-Key as running until dropped.
+struct RunningKey {
+    keys: Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>,
+    key: (String, String),
+}
+
+impl Drop for RunningKey {
+    fn drop(&mut self) {
+        self.keys
+            .lock()
+            .expect("running keys lock")
+            .remove(&self.key);
+    }
+}
+
+const KEY_IN_PROGRESS: &str = "idempotency-key-in-progress";
 
 /// How long an API key that authenticated is trusted without asking the database again. A key
 /// revoked in the database stops working within this time.
@@ -93,6 +113,7 @@ impl Service {
             delivery,
             guard,
             keys: Arc::default(),
+            running_keys: Arc::default(),
         }
     }
 
@@ -141,10 +162,32 @@ impl Service {
             .map(|key| idempotency_request("POST /v1/users", key, body))
             .transpose()?;
         let user = NewUser::from_json(body)?;
-        let created = self
+        let _running = match &idempotency {
+            Some(req) => {
+                let key = (org.to_owned(), req.key.clone());
+                if !self
+                    .running_keys
+                    .lock()
+                    .expect("running keys lock")
+                    .insert(key.clone())
+                {
+                    return Err(in_progress());
+                }
+                Some(RunningKey {
+                    keys: self.running_keys.clone(),
+                    key,
+                })
+            }
+            None => None,
+        };
+        let created = match self
             .store
             .create_user(org.to_owned(), user, idempotency, render)
-            .await?;
+            .await
+        {
+            Err(StoreError::IdempotencyInProgress) => return Err(in_progress()),
+            other => other?,
+        };
         self.delivery.events_committed();
         Ok(created)
     }
@@ -187,16 +230,18 @@ impl Service {
             .map_err(ServiceError::from)
     }
 
+    /// Events in commit order; a `user_id` filter that names no user of this organization
+    /// (deleted ones count) is refused.
     pub async fn list_events(
         &self,
         org: &str,
-        event_type: Option<EventType>,
+        filter: EventFilter,
         page: PageRequest,
-    ) -> Result<Page<StoredEvent>, ServiceError> {
+    ) -> Result<ListPage<StoredEvent>, ServiceError> {
         self.store
-            .list_events(org.to_owned(), event_type, page.after, page.limit)
+            .list_events(org.to_owned(), filter, page.after, page.limit)
             .await
-            .map_err(ServiceError::from)
+            .map_err(unknown_user_filter)
     }
 
     pub async fn get_event(&self, org: &str, id: &str) -> Result<StoredEvent, ServiceError> {
@@ -289,16 +334,18 @@ impl Service {
 }
 
 impl Service {
+    /// Deliveries newest first; a `user_id` filter that names no user of this organization
+    /// (deleted ones count) is refused, an `endpoint_id` or `event_id` of none matches nothing.
     pub async fn list_deliveries(
         &self,
         org: &str,
         filter: DeliveryFilter,
         page: PageRequest,
-    ) -> Result<Page<DeliveryRecord>, ServiceError> {
-        Ok(self
-            .store
+    ) -> Result<ListPage<DeliveryRecord>, ServiceError> {
+        self.store
             .list_deliveries(org.to_owned(), filter, page.after, page.limit)
-            .await?)
+            .await
+            .map_err(unknown_user_filter)
     }
 
     pub async fn get_delivery(&self, org: &str, id: &str) -> Result<DeliveryRecord, ServiceError> {
@@ -437,8 +484,27 @@ impl PageRequest {
     }
 }
 
+/// A list's `NotFound`: its `user_id` filter names no user of this organization. Another
+/// organization's user gets the same answer as an ID that was never issued.
+fn unknown_user_filter(e: StoreError) -> ServiceError {
+    match e {
+        StoreError::NotFound => ServiceError::Invalid(vec![FieldError::new(
+            "user_id",
+            "is not the ID of a user of this organization",
+        )]),
+        e => e.into(),
+    }
+}
+
 /// The key and a fingerprint of the request (route + JSON with sorted keys), so the same JSON
 /// written in another key order counts as the same request.
+fn in_progress() -> ServiceError {
+    ServiceError::Conflict(
+        KEY_IN_PROGRESS,
+        "a request with this Idempotency-Key is still being processed; retry it shortly".into(),
+    )
+}
+
 fn idempotency_request(
     route: &str,
     key: &str,

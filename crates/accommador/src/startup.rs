@@ -81,6 +81,7 @@ impl Application {
             service: Arc::new(Service::new(store, handle, guard.clone())),
             admin_token: settings.admin_token.clone(),
             metrics: telemetry::metrics_handle(),
+            limits: Arc::new(http::limits::Limits::new(settings.org_rate_limit)),
         };
         Ok(Application {
             listener,
@@ -143,10 +144,14 @@ impl Application {
         } else {
             http::ops_router(self.state)
         };
-        let result = axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("serving HTTP");
+        // The peer address reaches the handlers: failed authentications are throttled by it.
+        let result = axum::serve(
+            self.listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving HTTP");
         // The dispatcher records the attempts that were already answered (for up to 3 s), then
         // gives back the leases of the requests still open (PostgreSQL), so another instance
         // takes them at once; on SQLite they are simply due again on the next start.

@@ -13,6 +13,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::domain::address::{self, Blocked};
 
@@ -40,16 +41,33 @@ impl Lookup for SystemLookup {
 }
 
 /// A lookup with fixed answers, for tests and local experiments. Each name answers its lists
-/// in turn (the last one repeats), so a test can make a name change its answer (rebinding).
+/// in turn (the last one repeats), so a test can make a name change its answer (rebinding),
+/// or never answer at all ([`FixedLookup::hang`]).
 #[derive(Debug, Default, Clone)]
-pub struct FixedLookup(Arc<Mutex<HashMap<String, Vec<Vec<IpAddr>>>>>);
+pub struct FixedLookup(Arc<Mutex<HashMap<String, Fixed>>>);
+
+#[derive(Debug)]
+enum Fixed {
+    Answers(Vec<Vec<IpAddr>>),
+    /// A resolver that never responds.
+    Hang,
+}
 
 impl FixedLookup {
     pub fn answer(&self, host: &str, answers: Vec<Vec<IpAddr>>) {
         self.0
             .lock()
             .expect("lookup table")
-            .insert(host.to_ascii_lowercase(), answers);
+            .insert(host.to_ascii_lowercase(), Fixed::Answers(answers));
+    }
+
+    /// From now on `host` never answers: its look-ups wait forever, as behind a resolver that
+    /// drops the query.
+    pub fn hang(&self, host: &str) {
+        self.0
+            .lock()
+            .expect("lookup table")
+            .insert(host.to_ascii_lowercase(), Fixed::Hang);
     }
 }
 
@@ -57,8 +75,9 @@ impl Lookup for FixedLookup {
     fn lookup(&self, host: &str) -> LookupFuture {
         let mut table = self.0.lock().expect("lookup table");
         let answer = match table.get_mut(&host.to_ascii_lowercase()) {
-            Some(list) if list.len() > 1 => Ok(list.remove(0)),
-            Some(list) => Ok(list.first().cloned().unwrap_or_default()),
+            Some(Fixed::Hang) => return Box::pin(std::future::pending()),
+            Some(Fixed::Answers(list)) if list.len() > 1 => Ok(list.remove(0)),
+            Some(Fixed::Answers(list)) => Ok(list.first().cloned().unwrap_or_default()),
             None => Err(std::io::Error::new(
                 std::io::ErrorKind::NotFound,
                 format!("failed to lookup address information: {host} is not in the table"),
@@ -95,10 +114,17 @@ impl fmt::Display for BlockedAddress {
 
 impl std::error::Error for BlockedAddress {}
 
+/// How long one name may take to resolve, at endpoint create/update and at every delivery. A
+/// name that does not answer in time counts as one that does not resolve (a `dns` error; at
+/// create/update the URL is accepted and checked again at delivery), so a resolver that never
+/// answers cannot hold a request or a delivery worker.
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Clone)]
 pub struct AddressGuard {
     lookup: Arc<dyn Lookup>,
     allow_private: bool,
+    lookup_timeout: Duration,
 }
 
 impl AddressGuard {
@@ -106,7 +132,15 @@ impl AddressGuard {
         AddressGuard {
             lookup,
             allow_private,
+            lookup_timeout: LOOKUP_TIMEOUT,
         }
+    }
+
+    /// The same guard with another bound on look-ups than [`LOOKUP_TIMEOUT`] (tests use a
+    /// short one).
+    pub fn with_lookup_timeout(mut self, bound: Duration) -> AddressGuard {
+        self.lookup_timeout = bound;
+        self
     }
 
     /// Checks an IP-literal host.
@@ -118,12 +152,19 @@ impl AddressGuard {
         })
     }
 
-    /// Resolves a name and checks every answer; `Ok` carries only checked addresses.
+    /// Resolves a name (giving up after the look-up bound) and checks every answer; `Ok`
+    /// carries only checked addresses.
     pub async fn resolve(&self, host: &str) -> Result<Vec<IpAddr>, ResolveError> {
-        let answers = self
-            .lookup
-            .lookup(host)
+        let answers = tokio::time::timeout(self.lookup_timeout, self.lookup.lookup(host))
             .await
+            .map_err(|_| {
+                // Not `TimedOut`: that would class a delivery's DNS failure as the receiver's
+                // `timeout`.
+                ResolveError::Lookup(std::io::Error::other(format!(
+                    "{host} did not answer within {:?}",
+                    self.lookup_timeout
+                )))
+            })?
             .map_err(ResolveError::Lookup)?;
         if answers.is_empty() {
             return Err(ResolveError::Lookup(std::io::Error::new(
@@ -144,7 +185,8 @@ impl AddressGuard {
     }
 
     /// Checks a URL's host: literals directly, names through the lookup. A name that does not
-    /// resolve passes (it is checked again at every delivery).
+    /// resolve, or does not answer within the bound, passes (it is checked again at every
+    /// delivery).
     pub async fn check_url(&self, url: &url::Url) -> Result<(), BlockedAddress> {
         match url.host() {
             Some(url::Host::Ipv4(ip)) => self.check_literal(IpAddr::V4(ip)),
@@ -261,5 +303,42 @@ mod tests {
                 .await
                 .is_ok()
         );
+    }
+    #[test]
+    fn look_ups_are_bounded_at_five_seconds() {
+        assert_eq!(LOOKUP_TIMEOUT, Duration::from_secs(5));
+        let (g, _) = guard(false);
+        assert_eq!(g.lookup_timeout, LOOKUP_TIMEOUT);
+    }
+
+    #[tokio::test]
+    async fn a_name_that_never_answers_is_given_up_on_at_the_bound() {
+        let (g, l) = guard(false);
+        let bound = Duration::from_millis(200);
+        let g = g.with_lookup_timeout(bound);
+        l.hang("slow.test");
+        // Far longer than the bound: only a guard that never gives up reaches it.
+        let limit = Duration::from_secs(10);
+
+        let started = std::time::Instant::now();
+        let resolved = tokio::time::timeout(limit, g.resolve("slow.test"))
+            .await
+            .expect("the look-up is bounded");
+        assert!(started.elapsed() >= bound);
+        match resolved {
+            Err(ResolveError::Lookup(e)) => {
+                assert!(e.to_string().contains("slow.test"), "{e}");
+                assert!(e.to_string().contains("did not answer"), "{e}");
+            }
+            other => panic!("expected a failed look-up, got {other:?}"),
+        }
+
+        // At creation, a name that does not answer in time is treated like one that does not
+        // resolve: accepted now, checked again at every delivery.
+        let url = url::Url::parse("https://slow.test/hook").unwrap();
+        let checked = tokio::time::timeout(limit, g.check_url(&url))
+            .await
+            .expect("the check is bounded");
+        assert!(checked.is_ok(), "{checked:?}");
     }
 }

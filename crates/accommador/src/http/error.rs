@@ -7,6 +7,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use super::limits::{Limited, Refusal};
 use crate::domain::FieldError;
 use crate::service::ServiceError;
 use crate::store::StoreError;
@@ -21,6 +22,8 @@ pub struct ApiError {
     detail: String,
     errors: Vec<FieldError>,
     cause: Option<Box<dyn std::error::Error + Send + Sync>>,
+    /// Sent as `Retry-After` (whole seconds).
+    retry_after_secs: Option<u64>,
 }
 
 /// The JSON body of a problem response.
@@ -44,6 +47,7 @@ impl ApiError {
             detail,
             errors: Vec::new(),
             cause: None,
+            retry_after_secs: None,
         }
     }
 
@@ -130,6 +134,32 @@ impl ApiError {
         ApiError::new(StatusCode::CONFLICT, kind, "Conflict", detail)
     }
 
+    /// A 429 from one of the [limits](super::limits), with `Retry-After`.
+    pub fn too_many_requests(limited: Limited) -> ApiError {
+        let mut e = match limited.refusal {
+            Refusal::OrgRate => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many requests",
+                format!(
+                    "this organization is over its API rate limit; retry in {} s",
+                    limited.retry_after_secs
+                ),
+            ),
+            Refusal::AuthFailures => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "authentication-throttled",
+                "Too many failed authentications",
+                format!(
+                    "too many requests from this address had an invalid API key; retry in {} s",
+                    limited.retry_after_secs
+                ),
+            ),
+        };
+        e.retry_after_secs = Some(limited.retry_after_secs);
+        e
+    }
+
     pub fn unavailable(detail: &str) -> ApiError {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -170,6 +200,11 @@ impl From<StoreError> for ApiError {
             StoreError::EmailTaken => ApiError::conflict(
                 "email-taken",
                 "a user in this organization already has this email".into(),
+            ),
+            StoreError::IdempotencyInProgress => ApiError::conflict(
+                "idempotency-key-in-progress",
+                "a request with this Idempotency-Key is still being processed; retry it shortly"
+                    .into(),
             ),
             StoreError::IdempotencyMismatch => {
                 let mut e = ApiError::validation(vec![FieldError::new(
@@ -232,6 +267,11 @@ impl IntoResponse for ApiError {
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let Some(secs) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

@@ -9,10 +9,10 @@ use axum::routing::get;
 use super::error::ApiError;
 use super::extract::{Org, QueryParams};
 use super::openapi::{EventList, EventSchema, Problem, UserEventType};
-use super::{AppState, json_response, page_response, parse_page};
+use super::{AppState, json_response, list_body, parse_page};
 use crate::domain::FieldError;
 use crate::service::ServiceError;
-use crate::store::StoreError;
+use crate::store::{EventFilter, StoreError};
 use accommador_webhooks::EventType;
 
 pub fn router() -> axum::Router<AppState> {
@@ -25,18 +25,26 @@ pub fn router() -> axum::Router<AppState> {
 ///
 /// Events in commit order. Following `after=` never skips an event: an event that commits
 /// later always comes after every event already returned.
+///
+/// One request reads at most 1,000 events, through an index chosen by its filters
+/// (`user_id`, else `type`); when the filters (or `webhook.test` events, which are never
+/// listed) leave the page short by then, it comes back short, even empty, with a
+/// `next_cursor` that continues from there. The list has ended only when `next_cursor` is
+/// null.
 #[utoipa::path(get, path = "/v1/events", tag = "events",
     params(
         ("type" = Option<UserEventType>, Query, description = "Only events of this type; empty: every type",
             extensions(("x-allow-empty-value" = json!(true)))),
+        ("user_id" = Option<String>, Query, pattern = "^usr_[0-9A-HJKMNP-TV-Z]{26}$", description = "Only events about this user (`usr_…`; deleted users included); a value that names no user of this organization is refused (422); empty: every user",
+            extensions(("x-allow-empty-value" = json!(true)))),
         ("limit" = Option<usize>, Query, minimum = 1, maximum = 500, description = "Page size, 1–500; default 50"),
-        ("after" = Option<String>, Query, min_length = 1, pattern = "^evt_[0-9A-HJKMNP-TV-Z]{26}$", description = "`next_cursor` of the previous page, or any event ID of this organization; a value that names no item of this list is refused (422)"),
+        ("after" = Option<String>, Query, min_length = 1, pattern = "^evt_[0-9A-HJKMNP-TV-Z]{26}$", description = "`next_cursor` of the previous page, or any event ID of this organization; a value that names no event of this organization is refused (422)"),
     ),
     responses(
         (status = 200, description = "A page of events", body = EventList),
         (status = 400, description = "Malformed query string", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Bad type, limit or cursor", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad type, user_id, limit or cursor", body = Problem, content_type = "application/problem+json"),
     ),
     security(("api_key" = [])))]
 pub async fn list_events(
@@ -44,7 +52,7 @@ pub async fn list_events(
     Org(org): Org,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
-    let page = parse_page(&query, &["type"])?;
+    let page = parse_page(&query, &["type", "user_id"])?;
     let mut errors = Vec::new();
     let event_type = match query.get("type", &mut errors) {
         None | Some("") => None,
@@ -59,11 +67,23 @@ pub async fn list_events(
             }
         },
     };
+    let user_id = query
+        .get("user_id", &mut errors)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned);
     if !errors.is_empty() {
         return Err(ApiError::validation(errors));
     }
-    let page = state.service.list_events(&org, event_type, page).await?;
-    Ok(page_response(page, |e| &e.id, |e| e.payload))
+    let filter = EventFilter {
+        event_type,
+        user_id,
+    };
+    let page = state.service.list_events(&org, filter, page).await?;
+    let items: Vec<String> = page.items.into_iter().map(|e| e.payload).collect();
+    Ok(json_response(
+        StatusCode::OK,
+        list_body(&items, page.next_cursor.as_deref()),
+    ))
 }
 
 /// Get an event

@@ -1,9 +1,12 @@
 //! Extractors whose rejections use our problem format: a JSON object body (415 for another
 //! content type, 413 past the size limit, 400 for malformed JSON, 422 for a non-object), the
-//! caller's organization from its API key, and query strings that reject unknown parameters.
+//! caller's organization from its API key (429 over the limits), and query strings that reject
+//! unknown parameters.
+
+use std::net::SocketAddr;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Query, Request};
 use axum::http::{StatusCode, header, request::Parts};
 use serde_json::{Map, Value};
 
@@ -60,7 +63,8 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
     }
 }
 
-/// The organization whose API key authenticated this request.
+/// The organization whose API key authenticated this request, within its rate limit. Failed
+/// authentications are throttled per client address (see [`super::limits`]).
 #[derive(Debug, Clone)]
 pub struct Org(pub String);
 
@@ -86,10 +90,35 @@ impl FromRequestParts<AppState> for Org {
                 "send your API key as Authorization: Bearer <key>",
             ));
         };
-        match state.service.authenticate(token).await? {
-            Some(org) => Ok(Org(org)),
-            None => Err(ApiError::unauthorized("the API key is not valid")),
-        }
+        let throttle = state.limits.auth();
+        let digest = crate::domain::org::hash_key(token);
+        // A key that authenticated here before goes even from a throttled address; any other
+        // is counted against its address, and refused without a database read while that
+        // address is over its failures.
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip());
+        let pending = throttle
+            .admit(peer, &digest)
+            .await
+            .map_err(ApiError::too_many_requests)?;
+        // On an error `pending` is dropped, which gives its slot back.
+        let org = match state.service.authenticate(token).await? {
+            Some(org) => {
+                throttle.succeeded(pending, digest);
+                org
+            }
+            None => {
+                throttle.failed(pending, &digest);
+                return Err(ApiError::unauthorized("the API key is not valid"));
+            }
+        };
+        state
+            .limits
+            .check_org(&org)
+            .map_err(ApiError::too_many_requests)?;
+        Ok(Org(org))
     }
 }
 

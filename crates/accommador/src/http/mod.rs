@@ -6,6 +6,7 @@ pub mod endpoints;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod limits;
 pub mod openapi;
 pub mod ops;
 pub mod orgs;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub service: Arc<Service>,
     pub admin_token: Option<Secret>,
     pub metrics: PrometheusHandle,
+    /// The per-organization rate limit and the failed-authentication throttle.
+    pub limits: Arc<limits::Limits>,
 }
 
 /// The whole API.

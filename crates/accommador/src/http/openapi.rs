@@ -506,9 +506,60 @@ fn allow_empty_values(openapi: &mut utoipa::openapi::OpenApi) {
     }
 }
 
+/// Every operation authenticated by an organization's API key can be refused by the limits
+/// (`src/http/limits.rs`): say so once for all of them.
+fn add_rate_limit_errors(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::header::HeaderBuilder;
+    use utoipa::openapi::{ContentBuilder, Object, Ref, ResponseBuilder, Type};
+    let retry_after = HeaderBuilder::new()
+        .schema(Some(
+            Object::builder()
+                .schema_type(Type::Integer)
+                .minimum(Some(1)),
+        ))
+        .description(Some("Seconds to wait before retrying"))
+        .build();
+    let response = ResponseBuilder::new()
+        .description(
+            "The organization is over its API rate limit (`ACCOMMADOR_ORG_RATE_LIMIT`), or this \
+             client address sent too many invalid API keys; retry after `Retry-After` seconds",
+        )
+        .header("Retry-After", retry_after)
+        .content(
+            "application/problem+json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build(),
+        )
+        .build();
+    for item in openapi.paths.paths.values_mut() {
+        for op in [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let api_key = op.security.iter().flatten().any(|requirement| {
+                serde_json::to_value(requirement).is_ok_and(|v| v.get("api_key").is_some())
+            });
+            if api_key {
+                op.responses
+                    .responses
+                    .entry("429".to_owned())
+                    .or_insert_with(|| response.clone().into());
+            }
+        }
+    }
+}
+
 impl Modify for Security {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         add_server_errors(openapi);
+        add_rate_limit_errors(openapi);
         allow_empty_values(openapi);
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(

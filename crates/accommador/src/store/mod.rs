@@ -30,6 +30,9 @@ pub enum StoreError {
     EmailTaken,
     #[error("this Idempotency-Key was used with a different request")]
     IdempotencyMismatch,
+    /// Another request with the same Idempotency-Key is still running (on another instance).
+    #[error("a request with this Idempotency-Key is still being processed")]
+    IdempotencyInProgress,
     #[error("unknown cursor")]
     UnknownCursor,
     #[error("the endpoint is disabled")]
@@ -47,8 +50,10 @@ impl StoreError {
     }
 }
 
-/// Where the database lives, parsed from `ACCOMMADOR_DATABASE_URL`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where the database lives, parsed from `ACCOMMADOR_DATABASE_URL`. `Debug` and `Display` show
+/// a PostgreSQL URL without its password ([`crate::config::redact_database_url`]); so do
+/// `parse`'s errors.
+#[derive(Clone, PartialEq, Eq)]
 pub enum DatabaseUrl {
     Sqlite(PathBuf),
     Postgres(String),
@@ -67,8 +72,30 @@ impl DatabaseUrl {
             return Ok(DatabaseUrl::Postgres(url.to_owned()));
         }
         Err(format!(
-            "unsupported database URL {url:?}: expected sqlite://PATH or postgres://…"
+            "unsupported database URL {:?}: expected sqlite://PATH or postgres://…",
+            crate::config::redact_database_url(url)
         ))
+    }
+}
+
+impl std::fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DatabaseUrl::Sqlite(path) => write!(f, "sqlite://{}", path.display()),
+            DatabaseUrl::Postgres(url) => f.write_str(&crate::config::redact_database_url(url)),
+        }
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DatabaseUrl::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            DatabaseUrl::Postgres(url) => f
+                .debug_tuple("Postgres")
+                .field(&crate::config::redact_database_url(url))
+                .finish(),
+        }
     }
 }
 
@@ -251,17 +278,18 @@ impl Store {
         }
     }
 
-    /// Events in commit order, after the event whose ID is `after`.
+    /// Events in commit order, after the event whose ID is `after`, walked as [`EventFilter`]
+    /// says. `NotFound` when `filter.user_id` names no user of this organization.
     pub async fn list_events(
         &self,
         org: String,
-        event_type: Option<EventType>,
+        filter: EventFilter,
         after: Option<String>,
         limit: usize,
-    ) -> Result<Page<StoredEvent>, StoreError> {
+    ) -> Result<ListPage<StoredEvent>, StoreError> {
         match self {
-            Store::Sqlite(s) => s.list_events(org, event_type, after, limit).await,
-            Store::Postgres(s) => s.list_events(org, event_type, after, limit).await,
+            Store::Sqlite(s) => s.list_events(org, filter, after, limit).await,
+            Store::Postgres(s) => s.list_events(org, filter, after, limit).await,
         }
     }
 
@@ -481,14 +509,16 @@ impl Store {
         }
     }
 
-    /// Deliveries newest first, after the delivery whose ID is `after`.
+    /// Deliveries newest first, after the delivery whose ID is `after`, walked as
+    /// [`DeliveryFilter`] says. `NotFound` when `filter.user_id` names no user of this
+    /// organization.
     pub async fn list_deliveries(
         &self,
         org: String,
         filter: DeliveryFilter,
         after: Option<String>,
         limit: usize,
-    ) -> Result<Page<DeliveryRecord>, StoreError> {
+    ) -> Result<ListPage<DeliveryRecord>, StoreError> {
         match self {
             Store::Sqlite(s) => s.list_deliveries(org, filter, after, limit).await,
             Store::Postgres(s) => s.list_deliveries(org, filter, after, limit).await,
@@ -702,15 +732,222 @@ pub struct Recorded {
     pub endpoint_disabled: bool,
 }
 
+/// Most rows one list request reads from the index it walks. Filters that the index does not
+/// lead with are checked on each row; a walk that reaches this bound before its page is full
+/// answers a short page (even an empty one) whose `next_cursor` continues the walk, so no
+/// filter, however rare its matches, holds a reader (a SQLite connection, a PostgreSQL
+/// snapshot) for more than one bounded batch.
+pub const LIST_SCAN_ROWS: usize = 1_000;
+
+/// Filters of `GET /v1/events`.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub event_type: Option<EventType>,
+    /// The user the events are about (deleted users included).
+    pub user_id: Option<String>,
+}
+
+/// The index an events list walks, in commit order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventWalk {
+    /// The organization's events.
+    Org,
+    /// Its events of one type.
+    Type,
+    /// Its events about one user.
+    User,
+}
+
+impl EventWalk {
+    pub const ALL: [EventWalk; 3] = [EventWalk::Org, EventWalk::Type, EventWalk::User];
+}
+
+impl EventFilter {
+    /// The index that leads with the most selective filter present: a user's events are a
+    /// handful, a type's are a share of everything.
+    pub fn walk(&self) -> EventWalk {
+        match (&self.user_id, &self.event_type) {
+            (Some(_), _) => EventWalk::User,
+            (None, Some(_)) => EventWalk::Type,
+            (None, None) => EventWalk::Org,
+        }
+    }
+}
+
 /// Filters of `GET /v1/deliveries`.
 #[derive(Debug, Clone, Default)]
 pub struct DeliveryFilter {
     pub endpoint_id: Option<String>,
     pub event_id: Option<String>,
+    /// The user the delivered events are about (deleted users included).
+    pub user_id: Option<String>,
     pub event_type: Option<String>,
     pub status: Option<crate::domain::delivery::DeliveryStatus>,
     pub since: Option<Timestamp>,
     pub until: Option<Timestamp>,
+}
+
+/// The index a deliveries list walks, newest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryWalk {
+    /// The organization's deliveries.
+    Org,
+    /// One endpoint's.
+    Endpoint,
+    /// Those of one user's events.
+    User,
+    /// One event's.
+    Event,
+}
+
+impl DeliveryWalk {
+    pub const ALL: [DeliveryWalk; 4] = [
+        DeliveryWalk::Org,
+        DeliveryWalk::Endpoint,
+        DeliveryWalk::User,
+        DeliveryWalk::Event,
+    ];
+}
+
+impl DeliveryFilter {
+    /// The index that leads with the most selective filter present: one event has a delivery
+    /// per endpoint at most; one user's events times the endpoints are next; an endpoint gets
+    /// every event of its organization. The other filters are checked on each row walked.
+    pub fn walk(&self) -> DeliveryWalk {
+        if self.event_id.is_some() {
+            DeliveryWalk::Event
+        } else if self.user_id.is_some() {
+            DeliveryWalk::User
+        } else if self.endpoint_id.is_some() {
+            DeliveryWalk::Endpoint
+        } else {
+            DeliveryWalk::Org
+        }
+    }
+}
+
+/// One page of a filtered list. `next_cursor` is the last item's ID when more matches follow,
+/// or, when the walk reached [`LIST_SCAN_ROWS`] first, the ID of the last row it read (the
+/// page is then short, possibly empty); `None` when the walk reached the end.
+#[derive(Debug)]
+pub struct ListPage<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+impl<T> ListPage<T> {
+    /// Nothing matches, and nothing will after it either.
+    pub fn empty() -> ListPage<T> {
+        ListPage {
+            items: Vec::new(),
+            next_cursor: None,
+        }
+    }
+}
+
+/// A page being collected from a walk over one index in list order. The walk reads at most
+/// `LIST_SCAN_ROWS + 1` rows (`LIMIT`): the extra one only says that more follow.
+#[derive(Debug)]
+pub struct Walk<T> {
+    limit: usize,
+    items: Vec<T>,
+    read: usize,
+    last_read: Option<String>,
+    last_item: Option<String>,
+    next_cursor: Option<String>,
+}
+
+impl<T> Walk<T> {
+    pub fn new(limit: usize) -> Walk<T> {
+        Walk {
+            limit,
+            items: Vec::with_capacity(limit.min(64)),
+            read: 0,
+            last_read: None,
+            last_item: None,
+            next_cursor: None,
+        }
+    }
+
+    /// Takes the next row of the walk: its ID and, if it passes every filter, the item.
+    /// `false` once the page is decided: read no further.
+    #[must_use]
+    pub fn push(&mut self, id: String, item: Option<T>) -> bool {
+        if self.read == LIST_SCAN_ROWS {
+            self.next_cursor = self.last_read.take();
+            return false;
+        }
+        if item.is_some() && self.items.len() == self.limit {
+            self.next_cursor = self.last_item.take();
+            return false;
+        }
+        self.read += 1;
+        if let Some(item) = item {
+            self.items.push(item);
+            self.last_item = Some(id.clone());
+        }
+        self.last_read = Some(id);
+        true
+    }
+
+    /// The page, once the walk stopped (or ran out of rows: then nothing follows).
+    pub fn finish(self) -> ListPage<T> {
+        ListPage {
+            items: self.items,
+            next_cursor: self.next_cursor,
+        }
+    }
+}
+
+#[cfg(test)]
+mod walk_tests {
+    use super::{LIST_SCAN_ROWS, ListPage, Walk};
+
+    /// Feeds rows `r1, r2, …` (as many as a walk's `LIMIT` lets through), `matches(n)` saying
+    /// which pass the filters, until the walk stops.
+    fn walk(rows: usize, limit: usize, matches: impl Fn(usize) -> bool) -> ListPage<usize> {
+        let mut walk = Walk::new(limit);
+        for n in (1..=rows).take(LIST_SCAN_ROWS + 1) {
+            if !walk.push(format!("r{n}"), matches(n).then_some(n)) {
+                break;
+            }
+        }
+        walk.finish()
+    }
+
+    #[test]
+    fn a_full_page_ends_at_its_last_item_when_more_match() {
+        let page = walk(10, 3, |_| true);
+        assert_eq!(page.items, [1, 2, 3]);
+        assert_eq!(page.next_cursor.as_deref(), Some("r3"));
+        let page = walk(12, 3, |n| n % 3 == 0);
+        assert_eq!(page.items, [3, 6, 9]);
+        assert_eq!(page.next_cursor.as_deref(), Some("r9"));
+    }
+
+    #[test]
+    fn the_end_of_the_rows_ends_the_list() {
+        let page = walk(3, 3, |_| true);
+        assert_eq!(page.items, [1, 2, 3]);
+        assert_eq!(page.next_cursor, None);
+        let page = walk(10, 3, |n| n == 4);
+        assert_eq!(page.items, [4]);
+        assert_eq!(page.next_cursor, None);
+    }
+
+    #[test]
+    fn a_walk_that_reaches_the_bound_answers_short_with_where_it_stopped() {
+        let page = walk(5_000, 50, |n| n == 7 || n == 4_000);
+        assert_eq!(page.items, [7]);
+        let stop = format!("r{LIST_SCAN_ROWS}");
+        assert_eq!(page.next_cursor.as_deref(), Some(stop.as_str()));
+        let page = walk(5_000, 50, |_| false);
+        assert!(page.items.is_empty());
+        assert_eq!(page.next_cursor.as_deref(), Some(stop.as_str()));
+        // Exactly the bound, and nothing after it: the list has ended.
+        let page = walk(LIST_SCAN_ROWS, 50, |_| false);
+        assert_eq!(page.next_cursor, None);
+    }
 }
 
 /// Gauges of the delivery queue.

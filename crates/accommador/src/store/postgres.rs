@@ -19,6 +19,10 @@
 mod cached;
 mod deliveries;
 mod intake;
+#[cfg(test)]
+mod list_plans;
+#[cfg(test)]
+mod test_db;
 
 use cached::Cached;
 
@@ -31,8 +35,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
 
 use super::{
-    CreatedOrg, IDEMPOTENCY_TTL_MS, IdempotencyRequest, Idempotent, Page, RenderSaved,
-    SavedResponse, StoreError, StoredEvent,
+    CreatedOrg, EventFilter, EventWalk, IDEMPOTENCY_TTL_MS, IdempotencyRequest, Idempotent,
+    LIST_SCAN_ROWS, ListPage, Page, RenderSaved, SavedResponse, StoreError, StoredEvent, Walk,
 };
 use crate::domain::Timestamp;
 use crate::domain::endpoint::{
@@ -51,9 +55,14 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0005_lighter_writes.sql"),
     include_str!("../../migrations/postgres/0006_cancel_pending.sql"),
     include_str!("../../migrations/postgres/0007_fanout_partial.sql"),
+    include_str!("../../migrations/postgres/0008_user_filter.sql"),
 ];
 /// Most events numbered by one sequencer step.
 const SEQUENCE_STEP: i64 = 1000;
+/// Requests waiting in each of the intake and sequencer queues at most. A full queue makes
+/// further requests wait for room (back-pressure on the API), never fail or pile up; a few
+/// thousand keep group commit effective (the intake writes batches of 256).
+const QUEUE_CAPACITY: usize = 4096;
 /// Serialises migrations of instances starting together.
 const MIGRATION_LOCK: i64 = 0x00ac_c0d0_2026;
 
@@ -69,10 +78,12 @@ pub struct PgStore {
     /// never starves fan-out, leasing or acknowledgements (nor the reverse).
     background: Pool,
     url: String,
-    /// Requests to number committed events, served in batches (see `sequence_after_commit`).
-    sequencer: tokio::sync::mpsc::UnboundedSender<tokio::sync::oneshot::Sender<()>>,
-    /// User creations without an Idempotency-Key, written in batches (see `intake`).
-    intake: tokio::sync::mpsc::UnboundedSender<intake::Creation>,
+    /// Requests to number committed events, served in batches (see `sequence_after_commit`);
+    /// bounded ([`QUEUE_CAPACITY`]).
+    sequencer: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<()>>,
+    /// User creations without an Idempotency-Key, written in batches (see `intake`); bounded
+    /// ([`QUEUE_CAPACITY`]).
+    intake: tokio::sync::mpsc::Sender<intake::Creation>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -101,7 +112,20 @@ impl PgStore {
     /// Connects (`pool_size` connections for the API, a few more for the delivery side, both
     /// opened on demand) and applies the migrations this database has not seen.
     pub async fn open(url: &str, pool_size: usize) -> anyhow::Result<PgStore> {
-        let config = tokio_postgres::Config::from_str(url).context("parsing the PostgreSQL URL")?;
+        PgStore::open_with_queues(url, pool_size, QUEUE_CAPACITY).await
+    }
+
+    /// As [`PgStore::open`], with `queue_capacity` for the intake and sequencer queues (tests
+    /// use tiny ones).
+    async fn open_with_queues(
+        url: &str,
+        pool_size: usize,
+        queue_capacity: usize,
+    ) -> anyhow::Result<PgStore> {
+        // Errors name the database, never its password.
+        let shown = crate::config::redact_database_url(url);
+        let config = tokio_postgres::Config::from_str(url)
+            .with_context(|| format!("parsing the PostgreSQL URL {shown}"))?;
         // The background statements run on every step for the life of the process: a plan
         // cached while the tables were small (a seq scan where an index lookup is right) would
         // stay, so they are planned for the current table sizes each time (parsing is still
@@ -129,8 +153,8 @@ impl PgStore {
                 .build()
                 .context("building the PostgreSQL pool")
         };
-        let (sequencer, requests) = tokio::sync::mpsc::unbounded_channel();
-        let (intake, creations) = tokio::sync::mpsc::unbounded_channel();
+        let (sequencer, requests) = tokio::sync::mpsc::channel(queue_capacity);
+        let (intake, creations) = tokio::sync::mpsc::channel(queue_capacity);
         let store = PgStore {
             pool: pool(&config, pool_size.max(2))?,
             background: pool(&background_config, BACKGROUND_POOL)?,
@@ -147,7 +171,12 @@ impl PgStore {
     }
 
     async fn migrate(&self) -> anyhow::Result<()> {
-        let mut client = self.pool.get().await.context("connecting to PostgreSQL")?;
+        let mut client = self.pool.get().await.with_context(|| {
+            format!(
+                "connecting to PostgreSQL at {}",
+                crate::config::redact_database_url(&self.url)
+            )
+        })?;
         let tx = client.transaction().await?;
         tx.run("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await?;
@@ -263,8 +292,21 @@ impl PgStore {
         let tx = client.transaction().await.map_err(pg_err)?;
         let now = Timestamp::now();
         if let Some(req) = &idempotency {
-            // Drop an expired record, then claim the key. A concurrent holder of the same key
-            // makes this insert wait for its commit; then the key is taken and we replay.
+            // A request with this key still running on any instance holds this lock until it
+            // commits: the duplicate is answered 409 at once instead of waiting for it.
+            let free: bool = tx
+                .fetch_one(
+                    "SELECT pg_try_advisory_xact_lock(hashtextextended($1 || ':' || $2, 11))",
+                    &[&org, &req.key],
+                )
+                .await
+                .map_err(pg_err)?
+                .get(0);
+            if !free {
+                return Err(StoreError::IdempotencyInProgress);
+            }
+            // Drop an expired record, then claim the key (a finished request's key is taken:
+            // we replay its response).
             tx.run(
                 "DELETE FROM idempotency_keys WHERE org_id = $1 AND key = $2 AND created_at < $3",
                 &[&org, &req.key, &(now.millis() - IDEMPOTENCY_TTL_MS)],
@@ -351,6 +393,7 @@ impl PgStore {
         let user = new.into_record(ids::new_id(ids::USER), Timestamp::now());
         let event = NewEvent::for_user(EventType::UserCreated, &user, None);
         let (reply, written) = tokio::sync::oneshot::channel();
+        // Waits for room while the queue is full.
         self.intake
             .send(intake::Creation {
                 org,
@@ -358,6 +401,7 @@ impl PgStore {
                 event,
                 reply,
             })
+            .await
             .map_err(|_| StoreError::database(std::io::Error::other("the user writer stopped")))?;
         written.await.map_err(|_| {
             StoreError::database(std::io::Error::other("the user writer stopped"))
@@ -374,7 +418,8 @@ impl PgStore {
     /// step ran are answered by the next one (one lock, one commit for many writers).
     async fn sequence_after_commit(&self) {
         let (done, numbered) = tokio::sync::oneshot::channel();
-        if self.sequencer.send(done).is_err() || numbered.await.is_err() {
+        // Waits for room while the queue is full.
+        if self.sequencer.send(done).await.is_err() || numbered.await.is_err() {
             tracing::warn!("the event sequencer stopped; an idle fan-out step numbers events");
         }
     }
@@ -519,48 +564,56 @@ impl PgStore {
         Ok(Page::from_fetched(items, limit))
     }
 
+    /// Events in commit order, walking the index [`EventFilter::walk`] picks (statements in
+    /// [`event_walk_sql`]); at most [`LIST_SCAN_ROWS`] rows a request.
     pub async fn list_events(
         &self,
         org: String,
-        event_type: Option<EventType>,
+        filter: EventFilter,
         after: Option<String>,
         limit: usize,
-    ) -> Result<Page<StoredEvent>, StoreError> {
+    ) -> Result<ListPage<StoredEvent>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
-        if let Some(after) = &after {
-            let known = tx
-                .fetch_opt(
-                    "SELECT 1 FROM events WHERE id = $1 AND org_id = $2",
-                    &[after, &org],
-                )
-                .await
-                .map_err(pg_err)?;
-            if known.is_none() {
-                return Err(StoreError::UnknownCursor);
-            }
-        }
-        let type_filter = event_type.map(|t| t.as_str().to_owned());
-        let rows = tx
-            .query(
-                "SELECT id, payload FROM events e
-                 WHERE org_id = $1 AND type <> 'webhook.test' AND commit_seq IS NOT NULL
-                   AND ($2::text IS NULL OR type = $2)
-                   AND commit_seq > COALESCE(
-                       (SELECT commit_seq FROM events WHERE id = $3::text), 0)
-                 ORDER BY commit_seq LIMIT $4",
-                &[&org, &type_filter, &after, &(limit as i64 + 1)],
+        // One round trip checks the user filter and finds the cursor (an event of this
+        // organization; one not numbered yet starts from the beginning).
+        let facts = tx
+            .fetch_one(
+                "SELECT $2::text IS NULL
+                        OR EXISTS (SELECT 1 FROM users WHERE id = $2 AND org_id = $1),
+                        (SELECT COALESCE(commit_seq, 0) FROM events
+                         WHERE id = $3::text AND org_id = $1)",
+                &[&org, &filter.user_id, &after],
             )
             .await
             .map_err(pg_err)?;
-        let items = rows
-            .iter()
-            .map(|r| StoredEvent {
-                id: r.get(0),
-                payload: r.get(1),
-            })
-            .collect();
-        Ok(Page::from_fetched(items, limit))
+        if !facts.get::<_, bool>(0) {
+            return Err(StoreError::NotFound);
+        }
+        let after_seq: i64 = match after {
+            None => 0,
+            Some(_) => facts
+                .get::<_, Option<i64>>(1)
+                .ok_or(StoreError::UnknownCursor)?,
+        };
+        let event_type = filter.event_type.map(EventType::as_str);
+        walk_rows(
+            &tx,
+            &event_walk_sql(filter.walk()),
+            &[&org, &after_seq, &event_type, &filter.user_id],
+            limit,
+            true,
+            |r| {
+                let id: String = r.get(0);
+                // The payload is NULL on a row that fails a filter.
+                let item = r.get::<_, Option<String>>(1).map(|payload| StoredEvent {
+                    id: id.clone(),
+                    payload,
+                });
+                Ok((id, item))
+            },
+        )
+        .await
     }
 
     pub async fn get_event(&self, org: String, id: String) -> Result<StoredEvent, StoreError> {
@@ -797,7 +850,7 @@ impl PgStore {
 /// Serves `sequence_after_commit` requests in batches until every sender is gone.
 async fn run_sequencer(
     store: PgStore,
-    mut requests: tokio::sync::mpsc::UnboundedReceiver<tokio::sync::oneshot::Sender<()>>,
+    mut requests: tokio::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<()>>,
 ) {
     let mut waiting = Vec::new();
     while let Some(first) = requests.recv().await {
@@ -819,6 +872,80 @@ async fn run_sequencer(
         for done in waiting.drain(..) {
             let _ = done.send(());
         }
+    }
+}
+
+/// The statement of each events walk (`$1` the organization, `$2` the cursor's `commit_seq`,
+/// `$3` the type, `$4` the user): the index that leads with the walk's filter and then
+/// `commit_seq` (`events_org_commit_order`, `events_org_type_commit_order`,
+/// `events_org_user_commit_order`) reads the range in commit order with no sort; the other
+/// filters are checked on each row, whose payload is then NULL if it fails one.
+pub(super) fn event_walk_sql(walk: EventWalk) -> String {
+    let lead = match walk {
+        EventWalk::Org => "",
+        EventWalk::Type => "AND type = $3 ",
+        EventWalk::User => "AND user_id = $4 ",
+    };
+    format!(
+        "SELECT id, CASE WHEN type <> 'webhook.test' AND ($3::text IS NULL OR type = $3)
+                         AND ($4::text IS NULL OR user_id = $4) THEN payload END
+         FROM events
+         WHERE org_id = $1 {lead}AND commit_seq > $2
+         ORDER BY commit_seq LIMIT {}",
+        LIST_SCAN_ROWS + 1
+    )
+}
+
+/// For the rest of a list's transaction: no plan that sorts (see [`walk_rows`]). A walk sorts
+/// by one key, so an incremental sort cannot arise.
+pub(super) const IN_ORDER: &str = "SET LOCAL enable_sort = off";
+
+/// Runs a list walk (a statement limited to `LIST_SCAN_ROWS + 1` rows) through a portal, in
+/// batches: the first the size of a page, larger ones while filters reject rows, until `row`
+/// (a row as its ID and, if it passes every filter, its item) has decided the page or the rows
+/// run out. A page of rows that all match costs one batch, not the whole bound.
+///
+/// The statement is prepared afresh, so PostgreSQL plans it for these values: a cached
+/// generic plan could walk another index for an organization whose share of the table is
+/// far from the average. When an index yields the walk's order (`in_order`), plans that sort
+/// are ruled out ([`IN_ORDER`]): for a value its statistics call rare, the planner would
+/// otherwise read all of its rows by bitmap and sort them, a cost bounded only by how
+/// current those statistics are.
+pub(super) async fn walk_rows<T>(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    limit: usize,
+    in_order: bool,
+    row: impl Fn(&Row) -> Result<(String, Option<T>), StoreError>,
+) -> Result<ListPage<T>, StoreError> {
+    let statement = if in_order {
+        // One round trip: the settings are in place before `bind` plans the statement.
+        tokio::try_join!(tx.batch_execute(IN_ORDER), tx.prepare(sql))
+            .map_err(pg_err)?
+            .1
+    } else {
+        tx.prepare(sql).await.map_err(pg_err)?
+    };
+    let portal = tx.bind(&statement, params).await.map_err(pg_err)?;
+    let mut walk = Walk::new(limit);
+    let mut batch = limit + 1;
+    loop {
+        let rows = tx
+            .query_portal(&portal, batch as i32)
+            .await
+            .map_err(pg_err)?;
+        let exhausted = rows.len() < batch;
+        for r in &rows {
+            let (id, item) = row(r)?;
+            if !walk.push(id, item) {
+                return Ok(walk.finish());
+            }
+        }
+        if exhausted {
+            return Ok(walk.finish());
+        }
+        batch = (batch * 4).min(LIST_SCAN_ROWS + 1);
     }
 }
 

@@ -32,8 +32,9 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{
-    CreatedOrg, IDEMPOTENCY_TTL_MS, IdempotencyRequest, Idempotent, Ownership, Page, RenderSaved,
-    SavedResponse, StoreError, StoredEvent,
+    CreatedOrg, EventFilter, EventWalk, IDEMPOTENCY_TTL_MS, IdempotencyRequest, Idempotent,
+    LIST_SCAN_ROWS, ListPage, Ownership, Page, RenderSaved, SavedResponse, StoreError, StoredEvent,
+    Walk,
 };
 use crate::domain::Timestamp;
 use crate::domain::endpoint::{
@@ -57,9 +58,12 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0003_deliveries.sql"),
     include_str!("../../migrations/sqlite/0004_cancel_pending.sql"),
     include_str!("../../migrations/sqlite/0005_fanout_partial.sql"),
+    include_str!("../../migrations/sqlite/0006_user_filter.sql"),
 ];
 
 mod deliveries;
+#[cfg(test)]
+mod list_plans;
 
 type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 type Job = Box<dyn FnOnce(&Connection) -> (bool, Finish) + Send>;
@@ -409,47 +413,49 @@ impl SqliteStore {
         .await
     }
 
+    /// Events in commit order, walking the index [`EventFilter::walk`] picks (statements in
+    /// [`event_walk_sql`]); at most [`LIST_SCAN_ROWS`] rows a request.
     pub async fn list_events(
         &self,
         org: String,
-        event_type: Option<EventType>,
+        filter: EventFilter,
         after: Option<String>,
         limit: usize,
-    ) -> Result<Page<StoredEvent>, StoreError> {
+    ) -> Result<ListPage<StoredEvent>, StoreError> {
         self.read(move |c| {
-            let after_seq = cursor_seq(c, "events", &org, after.as_deref())?;
-            // Two statements, so each uses its own index: (org, seq) or (org, type, seq).
-            let row = |r: &rusqlite::Row<'_>| {
-                Ok(StoredEvent {
-                    id: r.get(0)?,
-                    payload: r.get(1)?,
-                })
-            };
-            let fetch = limit as i64 + 1;
-            let items = match event_type {
-                None => c
-                    .prepare_cached(
-                        "SELECT id, payload FROM events
-                         WHERE org_id = ?1 AND seq > ?2 AND type <> 'webhook.test'
-                         ORDER BY seq LIMIT ?3",
-                    )
-                    .and_then(|mut s| {
-                        s.query_map(params![org, after_seq, fetch], row)?
-                            .collect::<Result<Vec<_>, _>>()
-                    }),
-                Some(t) => c
-                    .prepare_cached(
-                        "SELECT id, payload FROM events
-                         WHERE org_id = ?1 AND type = ?2 AND seq > ?3
-                         ORDER BY seq LIMIT ?4",
-                    )
-                    .and_then(|mut s| {
-                        s.query_map(params![org, t.as_str(), after_seq, fetch], row)?
-                            .collect::<Result<Vec<_>, _>>()
-                    }),
+            if let Some(user) = &filter.user_id
+                && !known_in_org(c, "users", &org, user)?
+            {
+                return Err(StoreError::NotFound);
             }
-            .map_err(db_err)?;
-            Ok(Page::from_fetched(items, limit))
+            let after_seq = cursor_seq(c, "events", &org, after.as_deref())?;
+            let mut stmt = c
+                .prepare_cached(&event_walk_sql(filter.walk()))
+                .map_err(db_err)?;
+            let mut rows = stmt
+                .query(params![
+                    org,
+                    after_seq,
+                    filter.event_type.map(EventType::as_str),
+                    filter.user_id
+                ])
+                .map_err(db_err)?;
+            let mut walk = Walk::new(limit);
+            while let Some(r) = rows.next().map_err(db_err)? {
+                let id: String = r.get(0).map_err(db_err)?;
+                // The payload is NULL on a row that fails a filter.
+                let item = r
+                    .get::<_, Option<String>>(1)
+                    .map_err(db_err)?
+                    .map(|payload| StoredEvent {
+                        id: id.clone(),
+                        payload,
+                    });
+                if !walk.push(id, item) {
+                    break;
+                }
+            }
+            Ok(walk.finish())
         })
         .await
     }
@@ -1006,6 +1012,44 @@ fn cursor_seq(
     .and_then(|mut s| s.query_row(params![id, org], |r| r.get(0)).optional())
     .map_err(db_err)?
     .ok_or(StoreError::UnknownCursor)
+}
+
+/// The statement of each events walk (`?1` the organization, `?2` the cursor's seq, `?3` the
+/// type, `?4` the user): the index named leads with the walk's filter and then `seq`, so the
+/// walk is one range read in commit order with no sort; the other filters are checked on each
+/// row, whose payload is then NULL if it fails one. `INDEXED BY` makes a statement fail to
+/// prepare rather than quietly walk something else if its index goes.
+pub(super) fn event_walk_sql(walk: EventWalk) -> String {
+    let (index, lead) = match walk {
+        EventWalk::Org => ("events_org_seq", ""),
+        EventWalk::Type => ("events_org_type_seq", "AND type = ?3 "),
+        EventWalk::User => ("events_org_user_seq", "AND user_id = ?4 "),
+    };
+    format!(
+        "SELECT id, CASE WHEN type <> 'webhook.test' AND (?3 IS NULL OR type = ?3)
+                         AND (?4 IS NULL OR user_id = ?4) THEN payload END
+         FROM events INDEXED BY {index}
+         WHERE org_id = ?1 {lead}AND seq > ?2
+         ORDER BY seq LIMIT {}",
+        LIST_SCAN_ROWS + 1
+    )
+}
+
+/// Whether `id` names a row of `table` (users, events or endpoints, deleted ones included)
+/// in this organization. `table` is a constant of ours.
+pub(super) fn known_in_org(
+    c: &Connection,
+    table: &'static str,
+    org: &str,
+    id: &str,
+) -> Result<bool, StoreError> {
+    c.prepare_cached(&known_in_org_sql(table))
+        .and_then(|mut s| s.exists(params![id, org]))
+        .map_err(db_err)
+}
+
+pub(super) fn known_in_org_sql(table: &str) -> String {
+    format!("SELECT 1 FROM {table} WHERE id = ?1 AND org_id = ?2")
 }
 
 /// The saved response for this key, `Err(IdempotencyMismatch)` if the key was used with another

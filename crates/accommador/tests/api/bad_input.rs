@@ -281,8 +281,12 @@ async fn a_nul_character_in_a_stored_string_is_422_naming_the_field() {
     let nul = "a\u{0}b";
 
     let p = problem(
-        app.post(&t, "/v1/users", &json!({"email": "a@example.com", "name": nul}))
-            .await,
+        app.post(
+            &t,
+            "/v1/users",
+            &json!({"email": "a@example.com", "name": nul}),
+        )
+        .await,
         StatusCode::UNPROCESSABLE_ENTITY,
     )
     .await;
@@ -323,7 +327,11 @@ async fn a_nul_character_in_a_stored_string_is_422_naming_the_field() {
     .await;
     assert_eq!(error_fields(&p), ["description"]);
     let r = app
-        .post(&t, "/v1/endpoints", &json!({"url": "https://hooks.example.com/in"}))
+        .post(
+            &t,
+            "/v1/endpoints",
+            &json!({"url": "https://hooks.example.com/in"}),
+        )
         .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let ep: Value = r.json().await.unwrap();

@@ -160,6 +160,7 @@ async fn spawn_app_options(adjust: impl FnOnce(&mut Settings), workers: bool) ->
         org_concurrency: 64,
         delivery_concurrency: 256,
         database_pool_size: 8,
+        org_rate_limit: 0,
     };
     adjust(&mut settings);
     // Host names resolve only through this table: tests never touch real DNS.

@@ -139,25 +139,122 @@ async fn concurrent_duplicates_create_one_user() {
             (r.status(), replayed, r.text().await.unwrap())
         }));
     }
-    // The single SQLite writer serialises the duplicates: the first creates, every other one
-    // waits for that commit and gets its response replayed (never a second user).
+    // One request runs; a duplicate that arrives while it runs is 409, one that arrives after
+    // it committed gets its response replayed. Never a second user.
     let mut bodies = Vec::new();
     let mut fresh = 0;
     for task in tasks {
         let (status, replayed, body) = task.await.unwrap();
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-        if !replayed {
-            fresh += 1;
+        match status {
+            StatusCode::CREATED => {
+                if !replayed {
+                    fresh += 1;
+                }
+                bodies.push(body);
+            }
+            StatusCode::CONFLICT => assert!(body.contains("idempotency-key-in-progress"), "{body}"),
+            other => panic!("{other}: {body}"),
         }
-        bodies.push(body);
     }
     assert_eq!(
         fresh, 1,
-        "exactly one request may run; the others are replays"
+        "exactly one request may run; the others are replays or 409"
     );
     assert!(bodies.iter().all(|b| *b == bodies[0]), "replays differ");
     assert_eq!(user_count(&app, &t).await, 1);
     assert_eq!(app.all_events(&t, "").await.len(), 1);
+}
+
+/// Holds the database's write lock (SQLite) or a lock on the idempotency table (PostgreSQL)
+/// from outside the server, so a request with an Idempotency-Key stays running until released.
+struct HeldDatabase {
+    release: Box<dyn FnOnce() + Send>,
+}
+
+impl HeldDatabase {
+    async fn hold(app: &TestApp) -> HeldDatabase {
+        if app.db.is_postgres() {
+            let (client, conn) = tokio_postgres::connect(&app.db.url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            client
+                .batch_execute("BEGIN; LOCK TABLE idempotency_keys IN ACCESS EXCLUSIVE MODE")
+                .await
+                .unwrap();
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            tokio::spawn(async move {
+                let _ = rx.await;
+                client.batch_execute("COMMIT").await.unwrap();
+            });
+            HeldDatabase {
+                release: Box::new(move || {
+                    let _ = tx.send(());
+                }),
+            }
+        } else {
+            let path = app.db.url.trim_start_matches("sqlite://").to_owned();
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+            let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+            std::thread::spawn(move || {
+                let conn = rusqlite::Connection::open(path).unwrap();
+                conn.busy_timeout(std::time::Duration::from_secs(30))
+                    .unwrap();
+                conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+                ready_tx.send(()).unwrap();
+                let _ = release_rx.recv();
+                conn.execute_batch("COMMIT").unwrap();
+            });
+            tokio::task::spawn_blocking(move || ready_rx.recv().unwrap())
+                .await
+                .unwrap();
+            HeldDatabase {
+                release: Box::new(move || {
+                    let _ = release_tx.send(());
+                }),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_duplicate_while_the_first_request_runs_is_409_then_replayed() {
+    let app = std::sync::Arc::new(spawn_app().await);
+    let t = app.create_org("Acme").await;
+    let held = HeldDatabase::hold(&app).await;
+    let send = |app: std::sync::Arc<TestApp>, t: Tenant| {
+        tokio::spawn(async move {
+            let r = post_with_key(&app, &t, "held", r#"{"email":"held@b.co"}"#).await;
+            (r.status(), r.text().await.unwrap())
+        })
+    };
+    let mut a = send(app.clone(), t.clone());
+    let mut b = send(app.clone(), t.clone());
+    // Whichever request claimed the key waits for the database; the other is answered 409
+    // at once, while the first is still running.
+    let ((status, body), rest) = tokio::select! {
+        r = &mut a => (r.unwrap(), b),
+        r = &mut b => (r.unwrap(), a),
+    };
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let p: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(p["status"], 409);
+    assert!(
+        p["type"]
+            .as_str()
+            .unwrap()
+            .contains("idempotency-key-in-progress"),
+        "{p}"
+    );
+    (held.release)();
+    let (status, first) = rest.await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    // Once it has finished, the same request is replayed.
+    let again = post_with_key(&app, &t, "held", r#"{"email":"held@b.co"}"#).await;
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert!(again.headers().contains_key("idempotent-replayed"));
+    assert_eq!(again.text().await.unwrap(), first);
+    assert_eq!(user_count(&app, &t).await, 1);
 }
 
 #[tokio::test]

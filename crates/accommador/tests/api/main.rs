@@ -3,10 +3,13 @@
 
 mod atomicity;
 mod bad_input;
+mod dns_timeout;
 mod endpoints;
 mod helpers;
 mod idempotency;
+mod limits;
 mod openapi_rules;
 mod operations;
 mod tenancy;
+mod user_filter;
 mod users;

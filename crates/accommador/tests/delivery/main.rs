@@ -16,6 +16,7 @@ mod receiver;
 mod spawn;
 mod stale;
 mod tenants;
+mod user_filter;
 
 use std::time::Duration;
 

@@ -361,14 +361,21 @@ async fn two_processes_share_one_database_and_one_idempotency_key() {
             (i, r.status(), r.text().await.unwrap())
         }));
     }
+    // Unkeyed creations all succeed. A keyed one either ran, was replayed (it came after the
+    // first committed) or was answered 409 (it came while the first ran, on either process).
     let mut keyed = Vec::new();
     for t in tasks {
         let (i, status, body) = t.await.unwrap();
-        assert_eq!(status, StatusCode::CREATED, "{i}: {body}");
-        if i % 4 < 2 {
+        if i % 4 >= 2 {
+            assert_eq!(status, StatusCode::CREATED, "{i}: {body}");
+        } else if status == StatusCode::CONFLICT {
+            assert!(body.contains("idempotency-key-in-progress"), "{i}: {body}");
+        } else {
+            assert_eq!(status, StatusCode::CREATED, "{i}: {body}");
             keyed.push(body);
         }
     }
+    assert!(!keyed.is_empty(), "no keyed request was answered 201");
     assert!(
         keyed.iter().all(|b| *b == keyed[0]),
         "the key answered differently"
@@ -1048,4 +1055,70 @@ async fn a_killed_workers_leases_are_taken_over_and_a_stopped_one_gives_them_bac
         waited < Duration::from_secs(20),
         "released leases were not taken at once ({waited:?})"
     );
+}
+
+#[tokio::test]
+async fn a_key_still_running_on_another_instance_is_409_then_free() {
+    if !postgres_configured() {
+        return;
+    }
+    // Another instance running a request with this key holds the key's advisory lock until
+    // it commits; here the test holds it, as that instance would.
+    let db = TestDb::new().await;
+    let server = Server::start(&db.url).await;
+    let client = Client::new();
+    let org: Value = client
+        .post(server.url("/v1/organizations"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"name": "Elsewhere"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (org_id, key) = (
+        org["id"].as_str().unwrap().to_owned(),
+        org["api_key"].as_str().unwrap().to_owned(),
+    );
+    let (other, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    other
+        .execute(
+            "SELECT pg_advisory_lock(hashtextextended($1 || ':' || $2, 11))",
+            &[&org_id, &"signup-7"],
+        )
+        .await
+        .unwrap();
+    let send = || {
+        client
+            .post(server.url("/v1/users"))
+            .bearer_auth(&key)
+            .header("idempotency-key", "signup-7")
+            .json(&json!({"email": "seven@example.com"}))
+            .send()
+    };
+    let r = send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let p: Value = r.json().await.unwrap();
+    assert!(
+        p["type"]
+            .as_str()
+            .unwrap()
+            .contains("idempotency-key-in-progress"),
+        "{p}"
+    );
+    other
+        .execute(
+            "SELECT pg_advisory_unlock(hashtextextended($1 || ':' || $2, 11))",
+            &[&org_id, &"signup-7"],
+        )
+        .await
+        .unwrap();
+    let r = send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let users = list_all(&client, &server, &key, "/v1/users").await;
+    assert_eq!(users.len(), 1);
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use accommador_webhooks::EventType;
 use deadpool_postgres::Transaction;
 
-use super::{Cached, PgStore, conversion, live_endpoint, pg_err};
+use super::{Cached, PgStore, conversion, live_endpoint, pg_err, walk_rows};
 use crate::domain::delivery::{
     AttemptRecord, AttemptResult, DeliveryFacts, DeliveryRecord, DeliveryStatus, ErrorClass,
     RetryPolicy, Trigger, disable_reason, failing_since, settle,
@@ -22,9 +22,9 @@ use crate::domain::delivery::{
 use crate::domain::endpoint::{EndpointStatus, EventTypeFilter};
 use crate::domain::{Timestamp, ids};
 use crate::store::{
-    CANCEL_BATCH, CancelStep, DeliveryFilter, DeliveryStats, DueDelivery, FanOut, LaneRequest,
-    LaneWork, Page, Recorded, SEND_TARGET_SQL, SendTarget, StoreError, cancel_reason,
-    send_target_from,
+    CANCEL_BATCH, CancelStep, DeliveryFilter, DeliveryStats, DeliveryWalk, DueDelivery, FanOut,
+    LIST_SCAN_ROWS, LaneRequest, LaneWork, ListPage, Recorded, SEND_TARGET_SQL, SendTarget,
+    StoreError, cancel_reason, send_target_from,
 };
 
 const FANOUT_EVENTS: i64 = 256;
@@ -62,12 +62,14 @@ async fn insert_delivery(
     now: Timestamp,
 ) -> Result<Option<String>, StoreError> {
     let id = ids::new_id(ids::DELIVERY);
-    // One delivery per (event, endpoint), whoever creates it first (fan-out or recover).
+    // One delivery per (event, endpoint), whoever creates it first (fan-out or recover). The
+    // event's user is copied so that a user's deliveries are one index range.
     let inserted = tx
         .run(
             "INSERT INTO deliveries (id, org_id, event_seq, event_id, event_type, endpoint_id,
-                                 status, next_attempt_at, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $7, $7)
+                                 user_id, status, next_attempt_at, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, (SELECT user_id FROM events WHERE seq = $3),
+                 'pending', $7, $7, $7)
          ON CONFLICT (event_id, endpoint_id) DO NOTHING",
             &[
                 &id,
@@ -113,15 +115,17 @@ impl NewDeliveries {
     }
 
     /// Inserts them, pending and due now; one delivery per (event, endpoint), whoever creates
-    /// it first (fan-out or recover). Returns how many were new.
+    /// it first (fan-out or recover). Returns how many were new. Each copies its event's user
+    /// (a lookup by primary key) so that a user's deliveries are one index range.
     async fn insert(&self, tx: &Transaction<'_>, now: Timestamp) -> Result<u64, StoreError> {
         if self.id.is_empty() {
             return Ok(0);
         }
         tx.run(
             "INSERT INTO deliveries (id, org_id, event_seq, event_id, event_type, endpoint_id,
-                                     status, next_attempt_at, created_at, updated_at)
-             SELECT u.*, 'pending', $7::bigint, $7::bigint, $7::bigint
+                                     user_id, status, next_attempt_at, created_at, updated_at)
+             SELECT u.*, (SELECT e.user_id FROM events e WHERE e.seq = u.event_seq),
+                    'pending', $7::bigint, $7::bigint, $7::bigint
              FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[])
                   AS u(id, org_id, event_seq, event_id, event_type, endpoint_id)
              ORDER BY u.event_seq, u.endpoint_id
@@ -143,6 +147,37 @@ impl NewDeliveries {
 
 const DELIVERY_COLUMNS: &str = "id, event_id, event_type, endpoint_id, status, attempt_count,
     next_attempt_at, last_status_code, created_at, updated_at";
+
+/// The column of a walk's row that says whether it passes every filter.
+const WALK_MATCH: usize = 10;
+
+/// The statement of each deliveries walk (`$1` the organization, `$2` the cursor's seq, then
+/// the filters: `$3` endpoint, `$4` event, `$5` user, `$6` event type, `$7` status, `$8` since,
+/// `$9` until), read newest first through the index that leads with the walk's filter:
+/// `deliveries_org_list`, `deliveries_endpoint_list` and `deliveries_user_list` end with
+/// `seq`, so their walks need no sort; one event's deliveries (at most one per endpoint) come
+/// from the unique (event_id, endpoint_id) index and are sorted. Column [`WALK_MATCH`] checks
+/// every filter on the row.
+pub(super) fn delivery_walk_sql(walk: DeliveryWalk) -> String {
+    let lead = match walk {
+        DeliveryWalk::Org => "",
+        DeliveryWalk::Endpoint => "AND endpoint_id = $3 ",
+        DeliveryWalk::User => "AND user_id = $5 ",
+        DeliveryWalk::Event => "AND event_id = $4 ",
+    };
+    format!(
+        "SELECT {DELIVERY_COLUMNS},
+                ($3::text IS NULL OR endpoint_id = $3) AND ($4::text IS NULL OR event_id = $4)
+                AND ($5::text IS NULL OR user_id = $5) AND ($6::text IS NULL OR event_type = $6)
+                AND ($7::text IS NULL OR status = $7)
+                AND ($8::bigint IS NULL OR created_at >= $8)
+                AND ($9::bigint IS NULL OR created_at < $9)
+         FROM deliveries
+         WHERE org_id = $1 {lead}AND seq < $2
+         ORDER BY seq DESC LIMIT {}",
+        LIST_SCAN_ROWS + 1
+    )
+}
 
 fn delivery_from_row(r: &tokio_postgres::Row) -> Result<DeliveryRecord, StoreError> {
     let status: String = r.get(4);
@@ -1040,59 +1075,81 @@ impl DeliveryColumns {
 }
 
 impl PgStore {
+    /// Deliveries newest first, walking the index [`DeliveryFilter::walk`] picks (statements
+    /// in [`delivery_walk_sql`]); at most [`LIST_SCAN_ROWS`] rows a request.
     pub async fn list_deliveries(
         &self,
         org: String,
         filter: DeliveryFilter,
         after: Option<String>,
         limit: usize,
-    ) -> Result<Page<DeliveryRecord>, StoreError> {
+    ) -> Result<ListPage<DeliveryRecord>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
-        let before = match after.as_deref() {
-            None => i64::MAX,
-            Some(id) => tx
-                .fetch_opt(
-                    "SELECT seq FROM deliveries WHERE id = $1 AND org_id = $2",
-                    &[&id, &org],
-                )
-                .await
-                .map_err(pg_err)?
-                .map(|r| r.get(0))
-                .ok_or(StoreError::UnknownCursor)?,
-        };
-        let rows = tx
-            .query(
-                &format!(
-                    "SELECT {DELIVERY_COLUMNS} FROM deliveries
-                     WHERE org_id = $1 AND seq < $2
-                       AND ($3::text IS NULL OR endpoint_id = $3)
-                       AND ($4::text IS NULL OR event_id = $4)
-                       AND ($5::text IS NULL OR event_type = $5)
-                       AND ($6::text IS NULL OR status = $6)
-                       AND ($7::bigint IS NULL OR created_at >= $7)
-                       AND ($8::bigint IS NULL OR created_at < $8)
-                     ORDER BY seq DESC LIMIT $9"
-                ),
+        // One round trip checks the ID filters against this organization and finds the cursor.
+        let facts = tx
+            .fetch_one(
+                "SELECT $2::text IS NULL
+                        OR EXISTS (SELECT 1 FROM users WHERE id = $2 AND org_id = $1),
+                        $3::text IS NULL
+                        OR EXISTS (SELECT 1 FROM endpoints WHERE id = $3 AND org_id = $1),
+                        $4::text IS NULL
+                        OR EXISTS (SELECT 1 FROM events WHERE id = $4 AND org_id = $1),
+                        (SELECT seq FROM deliveries WHERE id = $5::text AND org_id = $1)",
                 &[
                     &org,
-                    &before,
+                    &filter.user_id,
                     &filter.endpoint_id,
                     &filter.event_id,
-                    &filter.event_type,
-                    &filter.status.map(DeliveryStatus::as_str),
-                    &filter.since.map(Timestamp::millis),
-                    &filter.until.map(Timestamp::millis),
-                    &(limit as i64 + 1),
+                    &after,
                 ],
             )
             .await
             .map_err(pg_err)?;
-        let items = rows
-            .iter()
-            .map(delivery_from_row)
-            .collect::<Result<_, _>>()?;
-        Ok(Page::from_fetched(items, limit))
+        if !facts.get::<_, bool>(0) {
+            return Err(StoreError::NotFound);
+        }
+        // Newest first: the cursor is the last delivery of the previous page.
+        let before: i64 = match after {
+            None => i64::MAX,
+            Some(_) => facts
+                .get::<_, Option<i64>>(3)
+                .ok_or(StoreError::UnknownCursor)?,
+        };
+        // An endpoint or event of another organization, or of none, matches nothing (and so
+        // the walks by endpoint or event read only this organization's rows).
+        if !facts.get::<_, bool>(1) || !facts.get::<_, bool>(2) {
+            return Ok(ListPage::empty());
+        }
+        let walk = filter.walk();
+        walk_rows(
+            &tx,
+            &delivery_walk_sql(walk),
+            &[
+                &org,
+                &before,
+                &filter.endpoint_id,
+                &filter.event_id,
+                &filter.user_id,
+                &filter.event_type,
+                &filter.status.map(DeliveryStatus::as_str),
+                &filter.since.map(Timestamp::millis),
+                &filter.until.map(Timestamp::millis),
+            ],
+            limit,
+            // One event's deliveries are sorted (at most one per endpoint).
+            walk != DeliveryWalk::Event,
+            |r| {
+                // NULL (a NULL column compared) is no match either.
+                let item = if r.get::<_, Option<bool>>(WALK_MATCH) == Some(true) {
+                    Some(delivery_from_row(r)?)
+                } else {
+                    None
+                };
+                Ok((r.get(0), item))
+            },
+        )
+        .await
     }
 
     pub async fn get_delivery(

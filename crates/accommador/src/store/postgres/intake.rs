@@ -32,8 +32,10 @@ pub(super) struct Creation {
     pub reply: oneshot::Sender<Result<(), StoreError>>,
 }
 
-/// Takes creations as they come and writes whatever has queued up as one batch.
-pub(super) async fn run(store: PgStore, mut requests: mpsc::UnboundedReceiver<Creation>) {
+/// Takes creations as they come and writes whatever has queued up as one batch. The queue is
+/// bounded: while both batches are in progress nothing is taken from it, so once it is full
+/// the requests wait for room (`PgStore::create_user_at_once`).
+pub(super) async fn run(store: PgStore, mut requests: mpsc::Receiver<Creation>) {
     let slots = Arc::new(Semaphore::new(CONCURRENT_BATCHES));
     while let Some(first) = requests.recv().await {
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -207,5 +209,212 @@ impl Columns {
         self.event_type.push(c.event.event_type.as_str());
         self.occurred_at.push(c.event.occurred_at.millis());
         self.payload.push(c.event.payload.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The queues in front of the batch writers are bounded: with their writer stuck (the
+    //! sequencer's row lock held from outside), a full queue makes further requests wait for
+    //! room, neither failing nor piling up, and every one of them is served once it moves.
+    //! Needs `ACCOMMADOR_TEST_POSTGRES_URL` (skipped with a note without it, unless `CI` is set).
+
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::super::test_db::{TestDatabase, connect};
+    use super::super::{PgStore, QUEUE_CAPACITY};
+    use crate::domain::org::NewApiKey;
+    use crate::domain::user::NewUser;
+    use crate::store::Idempotent;
+
+    const WAIT: Duration = Duration::from_secs(20);
+
+    /// Holds the event sequencer's row lock (which every batch of creations and every
+    /// numbering step takes first) until `release`.
+    async fn hold_sequencer_lock(url: &str) -> tokio_postgres::Client {
+        let blocker = connect(url).await;
+        blocker
+            .batch_execute("BEGIN; SELECT 1 FROM event_sequencer WHERE id = 1 FOR UPDATE")
+            .await
+            .unwrap();
+        blocker
+    }
+
+    async fn release(blocker: &tokio_postgres::Client) {
+        blocker.batch_execute("COMMIT").await.unwrap();
+    }
+
+    /// Waits until `n` sessions of the test database wait for a lock.
+    async fn lock_waiters(db: &TestDatabase, observer: &tokio_postgres::Client, n: i64) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let waiting: i64 = observer
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE datname = $1 AND wait_event_type = 'Lock'",
+                    &[&db.name],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if waiting == n {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{waiting} sessions wait for the lock, not {n}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until the queue behind `sender` has no room left.
+    async fn full<T>(sender: &tokio::sync::mpsc::Sender<T>) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while sender.capacity() > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the queue never filled up"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn new_user(i: usize) -> NewUser {
+        let body = json!({ "email": format!("u{i}@example.com") });
+        NewUser::from_json(body.as_object().unwrap()).unwrap()
+    }
+
+    async fn users(db: &TestDatabase) -> i64 {
+        connect(&db.url)
+            .await
+            .query_one("SELECT count(*) FROM users", &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_intake_queue_makes_creations_wait_for_room() {
+        let Some(db) = TestDatabase::create("acc_queue").await else {
+            return;
+        };
+        const CAPACITY: usize = 2;
+        let store = PgStore::open_with_queues(&db.url, 4, CAPACITY)
+            .await
+            .unwrap();
+        assert_eq!(store.intake.max_capacity(), CAPACITY);
+        let org = store
+            .create_org("Acme".into(), NewApiKey::generate())
+            .await
+            .unwrap()
+            .id;
+        let observer = connect(&db.url).await;
+        let blocker = hold_sequencer_lock(&db.url).await;
+        let create = |i: usize| {
+            let (store, org) = (store.clone(), org.clone());
+            tokio::spawn(async move { store.create_user_at_once(org, new_user(i)).await })
+        };
+
+        // Both batch slots taken, each by one creation stuck on the lock.
+        let mut first = vec![create(0)];
+        lock_waiters(&db, &observer, 1).await;
+        first.push(create(1));
+        lock_waiters(&db, &observer, 2).await;
+        // Many more: the writer holds one while it waits for a slot, the queue CAPACITY; the
+        // rest wait for room.
+        let waiting: Vec<_> = (2..42).map(create).collect();
+        full(&store.intake).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(store.intake.capacity(), 0, "the queue stays full");
+        assert!(
+            first.iter().chain(&waiting).all(|t| !t.is_finished()),
+            "a creation ended while the writer was stuck"
+        );
+        // Requests given up while they waited for room were never queued: only what the
+        // batches, the writer and the queue held is written.
+        for t in &waiting {
+            t.abort();
+        }
+        release(&blocker).await;
+        for t in first {
+            assert!(matches!(t.await.unwrap(), Ok(Idempotent::Fresh(_))));
+        }
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut written = users(&db).await;
+        while written < (2 + 1 + CAPACITY) as i64 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            written = users(&db).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            users(&db).await,
+            (2 + 1 + CAPACITY) as i64,
+            "the queue held more than its capacity"
+        );
+
+        // Waiting is all a full queue does: with the writer stuck again, 100 creations through
+        // a queue of 2 all succeed once it moves.
+        let blocker = hold_sequencer_lock(&db.url).await;
+        let tasks: Vec<_> = (100..200).map(create).collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(tasks.iter().all(|t| !t.is_finished()));
+        release(&blocker).await;
+        for t in tasks {
+            let created = tokio::time::timeout(WAIT, t)
+                .await
+                .expect("served")
+                .unwrap();
+            assert!(matches!(created, Ok(Idempotent::Fresh(_))), "{created:?}");
+        }
+        assert_eq!(users(&db).await, (2 + 1 + CAPACITY + 100) as i64);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_sequencer_queue_makes_numbering_requests_wait_for_room() {
+        let Some(db) = TestDatabase::create("acc_queue").await else {
+            return;
+        };
+        // Both queues of a store opened as the server opens it have the documented bound.
+        let default = PgStore::open(&db.url, 2).await.unwrap();
+        assert_eq!(default.sequencer.max_capacity(), QUEUE_CAPACITY);
+        assert_eq!(default.intake.max_capacity(), QUEUE_CAPACITY);
+        drop(default);
+
+        const CAPACITY: usize = 2;
+        let store = PgStore::open_with_queues(&db.url, 4, CAPACITY)
+            .await
+            .unwrap();
+        assert_eq!(store.sequencer.max_capacity(), CAPACITY);
+        let observer = connect(&db.url).await;
+        let blocker = hold_sequencer_lock(&db.url).await;
+        let number = || {
+            let store = store.clone();
+            tokio::spawn(async move { store.sequence_after_commit().await })
+        };
+        // The sequencer's step stuck on the lock, then many more requests than the queue holds.
+        let first = number();
+        lock_waiters(&db, &observer, 1).await;
+        let waiting: Vec<_> = (0..40).map(|_| number()).collect();
+        full(&store.sequencer).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(store.sequencer.capacity(), 0, "the queue stays full");
+        assert!(
+            std::iter::once(&first)
+                .chain(&waiting)
+                .all(|t| !t.is_finished()),
+            "a request ended while the sequencer was stuck"
+        );
+        // Once it moves, every waiting request is answered.
+        release(&blocker).await;
+        for t in std::iter::once(first).chain(waiting) {
+            tokio::time::timeout(WAIT, t)
+                .await
+                .expect("answered")
+                .unwrap();
+        }
+        assert_eq!(store.sequencer.capacity(), CAPACITY);
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use accommador_webhooks::EventType;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{SqliteStore, cursor_seq, db_err, live_endpoint};
+use super::{SqliteStore, cursor_seq, db_err, known_in_org, live_endpoint};
 use crate::domain::delivery::{
     AttemptRecord, AttemptResult, DeliveryFacts, DeliveryRecord, DeliveryStatus, ErrorClass,
     RetryPolicy, Trigger, disable_reason, failing_since, settle,
@@ -19,9 +19,9 @@ use crate::domain::delivery::{
 use crate::domain::endpoint::{EndpointStatus, EventTypeFilter};
 use crate::domain::{Timestamp, ids};
 use crate::store::{
-    CANCEL_BATCH, CancelStep, DeliveryFilter, DeliveryStats, DueDelivery, FanOut, LaneRequest,
-    LaneWork, Page, Recorded, SEND_TARGET_SQL, SendTarget, StoreError, cancel_reason,
-    send_target_from,
+    CANCEL_BATCH, CancelStep, DeliveryFilter, DeliveryStats, DeliveryWalk, DueDelivery, FanOut,
+    LIST_SCAN_ROWS, LaneRequest, LaneWork, ListPage, Recorded, SEND_TARGET_SQL, SendTarget,
+    StoreError, Walk, cancel_reason, send_target_from,
 };
 
 /// Most events one fan-out step takes, and most deliveries it creates.
@@ -103,12 +103,14 @@ fn insert_delivery(
 ) -> Result<Option<String>, StoreError> {
     let id = ids::new_id(ids::DELIVERY);
     // An (event, endpoint) pair gets one delivery, whoever creates it first (fan-out or
-    // recover): the other finds it there and moves on.
+    // recover): the other finds it there and moves on. The event's user is copied (one
+    // lookup by primary key) so that a user's deliveries are one index range.
     let inserted = c
         .prepare_cached(
             "INSERT INTO deliveries (id, org_id, event_seq, event_id, event_type, endpoint_id,
-                                 status, next_attempt_at, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7, ?7)
+                                 user_id, status, next_attempt_at, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, (SELECT user_id FROM events WHERE seq = ?3),
+                 'pending', ?7, ?7, ?7)
          ON CONFLICT (event_id, endpoint_id) DO NOTHING",
         )
         .and_then(|mut s| {
@@ -128,6 +130,35 @@ fn insert_delivery(
 
 const DELIVERY_COLUMNS: &str = "id, event_id, event_type, endpoint_id, status, attempt_count,
     next_attempt_at, last_status_code, created_at, updated_at";
+
+/// The column of a walk's row that says whether it passes every filter.
+const WALK_MATCH: usize = 10;
+
+/// The statement of each deliveries walk (`?1` the organization, `?2` the cursor's seq, then
+/// the filters: `?3` endpoint, `?4` event, `?5` user, `?6` event type, `?7` status, `?8` since,
+/// `?9` until): the index named leads with the walk's filter and then `seq`, so the walk is one
+/// range read newest first with no sort; column [`WALK_MATCH`] checks every filter on the row.
+/// `INDEXED BY` makes a statement fail to prepare rather than quietly walk something else if
+/// its index goes.
+pub(super) fn delivery_walk_sql(walk: DeliveryWalk) -> String {
+    let (index, lead) = match walk {
+        DeliveryWalk::Org => ("deliveries_org_list", ""),
+        DeliveryWalk::Endpoint => ("deliveries_endpoint_list", "AND endpoint_id = ?3 "),
+        DeliveryWalk::User => ("deliveries_user_list", "AND user_id = ?5 "),
+        DeliveryWalk::Event => ("deliveries_event_list", "AND event_id = ?4 "),
+    };
+    format!(
+        "SELECT {DELIVERY_COLUMNS},
+                (?3 IS NULL OR endpoint_id = ?3) AND (?4 IS NULL OR event_id = ?4)
+                AND (?5 IS NULL OR user_id = ?5) AND (?6 IS NULL OR event_type = ?6)
+                AND (?7 IS NULL OR status = ?7)
+                AND (?8 IS NULL OR created_at >= ?8) AND (?9 IS NULL OR created_at < ?9)
+         FROM deliveries INDEXED BY {index}
+         WHERE org_id = ?1 {lead}AND seq < ?2
+         ORDER BY seq DESC LIMIT {}",
+        LIST_SCAN_ROWS + 1
+    )
+}
 
 fn delivery_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRecord> {
     let status: String = r.get(4)?;
@@ -504,52 +535,68 @@ impl SqliteStore {
         .await
     }
 
+    /// Deliveries newest first, walking the index [`DeliveryFilter::walk`] picks (statements
+    /// in [`delivery_walk_sql`]); at most [`LIST_SCAN_ROWS`] rows a request.
     pub async fn list_deliveries(
         &self,
         org: String,
         filter: DeliveryFilter,
         after: Option<String>,
         limit: usize,
-    ) -> Result<Page<DeliveryRecord>, StoreError> {
+    ) -> Result<ListPage<DeliveryRecord>, StoreError> {
         self.read(move |c| {
+            if let Some(user) = &filter.user_id
+                && !known_in_org(c, "users", &org, user)?
+            {
+                return Err(StoreError::NotFound);
+            }
             // Newest first: the cursor is the last delivery of the previous page.
             let before = match after.as_deref() {
                 None => i64::MAX,
                 Some(_) => cursor_seq(c, "deliveries", &org, after.as_deref())?,
             };
-            // One statement; each optional filter is a no-op when its parameter is NULL.
-            // The (org, seq) index drives it newest first.
-            let items = c
-                .prepare_cached(&format!(
-                    "SELECT {DELIVERY_COLUMNS} FROM deliveries
-                     WHERE org_id = ?1 AND seq < ?2
-                       AND (?3 IS NULL OR endpoint_id = ?3)
-                       AND (?4 IS NULL OR event_id = ?4)
-                       AND (?5 IS NULL OR event_type = ?5)
-                       AND (?6 IS NULL OR status = ?6)
-                       AND (?7 IS NULL OR created_at >= ?7)
-                       AND (?8 IS NULL OR created_at < ?8)
-                     ORDER BY seq DESC LIMIT ?9"
-                ))
-                .and_then(|mut s| {
-                    s.query_map(
-                        params![
-                            org,
-                            before,
-                            filter.endpoint_id,
-                            filter.event_id,
-                            filter.event_type,
-                            filter.status.map(DeliveryStatus::as_str),
-                            filter.since.map(Timestamp::millis),
-                            filter.until.map(Timestamp::millis),
-                            limit as i64 + 1
-                        ],
-                        delivery_from_row,
-                    )?
-                    .collect::<Result<Vec<_>, _>>()
-                })
+            // An endpoint or event of another organization, or of none, matches nothing (and
+            // so the walks by endpoint or event read only this organization's rows).
+            for (table, id) in [
+                ("endpoints", &filter.endpoint_id),
+                ("events", &filter.event_id),
+            ] {
+                if let Some(id) = id
+                    && !known_in_org(c, table, &org, id)?
+                {
+                    return Ok(ListPage::empty());
+                }
+            }
+            let mut stmt = c
+                .prepare_cached(&delivery_walk_sql(filter.walk()))
                 .map_err(db_err)?;
-            Ok(Page::from_fetched(items, limit))
+            let mut rows = stmt
+                .query(params![
+                    org,
+                    before,
+                    filter.endpoint_id,
+                    filter.event_id,
+                    filter.user_id,
+                    filter.event_type,
+                    filter.status.map(DeliveryStatus::as_str),
+                    filter.since.map(Timestamp::millis),
+                    filter.until.map(Timestamp::millis),
+                ])
+                .map_err(db_err)?;
+            let mut walk = Walk::new(limit);
+            while let Some(r) = rows.next().map_err(db_err)? {
+                // NULL (a NULL column compared) is no match either.
+                let matches: Option<bool> = r.get(WALK_MATCH).map_err(db_err)?;
+                let item = if matches == Some(true) {
+                    Some(delivery_from_row(r).map_err(db_err)?)
+                } else {
+                    None
+                };
+                if !walk.push(r.get(0).map_err(db_err)?, item) {
+                    break;
+                }
+            }
+            Ok(walk.finish())
         })
         .await
     }
