@@ -299,6 +299,11 @@ impl Service {
             .update_endpoint(org.to_owned(), id.to_owned(), patch)
             .await?;
         self.delivery.endpoint_changed(id);
+        if updated.status == crate::domain::endpoint::EndpointStatus::Enabled {
+            // Enabled (again): what it still has pending is due. A backlog whose background
+            // failing was not finished when it was re-enabled is delivered.
+            self.delivery.endpoint_due(id);
+        }
         Ok(updated)
     }
 

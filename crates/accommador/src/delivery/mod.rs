@@ -55,7 +55,24 @@ impl InFlight {
 /// changed after the send's data was read. So once the API has answered, no attempt on this
 /// instance starts with the old values.
 #[derive(Debug, Clone, Default)]
-pub struct EndpointChanges(Arc<Mutex<HashMap<String, Instant>>>);
+pub struct EndpointChanges(Arc<Mutex<Changes>>);
+
+#[derive(Debug)]
+struct Changes {
+    changed: HashMap<String, Instant>,
+    pruned: Instant,
+}
+
+impl Default for Changes {
+    fn default() -> Changes {
+        Changes {
+            changed: HashMap::new(),
+            pruned: Instant::now(),
+        }
+    }
+}
+
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// How long a change is remembered: far longer than any delivery waits between being read and
 /// being sent (a queued one is given back after one delivery timeout).
@@ -65,10 +82,13 @@ impl EndpointChanges {
     /// Marks `endpoint_id` as changed now.
     pub fn touch(&self, endpoint_id: &str) {
         let mut map = self.0.lock().expect("endpoint changes lock");
-        if map.len() >= 4096 {
-            map.retain(|_, at| at.elapsed() < CHANGES_KEPT);
+        map.changed.insert(endpoint_id.to_owned(), Instant::now());
+        // Forget old changes at most once a minute, so a burst of changes does not make
+        // every touch walk the whole map.
+        if map.changed.len() >= 4096 && map.pruned.elapsed() >= PRUNE_EVERY {
+            map.changed.retain(|_, at| at.elapsed() < CHANGES_KEPT);
+            map.pruned = Instant::now();
         }
-        map.insert(endpoint_id.to_owned(), Instant::now());
     }
 
     /// Whether `endpoint_id` changed at or after `read_at`.
@@ -76,6 +96,7 @@ impl EndpointChanges {
         self.0
             .lock()
             .expect("endpoint changes lock")
+            .changed
             .get(endpoint_id)
             .is_some_and(|at| *at >= read_at)
     }

@@ -189,12 +189,17 @@ pub struct Settled {
     pub next_attempt_at: Option<Timestamp>,
     /// Whether the attempt used one step of the schedule (`retries_used` + 1).
     pub spends_retry: bool,
+    /// Whether the attempt decided anything: `false` for a delivery that had already ended
+    /// (its attempt is logged, but its status, last status code and its endpoint's failure
+    /// clock are left as they are).
+    pub applies: bool,
 }
 
 /// The one rule, for both backends, for what an attempt does to its delivery. A delivery that
 /// is still pending follows `policy`. One that is no longer pending was ended while its
-/// attempt was in flight (its endpoint was disabled or deleted): the attempt is logged, since
-/// it happened, but the delivery keeps the status it was ended with.
+/// attempt was in flight (its endpoint was disabled or deleted, or another holder of an
+/// expired lease finished it): the attempt is logged, since it happened, but nothing else
+/// changes (`applies` is false).
 pub fn settle(
     current: DeliveryStatus,
     facts: DeliveryFacts,
@@ -208,6 +213,7 @@ pub fn settle(
             status: current,
             next_attempt_at: None,
             spends_retry: false,
+            applies: false,
         };
     }
     match policy.decide(facts, result, now, jitter) {
@@ -215,16 +221,19 @@ pub fn settle(
             status: DeliveryStatus::Succeeded,
             next_attempt_at: None,
             spends_retry: false,
+            applies: true,
         },
         Next::Failed => Settled {
             status: DeliveryStatus::Failed,
             next_attempt_at: None,
             spends_retry: false,
+            applies: true,
         },
         Next::RetryAt { at, spends_retry } => Settled {
             status: DeliveryStatus::Pending,
             next_attempt_at: Some(at),
             spends_retry,
+            applies: true,
         },
     }
 }
@@ -318,6 +327,7 @@ mod tests {
                 assert_eq!(s.status, current);
                 assert_eq!(s.next_attempt_at, None);
                 assert!(!s.spends_retry);
+                assert!(!s.applies);
             }
         }
         let s = settle(DeliveryStatus::Pending, FRESH, &ok, &policy(), NOW, 0.0);

@@ -166,3 +166,70 @@ async fn deleting_an_endpoint_with_a_backlog_sends_nothing_more_and_fails_it_all
     // Only the attempt in flight before the answer reached the receiver.
     assert_eq!(rx.received("/backlog").len(), 1);
 }
+
+#[tokio::test]
+async fn an_enabled_endpoint_is_never_cancelled_even_if_marked() {
+    // However the mark got there (a race with a re-enable), the background step checks the
+    // endpoint's status: an enabled endpoint loses the mark and keeps its deliveries.
+    let app = Arc::new(spawn_api_only().await);
+    let t = app.create_org("Acme").await;
+    let ep = endpoint(&app, &t, "http://127.0.0.1:9/never", None).await;
+    create_users(&app, &t, 3).await;
+    let store = tool_store(&app).await;
+    while store.fan_out().await.unwrap().events > 0 {}
+    app.db
+        .execute(
+            &format!(
+                "UPDATE endpoints SET cancel_pending = 1 WHERE id = '{}'",
+                ep.id
+            ),
+            &format!(
+                "UPDATE endpoints SET cancel_pending = true WHERE id = '{}'",
+                ep.id
+            ),
+        )
+        .await;
+    assert_eq!(
+        store.cancel_step(None).await.unwrap(),
+        Some(CancelStep {
+            endpoint_id: ep.id.clone(),
+            failed: 0
+        })
+    );
+    assert_eq!(
+        store.cancel_step(None).await.unwrap(),
+        None,
+        "the mark is gone"
+    );
+    assert_eq!(count(&app, &t, &ep.id, "pending").await, 3);
+}
+
+#[tokio::test]
+async fn re_enabling_during_the_background_failing_stops_it_where_it_is() {
+    // Disabled with 1,200 pending, one batch of 1,000 failed, then enabled again: the
+    // remaining 200 stay pending (they are delivered), and nothing fails them later.
+    let app = Arc::new(spawn_api_only().await);
+    let t = app.create_org("Acme").await;
+    let ep = endpoint(&app, &t, "http://127.0.0.1:9/never", None).await;
+    let n = CANCEL_BATCH + 200;
+    create_users(&app, &t, n).await;
+    let store = tool_store(&app).await;
+    while store.fan_out().await.unwrap().events > 0 {}
+    let path = format!("/v1/endpoints/{}", ep.id);
+    assert_eq!(
+        app.patch(&t, &path, &json!({"status": "disabled"}))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    store.cancel_step(None).await.unwrap();
+    assert_eq!(
+        app.patch(&t, &path, &json!({"status": "enabled"}))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(store.cancel_step(None).await.unwrap(), None);
+    assert_eq!(count(&app, &t, &ep.id, "failed").await, CANCEL_BATCH);
+    assert_eq!(count(&app, &t, &ep.id, "pending").await, 200);
+}

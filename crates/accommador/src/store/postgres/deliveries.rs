@@ -584,7 +584,8 @@ impl PgStore {
                 // leasing transaction would hold every lane of this step.
                 tx.run(
                     "UPDATE endpoints SET cancel_pending = true
-                     WHERE id = $1 AND NOT cancel_pending",
+                     WHERE id = $1 AND NOT cancel_pending
+                       AND (status <> 'enabled' OR deleted_at IS NOT NULL)",
                     &[&req.endpoint_id],
                 )
                 .await
@@ -644,7 +645,9 @@ impl PgStore {
         let client = self.background_client().await?;
         let Some(found) = client
             .fetch_opt(
-                "SELECT id, disabled_reason, deleted_at IS NOT NULL FROM endpoints
+                "SELECT id, disabled_reason, deleted_at IS NOT NULL,
+                        status = 'enabled' AND deleted_at IS NULL
+                 FROM endpoints
                  WHERE cancel_pending AND id > $1 ORDER BY id LIMIT 1",
                 &[&after.unwrap_or_default()],
             )
@@ -654,6 +657,21 @@ impl PgStore {
             return Ok(None);
         };
         let id: String = found.get(0);
+        if found.get::<_, bool>(3) {
+            // Enabled again: its deliveries are its own to send.
+            client
+                .run(
+                    "UPDATE endpoints SET cancel_pending = false
+                     WHERE id = $1 AND status = 'enabled' AND deleted_at IS NULL",
+                    &[&id],
+                )
+                .await
+                .map_err(pg_err)?;
+            return Ok(Some(CancelStep {
+                endpoint_id: id,
+                failed: 0,
+            }));
+        }
         let reason = cancel_reason(found.get(1), found.get(2));
         let now = Timestamp::now().millis();
         // Only while the endpoint is still marked: a re-enabled one keeps its deliveries.
@@ -662,7 +680,8 @@ impl PgStore {
                 "WITH batch AS (
                      SELECT d.id FROM deliveries d
                      WHERE d.endpoint_id = $1 AND d.status = 'pending'
-                       AND EXISTS (SELECT 1 FROM endpoints WHERE id = $1 AND cancel_pending)
+                       AND EXISTS (SELECT 1 FROM endpoints WHERE id = $1 AND cancel_pending
+                                   AND (status <> 'enabled' OR deleted_at IS NOT NULL))
                      LIMIT $4 FOR UPDATE OF d SKIP LOCKED),
                  failed AS (
                      UPDATE deliveries d SET status = 'failed',
@@ -894,8 +913,17 @@ impl PgStore {
                 i32::from(settled.spends_retry),
             );
             attempts.push(delivery_id, number, result);
-            updates.push(delivery_id, new_status, number, spent, next_at, result);
-            if let Some(endpoint) = endpoint_of.get(delivery_id)
+            updates.push(
+                delivery_id,
+                new_status,
+                number,
+                spent,
+                next_at,
+                settled.applies.then_some(result),
+            );
+            // An ended delivery's late attempt is only logged: it does not move the clock.
+            if settled.applies
+                && let Some(endpoint) = endpoint_of.get(delivery_id)
                 && clocks.contains_key(endpoint)
             {
                 outcomes.entry(endpoint.clone()).or_default().push((
@@ -1029,6 +1057,7 @@ struct DeliveryColumns {
     spent: Vec<i32>,
     next_attempt_at: Vec<Option<i64>>,
     last_status_code: Vec<Option<i32>>,
+    keep_code: Vec<bool>,
 }
 
 impl DeliveryColumns {
@@ -1039,24 +1068,31 @@ impl DeliveryColumns {
         attempt_count: i32,
         spent: i32,
         next_at: Option<Timestamp>,
-        r: &AttemptResult,
+        decided: Option<&AttemptResult>,
     ) {
         self.id.push(id.to_owned());
         self.status.push(status.as_str());
         self.attempt_count.push(attempt_count);
         self.spent.push(spent);
         self.next_attempt_at.push(next_at.map(Timestamp::millis));
-        self.last_status_code.push(r.status_code.map(i32::from));
+        // `None` (an ended delivery's late attempt) keeps the last status code it has.
+        self.keep_code.push(decided.is_none());
+        self.last_status_code
+            .push(decided.and_then(|r| r.status_code).map(i32::from));
     }
 
     async fn apply(&self, tx: &Transaction<'_>, now: Timestamp) -> Result<(), StoreError> {
         tx.run(
             "UPDATE deliveries d SET status = u.status, attempt_count = u.attempt_count,
                  retries_used = d.retries_used + u.spent, next_attempt_at = u.next_attempt_at,
-                 manual = false, resume_at = NULL, last_status_code = u.last_status_code,
+                 manual = false, resume_at = NULL,
+                 last_status_code = CASE WHEN u.keep_code THEN d.last_status_code
+                                         ELSE u.last_status_code END,
                  updated_at = $7, lease_token = NULL, lease_until = NULL
-             FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::int4[], $5::int8[], $6::int4[])
-                  AS u(id, status, attempt_count, spent, next_attempt_at, last_status_code)
+             FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::int4[], $5::int8[], $6::int4[],
+                         $8::bool[])
+                  AS u(id, status, attempt_count, spent, next_attempt_at, last_status_code,
+                       keep_code)
              WHERE d.id = u.id",
             &[
                 &self.id,
@@ -1066,6 +1102,7 @@ impl DeliveryColumns {
                 &self.next_attempt_at,
                 &self.last_status_code,
                 &now.millis(),
+                &self.keep_code,
             ],
         )
         .await

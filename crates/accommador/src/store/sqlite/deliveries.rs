@@ -369,21 +369,31 @@ impl SqliteStore {
         after: Option<String>,
     ) -> Result<Option<CancelStep>, StoreError> {
         self.write(move |c| {
-            let found: Option<(String, Option<String>, Option<i64>)> = c
+            let found: Option<(String, Option<String>, Option<i64>, String)> = c
                 .prepare_cached(
-                    "SELECT id, disabled_reason, deleted_at FROM endpoints
+                    "SELECT id, disabled_reason, deleted_at, status FROM endpoints
                      WHERE cancel_pending = 1 AND id > ?1 ORDER BY id LIMIT 1",
                 )
                 .and_then(|mut s| {
                     s.query_row([after.unwrap_or_default()], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
                     })
                     .optional()
                 })
                 .map_err(db_err)?;
-            let Some((id, disabled_reason, deleted_at)) = found else {
+            let Some((id, disabled_reason, deleted_at, status)) = found else {
                 return Ok(None);
             };
+            if deleted_at.is_none() && status == EndpointStatus::Enabled.as_str() {
+                // Enabled again: its deliveries are its own to send.
+                c.prepare_cached("UPDATE endpoints SET cancel_pending = 0 WHERE id = ?1")
+                    .and_then(|mut s| s.execute([&id]))
+                    .map_err(db_err)?;
+                return Ok(Some(CancelStep {
+                    endpoint_id: id,
+                    failed: 0,
+                }));
+            }
             let reason = cancel_reason(disabled_reason, deleted_at.is_some());
             let failed = fail_pending(c, &id, &reason, Timestamp::now(), CANCEL_BATCH)?;
             if failed < CANCEL_BATCH {
@@ -483,7 +493,9 @@ impl SqliteStore {
             c.prepare_cached(
                 "UPDATE deliveries SET status = ?2, attempt_count = ?3,
                      retries_used = retries_used + ?4, next_attempt_at = ?5, manual = 0,
-                     resume_at = NULL, last_status_code = ?6, updated_at = ?7
+                     resume_at = NULL,
+                     last_status_code = CASE WHEN ?8 THEN ?6 ELSE last_status_code END,
+                     updated_at = ?7
                  WHERE id = ?1",
             )
             .and_then(|mut s| {
@@ -494,10 +506,18 @@ impl SqliteStore {
                     u32::from(settled.spends_retry),
                     next_at.map(Timestamp::millis),
                     result.status_code,
-                    now.millis()
+                    now.millis(),
+                    settled.applies
                 ])
             })
             .map_err(db_err)?;
+            if !settled.applies {
+                // Ended while in flight: logged, and nothing else.
+                return Ok(Recorded {
+                    next_due: None,
+                    endpoint_disabled: false,
+                });
+            }
 
             // The endpoint's failure clock (the same rules as PostgreSQL's batches, in
             // `domain::delivery`): a success stops it on any endpoint; a failure starts it,
