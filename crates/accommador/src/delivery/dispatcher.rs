@@ -79,6 +79,8 @@ pub struct Dispatcher {
     org_of: HashMap<String, String>,
     /// The organization served last: the next turn starts with the one after it.
     last_served: Option<String>,
+    /// Per organization, the lane whose queued delivery was started last.
+    last_lane: HashMap<String, String>,
     /// Deliveries queued in all lanes.
     queued: usize,
     /// How many a lane may lease beyond its free slots: the bound on PostgreSQL, where each
@@ -139,6 +141,7 @@ impl Dispatcher {
             per_org: per_org.max(1),
             org_of: HashMap::new(),
             last_served: None,
+            last_lane: HashMap::new(),
             queued: 0,
             ahead: if shared { per_endpoint.max(1) } else { 0 },
             wake_rx,
@@ -214,6 +217,8 @@ impl Dispatcher {
         let bound = self.per_endpoint;
         self.learn_orgs().await;
         let mut org_busy = self.org_busy();
+        // In flight and leased ahead, per organization: what leasing ahead may add up to.
+        let mut org_load = self.org_load();
         // A lane is read when it is due and has room: free slots, or room to lease ahead, and
         // its organization is under its bound. Organizations take turns, then their lanes.
         let mut ready: Vec<(Timestamp, String)> = self
@@ -240,12 +245,15 @@ impl Dispatcher {
                     // has room), then lease ahead: queued deliveries start only while their
                     // organization is under its bound (`start_queued`).
                     let now_startable = bound.saturating_sub(busy).min(permits).min(org_room);
+                    *org += now_startable;
+                    let load = org_load.entry(self.org_key(id)).or_default();
                     let ahead = (bound + self.ahead)
                         .saturating_sub(busy + now_startable)
-                        .min(room);
+                        .min(room)
+                        .min(self.per_org.saturating_sub(*load + now_startable));
+                    *load += now_startable + ahead;
                     permits -= now_startable;
                     room -= ahead;
-                    *org += now_startable;
                     if now_startable > 0 {
                         served = Some(self.org_key(id));
                     }
@@ -363,6 +371,18 @@ impl Dispatcher {
         busy
     }
 
+    /// Attempts in flight and deliveries leased ahead, per organization.
+    fn org_load(&self) -> HashMap<String, usize> {
+        let mut load: HashMap<String, usize> = HashMap::new();
+        for (id, lane) in &self.lanes {
+            let n = lane.active + lane.queued.len();
+            if n > 0 {
+                *load.entry(self.org_key(id)).or_default() += n;
+            }
+        }
+        load
+    }
+
     fn org_has_room(&self, endpoint_id: &str, org_busy: &HashMap<String, usize>) -> bool {
         org_busy
             .get(&self.org_key(endpoint_id))
@@ -444,6 +464,13 @@ impl Dispatcher {
                 .or_default()
                 .push_back(id.clone());
         }
+        // Within an organization its lanes take turns too: after the lane served last.
+        for (org, lanes) in by_org.iter_mut() {
+            if let Some(last) = self.last_lane.get(org) {
+                let first = lanes.iter().position(|l| l > last).unwrap_or(0);
+                lanes.rotate_left(first);
+            }
+        }
         let mut orgs: Vec<String> = by_org.keys().cloned().collect();
         orgs.sort_unstable();
         let first = self.first_turn(&orgs);
@@ -479,6 +506,7 @@ impl Dispatcher {
                 *org_n += 1;
                 starts.push((d, leased_at, permit));
                 served = Some(org.clone());
+                self.last_lane.insert(org.clone(), endpoint_id.clone());
                 break;
             }
             if !lane.queued.is_empty() && lane.active < self.per_endpoint {
