@@ -69,8 +69,6 @@ impl Drop for RunningKey {
     }
 }
 
-const KEY_IN_PROGRESS: &str = "idempotency-key-in-progress";
-
 /// How long an API key that authenticated is trusted without asking the database again. A key
 /// revoked in the database stops working within this time.
 const KEY_CACHE_TTL: Duration = Duration::from_secs(5);
@@ -171,7 +169,7 @@ impl Service {
                     .expect("running keys lock")
                     .insert(key.clone())
                 {
-                    return Err(in_progress());
+                    return Err(StoreError::IdempotencyInProgress.into());
                 }
                 Some(RunningKey {
                     keys: self.running_keys.clone(),
@@ -180,14 +178,10 @@ impl Service {
             }
             None => None,
         };
-        let created = match self
+        let created = self
             .store
             .create_user(org.to_owned(), user, idempotency, render)
-            .await
-        {
-            Err(StoreError::IdempotencyInProgress) => return Err(in_progress()),
-            other => other?,
-        };
+            .await?;
         self.delivery.events_committed();
         Ok(created)
     }
@@ -503,13 +497,6 @@ fn unknown_user_filter(e: StoreError) -> ServiceError {
 
 /// The key and a fingerprint of the request (route + JSON with sorted keys), so the same JSON
 /// written in another key order counts as the same request.
-fn in_progress() -> ServiceError {
-    ServiceError::Conflict(
-        KEY_IN_PROGRESS,
-        "a request with this Idempotency-Key is still being processed; retry it shortly".into(),
-    )
-}
-
 fn idempotency_request(
     route: &str,
     key: &str,

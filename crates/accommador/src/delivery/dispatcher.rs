@@ -361,26 +361,24 @@ impl Dispatcher {
 
     /// Attempts in flight, per organization.
     fn org_busy(&self) -> HashMap<String, usize> {
-        let mut busy: HashMap<String, usize> = HashMap::new();
-        for (id, lane) in &self.lanes {
-            let n = lane.active;
-            if n > 0 {
-                *busy.entry(self.org_key(id)).or_default() += n;
-            }
-        }
-        busy
+        self.org_counts(|lane| lane.active)
     }
 
     /// Attempts in flight and deliveries leased ahead, per organization.
     fn org_load(&self) -> HashMap<String, usize> {
-        let mut load: HashMap<String, usize> = HashMap::new();
+        self.org_counts(|lane| lane.active + lane.queued.len())
+    }
+
+    /// `count` of each lane, summed per organization.
+    fn org_counts(&self, count: impl Fn(&Lane) -> usize) -> HashMap<String, usize> {
+        let mut counts: HashMap<String, usize> = HashMap::new();
         for (id, lane) in &self.lanes {
-            let n = lane.active + lane.queued.len();
+            let n = count(lane);
             if n > 0 {
-                *load.entry(self.org_key(id)).or_default() += n;
+                *counts.entry(self.org_key(id)).or_default() += n;
             }
         }
-        load
+        counts
     }
 
     fn org_has_room(&self, endpoint_id: &str, org_busy: &HashMap<String, usize>) -> bool {

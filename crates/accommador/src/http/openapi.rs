@@ -451,18 +451,25 @@ struct Security;
 
 /// Every operation can fail with an opaque 500 problem; say so once for all of them.
 fn add_server_errors(openapi: &mut utoipa::openapi::OpenApi) {
-    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    use utoipa::openapi::ResponseBuilder;
     let response = ResponseBuilder::new()
         .description("Internal error (opaque; the cause is logged)")
-        .content(
-            "application/problem+json",
-            ContentBuilder::new()
-                .schema(Some(Ref::from_schema_name("Problem")))
-                .build(),
-        )
+        .content("application/problem+json", problem_content())
         .build();
-    for item in openapi.paths.paths.values_mut() {
-        for op in [
+    for op in operations_mut(openapi) {
+        op.responses
+            .responses
+            .entry("500".to_owned())
+            .or_insert_with(|| response.clone().into());
+    }
+}
+
+/// Every operation of the document.
+fn operations_mut(
+    openapi: &mut utoipa::openapi::OpenApi,
+) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    openapi.paths.paths.values_mut().flat_map(|item| {
+        [
             &mut item.get,
             &mut item.post,
             &mut item.put,
@@ -471,36 +478,26 @@ fn add_server_errors(openapi: &mut utoipa::openapi::OpenApi) {
         ]
         .into_iter()
         .flatten()
-        {
-            op.responses
-                .responses
-                .entry("500".to_owned())
-                .or_insert_with(|| response.clone().into());
-        }
-    }
+    })
+}
+
+/// A problem+json body.
+fn problem_content() -> utoipa::openapi::Content {
+    utoipa::openapi::ContentBuilder::new()
+        .schema(Some(utoipa::openapi::Ref::from_schema_name("Problem")))
+        .build()
 }
 
 /// utoipa has no attribute for OpenAPI's `allowEmptyValue` and prefixes every extension with
 /// `x-`; turn the [`ALLOW_EMPTY_VALUE`] marker of a parameter's annotation into the real field.
 fn allow_empty_values(openapi: &mut utoipa::openapi::OpenApi) {
-    for item in openapi.paths.paths.values_mut() {
-        for op in [
-            &mut item.get,
-            &mut item.post,
-            &mut item.put,
-            &mut item.patch,
-            &mut item.delete,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            for param in op.parameters.iter_mut().flatten() {
-                if let utoipa::openapi::RefOr::T(param) = param
-                    && let Some(ext) = param.extensions.as_mut()
-                    && ext.remove(ALLOW_EMPTY_VALUE).is_some()
-                {
-                    ext.insert("allowEmptyValue".to_owned(), Value::Bool(true));
-                }
+    for op in operations_mut(openapi) {
+        for param in op.parameters.iter_mut().flatten() {
+            if let utoipa::openapi::RefOr::T(param) = param
+                && let Some(ext) = param.extensions.as_mut()
+                && ext.remove(ALLOW_EMPTY_VALUE).is_some()
+            {
+                ext.insert("allowEmptyValue".to_owned(), Value::Bool(true));
             }
         }
     }
@@ -510,7 +507,7 @@ fn allow_empty_values(openapi: &mut utoipa::openapi::OpenApi) {
 /// (`src/http/limits.rs`): say so once for all of them.
 fn add_rate_limit_errors(openapi: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::header::HeaderBuilder;
-    use utoipa::openapi::{ContentBuilder, Object, Ref, ResponseBuilder, Type};
+    use utoipa::openapi::{Object, ResponseBuilder, Type};
     let retry_after = HeaderBuilder::new()
         .schema(Some(
             Object::builder()
@@ -525,33 +522,17 @@ fn add_rate_limit_errors(openapi: &mut utoipa::openapi::OpenApi) {
              client address sent too many invalid API keys; retry after `Retry-After` seconds",
         )
         .header("Retry-After", retry_after)
-        .content(
-            "application/problem+json",
-            ContentBuilder::new()
-                .schema(Some(Ref::from_schema_name("Problem")))
-                .build(),
-        )
+        .content("application/problem+json", problem_content())
         .build();
-    for item in openapi.paths.paths.values_mut() {
-        for op in [
-            &mut item.get,
-            &mut item.post,
-            &mut item.put,
-            &mut item.patch,
-            &mut item.delete,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let api_key = op.security.iter().flatten().any(|requirement| {
-                serde_json::to_value(requirement).is_ok_and(|v| v.get("api_key").is_some())
-            });
-            if api_key {
-                op.responses
-                    .responses
-                    .entry("429".to_owned())
-                    .or_insert_with(|| response.clone().into());
-            }
+    for op in operations_mut(openapi) {
+        let api_key = op.security.iter().flatten().any(|requirement| {
+            serde_json::to_value(requirement).is_ok_and(|v| v.get("api_key").is_some())
+        });
+        if api_key {
+            op.responses
+                .responses
+                .entry("429".to_owned())
+                .or_insert_with(|| response.clone().into());
         }
     }
 }

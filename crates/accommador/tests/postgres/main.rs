@@ -290,6 +290,11 @@ impl Server {
 }
 
 async fn create_org(client: &Client, server: &Server) -> String {
+    create_org_with_id(client, server).await.1
+}
+
+/// A new organization's ID and API key.
+async fn create_org_with_id(client: &Client, server: &Server) -> (String, String) {
     let org: Value = client
         .post(server.url("/v1/organizations"))
         .bearer_auth(ADMIN)
@@ -300,7 +305,10 @@ async fn create_org(client: &Client, server: &Server) -> String {
         .json()
         .await
         .unwrap();
-    org["api_key"].as_str().unwrap().to_owned()
+    (
+        org["id"].as_str().unwrap().to_owned(),
+        org["api_key"].as_str().unwrap().to_owned(),
+    )
 }
 
 async fn list_all(client: &Client, server: &Server, key: &str, path: &str) -> Vec<Value> {
@@ -1067,20 +1075,7 @@ async fn a_key_still_running_on_another_instance_is_409_then_free() {
     let db = TestDb::new().await;
     let server = Server::start(&db.url).await;
     let client = Client::new();
-    let org: Value = client
-        .post(server.url("/v1/organizations"))
-        .bearer_auth(ADMIN)
-        .json(&json!({"name": "Elsewhere"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let (org_id, key) = (
-        org["id"].as_str().unwrap().to_owned(),
-        org["api_key"].as_str().unwrap().to_owned(),
-    );
+    let (org_id, key) = create_org_with_id(&client, &server).await;
     let (other, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
         .await
         .unwrap();
