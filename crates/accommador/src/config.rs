@@ -29,6 +29,8 @@ const KEYS: &[&str] = &[
     "delivery_concurrency",
     "database_pool_size",
     "org_rate_limit",
+    "retention",
+    "erase_deleted_after",
 ];
 
 /// A value that must not be printed.
@@ -78,6 +80,11 @@ pub struct Settings {
     /// API requests per second one organization may make to this process (bursts of twice
     /// that); 0 = no limit.
     pub org_rate_limit: u32,
+    /// Events older than this (by `occurred_at`) are purged with their deliveries and
+    /// attempts, unless a delivery of theirs is still pending.
+    pub retention: Duration,
+    /// Deleted users' personal data is erased this long after the deletion.
+    pub erase_deleted_after: Duration,
 }
 
 /// Values given as flags; `None` leaves the lower layers' value. `Debug` shows the database URL
@@ -107,6 +114,8 @@ impl std::fmt::Debug for Settings {
             delivery_concurrency,
             database_pool_size,
             org_rate_limit,
+            retention,
+            erase_deleted_after,
         } = self;
         f.debug_struct("Settings")
             .field("listen", listen)
@@ -122,6 +131,8 @@ impl std::fmt::Debug for Settings {
             .field("delivery_concurrency", delivery_concurrency)
             .field("database_pool_size", database_pool_size)
             .field("org_rate_limit", org_rate_limit)
+            .field("retention", retention)
+            .field("erase_deleted_after", erase_deleted_after)
             .finish()
     }
 }
@@ -187,6 +198,8 @@ struct Raw {
     delivery_concurrency: Scalar,
     database_pool_size: Scalar,
     org_rate_limit: Scalar,
+    retention: Scalar,
+    erase_deleted_after: Scalar,
 }
 
 impl Settings {
@@ -248,6 +261,13 @@ impl Settings {
         if delivery_timeout.is_zero() {
             bail!("delivery_timeout: must be more than zero");
         }
+        let lifetime = |name: &str, v: Scalar| -> anyhow::Result<Duration> {
+            let d = parse_duration(&v.into_string()).context(name.to_owned())?;
+            if d < Duration::from_secs(1) {
+                bail!("{name}: must be at least 1s");
+            }
+            Ok(d)
+        };
         let count = |name: &str, v: Scalar| -> anyhow::Result<usize> {
             let s = v.into_string();
             match s.parse::<usize>() {
@@ -282,6 +302,8 @@ impl Settings {
             disable_after: parse_duration(&raw.disable_after.into_string())
                 .context("disable_after")?,
             log_format,
+            retention: lifetime("retention", raw.retention)?,
+            erase_deleted_after: lifetime("erase_deleted_after", raw.erase_deleted_after)?,
         })
     }
 }

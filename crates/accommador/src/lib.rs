@@ -25,6 +25,7 @@ pub mod config;
 pub mod delivery;
 pub mod domain;
 pub mod http;
+pub mod lifetime;
 pub mod listen;
 pub mod service;
 pub mod startup;

@@ -52,6 +52,8 @@ pub struct Service {
     /// that arrives meanwhile is answered 409 (DESIGN §6). Across PostgreSQL instances the
     /// store does the same with an advisory lock.
     running_keys: Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>,
+    /// Retention and erasure (the purge horizon of event cursors, the erasure job's wake-up).
+    lifetime: crate::lifetime::Lifetime,
 }
 
 /// Holds an Idempotency-Key as running until dropped.
@@ -112,7 +114,18 @@ impl Service {
             guard,
             keys: Arc::default(),
             running_keys: Arc::default(),
+            lifetime: crate::lifetime::Lifetime::default(),
         }
+    }
+
+    /// The same service with these retention and erasure settings.
+    pub fn with_lifetime(mut self, lifetime: crate::lifetime::Lifetime) -> Service {
+        self.lifetime = lifetime;
+        self
+    }
+
+    pub fn lifetime(&self) -> &crate::lifetime::Lifetime {
+        &self.lifetime
     }
 
     /// Refuses an endpoint URL whose host is, or resolves to, a blocked address.
@@ -213,6 +226,16 @@ impl Service {
         Ok(())
     }
 
+    /// Erases a user (DESIGN §10): a live one is deleted first, with one `user.deleted` event
+    /// already in erased form; the user's personal data then leaves every stored row in the
+    /// background (the answer does not wait for it).
+    pub async fn erase_user(&self, org: &str, id: &str) -> Result<(), ServiceError> {
+        self.store.erase_user(org.to_owned(), id.to_owned()).await?;
+        self.delivery.events_committed();
+        self.lifetime.erasure_requested();
+        Ok(())
+    }
+
     pub async fn list_users(
         &self,
         org: &str,
@@ -232,6 +255,10 @@ impl Service {
         filter: EventFilter,
         page: PageRequest,
     ) -> Result<ListPage<StoredEvent>, ServiceError> {
+        let filter = EventFilter {
+            purged_before: Some(self.lifetime.purge_horizon()),
+            ..filter
+        };
         self.store
             .list_events(org.to_owned(), filter, page.after, page.limit)
             .await

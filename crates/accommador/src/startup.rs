@@ -18,6 +18,7 @@ use crate::delivery::{DeliveryHandle, DeliveryWakers, cancel, fanout, notify};
 use crate::domain::Timestamp;
 use crate::domain::delivery::RetryPolicy;
 use crate::http::{self, AppState};
+use crate::lifetime::Lifetime;
 use crate::service::Service;
 use crate::store::{DatabaseUrl, Ownership, Store};
 use crate::telemetry;
@@ -78,7 +79,9 @@ impl Application {
             .with_context(|| format!("listening on {}", settings.listen))?;
         let (handle, wakers) = DeliveryHandle::new(&store);
         let state = AppState {
-            service: Arc::new(Service::new(store, handle, guard.clone())),
+            service: Arc::new(Service::new(store, handle, guard.clone()).with_lifetime(
+                Lifetime::new(settings.retention, settings.erase_deleted_after),
+            )),
             admin_token: settings.admin_token.clone(),
             metrics: telemetry::metrics_handle(),
             limits: Arc::new(http::limits::Limits::new(settings.org_rate_limit)),
@@ -123,6 +126,12 @@ impl Application {
         });
         let address = self.local_addr();
         let mut tasks = vec![purge];
+        tasks.extend(
+            self.state
+                .service
+                .lifetime()
+                .spawn(self.state.service.store()),
+        );
         let mut dispatcher = None;
         if let Some((settings, wakers)) = self.workers {
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -49,6 +49,8 @@ pub enum ErrorClass {
     BlockedAddress,
     HttpStatus,
     EndpointDisabled,
+    /// The event's user was erased while the delivery was pending (DESIGN §10).
+    Erased,
 }
 
 impl ErrorClass {
@@ -61,6 +63,7 @@ impl ErrorClass {
             ErrorClass::BlockedAddress => "blocked_address",
             ErrorClass::HttpStatus => "http_status",
             ErrorClass::EndpointDisabled => "endpoint_disabled",
+            ErrorClass::Erased => "erased",
         }
     }
 }
@@ -579,6 +582,7 @@ impl ErrorClass {
             ErrorClass::BlockedAddress,
             ErrorClass::HttpStatus,
             ErrorClass::EndpointDisabled,
+            ErrorClass::Erased,
         ]
         .into_iter()
         .find(|c| c.as_str() == s)

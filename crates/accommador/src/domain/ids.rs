@@ -18,6 +18,15 @@ pub fn new_id(prefix: &str) -> String {
     s
 }
 
+/// When the ID with this prefix was made (its ULID's millisecond time); `None` for anything
+/// that is not such an ID.
+pub fn time_of(id: &str, prefix: &str) -> Option<super::Timestamp> {
+    let ulid = Ulid::from_string(id.strip_prefix(prefix)?).ok()?;
+    i64::try_from(ulid.timestamp_ms())
+        .ok()
+        .map(super::Timestamp)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -28,5 +37,15 @@ mod tests {
         assert!(id.starts_with("usr_"));
         assert_eq!(id.len(), 30);
         assert!(Ulid::from_string(&id[4..]).is_ok());
+    }
+
+    #[test]
+    fn an_id_tells_when_it_was_made() {
+        let before = super::super::Timestamp::now();
+        let id = new_id(EVENT);
+        let t = time_of(&id, EVENT).unwrap();
+        assert!(t >= before && t <= super::super::Timestamp::now());
+        assert_eq!(time_of(&id, USER), None);
+        assert_eq!(time_of("evt_not-a-ulid", EVENT), None);
     }
 }

@@ -77,6 +77,7 @@ pub async fn list_events(
     let filter = EventFilter {
         event_type,
         user_id,
+        purged_before: None,
     };
     let page = state.service.list_events(&org, filter, page).await?;
     let items: Vec<String> = page.items.into_iter().map(|e| e.payload).collect();

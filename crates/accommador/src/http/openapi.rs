@@ -79,6 +79,8 @@ pub enum ErrorClass {
     BlockedAddress,
     HttpStatus,
     EndpointDisabled,
+    /// The event's user was erased while the delivery was pending.
+    Erased,
 }
 
 /// An RFC 9457 problem.
@@ -127,6 +129,16 @@ pub struct UserSchema {
     /// Only on the user inside a `user.deleted` event.
     #[schema(format = DateTime)]
     deleted_at: Option<String>,
+}
+
+/// The answer to an erasure: the user's ID, nothing else of it.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct ErasureAccepted {
+    #[schema(pattern = "^usr_[0-9A-HJKMNP-TV-Z]{26}$")]
+    id: String,
+    /// Always `true`.
+    erased: bool,
 }
 
 /// A new user. Unknown fields are refused (422).
@@ -567,6 +579,7 @@ impl Modify for Security {
         super::users::get_user,
         super::users::update_user,
         super::users::delete_user,
+        super::users::erase_user,
         super::endpoints::create_endpoint,
         super::endpoints::list_endpoints,
         super::endpoints::get_endpoint,

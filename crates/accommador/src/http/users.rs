@@ -3,11 +3,13 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, post};
 
 use super::error::ApiError;
 use super::extract::{JsonObject, Org, QueryParams};
-use super::openapi::{CreateUserRequest, Problem, UpdateUserRequest, UserList, UserSchema};
+use super::openapi::{
+    CreateUserRequest, ErasureAccepted, Problem, UpdateUserRequest, UserList, UserSchema,
+};
 use super::{AppState, json_response, page_response, parse_page};
 use crate::domain::user::UserRecord;
 use crate::store::{Idempotent, SavedResponse, StoreError};
@@ -19,6 +21,7 @@ pub fn router() -> axum::Router<AppState> {
             "/v1/users/{id}",
             get(get_user).patch(update_user).delete(delete_user),
         )
+        .route("/v1/users/{id}/erase", post(erase_user))
 }
 
 fn user_json(user: &UserRecord) -> String {
@@ -201,6 +204,45 @@ pub async fn delete_user(
         .await
         .map_err(not_found_user)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Erase a user
+///
+/// Removes the user's personal data for good (DESIGN §10). A live user is first deleted as
+/// usual, with one `user.deleted` event that is already in erased form. Then the email, name
+/// and attributes leave the user's row (which keeps its ID, version and times), every stored
+/// event of the user (`data` becomes `{"user": {"id": "usr_…", "erased": true}}`), saved
+/// `Idempotency-Key` responses and the response logs of the attempts; pending deliveries of
+/// those events end `failed` with `error_class` `erased`. That work runs in the background in
+/// small batches: the answer does not wait for it. Erasing an erased user changes nothing.
+/// Deleted users are erased automatically `ACCOMMADOR_ERASE_DELETED_AFTER` after deletion.
+#[utoipa::path(post, path = "/v1/users/{id}/erase", tag = "users",
+    params(("id" = String, Path, description = "usr_… (deleted users too)", pattern = "^usr_[0-9A-HJKMNP-TV-Z]{26}$")),
+    responses(
+        (status = 202, description = "Erasure accepted; it completes in the background", body = ErasureAccepted),
+        (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such user (live or deleted) in this organization", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = [])))]
+pub async fn erase_user(
+    State(state): State<AppState>,
+    Org(org): Org,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    state
+        .service
+        .erase_user(&org, &id)
+        .await
+        .map_err(|e| match e {
+            crate::service::ServiceError::Store(StoreError::NotFound) => {
+                ApiError::not_found("this user")
+            }
+            other => other.into(),
+        })?;
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        crate::domain::event::erased_user_body(&id),
+    ))
 }
 
 fn not_found_user(e: crate::service::ServiceError) -> ApiError {

@@ -4,6 +4,7 @@
 //! method either commits both or neither. Methods speak domain types; rows are mapped to them
 //! inside each backend.
 
+pub mod lifetime;
 pub mod postgres;
 pub mod sqlite;
 
@@ -745,6 +746,10 @@ pub struct EventFilter {
     pub event_type: Option<EventType>,
     /// The user the events are about (deleted users included).
     pub user_id: Option<String>,
+    /// Events that occurred before this may have been purged by retention: a cursor naming
+    /// an event that is gone, made before this, continues with the next event kept (the first
+    /// that occurred at or after the cursor's ID time) instead of being refused.
+    pub purged_before: Option<Timestamp>,
 }
 
 /// The index an events list walks, in commit order.

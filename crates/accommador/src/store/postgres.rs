@@ -19,6 +19,7 @@
 mod cached;
 mod deliveries;
 mod intake;
+mod lifetime;
 #[cfg(test)]
 mod list_plans;
 #[cfg(test)]
@@ -56,6 +57,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0006_cancel_pending.sql"),
     include_str!("../../migrations/postgres/0007_fanout_partial.sql"),
     include_str!("../../migrations/postgres/0008_user_filter.sql"),
+    include_str!("../../migrations/postgres/0009_retention_erasure.sql"),
 ];
 /// Most events numbered by one sequencer step.
 const SEQUENCE_STEP: i64 = 1000;
@@ -331,7 +333,8 @@ impl PgStore {
                     .await
                     .map_err(pg_err)?;
                 let fingerprint: Vec<u8> = row.get(0);
-                if fingerprint != req.fingerprint {
+                // Empty: the response showed a user since erased; replayed whatever the request.
+                if !fingerprint.is_empty() && fingerprint != req.fingerprint {
                     return Err(StoreError::IdempotencyMismatch);
                 }
                 let status: i32 = row.get(1);
@@ -360,9 +363,17 @@ impl PgStore {
         }
         let outcome = match (&idempotency, render(&result)) {
             (Some(req), Some(saved)) => {
+                let user_id = result.as_ref().ok().map(|u| u.id.as_str());
                 tx.run(
-                    "UPDATE idempotency_keys SET status = $3, body = $4 WHERE org_id = $1 AND key = $2",
-                    &[&org, &req.key, &(saved.status as i32), &saved.body],
+                    "UPDATE idempotency_keys SET status = $3, body = $4, user_id = $5
+                     WHERE org_id = $1 AND key = $2",
+                    &[
+                        &org,
+                        &req.key,
+                        &(saved.status as i32),
+                        &saved.body,
+                        &user_id,
+                    ],
                 )
                 .await
                 .map_err(pg_err)?;
@@ -590,10 +601,11 @@ impl PgStore {
         if !facts.get::<_, bool>(0) {
             return Err(StoreError::NotFound);
         }
-        let after_seq: i64 = match after {
-            None => 0,
-            Some(_) => facts
-                .get::<_, Option<i64>>(1)
+        let after_seq: i64 = match (&after, facts.get::<_, Option<i64>>(1)) {
+            (None, _) => 0,
+            (Some(_), Some(seq)) => seq,
+            (Some(cursor), None) => purged_cursor_seq(&tx, &org, cursor, filter.purged_before)
+                .await?
                 .ok_or(StoreError::UnknownCursor)?,
         };
         let event_type = filter.event_type.map(EventType::as_str);
@@ -947,6 +959,37 @@ pub(super) async fn walk_rows<T>(
         }
         batch = (batch * 4).min(LIST_SCAN_ROWS + 1);
     }
+}
+
+/// Where an events walk continues after a cursor that names an event no longer stored: when
+/// the cursor is an event ID made before the purge horizon, just before the organization's
+/// first event (in commit order) that occurred at or after the ID's time; `None` otherwise.
+async fn purged_cursor_seq(
+    tx: &Transaction<'_>,
+    org: &str,
+    cursor: &str,
+    purged_before: Option<Timestamp>,
+) -> Result<Option<i64>, StoreError> {
+    let made = ids::time_of(cursor, ids::EVENT);
+    let (Some(made), Some(horizon)) = (made, purged_before) else {
+        return Ok(None);
+    };
+    if made >= horizon {
+        return Ok(None);
+    }
+    let row = tx
+        .fetch_one(
+            "SELECT COALESCE(
+                 (SELECT commit_seq - 1 FROM events
+                  WHERE org_id = $1 AND commit_seq IS NOT NULL AND occurred_at >= $2
+                  ORDER BY commit_seq LIMIT 1),
+                 (SELECT MAX(commit_seq) FROM events WHERE org_id = $1),
+                 0)",
+            &[&org, &made.millis()],
+        )
+        .await
+        .map_err(pg_err)?;
+    Ok(Some(row.get(0)))
 }
 
 /// The `seq` of the row of `table` whose ID is the cursor (0 without one).

@@ -59,9 +59,11 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0004_cancel_pending.sql"),
     include_str!("../../migrations/sqlite/0005_fanout_partial.sql"),
     include_str!("../../migrations/sqlite/0006_user_filter.sql"),
+    include_str!("../../migrations/sqlite/0007_retention_erasure.sql"),
 ];
 
 mod deliveries;
+mod lifetime;
 #[cfg(test)]
 mod list_plans;
 
@@ -106,6 +108,9 @@ fn open_connection(path: &Path) -> anyhow::Result<Connection> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Deleted and overwritten content is zeroed, so an erased value leaves no bytes behind in
+    // the file (DESIGN §10, erasure).
+    conn.pragma_update(None, "secure_delete", "ON")?;
     // Sorts and temporary indexes in memory: the benchmark saw the writer open a file in
     // /var/tmp on most commits.
     conn.pragma_update(None, "temp_store", "MEMORY")?;
@@ -299,7 +304,8 @@ impl SqliteStore {
             };
             match render(&result) {
                 Some(saved) => {
-                    save_idempotent(c, &org, &req, &saved, now)?;
+                    let user_id = result.as_ref().ok().map(|u| u.id.as_str());
+                    save_idempotent(c, &org, &req, &saved, user_id, now)?;
                     match result {
                         Ok(user) => Ok(Idempotent::Fresh(user)),
                         // Saved with the key: the failure is the response, and it commits.
@@ -428,7 +434,12 @@ impl SqliteStore {
             {
                 return Err(StoreError::NotFound);
             }
-            let after_seq = cursor_seq(c, "events", &org, after.as_deref())?;
+            let after_seq = match cursor_seq(c, "events", &org, after.as_deref()) {
+                Err(StoreError::UnknownCursor) => {
+                    purged_cursor_seq(c, &org, after.as_deref(), filter.purged_before)?
+                }
+                other => other?,
+            };
             let mut stmt = c
                 .prepare_cached(&event_walk_sql(filter.walk()))
                 .map_err(db_err)?;
@@ -1014,6 +1025,34 @@ fn cursor_seq(
     .ok_or(StoreError::UnknownCursor)
 }
 
+/// Where an events walk continues after a cursor that names an event no longer stored: when
+/// the cursor is an event ID made before the purge horizon, just before the organization's
+/// first event that occurred at or after the ID's time (its walk index from the start passes
+/// only the few expired events kept for a pending delivery); otherwise `UnknownCursor`.
+fn purged_cursor_seq(
+    c: &Connection,
+    org: &str,
+    after: Option<&str>,
+    purged_before: Option<Timestamp>,
+) -> Result<i64, StoreError> {
+    let made = after.and_then(|id| ids::time_of(id, ids::EVENT));
+    let (Some(made), Some(horizon)) = (made, purged_before) else {
+        return Err(StoreError::UnknownCursor);
+    };
+    if made >= horizon {
+        return Err(StoreError::UnknownCursor);
+    }
+    c.prepare_cached(
+        "SELECT COALESCE(
+             (SELECT seq - 1 FROM events INDEXED BY events_org_seq
+              WHERE org_id = ?1 AND occurred_at >= ?2 ORDER BY seq LIMIT 1),
+             (SELECT MAX(seq) FROM events WHERE org_id = ?1),
+             0)",
+    )
+    .and_then(|mut s| s.query_row(params![org, made.millis()], |r| r.get(0)))
+    .map_err(db_err)
+}
+
 /// The statement of each events walk (`?1` the organization, `?2` the cursor's seq, `?3` the
 /// type, `?4` the user): the index named leads with the walk's filter and then `seq`, so the
 /// walk is one range read in commit order with no sort; the other filters are checked on each
@@ -1081,7 +1120,9 @@ fn find_idempotent(
         .map_err(db_err)?;
     match row {
         None => Ok(None),
-        Some((fingerprint, _, _)) if fingerprint != req.fingerprint => {
+        // An empty fingerprint: the response showed a user who has since been erased; the key
+        // answers with the erased response, whatever the request.
+        Some((fingerprint, _, _)) if !fingerprint.is_empty() && fingerprint != req.fingerprint => {
             Err(StoreError::IdempotencyMismatch)
         }
         Some((_, status, body)) => Ok(Some(SavedResponse { status, body })),
@@ -1093,11 +1134,13 @@ fn save_idempotent(
     org: &str,
     req: &IdempotencyRequest,
     saved: &SavedResponse,
+    user_id: Option<&str>,
     now: Timestamp,
 ) -> Result<(), StoreError> {
     c.prepare_cached(
-        "INSERT OR REPLACE INTO idempotency_keys (org_id, key, fingerprint, status, body, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT OR REPLACE INTO idempotency_keys
+             (org_id, key, fingerprint, status, body, created_at, user_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -1106,7 +1149,8 @@ fn save_idempotent(
             req.fingerprint.as_slice(),
             saved.status,
             saved.body,
-            now.millis()
+            now.millis(),
+            user_id
         ])
     })
     .map(|_| ())
