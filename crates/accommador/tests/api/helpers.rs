@@ -161,6 +161,8 @@ async fn spawn_app_options(adjust: impl FnOnce(&mut Settings), workers: bool) ->
         delivery_concurrency: 256,
         database_pool_size: 8,
         org_rate_limit: 0,
+        retention: Duration::from_secs(30 * 86_400),
+        erase_deleted_after: Duration::from_secs(30 * 86_400),
     };
     adjust(&mut settings);
     // Host names resolve only through this table: tests never touch real DNS.

@@ -54,11 +54,25 @@ impl PgStore {
                 step.done = true;
                 break;
             }
+            let pending: bool = tx
+                .fetch_one(
+                    "SELECT EXISTS (SELECT 1 FROM deliveries
+                                    WHERE event_id = $1 AND status = 'pending')",
+                    &[&id],
+                )
+                .await
+                .map_err(pg_err)?
+                .get(0);
+            if pending {
+                // Kept whole until no delivery of it is pending.
+                step.kept += 1;
+                step.next_after = seq;
+                continue;
+            }
             let budget = PURGE_ROWS
                 .saturating_sub(step.deliveries + step.attempts + step.events)
                 .max(1);
-            // Only ended deliveries go; a pending one (a retry asked for meanwhile) keeps the
-            // event.
+            // Only ended deliveries go: one made pending meanwhile (a retry) keeps the event.
             let gone = tx
                 .fetch_one(
                     "WITH batch AS (
@@ -77,7 +91,8 @@ impl PgStore {
                 )
                 .await
                 .map_err(pg_err)?;
-            step.deliveries += gone.get::<_, i64>(0) as usize;
+            let gone_deliveries = gone.get::<_, i64>(0) as usize;
+            step.deliveries += gone_deliveries;
             step.attempts += gone.get::<_, i64>(1) as usize;
             let deleted = tx
                 .run(
@@ -90,16 +105,8 @@ impl PgStore {
             if deleted == 1 {
                 step.events += 1;
                 step.next_after = seq;
-            } else if tx
-                .fetch_one(
-                    "SELECT EXISTS (SELECT 1 FROM deliveries
-                                    WHERE event_id = $1 AND status = 'pending')",
-                    &[&id],
-                )
-                .await
-                .map_err(pg_err)?
-                .get::<_, bool>(0)
-            {
+            } else if gone_deliveries == 0 {
+                // A delivery of it became pending meanwhile (a retry): kept for now.
                 step.kept += 1;
                 step.next_after = seq;
             } else {
