@@ -38,7 +38,7 @@ pub fn router() -> axum::Router<AppState> {
         ("user_id" = Option<String>, Query, pattern = "^usr_[0-9A-HJKMNP-TV-Z]{26}$", description = "Only events about this user (`usr_…`; deleted users included); a value that names no user of this organization is refused (422); empty: every user",
             extensions(("x-allow-empty-value" = json!(true)))),
         ("limit" = Option<usize>, Query, minimum = 1, maximum = 500, description = "Page size, 1–500; default 50"),
-        ("after" = Option<String>, Query, min_length = 1, pattern = "^evt_[0-9A-HJKMNP-TV-Z]{26}$", description = "`next_cursor` of the previous page, or any event ID of this organization; a value that names no event of this organization is refused (422)"),
+        ("after" = Option<String>, Query, min_length = 1, pattern = "^evt_[0-9A-HJKMNP-TV-Z]{26}$", description = "`next_cursor` of the previous page, or any event ID of this organization; a value that names no event of this organization is refused (422), except an event ID made before the retention horizon (`ACCOMMADOR_RETENTION`): its event may have been purged, and the list continues with the first event kept that occurred at or after that ID's time"),
     ),
     responses(
         (status = 200, description = "A page of events", body = EventList),

@@ -554,8 +554,9 @@ impl Ctx<'_> {
             let mut bad = (samples.bad)();
             if let Some(prefix) = id_prefix(pattern) {
                 bad = id_bad_samples(prefix);
-                // Well-formed but naming nothing.
-                bad.push(format!("{prefix}{}", "0".repeat(26)));
+                // Well-formed but naming nothing (made now: an event ID from before the
+                // retention horizon is a purged cursor, which lists go on from).
+                bad.push(accommador::domain::ids::new_id(prefix));
             }
             let n = self.next();
             for v in (samples.good)(n) {
