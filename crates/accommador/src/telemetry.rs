@@ -8,16 +8,26 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber; later calls (tests) are ignored.
+/// Whether an event would print secrets whatever `RUST_LOG` says: tokio-postgres logs every
+/// statement's parameters (endpoint secrets, key hashes, personal data) at `debug`.
+fn prints_parameters(meta: &tracing::Metadata<'_>) -> bool {
+    meta.target().starts_with("tokio_postgres::query") && *meta.level() >= tracing::Level::DEBUG
+}
+
+/// Installs the global subscriber; later calls (tests) are ignored. Events that would print
+/// query parameters are dropped at any level ([`prints_parameters`]).
 pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let no_parameters = tracing_subscriber::filter::filter_fn(|meta| !prints_parameters(meta));
     let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.finish().with(no_parameters).try_init(),
+        LogFormat::Json => builder.json().finish().with(no_parameters).try_init(),
     };
 }
 
