@@ -13,7 +13,10 @@
 pub mod payload;
 pub mod signing;
 
-pub use payload::{Event, EventType, User, UserEventData};
+pub use payload::{
+    Delivery, DeliveryEventData, EndpointEventData, EndpointState, Event, EventType, User,
+    UserEventData,
+};
 pub use signing::{
     HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, Secret, SecretError, TOLERANCE_SECS, Verifier,
     VerifyError, WebhookHeaders, sign,
