@@ -9,6 +9,7 @@ mod guard;
 #[path = "../api/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;
+mod operational;
 #[allow(dead_code)] // shared with tests/postgres, which uses more of it
 mod receiver;
 #[path = "../common/spawn.rs"]
