@@ -319,3 +319,50 @@ async fn operational_events_are_retried_like_user_events() {
     let codes: Vec<_> = log.iter().map(|a| a["status_code"].clone()).collect();
     assert_eq!(codes, [json!(500), json!(204)]);
 }
+
+#[tokio::test]
+async fn recover_creates_the_operational_events_an_endpoint_missed_but_none_about_itself() {
+    let app = fast_app().await;
+    let t = app.create_org("Acme").await;
+    let rx = Receiver::start().await;
+    let since = accommador::domain::Timestamp::now().to_rfc3339();
+    let a = endpoint(
+        &app,
+        &t,
+        &rx.url("/a"),
+        Some(&["endpoint.disabled", "endpoint.enabled"]),
+    )
+    .await;
+    let d = endpoint(&app, &t, &rx.url("/d"), None).await;
+    let a_path = format!("/v1/endpoints/{}", a.id);
+    let d_path = format!("/v1/endpoints/{}", d.id);
+    // A is told nothing about itself; while it is disabled it misses D's disabling.
+    app.patch(&t, &a_path, &json!({"status": "disabled"}))
+        .await;
+    app.patch(&t, &d_path, &json!({"status": "disabled"}))
+        .await;
+    let observer = endpoint(&app, &t, &rx.url("/observer"), None).await;
+    settle_outbox(&app, &t, "after@example.com").await;
+    rx.wait_for("/observer", 1, WAIT).await;
+    app.patch(&t, &a_path, &json!({"status": "enabled"}))
+        .await;
+    assert_eq!(app.all_events(&t, "&type=endpoint.disabled").await.len(), 2);
+
+    let r = app
+        .post(&t, &format!("{a_path}/recover"), &json!({"since": since}))
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"requeued": 0, "created": 1}),
+        "only D's endpoint.disabled: not the two events about A"
+    );
+    let got = rx.wait_for("/a", 1, WAIT).await;
+    verify(&a.secret, &got[0]);
+    let event = body_of(&got[0]);
+    assert_eq!(event["type"], "endpoint.disabled");
+    assert_eq!(event["data"]["endpoint"]["id"], d.id.as_str());
+    assert_eq!(delivered_types(&app, &t, &a.id).await, ["endpoint.disabled"]);
+    assert_eq!(deliveries_of(&app, &t, &a.id).await.len(), 1);
+    assert_eq!(deliveries_of(&app, &t, &observer.id).await.len(), 1);
+}
