@@ -215,8 +215,14 @@ mod tests {
         }
         assert_eq!(EventType::parse("user.exploded"), None);
         assert!(EventType::USER_EVENTS.iter().all(|t| !t.is_operational()));
-        assert!(EventType::OPERATIONAL_EVENTS.iter().all(|t| !t.is_user_event()));
-        assert!(!EventType::WebhookTest.is_user_event() && !EventType::WebhookTest.is_operational());
+        assert!(
+            EventType::OPERATIONAL_EVENTS
+                .iter()
+                .all(|t| !t.is_user_event())
+        );
+        assert!(
+            !EventType::WebhookTest.is_user_event() && !EventType::WebhookTest.is_operational()
+        );
     }
 
     #[test]

@@ -365,13 +365,34 @@ mod tests {
             retries_used: 2,
             resume_at: None,
         };
-        let s = settle(DeliveryStatus::Pending, spent, &failed(Some(500)), &policy(), NOW, 0.0);
+        let s = settle(
+            DeliveryStatus::Pending,
+            spent,
+            &failed(Some(500)),
+            &policy(),
+            NOW,
+            0.0,
+        );
         assert_eq!(s.status, DeliveryStatus::Failed);
         assert!(s.exhausted);
         // Retries left, a 410, a failed manual attempt, or an already ended delivery: no.
-        let s = settle(DeliveryStatus::Pending, FRESH, &failed(Some(500)), &policy(), NOW, 0.0);
+        let s = settle(
+            DeliveryStatus::Pending,
+            FRESH,
+            &failed(Some(500)),
+            &policy(),
+            NOW,
+            0.0,
+        );
         assert!(!s.exhausted);
-        let s = settle(DeliveryStatus::Pending, FRESH, &failed(Some(410)), &policy(), NOW, 0.0);
+        let s = settle(
+            DeliveryStatus::Pending,
+            FRESH,
+            &failed(Some(410)),
+            &policy(),
+            NOW,
+            0.0,
+        );
         assert_eq!(s.status, DeliveryStatus::Failed);
         assert!(!s.exhausted);
         let mut manual = failed(Some(500));
@@ -379,7 +400,14 @@ mod tests {
         let s = settle(DeliveryStatus::Pending, spent, &manual, &policy(), NOW, 0.0);
         assert_eq!(s.status, DeliveryStatus::Failed);
         assert!(!s.exhausted);
-        let s = settle(DeliveryStatus::Failed, spent, &failed(Some(500)), &policy(), NOW, 0.0);
+        let s = settle(
+            DeliveryStatus::Failed,
+            spent,
+            &failed(Some(500)),
+            &policy(),
+            NOW,
+            0.0,
+        );
         assert!(!s.exhausted);
     }
 

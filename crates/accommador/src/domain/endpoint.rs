@@ -374,8 +374,9 @@ mod tests {
         assert!(EventTypeFilter::from_names(["user.exploded"]).is_err());
         assert!(EventTypeFilter::from_names(["webhook.test"]).is_err());
         assert!(EventTypeFilter::from_names([]).is_err());
-        let f = EventTypeFilter::from_names(["delivery.failed", "user.created", "endpoint.disabled"])
-            .unwrap();
+        let f =
+            EventTypeFilter::from_names(["delivery.failed", "user.created", "endpoint.disabled"])
+                .unwrap();
         assert_eq!(
             f.names(),
             ["user.created", "endpoint.disabled", "delivery.failed"]

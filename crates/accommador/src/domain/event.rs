@@ -211,7 +211,10 @@ mod tests {
     fn an_endpoint_event_carries_its_id_url_status_and_reason_only() {
         let before = endpoint(EndpointStatus::Enabled);
         let after = endpoint(EndpointStatus::Disabled);
-        assert_eq!(OperationalEvent::for_endpoint_change(&before, &before), None);
+        assert_eq!(
+            OperationalEvent::for_endpoint_change(&before, &before),
+            None
+        );
         let event = OperationalEvent::for_endpoint_change(&before, &after).unwrap();
         assert_eq!(event.event_type, EventType::EndpointDisabled);
         assert_eq!(event.about_endpoint, "ep_1");
@@ -240,7 +243,12 @@ mod tests {
         };
         assert!(reports_failure("user.created", &ended(true)));
         assert!(!reports_failure("user.created", &ended(false)));
-        for t in ["endpoint.disabled", "endpoint.enabled", "delivery.failed", "webhook.test"] {
+        for t in [
+            "endpoint.disabled",
+            "endpoint.enabled",
+            "delivery.failed",
+            "webhook.test",
+        ] {
             assert!(!reports_failure(t, &ended(true)), "{t}");
         }
         let late = Settled {

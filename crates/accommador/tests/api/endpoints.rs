@@ -333,7 +333,12 @@ async fn operational_event_types_are_taken_only_when_listed() {
     let created: Value = r.json().await.unwrap();
     assert_eq!(
         created["event_types"],
-        json!(["user.deleted", "endpoint.disabled", "endpoint.enabled", "delivery.failed"])
+        json!([
+            "user.deleted",
+            "endpoint.disabled",
+            "endpoint.enabled",
+            "delivery.failed"
+        ])
     );
     let path = format!("/v1/endpoints/{}", created["id"].as_str().unwrap());
     let r = app

@@ -82,7 +82,10 @@ async fn a_410_is_told_to_the_endpoints_that_listen_and_to_no_other() {
     rx.wait_for("/c", 1, WAIT).await;
     assert_eq!(delivered_types(&app, &t, &a.id).await, ["user.created"]);
     assert_eq!(delivered_types(&app, &t, &c.id).await, ["user.created"]);
-    assert_eq!(delivered_types(&app, &t, &b.id).await, ["endpoint.disabled"]);
+    assert_eq!(
+        delivered_types(&app, &t, &b.id).await,
+        ["endpoint.disabled"]
+    );
     assert_eq!(rx.received("/a").len(), 1);
     assert!(
         rx.received("/c")
@@ -282,7 +285,10 @@ async fn a_backlog_failed_in_bulk_is_not_told_as_failed_deliveries() {
         app.all_events(&t, "&type=delivery.failed").await.is_empty(),
         "bulk endings are not told"
     );
-    assert_eq!(delivered_types(&app, &t, &b.id).await, ["endpoint.disabled"]);
+    assert_eq!(
+        delivered_types(&app, &t, &b.id).await,
+        ["endpoint.disabled"]
+    );
     assert_eq!(rx.received("/b").len(), 1);
     assert_eq!(deliveries_of(&app, &t, &observer.id).await.len(), 1);
 }
@@ -337,15 +343,12 @@ async fn recover_creates_the_operational_events_an_endpoint_missed_but_none_abou
     let a_path = format!("/v1/endpoints/{}", a.id);
     let d_path = format!("/v1/endpoints/{}", d.id);
     // A is told nothing about itself; while it is disabled it misses D's disabling.
-    app.patch(&t, &a_path, &json!({"status": "disabled"}))
-        .await;
-    app.patch(&t, &d_path, &json!({"status": "disabled"}))
-        .await;
+    app.patch(&t, &a_path, &json!({"status": "disabled"})).await;
+    app.patch(&t, &d_path, &json!({"status": "disabled"})).await;
     let observer = endpoint(&app, &t, &rx.url("/observer"), None).await;
     settle_outbox(&app, &t, "after@example.com").await;
     rx.wait_for("/observer", 1, WAIT).await;
-    app.patch(&t, &a_path, &json!({"status": "enabled"}))
-        .await;
+    app.patch(&t, &a_path, &json!({"status": "enabled"})).await;
     assert_eq!(app.all_events(&t, "&type=endpoint.disabled").await.len(), 2);
 
     let r = app
@@ -362,7 +365,10 @@ async fn recover_creates_the_operational_events_an_endpoint_missed_but_none_abou
     let event = body_of(&got[0]);
     assert_eq!(event["type"], "endpoint.disabled");
     assert_eq!(event["data"]["endpoint"]["id"], d.id.as_str());
-    assert_eq!(delivered_types(&app, &t, &a.id).await, ["endpoint.disabled"]);
+    assert_eq!(
+        delivered_types(&app, &t, &a.id).await,
+        ["endpoint.disabled"]
+    );
     assert_eq!(deliveries_of(&app, &t, &a.id).await.len(), 1);
     assert_eq!(deliveries_of(&app, &t, &observer.id).await.len(), 1);
 }

@@ -286,8 +286,7 @@ impl SqliteStore {
             let mut last = cursor;
             let mut stopped_at: Option<String> = None;
             let mut taken = 0;
-            'events: for (i, (seq, event_id, org, event_type, about)) in events.iter().enumerate()
-            {
+            'events: for (i, (seq, event_id, org, event_type, about)) in events.iter().enumerate() {
                 taken += 1;
                 // Test events are delivered by the `test` call itself; unknown types by no one.
                 let Some(kind) = EventType::parse(event_type).filter(|t| fanned_out(*t)) else {
