@@ -50,12 +50,16 @@ async fn disable_endpoint(
                 "UPDATE endpoints SET status = 'disabled', disabled_reason = $2, updated_at = $3,
                      cancel_pending = true
                  WHERE id = $1
-                 RETURNING {ENDPOINT_COLUMNS}, org_id"
+                 RETURNING {ENDPOINT_COLUMNS}, org_id, deleted_at IS NULL"
             ),
             &[&endpoint_id, &reason, &now.millis()],
         )
         .await
         .map_err(pg_err)?;
+    // A deleted endpoint (an attempt that was in flight when it went) is not told about.
+    if !row.get::<_, bool>(9) {
+        return Ok(());
+    }
     let endpoint = endpoint_from_row(&row)?;
     let org: String = row.get(8);
     insert_operational_event(tx, &org, &OperationalEvent::endpoint_status(&endpoint, now)).await

@@ -93,6 +93,7 @@ fn disable_endpoint(
     )
     .and_then(|mut s| s.execute(params![endpoint_id, reason, now.millis()]))
     .map_err(db_err)?;
+    // A deleted endpoint (an attempt that was in flight when it went) is not told about.
     if let Some(endpoint) = live_endpoint(c, org, endpoint_id)? {
         insert_operational_event(c, org, &OperationalEvent::endpoint_status(&endpoint, now))?;
     }
