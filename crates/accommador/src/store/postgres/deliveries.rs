@@ -835,11 +835,11 @@ impl PgStore {
         let ids: Vec<String> = batch.iter().map(|b| b.0.clone()).collect();
         let mut endpoint_of: HashMap<String, String> = HashMap::new();
         let mut clock_set: HashMap<String, bool> = HashMap::new();
-        // (organization, event type) of each delivery, for `delivery.failed`.
-        let mut event_of: HashMap<String, (String, String)> = HashMap::new();
+        // The event type of each delivery, for `delivery.failed`.
+        let mut event_type_of: HashMap<String, String> = HashMap::new();
         for r in tx
             .fetch(
-                "SELECT d.id, d.endpoint_id, ep.failing_since IS NOT NULL, d.org_id, d.event_type
+                "SELECT d.id, d.endpoint_id, ep.failing_since IS NOT NULL, d.event_type
                  FROM deliveries d JOIN endpoints ep ON ep.id = d.endpoint_id
                  WHERE d.id = ANY($1)",
                 &[&ids],
@@ -849,7 +849,7 @@ impl PgStore {
         {
             endpoint_of.insert(r.get(0), r.get(1));
             clock_set.insert(r.get(1), r.get(2));
-            event_of.insert(r.get(0), (r.get(3), r.get(4)));
+            event_type_of.insert(r.get(0), r.get(3));
         }
         // An endpoint's row is written (and so locked first) when an attempt failed, or when
         // one succeeded while its failure clock runs. A success racing another instance's
@@ -935,9 +935,9 @@ impl PgStore {
                 settled.next_attempt_at,
                 i32::from(settled.spends_retry),
             );
-            if event_of
+            if event_type_of
                 .get(delivery_id)
-                .is_some_and(|(_, event_type)| reports_failure(event_type, &settled))
+                .is_some_and(|event_type| reports_failure(event_type, &settled))
             {
                 exhausted.push(delivery_id.clone());
             }
