@@ -372,3 +372,61 @@ async fn recover_creates_the_operational_events_an_endpoint_missed_but_none_abou
     assert_eq!(deliveries_of(&app, &t, &a.id).await.len(), 1);
     assert_eq!(deliveries_of(&app, &t, &observer.id).await.len(), 1);
 }
+
+#[tokio::test]
+async fn an_endpoint_failing_for_too_long_is_told_as_disabled_with_the_reason() {
+    // Ten retries 100 ms apart, disabled after failing for 250 ms: the schedule is not used
+    // up, so the delivery ends in bulk (`endpoint_disabled`), which is not told either.
+    let app = spawn_app_with(|s| {
+        s.retry_schedule = vec![ms(100); 10];
+        s.disable_after = ms(250);
+    })
+    .await;
+    let t = app.create_org("Acme").await;
+    let rx = Receiver::start().await;
+    rx.script("/a", (0..20).map(|_| Reply::status(500)).collect());
+    let a = endpoint(&app, &t, &rx.url("/a"), None).await;
+    let b = endpoint(
+        &app,
+        &t,
+        &rx.url("/b"),
+        Some(&["endpoint.disabled", "delivery.failed"]),
+    )
+    .await;
+    app.create_user(&t, json!({"email": "ada@example.com"}))
+        .await;
+
+    let got = rx.wait_for("/b", 1, WAIT).await;
+    verify(&b.secret, &got[0]);
+    let event = body_of(&got[0]);
+    assert_eq!(event["type"], "endpoint.disabled");
+    let described = &event["data"]["endpoint"];
+    assert_eq!(described["id"], a.id.as_str());
+    let shown = json_of(&app, &t, &format!("/v1/endpoints/{}", a.id)).await;
+    assert_eq!(shown["status"], "disabled");
+    assert_eq!(described["disabled_reason"], shown["disabled_reason"]);
+    assert!(
+        described["disabled_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("failing continuously since "),
+        "{event}"
+    );
+
+    eventually(
+        &app,
+        &t,
+        &format!("/v1/deliveries?endpoint_id={}", a.id),
+        |v| v["data"][0]["status"] == "failed",
+    )
+    .await;
+    let observer = endpoint(&app, &t, &rx.url("/observer"), None).await;
+    settle_outbox(&app, &t, "after@example.com").await;
+    rx.wait_for("/observer", 1, WAIT).await;
+    assert!(app.all_events(&t, "&type=delivery.failed").await.is_empty());
+    assert_eq!(
+        delivered_types(&app, &t, &b.id).await,
+        ["endpoint.disabled"]
+    );
+    assert_eq!(deliveries_of(&app, &t, &observer.id).await.len(), 1);
+}
