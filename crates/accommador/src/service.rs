@@ -315,11 +315,15 @@ impl Service {
         if let Some(url) = &patch.url {
             self.check_target(url).await?;
         }
-        let updated = self
+        let (updated, events) = self
             .store
             .update_endpoint(org.to_owned(), id.to_owned(), patch)
             .await?;
         self.delivery.endpoint_changed(id);
+        if events {
+            // `endpoint.disabled` / `endpoint.enabled` committed with the change.
+            self.delivery.events_committed();
+        }
         if updated.status == crate::domain::endpoint::EndpointStatus::Enabled {
             // Enabled (again): what it still has pending is due. A backlog whose background
             // failing was not finished when it was re-enabled is delivered.

@@ -206,6 +206,7 @@ fn start_workers(
         wakers.in_flight,
         wakers.changes,
         dispatcher_wake,
+        wakers.outbox,
         settings.delivery_concurrency,
         settings.endpoint_concurrency,
         settings.org_concurrency,

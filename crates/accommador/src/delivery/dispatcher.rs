@@ -110,6 +110,7 @@ impl Dispatcher {
         in_flight: InFlight,
         changes: EndpointChanges,
         wake_rx: mpsc::UnboundedReceiver<Wake>,
+        outbox: super::Outbox,
         global_bound: usize,
         per_endpoint: usize,
         per_org: usize,
@@ -124,7 +125,7 @@ impl Dispatcher {
         Dispatcher {
             rescan_every,
             last_rescan: std::time::Instant::now(),
-            recorder: spawn_recorder(store.clone(), policy.clone()),
+            recorder: spawn_recorder(store.clone(), policy.clone(), outbox),
             lease: Lease {
                 token: crate::domain::ids::new_id("lease_"),
                 millis: lease_millis,
@@ -735,7 +736,12 @@ const RECORD_BATCH: usize = 64;
 /// Records finished attempts in batches: whatever arrived while the previous batch was being
 /// written goes in the next one, so under load one commit acknowledges many attempts (a lost
 /// acknowledgement only causes a duplicate, which at-least-once allows).
-fn spawn_recorder(store: Store, policy: Arc<RetryPolicy>) -> mpsc::UnboundedSender<ToRecord> {
+/// When recording wrote operational events, fan-out is told.
+fn spawn_recorder(
+    store: Store,
+    policy: Arc<RetryPolicy>,
+    outbox: super::Outbox,
+) -> mpsc::UnboundedSender<ToRecord> {
     let (tx, mut rx) = mpsc::unbounded_channel::<ToRecord>();
     tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
@@ -751,6 +757,9 @@ fn spawn_recorder(store: Store, policy: Arc<RetryPolicy>) -> mpsc::UnboundedSend
                 .map(|t| ((t.delivery_id, t.lease_token, t.result), t.reply))
                 .unzip();
             let results = store.record_attempts(items, policy.clone()).await;
+            if results.iter().flatten().any(|r| r.events) {
+                outbox.committed();
+            }
             for (reply, result) in replies.into_iter().zip(results) {
                 let _ = reply.send(result);
             }

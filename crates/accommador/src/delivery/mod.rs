@@ -110,6 +110,24 @@ pub enum Wake {
     Rescan,
 }
 
+/// Tells fan-out that new events committed: here, and in other instances' workers
+/// (PostgreSQL). Used by the API side and by the attempt recorder, whose recording may write
+/// operational events (`endpoint.disabled`, `delivery.failed`).
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    fanout: Arc<Notify>,
+    announcer: Option<notify::Announcer>,
+}
+
+impl Outbox {
+    pub fn committed(&self) {
+        self.fanout.notify_one();
+        if let Some(a) = &self.announcer {
+            a.outbox();
+        }
+    }
+}
+
 /// How the API side wakes the delivery side. Cheap to clone; harmless when no workers run
 /// (`serve --no-worker`): the work waits in the database.
 #[derive(Debug, Clone)]
@@ -135,6 +153,8 @@ pub struct DeliveryWakers {
     pub changes: EndpointChanges,
     pub cancel: Arc<Notify>,
     pub announcer: Option<notify::Announcer>,
+    /// For the attempt recorder, whose recording may write operational events.
+    pub outbox: Outbox,
 }
 
 impl DeliveryHandle {
@@ -159,6 +179,10 @@ impl DeliveryHandle {
                 announcer: announcer.clone(),
             },
             DeliveryWakers {
+                outbox: Outbox {
+                    fanout: fanout.clone(),
+                    announcer: announcer.clone(),
+                },
                 fanout,
                 wake: rx,
                 wake_sender: tx,

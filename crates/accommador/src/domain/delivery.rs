@@ -196,6 +196,9 @@ pub struct Settled {
     /// (its attempt is logged, but its status, last status code and its endpoint's failure
     /// clock are left as they are).
     pub applies: bool,
+    /// A scheduled attempt failed with no step of the schedule left: the delivery ends
+    /// `failed` because its retries are used up (not for a 410, nor a failed manual attempt).
+    pub exhausted: bool,
 }
 
 /// The one rule, for both backends, for what an attempt does to its delivery. A delivery that
@@ -217,6 +220,7 @@ pub fn settle(
             next_attempt_at: None,
             spends_retry: false,
             applies: false,
+            exhausted: false,
         };
     }
     match policy.decide(facts, result, now, jitter) {
@@ -225,18 +229,23 @@ pub fn settle(
             next_attempt_at: None,
             spends_retry: false,
             applies: true,
+            exhausted: false,
         },
         Next::Failed => Settled {
             status: DeliveryStatus::Failed,
             next_attempt_at: None,
             spends_retry: false,
             applies: true,
+            exhausted: result.trigger == Trigger::Scheduled
+                && !result.gone()
+                && facts.retries_used as usize >= policy.schedule.len(),
         },
         Next::RetryAt { at, spends_retry } => Settled {
             status: DeliveryStatus::Pending,
             next_attempt_at: Some(at),
             spends_retry,
             applies: true,
+            exhausted: false,
         },
     }
 }
@@ -351,6 +360,58 @@ mod tests {
                 true
             )
         );
+    }
+
+    #[test]
+    fn only_a_scheduled_failure_past_the_last_step_exhausts_the_schedule() {
+        let spent = DeliveryFacts {
+            retries_used: 2,
+            resume_at: None,
+        };
+        let s = settle(
+            DeliveryStatus::Pending,
+            spent,
+            &failed(Some(500)),
+            &policy(),
+            NOW,
+            0.0,
+        );
+        assert_eq!(s.status, DeliveryStatus::Failed);
+        assert!(s.exhausted);
+        // Retries left, a 410, a failed manual attempt, or an already ended delivery: no.
+        let s = settle(
+            DeliveryStatus::Pending,
+            FRESH,
+            &failed(Some(500)),
+            &policy(),
+            NOW,
+            0.0,
+        );
+        assert!(!s.exhausted);
+        let s = settle(
+            DeliveryStatus::Pending,
+            FRESH,
+            &failed(Some(410)),
+            &policy(),
+            NOW,
+            0.0,
+        );
+        assert_eq!(s.status, DeliveryStatus::Failed);
+        assert!(!s.exhausted);
+        let mut manual = failed(Some(500));
+        manual.trigger = Trigger::Manual;
+        let s = settle(DeliveryStatus::Pending, spent, &manual, &policy(), NOW, 0.0);
+        assert_eq!(s.status, DeliveryStatus::Failed);
+        assert!(!s.exhausted);
+        let s = settle(
+            DeliveryStatus::Failed,
+            spent,
+            &failed(Some(500)),
+            &policy(),
+            NOW,
+            0.0,
+        );
+        assert!(!s.exhausted);
     }
 
     #[test]
@@ -532,19 +593,24 @@ pub struct DeliveryRecord {
 }
 
 impl DeliveryRecord {
+    /// The API shape, which is also the `delivery` of a `delivery.failed` event.
+    pub fn to_wire(&self) -> accommador_webhooks::Delivery {
+        accommador_webhooks::Delivery {
+            id: self.id.clone(),
+            event_id: self.event_id.clone(),
+            event_type: self.event_type.clone(),
+            endpoint_id: self.endpoint_id.clone(),
+            status: self.status.as_str().to_owned(),
+            attempt_count: self.attempt_count,
+            next_attempt_at: self.next_attempt_at.map(Timestamp::to_rfc3339),
+            last_status_code: self.last_status_code,
+            created_at: self.created_at.to_rfc3339(),
+            updated_at: self.updated_at.to_rfc3339(),
+        }
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "id": self.id,
-            "event_id": self.event_id,
-            "event_type": self.event_type,
-            "endpoint_id": self.endpoint_id,
-            "status": self.status.as_str(),
-            "attempt_count": self.attempt_count,
-            "next_attempt_at": self.next_attempt_at.map(Timestamp::to_rfc3339),
-            "last_status_code": self.last_status_code,
-            "created_at": self.created_at.to_rfc3339(),
-            "updated_at": self.updated_at.to_rfc3339(),
-        })
+        serde_json::to_value(self.to_wire()).expect("deliveries serialise")
     }
 }
 

@@ -45,11 +45,14 @@ impl EndpointUrl {
     }
 }
 
-/// The user event types an endpoint receives: a non-empty set, kept in a fixed order.
+/// The event types an endpoint receives: a non-empty set, kept in a fixed order. The default
+/// (and "all") is the user event types only; the operational types (`endpoint.*`,
+/// `delivery.failed`) are received only by endpoints that list them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventTypeFilter(Vec<EventType>);
 
 impl EventTypeFilter {
+    /// Every user event type (not the operational ones).
     pub fn all() -> EventTypeFilter {
         EventTypeFilter(EventType::USER_EVENTS.to_vec())
     }
@@ -66,19 +69,20 @@ impl EventTypeFilter {
     pub fn from_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
         let mut wanted = Vec::new();
         for name in names {
-            match EventType::parse(name).filter(|t| EventType::USER_EVENTS.contains(t)) {
+            match EventType::parse(name).filter(|t| EventType::SUBSCRIBABLE.contains(t)) {
                 Some(t) => wanted.push(t),
                 None => {
                     return Err(format!(
-                        "unknown event type {name:?} (use user.created, user.updated, user.deleted)"
+                        "unknown event type {name:?} (use user.created, user.updated, \
+                         user.deleted, endpoint.disabled, endpoint.enabled, delivery.failed)"
                     ));
                 }
             }
         }
         if wanted.is_empty() {
-            return Err("must list at least one event type (omit it for all)".into());
+            return Err("must list at least one event type (omit it for all user events)".into());
         }
-        let ordered = EventType::USER_EVENTS
+        let ordered = EventType::SUBSCRIBABLE
             .into_iter()
             .filter(|t| wanted.contains(t))
             .collect();
@@ -370,6 +374,24 @@ mod tests {
         assert!(EventTypeFilter::from_names(["user.exploded"]).is_err());
         assert!(EventTypeFilter::from_names(["webhook.test"]).is_err());
         assert!(EventTypeFilter::from_names([]).is_err());
+        let f =
+            EventTypeFilter::from_names(["delivery.failed", "user.created", "endpoint.disabled"])
+                .unwrap();
+        assert_eq!(
+            f.names(),
+            ["user.created", "endpoint.disabled", "delivery.failed"]
+        );
+    }
+
+    #[test]
+    fn the_default_subscription_is_the_user_events_only() {
+        let all = EventTypeFilter::all();
+        for t in EventType::OPERATIONAL_EVENTS {
+            assert!(!all.contains(t), "{t}");
+        }
+        for t in EventType::USER_EVENTS {
+            assert!(all.contains(t), "{t}");
+        }
     }
 
     #[test]

@@ -62,7 +62,8 @@ fn parse_filter(query: &QueryParams) -> Result<DeliveryFilter, ApiError> {
     {
         errors.push(FieldError::new(
             "event_type",
-            "must be user.created, user.updated, user.deleted or webhook.test",
+            "must be user.created, user.updated, user.deleted, endpoint.disabled, \
+             endpoint.enabled, delivery.failed or webhook.test",
         ));
     }
     if let Some(s) = text("status", &mut errors) {

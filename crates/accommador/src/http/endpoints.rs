@@ -47,7 +47,8 @@ fn secret_body(secret: &str) -> String {
 /// Create an endpoint
 ///
 /// Returns the endpoint with its signing secret (`whsec_…`). Without `event_types` it receives
-/// every user event.
+/// every user event; the operational events (`endpoint.disabled`, `endpoint.enabled`,
+/// `delivery.failed`) only when listed, and never one about itself.
 #[utoipa::path(post, path = "/v1/endpoints", tag = "endpoints",
     request_body = CreateEndpointRequest,
     responses(

@@ -8,7 +8,7 @@ use axum::routing::get;
 
 use super::error::ApiError;
 use super::extract::{Org, QueryParams};
-use super::openapi::{EventList, EventSchema, Problem, UserEventType};
+use super::openapi::{EventList, EventSchema, EventType as EventTypeSchema, Problem};
 use super::{AppState, json_response, list_body, parse_page};
 use crate::domain::FieldError;
 use crate::service::ServiceError;
@@ -33,7 +33,7 @@ pub fn router() -> axum::Router<AppState> {
 /// null.
 #[utoipa::path(get, path = "/v1/events", tag = "events",
     params(
-        ("type" = Option<UserEventType>, Query, description = "Only events of this type; empty: every type",
+        ("type" = Option<EventTypeSchema>, Query, description = "Only events of this type; empty: every type",
             extensions(("x-allow-empty-value" = json!(true)))),
         ("user_id" = Option<String>, Query, pattern = "^usr_[0-9A-HJKMNP-TV-Z]{26}$", description = "Only events about this user (`usr_…`; deleted users included); a value that names no user of this organization is refused (422); empty: every user",
             extensions(("x-allow-empty-value" = json!(true)))),
@@ -56,12 +56,13 @@ pub async fn list_events(
     let mut errors = Vec::new();
     let event_type = match query.get("type", &mut errors) {
         None | Some("") => None,
-        Some(t) => match EventType::parse(t).filter(|t| EventType::USER_EVENTS.contains(t)) {
+        Some(t) => match EventType::parse(t).filter(|t| EventType::SUBSCRIBABLE.contains(t)) {
             Some(t) => Some(t),
             None => {
                 errors.push(FieldError::new(
                     "type",
-                    "must be user.created, user.updated or user.deleted",
+                    "must be user.created, user.updated, user.deleted, endpoint.disabled, \
+                     endpoint.enabled or delivery.failed",
                 ));
                 None
             }

@@ -15,19 +15,28 @@ use utoipa::{Modify, OpenApi, ToSchema};
 /// it as OpenAPI's `allowEmptyValue: true`.
 pub const ALLOW_EMPTY_VALUE: &str = "x-allow-empty-value";
 
-/// A user event type: what endpoints subscribe to and `/v1/events` lists.
+/// An event type: what endpoints subscribe to and `/v1/events` lists. The `user.*` types are
+/// the user lifecycle (the default subscription); `endpoint.disabled`, `endpoint.enabled` and
+/// `delivery.failed` are operational: an endpoint receives them only when its `event_types`
+/// lists them, and never one about itself.
 #[derive(Debug, ToSchema)]
 #[allow(dead_code)]
-pub enum UserEventType {
+pub enum EventType {
     #[serde(rename = "user.created")]
     UserCreated,
     #[serde(rename = "user.updated")]
     UserUpdated,
     #[serde(rename = "user.deleted")]
     UserDeleted,
+    #[serde(rename = "endpoint.disabled")]
+    EndpointDisabled,
+    #[serde(rename = "endpoint.enabled")]
+    EndpointEnabled,
+    #[serde(rename = "delivery.failed")]
+    DeliveryFailed,
 }
 
-/// Any event type a delivery can carry: the user event types and `webhook.test`.
+/// Any event type a delivery can carry: the subscribable types and `webhook.test`.
 #[derive(Debug, ToSchema)]
 #[allow(dead_code)]
 pub enum DeliveryEventType {
@@ -37,6 +46,12 @@ pub enum DeliveryEventType {
     UserUpdated,
     #[serde(rename = "user.deleted")]
     UserDeleted,
+    #[serde(rename = "endpoint.disabled")]
+    EndpointDisabled,
+    #[serde(rename = "endpoint.enabled")]
+    EndpointEnabled,
+    #[serde(rename = "delivery.failed")]
+    DeliveryFailed,
     #[serde(rename = "webhook.test")]
     WebhookTest,
 }
@@ -204,6 +219,51 @@ pub struct UserEventDataSchema {
     previous_attributes: Option<Map<String, Value>>,
 }
 
+/// `data` of an `endpoint.disabled` or `endpoint.enabled` event.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct EndpointEventDataSchema {
+    endpoint: EndpointStateSchema,
+}
+
+/// The endpoint an `endpoint.*` event is about, after the change.
+#[derive(Debug, ToSchema)]
+#[schema(as = EndpointState)]
+#[allow(dead_code)]
+pub struct EndpointStateSchema {
+    /// `ep_…`
+    #[schema(pattern = "^ep_[0-9A-HJKMNP-TV-Z]{26}$")]
+    id: String,
+    url: String,
+    status: EndpointStatus,
+    /// Why it was disabled (through the API, `410 Gone`, or failing continuously); null on
+    /// `endpoint.enabled`.
+    disabled_reason: Option<String>,
+}
+
+/// `data` of a `delivery.failed` event: a delivery of a user event that used up its retry
+/// schedule (never one of an operational event, nor one failed in bulk because its endpoint
+/// was disabled or deleted).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct DeliveryEventDataSchema {
+    /// As `GET /v1/deliveries/{id}` showed it when it ended.
+    delivery: DeliverySchema,
+}
+
+/// `data`, by the event's `type`.
+#[derive(Debug, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum EventData {
+    /// `user.created`, `user.updated`, `user.deleted`.
+    User(UserEventDataSchema),
+    /// `endpoint.disabled`, `endpoint.enabled`.
+    Endpoint(EndpointEventDataSchema),
+    /// `delivery.failed`.
+    Delivery(DeliveryEventDataSchema),
+}
+
 /// An event: byte for byte the body of its webhook.
 #[derive(Debug, ToSchema)]
 #[schema(as = Event)]
@@ -213,11 +273,11 @@ pub struct EventSchema {
     #[schema(pattern = "^evt_[0-9A-HJKMNP-TV-Z]{26}$")]
     id: String,
     #[schema(rename = "type")]
-    r#type: UserEventType,
+    r#type: EventType,
     /// When the change committed (RFC 3339 UTC, milliseconds).
     #[schema(format = DateTime)]
     timestamp: String,
-    data: UserEventDataSchema,
+    data: EventData,
 }
 
 #[derive(Debug, ToSchema)]
@@ -260,9 +320,9 @@ pub struct EndpointSchema {
     #[schema(pattern = "^ep_[0-9A-HJKMNP-TV-Z]{26}$")]
     id: String,
     url: String,
-    /// The user event types it receives.
+    /// The event types it receives.
     #[schema(min_items = 1)]
-    event_types: Vec<UserEventType>,
+    event_types: Vec<EventType>,
     description: String,
     status: EndpointStatus,
     /// Why it was disabled; null while enabled.
@@ -281,7 +341,7 @@ pub struct EndpointCreated {
     id: String,
     url: String,
     #[schema(min_items = 1)]
-    event_types: Vec<UserEventType>,
+    event_types: Vec<EventType>,
     description: String,
     status: EndpointStatus,
     disabled_reason: Option<String>,
@@ -309,9 +369,10 @@ pub struct CreateEndpointRequest {
         pattern = "^[Hh][Tt][Tt][Pp][Ss]?://(?:[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*\\.)*[A-Za-z][A-Za-z0-9]*(?:-[A-Za-z0-9]+)*(?::(?:[0-9]{1,4}|[0-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?(?:[/?](?:[A-Za-z0-9._~!$&'()*+,;=:@/?-]|%[0-9A-Fa-f]{2})*)?$"
     )]
     url: String,
-    /// At least one; duplicates are ignored. Absent or null: every user event type.
+    /// At least one; duplicates are ignored. Absent or null: every user event type (the
+    /// operational types are received only when listed).
     #[schema(min_items = 1)]
-    event_types: Option<Vec<UserEventType>>,
+    event_types: Option<Vec<EventType>>,
     /// At most 1024 characters, without U+0000; absent or null: empty.
     #[schema(max_length = 1024, pattern = "^[^\\u0000]*$")]
     description: Option<String>,
@@ -329,9 +390,10 @@ pub struct UpdateEndpointRequest {
         pattern = "^[Hh][Tt][Tt][Pp][Ss]?://(?:[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*\\.)*[A-Za-z][A-Za-z0-9]*(?:-[A-Za-z0-9]+)*(?::(?:[0-9]{1,4}|[0-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?(?:[/?](?:[A-Za-z0-9._~!$&'()*+,;=:@/?-]|%[0-9A-Fa-f]{2})*)?$"
     )]
     url: Option<String>,
-    /// At least one; duplicates are ignored. Null: every user event type.
+    /// At least one; duplicates are ignored. Null: every user event type (the operational
+    /// types are received only when listed).
     #[schema(min_items = 1)]
-    event_types: Option<Vec<UserEventType>>,
+    event_types: Option<Vec<EventType>>,
     /// At most 1024 characters, without U+0000; null empties it.
     #[schema(max_length = 1024, pattern = "^[^\\u0000]*$")]
     description: Option<String>,

@@ -338,12 +338,14 @@ impl Store {
         }
     }
 
+    /// Applies a patch; the flag says whether it wrote an event (`endpoint.disabled` or
+    /// `endpoint.enabled`, committed with the change), so fan-out is woken.
     pub async fn update_endpoint(
         &self,
         org: String,
         id: String,
         patch: EndpointPatch,
-    ) -> Result<EndpointRecord, StoreError> {
+    ) -> Result<(EndpointRecord, bool), StoreError> {
         match self {
             Store::Sqlite(s) => s.update_endpoint(org, id, patch).await,
             Store::Postgres(s) => s.update_endpoint(org, id, patch).await,
@@ -731,6 +733,9 @@ pub struct Recorded {
     pub next_due: Option<Timestamp>,
     /// The attempt disabled its endpoint (410, or failing for too long).
     pub endpoint_disabled: bool,
+    /// Recording wrote operational events (`endpoint.disabled`, `delivery.failed`): fan-out
+    /// has work.
+    pub events: bool,
 }
 
 /// Most rows one list request reads from the index it walks. Filters that the index does not

@@ -43,7 +43,7 @@ use crate::domain::Timestamp;
 use crate::domain::endpoint::{
     EndpointPatch, EndpointRecord, EndpointStatus, EventTypeFilter, NewEndpoint, SECRET_OVERLAP_MS,
 };
-use crate::domain::event::NewEvent;
+use crate::domain::event::{NewEvent, OperationalEvent};
 use crate::domain::ids;
 use crate::domain::org::{NewApiKey, key_lookup, key_matches};
 use crate::domain::user::{NewUser, UserPatch, UserRecord, tombstone};
@@ -58,6 +58,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0007_fanout_partial.sql"),
     include_str!("../../migrations/postgres/0008_user_filter.sql"),
     include_str!("../../migrations/postgres/0009_retention_erasure.sql"),
+    include_str!("../../migrations/postgres/0012_operational_events.sql"),
 ];
 /// Most events numbered by one sequencer step.
 const SEQUENCE_STEP: i64 = 1000;
@@ -427,7 +428,7 @@ impl PgStore {
     /// Requests are served in batches, like a group commit: one sequencer step numbers every
     /// event committed before it started, so all requests that arrived while the previous
     /// step ran are answered by the next one (one lock, one commit for many writers).
-    async fn sequence_after_commit(&self) {
+    pub(super) async fn sequence_after_commit(&self) {
         let (done, numbered) = tokio::sync::oneshot::channel();
         // Waits for room while the queue is full.
         if self.sequencer.send(done).await.is_err() || numbered.await.is_err() {
@@ -733,19 +734,21 @@ impl PgStore {
         Ok(Page::from_fetched(items, limit))
     }
 
+    /// Applies a patch; also says whether it wrote an event (`endpoint.disabled` or
+    /// `endpoint.enabled`, in the same transaction as the change, numbered before this answers).
     pub async fn update_endpoint(
         &self,
         org: String,
         id: String,
         patch: EndpointPatch,
-    ) -> Result<EndpointRecord, StoreError> {
+    ) -> Result<(EndpointRecord, bool), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
         let e = live_endpoint(&tx, &org, &id, true)
             .await?
             .ok_or(StoreError::NotFound)?;
         let Some(next) = patch.apply(&e, Timestamp::now()) else {
-            return Ok(e);
+            return Ok((e, false));
         };
         tx.run(
             "UPDATE endpoints SET url = $1, event_types = $2, description = $3, status = $4,
@@ -768,8 +771,17 @@ impl PgStore {
         .map_err(pg_err)?;
         // Disabled: its pending deliveries are failed in the background, in bounded batches
         // (`cancel_step`); none is leased from now on.
+        let event = OperationalEvent::for_endpoint_change(&e, &next);
+        if let Some(event) = &event {
+            insert_operational_event(&tx, &org, event).await?;
+        }
         tx.commit().await.map_err(pg_err)?;
-        Ok(next)
+        if event.is_some() {
+            // The connection goes back first: sequencing takes one of its own.
+            drop(client);
+            self.sequence_after_commit().await;
+        }
+        Ok((next, event.is_some()))
     }
 
     pub async fn delete_endpoint(&self, org: String, id: String) -> Result<(), StoreError> {
@@ -1097,14 +1109,38 @@ async fn insert_event(tx: &Transaction<'_>, org: &str, e: &NewEvent) -> Result<(
     .map_err(pg_err)
 }
 
-const ENDPOINT_COLUMNS: &str =
+/// Writes an operational event; fan-out sends it to the endpoints that list its type, except
+/// the one it is about. Numbered by the sequencer after the commit, like every event.
+pub(super) async fn insert_operational_event(
+    tx: &Transaction<'_>,
+    org: &str,
+    e: &OperationalEvent,
+) -> Result<(), StoreError> {
+    tx.run(
+        "INSERT INTO events (id, org_id, type, about_endpoint, occurred_at, payload)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        &[
+            &e.id,
+            &org,
+            &e.event_type.as_str(),
+            &e.about_endpoint,
+            &e.occurred_at.millis(),
+            &e.payload,
+        ],
+    )
+    .await
+    .map(|_| ())
+    .map_err(pg_err)
+}
+
+pub(super) const ENDPOINT_COLUMNS: &str =
     "id, url, event_types, description, status, disabled_reason, created_at, updated_at";
 
 fn event_types_json(f: &EventTypeFilter) -> String {
     serde_json::to_string(&f.names()).expect("names serialise")
 }
 
-fn endpoint_from_row(r: &Row) -> Result<EndpointRecord, StoreError> {
+pub(super) fn endpoint_from_row(r: &Row) -> Result<EndpointRecord, StoreError> {
     let types: String = r.get(2);
     let names: Vec<String> = serde_json::from_str(&types).map_err(StoreError::database)?;
     let status: String = r.get(4);

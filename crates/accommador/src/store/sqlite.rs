@@ -40,7 +40,7 @@ use crate::domain::Timestamp;
 use crate::domain::endpoint::{
     EndpointPatch, EndpointRecord, EndpointStatus, EventTypeFilter, NewEndpoint, SECRET_OVERLAP_MS,
 };
-use crate::domain::event::NewEvent;
+use crate::domain::event::{NewEvent, OperationalEvent};
 use crate::domain::ids;
 use crate::domain::org::{NewApiKey, key_lookup, key_matches};
 use crate::domain::user::{NewUser, UserPatch, UserRecord, tombstone};
@@ -60,6 +60,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0005_fanout_partial.sql"),
     include_str!("../../migrations/sqlite/0006_user_filter.sql"),
     include_str!("../../migrations/sqlite/0007_retention_erasure.sql"),
+    include_str!("../../migrations/sqlite/0010_operational_events.sql"),
 ];
 
 mod deliveries;
@@ -563,16 +564,18 @@ impl SqliteStore {
         .await
     }
 
+    /// Applies a patch; also says whether it wrote an event (`endpoint.disabled` or
+    /// `endpoint.enabled`, in the same transaction as the change).
     pub async fn update_endpoint(
         &self,
         org: String,
         id: String,
         patch: EndpointPatch,
-    ) -> Result<EndpointRecord, StoreError> {
+    ) -> Result<(EndpointRecord, bool), StoreError> {
         self.write(move |c| {
             let e = live_endpoint(c, &org, &id)?.ok_or(StoreError::NotFound)?;
             let Some(next) = patch.apply(&e, Timestamp::now()) else {
-                return Ok(e);
+                return Ok((e, false));
             };
             c.prepare_cached(
                 "UPDATE endpoints SET url = ?1, event_types = ?2, description = ?3, status = ?4,
@@ -596,7 +599,11 @@ impl SqliteStore {
             .map_err(db_err)?;
             // Disabled: its pending deliveries are failed in the background, in bounded
             // batches (`cancel_step`); none is handed out from now on.
-            Ok(next)
+            let event = OperationalEvent::for_endpoint_change(&e, &next);
+            if let Some(event) = &event {
+                insert_operational_event(c, &org, event)?;
+            }
+            Ok((next, event.is_some()))
         })
         .await
     }
@@ -998,6 +1005,31 @@ fn insert_event(c: &Connection, org: &str, e: &NewEvent) -> Result<(), StoreErro
             e.event_type.as_str(),
             e.user_id,
             e.user_version,
+            e.occurred_at.millis(),
+            e.payload
+        ])
+    })
+    .map(|_| ())
+    .map_err(db_err)
+}
+
+/// Writes an operational event; fan-out sends it to the endpoints that list its type, except
+/// the one it is about.
+pub(super) fn insert_operational_event(
+    c: &Connection,
+    org: &str,
+    e: &OperationalEvent,
+) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "INSERT INTO events (id, org_id, type, about_endpoint, occurred_at, payload)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            e.id,
+            org,
+            e.event_type.as_str(),
+            e.about_endpoint,
             e.occurred_at.millis(),
             e.payload
         ])

@@ -91,6 +91,10 @@ async fn bad_endpoints_are_422_with_the_field_named() {
             vec!["event_types"],
         ),
         (
+            json!({"url": "https://a.example/", "event_types": ["webhook.test"]}),
+            vec!["event_types"],
+        ),
+        (
             json!({"url": "https://a.example/", "event_types": "user.created"}),
             vec!["event_types"],
         ),
@@ -310,4 +314,60 @@ async fn another_organization_cannot_see_or_touch_an_endpoint() {
         .await
         .unwrap();
     assert_eq!(secret["secret"], e["secret"]);
+}
+
+#[tokio::test]
+async fn operational_event_types_are_taken_only_when_listed() {
+    let app = spawn_app().await;
+    let t = app.create_org("Acme").await;
+    let r = app
+        .post(
+            &t,
+            "/v1/endpoints",
+            &json!({"url": "https://ops.example/h",
+                    "event_types": ["delivery.failed", "endpoint.enabled", "user.deleted",
+                                    "endpoint.disabled"]}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let created: Value = r.json().await.unwrap();
+    assert_eq!(
+        created["event_types"],
+        json!([
+            "user.deleted",
+            "endpoint.disabled",
+            "endpoint.enabled",
+            "delivery.failed"
+        ])
+    );
+    let path = format!("/v1/endpoints/{}", created["id"].as_str().unwrap());
+    let r = app
+        .patch(&t, &path, &json!({"event_types": ["endpoint.disabled"]}))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let updated: Value = r.json().await.unwrap();
+    assert_eq!(updated["event_types"], json!(["endpoint.disabled"]));
+    // null (like an absent list on create) means the user events, never the operational ones.
+    let r = app.patch(&t, &path, &json!({"event_types": null})).await;
+    let updated: Value = r.json().await.unwrap();
+    assert_eq!(
+        updated["event_types"],
+        json!(["user.created", "user.updated", "user.deleted"])
+    );
+
+    // The events list filters by them; the test type is not listed, so not a filter.
+    for kind in ["endpoint.disabled", "endpoint.enabled", "delivery.failed"] {
+        let r = app.get(&t, &format!("/v1/events?type={kind}")).await;
+        assert_eq!(r.status(), StatusCode::OK, "{kind}");
+        let r = app
+            .get(&t, &format!("/v1/deliveries?event_type={kind}"))
+            .await;
+        assert_eq!(r.status(), StatusCode::OK, "{kind}");
+    }
+    let p = problem(
+        app.get(&t, "/v1/events?type=webhook.test").await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(error_fields(&p), ["type"]);
 }

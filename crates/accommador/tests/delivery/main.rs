@@ -10,6 +10,7 @@ mod guard;
 #[allow(dead_code)]
 mod helpers;
 mod lifetime;
+mod operational;
 #[allow(dead_code)] // shared with tests/postgres, which uses more of it
 mod receiver;
 #[path = "../common/spawn.rs"]

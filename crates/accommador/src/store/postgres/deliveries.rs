@@ -14,12 +14,16 @@ use std::sync::Arc;
 use accommador_webhooks::EventType;
 use deadpool_postgres::Transaction;
 
-use super::{Cached, PgStore, conversion, live_endpoint, pg_err, walk_rows};
+use super::{
+    Cached, ENDPOINT_COLUMNS, PgStore, conversion, endpoint_from_row, insert_operational_event,
+    live_endpoint, pg_err, walk_rows,
+};
 use crate::domain::delivery::{
     AttemptRecord, AttemptResult, DeliveryFacts, DeliveryRecord, DeliveryStatus, ErrorClass,
     RetryPolicy, Trigger, disable_reason, failing_since, settle,
 };
 use crate::domain::endpoint::{EndpointStatus, EventTypeFilter};
+use crate::domain::event::{OperationalEvent, fanned_out, reports_failure};
 use crate::domain::{Timestamp, ids};
 use crate::store::{
     CANCEL_BATCH, CancelStep, DeliveryFilter, DeliveryStats, DeliveryWalk, DueDelivery, FanOut,
@@ -32,23 +36,33 @@ const FANOUT_EVENTS: i64 = 256;
 /// so it never holds the cursor's lock, or its endpoints' share locks, long.
 const FANOUT_DELIVERIES: usize = 1_000;
 
-/// Disables an endpoint; its pending deliveries are then failed in the background, in bounded
-/// batches ([`PgStore::cancel_step`]).
+/// Disables an endpoint and writes its `endpoint.disabled` event; its pending deliveries are
+/// then failed in the background, in bounded batches ([`PgStore::cancel_step`]).
 async fn disable_endpoint(
     tx: &Transaction<'_>,
     endpoint_id: &str,
     reason: &str,
     now: Timestamp,
 ) -> Result<(), StoreError> {
-    tx.run(
-        "UPDATE endpoints SET status = 'disabled', disabled_reason = $2, updated_at = $3,
-             cancel_pending = true
-         WHERE id = $1",
-        &[&endpoint_id, &reason, &now.millis()],
-    )
-    .await
-    .map_err(pg_err)?;
-    Ok(())
+    let row = tx
+        .fetch_one(
+            &format!(
+                "UPDATE endpoints SET status = 'disabled', disabled_reason = $2, updated_at = $3,
+                     cancel_pending = true
+                 WHERE id = $1
+                 RETURNING {ENDPOINT_COLUMNS}, org_id, deleted_at IS NULL"
+            ),
+            &[&endpoint_id, &reason, &now.millis()],
+        )
+        .await
+        .map_err(pg_err)?;
+    // A deleted endpoint (an attempt that was in flight when it went) is not told about.
+    if !row.get::<_, bool>(9) {
+        return Ok(());
+    }
+    let endpoint = endpoint_from_row(&row)?;
+    let org: String = row.get(8);
+    insert_operational_event(tx, &org, &OperationalEvent::endpoint_status(&endpoint, now)).await
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -259,7 +273,7 @@ impl PgStore {
                 "WITH cursor AS (SELECT last_commit_seq, partial_endpoint FROM fanout_cursor
                                  WHERE id = 1 FOR UPDATE)
                  SELECT e.seq, e.id, e.org_id, e.type, e.commit_seq,
-                        (SELECT partial_endpoint FROM cursor)
+                        (SELECT partial_endpoint FROM cursor), e.about_endpoint
                  FROM events e
                  WHERE e.commit_seq > (SELECT last_commit_seq FROM cursor)
                  ORDER BY e.commit_seq LIMIT $1",
@@ -307,9 +321,7 @@ impl PgStore {
         let first_seq: i64 = events[0].get(0);
         let seqs: Vec<i64> = events
             .iter()
-            .filter(|r| {
-                EventType::parse(r.get(3)).is_some_and(|t| EventType::USER_EVENTS.contains(&t))
-            })
+            .filter(|r| EventType::parse(r.get(3)).is_some_and(fanned_out))
             .map(|r| r.get(0))
             .collect();
         // Each event's endpoints: enabled, and created before the event committed (their
@@ -355,10 +367,15 @@ impl PgStore {
         'events: for (i, event) in events.iter().enumerate() {
             let seq: i64 = event.get(0);
             let event_type: String = event.get(3);
+            // An operational event is never sent to the endpoint it is about.
+            let about: Option<&str> = event.get(6);
             let mut done_up_to = if i == 0 { partial.clone() } else { None };
             if let Some(kind) = EventType::parse(&event_type) {
                 for pair in pairs_of.get(&seq).map(Vec::as_slice).unwrap_or_default() {
                     let endpoint_id: String = pair.get(1);
+                    if about == Some(endpoint_id.as_str()) {
+                        continue;
+                    }
                     if !filters.contains_key(&endpoint_id) {
                         let names: Vec<String> = serde_json::from_str(pair.get::<_, &str>(2))
                             .map_err(StoreError::database)?;
@@ -818,9 +835,11 @@ impl PgStore {
         let ids: Vec<String> = batch.iter().map(|b| b.0.clone()).collect();
         let mut endpoint_of: HashMap<String, String> = HashMap::new();
         let mut clock_set: HashMap<String, bool> = HashMap::new();
+        // The event type of each delivery, for `delivery.failed`.
+        let mut event_type_of: HashMap<String, String> = HashMap::new();
         for r in tx
             .fetch(
-                "SELECT d.id, d.endpoint_id, ep.failing_since IS NOT NULL
+                "SELECT d.id, d.endpoint_id, ep.failing_since IS NOT NULL, d.event_type
                  FROM deliveries d JOIN endpoints ep ON ep.id = d.endpoint_id
                  WHERE d.id = ANY($1)",
                 &[&ids],
@@ -830,6 +849,7 @@ impl PgStore {
         {
             endpoint_of.insert(r.get(0), r.get(1));
             clock_set.insert(r.get(1), r.get(2));
+            event_type_of.insert(r.get(0), r.get(3));
         }
         // An endpoint's row is written (and so locked first) when an attempt failed, or when
         // one succeeded while its failure clock runs. A success racing another instance's
@@ -875,6 +895,8 @@ impl PgStore {
         let mut out: Vec<Result<Recorded, StoreError>> = Vec::with_capacity(batch.len());
         // Per touched endpoint: (started_at, succeeded, gone) of its recorded attempts.
         let mut outcomes: HashMap<String, Vec<(i64, bool, bool)>> = HashMap::new();
+        // Deliveries of user events whose schedule this batch used up: `delivery.failed`.
+        let mut exhausted: Vec<String> = Vec::new();
         for (delivery_id, lease_token, result) in batch {
             let Some(row) = current.remove(delivery_id) else {
                 out.push(Err(StoreError::NotFound));
@@ -897,6 +919,7 @@ impl PgStore {
                 out.push(Ok(Recorded {
                     next_due: None,
                     endpoint_disabled: false,
+                    events: false,
                 }));
                 continue;
             }
@@ -912,6 +935,12 @@ impl PgStore {
                 settled.next_attempt_at,
                 i32::from(settled.spends_retry),
             );
+            if event_type_of
+                .get(delivery_id)
+                .is_some_and(|event_type| reports_failure(event_type, &settled))
+            {
+                exhausted.push(delivery_id.clone());
+            }
             attempts.push(delivery_id, number, result);
             updates.push(
                 delivery_id,
@@ -935,11 +964,31 @@ impl PgStore {
             out.push(Ok(Recorded {
                 next_due: next_at,
                 endpoint_disabled: false,
+                events: false,
             }));
         }
         if !attempts.delivery_id.is_empty() {
             attempts.insert(&tx).await?;
             updates.apply(&tx, now).await?;
+        }
+        // Each as `GET /v1/deliveries/{id}` now shows it, in the same transaction.
+        if !exhausted.is_empty() {
+            for r in tx
+                .fetch(
+                    &format!(
+                        "SELECT {DELIVERY_COLUMNS}, org_id FROM deliveries
+                         WHERE id = ANY($1) ORDER BY id"
+                    ),
+                    &[&exhausted],
+                )
+                .await
+                .map_err(pg_err)?
+            {
+                let delivery = delivery_from_row(&r)?;
+                let org: String = r.get(10);
+                insert_operational_event(&tx, &org, &OperationalEvent::delivery_failed(&delivery))
+                    .await?;
+            }
         }
 
         // Failure clocks, in the order the attempts started: a success stops the clock, the
@@ -986,6 +1035,15 @@ impl PgStore {
                     r.next_due = None;
                     r.endpoint_disabled = true;
                 }
+            }
+        }
+        if !disabled.is_empty() || !exhausted.is_empty() {
+            // Operational events were written: numbered now (the connection goes back first,
+            // sequencing takes one of its own), and fan-out is told through `events`.
+            drop(client);
+            self.sequence_after_commit().await;
+            for r in out.iter_mut().flatten() {
+                r.events = true;
             }
         }
         Ok(out)
@@ -1338,6 +1396,7 @@ impl PgStore {
                    AND NOT pg_visible_in_snapshot(e.xid, ep.created_snapshot)
                    AND e.occurred_at >= $2 AND e.occurred_at < $3
                    AND e.type <> 'webhook.test'
+                   AND e.about_endpoint IS DISTINCT FROM $4
                    AND e.commit_seq IS NOT NULL
                    AND NOT EXISTS (SELECT 1 FROM deliveries d
                                    WHERE d.event_id = e.id AND d.endpoint_id = $4)

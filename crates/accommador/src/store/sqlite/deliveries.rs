@@ -11,12 +11,15 @@ use std::sync::Arc;
 use accommador_webhooks::EventType;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{SqliteStore, cursor_seq, db_err, known_in_org, live_endpoint};
+use super::{
+    SqliteStore, cursor_seq, db_err, insert_operational_event, known_in_org, live_endpoint,
+};
 use crate::domain::delivery::{
     AttemptRecord, AttemptResult, DeliveryFacts, DeliveryRecord, DeliveryStatus, ErrorClass,
     RetryPolicy, Trigger, disable_reason, failing_since, settle,
 };
 use crate::domain::endpoint::{EndpointStatus, EventTypeFilter};
+use crate::domain::event::{OperationalEvent, fanned_out, reports_failure};
 use crate::domain::{Timestamp, ids};
 use crate::store::{
     CANCEL_BATCH, CancelStep, DeliveryFilter, DeliveryStats, DeliveryWalk, DueDelivery, FanOut,
@@ -74,10 +77,11 @@ fn fail_pending(
     Ok(ids.len())
 }
 
-/// Disables an endpoint; its pending deliveries are then failed in the background, in bounded
-/// batches ([`SqliteStore::cancel_step`]).
+/// Disables an endpoint and writes its `endpoint.disabled` event; its pending deliveries are
+/// then failed in the background, in bounded batches ([`SqliteStore::cancel_step`]).
 fn disable_endpoint(
     c: &Connection,
+    org: &str,
     endpoint_id: &str,
     reason: &str,
     now: Timestamp,
@@ -89,6 +93,10 @@ fn disable_endpoint(
     )
     .and_then(|mut s| s.execute(params![endpoint_id, reason, now.millis()]))
     .map_err(db_err)?;
+    // A deleted endpoint (an attempt that was in flight when it went) is not told about.
+    if let Some(endpoint) = live_endpoint(c, org, endpoint_id)? {
+        insert_operational_event(c, org, &OperationalEvent::endpoint_status(&endpoint, now))?;
+    }
     Ok(())
 }
 
@@ -256,13 +264,15 @@ impl SqliteStore {
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .map_err(db_err)?;
-            let events: Vec<(i64, String, String, String)> = c
+            type EventRow = (i64, String, String, String, Option<String>);
+            let events: Vec<EventRow> = c
                 .prepare_cached(
-                    "SELECT seq, id, org_id, type FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                    "SELECT seq, id, org_id, type, about_endpoint FROM events
+                     WHERE seq > ?1 ORDER BY seq LIMIT ?2",
                 )
                 .and_then(|mut s| {
                     s.query_map(params![cursor, FANOUT_EVENTS], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
                     })?
                     .collect()
                 })
@@ -277,12 +287,10 @@ impl SqliteStore {
             let mut last = cursor;
             let mut stopped_at: Option<String> = None;
             let mut taken = 0;
-            'events: for (i, (seq, event_id, org, event_type)) in events.iter().enumerate() {
+            'events: for (i, (seq, event_id, org, event_type, about)) in events.iter().enumerate() {
                 taken += 1;
                 // Test events are delivered by the `test` call itself; unknown types by no one.
-                let Some(kind) =
-                    EventType::parse(event_type).filter(|t| EventType::USER_EVENTS.contains(t))
-                else {
+                let Some(kind) = EventType::parse(event_type).filter(|t| fanned_out(*t)) else {
                     last = *seq;
                     continue;
                 };
@@ -298,6 +306,7 @@ impl SqliteStore {
                         .is_some_and(|p| endpoint_id.as_str() <= p)
                         || !filter.contains(kind)
                         || *after_seq >= *seq
+                        || about.as_deref() == Some(endpoint_id.as_str())
                     {
                         continue;
                     }
@@ -461,24 +470,29 @@ impl SqliteStore {
             let now = Timestamp::now();
             let row = c
                 .prepare_cached(
-                    "SELECT endpoint_id, status, attempt_count, retries_used, resume_at
+                    "SELECT endpoint_id, status, attempt_count, retries_used, resume_at, org_id,
+                            event_type
                      FROM deliveries WHERE id = ?1",
                 )
                 .and_then(|mut s| {
                     s.query_row([&delivery_id], |r| {
                         Ok((
-                            r.get::<_, String>(0)?,
-                            r.get::<_, String>(1)?,
-                            r.get::<_, u32>(2)?,
-                            r.get::<_, u32>(3)?,
-                            r.get::<_, Option<i64>>(4)?,
+                            (
+                                r.get::<_, String>(0)?,
+                                r.get::<_, String>(1)?,
+                                r.get::<_, u32>(2)?,
+                                r.get::<_, u32>(3)?,
+                                r.get::<_, Option<i64>>(4)?,
+                            ),
+                            (r.get::<_, String>(5)?, r.get::<_, String>(6)?),
                         ))
                     })
                     .optional()
                 })
                 .map_err(db_err)?
                 .ok_or(StoreError::NotFound)?;
-            let (endpoint_id, status, attempt_count, retries_used, resume_at) = row;
+            let ((endpoint_id, status, attempt_count, retries_used, resume_at), (org, event_type)) =
+                row;
             let number = attempt_count + 1;
             insert_attempt(c, &delivery_id, number, &result)?;
 
@@ -516,7 +530,15 @@ impl SqliteStore {
                 return Ok(Recorded {
                     next_due: None,
                     endpoint_disabled: false,
+                    events: false,
                 });
+            }
+            let mut events = false;
+            if reports_failure(&event_type, &settled) {
+                let delivery =
+                    get_delivery_row(c, &org, &delivery_id)?.ok_or(StoreError::NotFound)?;
+                insert_operational_event(c, &org, &OperationalEvent::delivery_failed(&delivery))?;
+                events = true;
             }
 
             // The endpoint's failure clock (the same rules as PostgreSQL's batches, in
@@ -543,13 +565,15 @@ impl SqliteStore {
                 }
                 if enabled && let Some(reason) = disable_reason(result.gone(), since, &policy, now)
                 {
-                    disable_endpoint(c, &endpoint_id, &reason, now)?;
+                    disable_endpoint(c, &org, &endpoint_id, &reason, now)?;
                     endpoint_disabled = true;
+                    events = true;
                 }
             }
             Ok(Recorded {
                 next_due: if endpoint_disabled { None } else { next_at },
                 endpoint_disabled,
+                events,
             })
         })
         .await
@@ -744,6 +768,7 @@ impl SqliteStore {
                      WHERE e.org_id = ?1 AND e.seq > ?2
                        AND e.occurred_at >= ?3 AND e.occurred_at < ?4
                        AND e.type <> 'webhook.test'
+                       AND (e.about_endpoint IS NULL OR e.about_endpoint <> ?5)
                        AND NOT EXISTS (SELECT 1 FROM deliveries d
                                        WHERE d.event_id = e.id AND d.endpoint_id = ?5)
                      ORDER BY e.seq",
