@@ -42,7 +42,7 @@ use crate::domain::endpoint::{
 };
 use crate::domain::event::NewEvent;
 use crate::domain::ids;
-use crate::domain::org::{NewApiKey, key_lookup, key_matches};
+use crate::domain::org::NewApiKey;
 use crate::domain::user::{NewUser, UserPatch, UserRecord, tombstone};
 
 /// Most jobs committed in one transaction.
@@ -59,9 +59,11 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0004_cancel_pending.sql"),
     include_str!("../../migrations/sqlite/0005_fanout_partial.sql"),
     include_str!("../../migrations/sqlite/0006_user_filter.sql"),
+    include_str!("../../migrations/sqlite/0008_api_key_names.sql"),
 ];
 
 mod deliveries;
+mod keys;
 #[cfg(test)]
 mod list_plans;
 
@@ -240,32 +242,6 @@ impl SqliteStore {
                 name,
                 api_key: key.plain,
             })
-        })
-        .await
-    }
-
-    pub async fn authenticate(&self, presented: String) -> Result<Option<String>, StoreError> {
-        let Some(lookup) = key_lookup(&presented).map(str::to_owned) else {
-            return Ok(None);
-        };
-        self.read(move |c| {
-            let mut stmt = c
-                .prepare_cached(
-                    "SELECT org_id, hash FROM api_keys WHERE lookup = ?1 AND revoked_at IS NULL",
-                )
-                .map_err(db_err)?;
-            let rows = stmt
-                .query_map([lookup], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
-                })
-                .map_err(db_err)?;
-            for row in rows {
-                let (org, hash) = row.map_err(db_err)?;
-                if key_matches(&presented, &hash) {
-                    return Ok(Some(org));
-                }
-            }
-            Ok(None)
         })
         .await
     }
