@@ -100,6 +100,39 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// The first column of the first row of `sql` (the same statement on both backends, `?`
+    /// for nothing: it takes no parameters), read straight from the database, e.g. a count.
+    #[allow(dead_code)] // used by the API tests only
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        match &self.postgres {
+            None => {
+                let path = self.url.trim_start_matches("sqlite://").to_owned();
+                let sql = sql.to_owned();
+                tokio::task::spawn_blocking(move || {
+                    let conn = rusqlite::Connection::open(path)?;
+                    conn.busy_timeout(Duration::from_secs(60))?;
+                    conn.query_row(&sql, [], |r| r.get::<_, i64>(0))
+                })
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("test query on SQLite failed: {e}"))
+            }
+            Some(_) => {
+                let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                client
+                    .query_one(sql, &[])
+                    .await
+                    .unwrap_or_else(|e| panic!("test query on PostgreSQL failed: {e}\n{sql}"))
+                    .get::<_, i64>(0)
+            }
+        }
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         if let Some((admin, name)) = self.postgres.take() {
