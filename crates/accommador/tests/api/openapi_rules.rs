@@ -1084,9 +1084,11 @@ async fn every_list_states_its_paging_rules() {
     assert_eq!(
         listed,
         [
+            "GET /v1/api-keys",
             "GET /v1/deliveries",
             "GET /v1/endpoints",
             "GET /v1/events",
+            "GET /v1/organizations",
             "GET /v1/users"
         ],
         "the paged lists"

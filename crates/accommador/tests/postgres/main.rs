@@ -1117,3 +1117,107 @@ async fn a_key_still_running_on_another_instance_is_409_then_free() {
     let users = list_all(&client, &server, &key, "/v1/users").await;
     assert_eq!(users.len(), 1);
 }
+
+/// Polls `path` on `server` with `key` until it answers 401; how long that took from `since`.
+async fn until_unauthorized(
+    client: &Client,
+    server: &Server,
+    key: &str,
+    since: std::time::Instant,
+) -> Duration {
+    loop {
+        let status = client
+            .get(server.url("/v1/users"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == StatusCode::UNAUTHORIZED {
+            return since.elapsed();
+        }
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "still accepted after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_revoked_key_is_refused_at_once_where_revoked_and_within_5_s_on_another_instance() {
+    if !postgres_configured() {
+        return;
+    }
+    let db = TestDb::new().await;
+    let (a, b) = tokio::join!(Server::start(&db.url), Server::start(&db.url));
+    let client = Client::new();
+    let (org, first) = create_org_with_id(&client, &a).await;
+    let second: Value = client
+        .post(a.url("/v1/api-keys"))
+        .bearer_auth(&first)
+        .json(&json!({"name": "second"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let second_key = second["api_key"].as_str().unwrap();
+    // Both instances have just seen the first key authenticate: it is in both key caches.
+    for server in [&a, &b] {
+        let r = client
+            .get(server.url("/v1/users"))
+            .bearer_auth(&first)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let keys: Value = client
+        .get(a.url("/v1/api-keys"))
+        .bearer_auth(second_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let first_id = keys["data"][0]["id"].as_str().unwrap();
+    let r = client
+        .delete(a.url(&format!("/v1/api-keys/{first_id}")))
+        .bearer_auth(second_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let revoked = std::time::Instant::now();
+    let on_a = until_unauthorized(&client, &a, &first, revoked).await;
+    assert!(on_a < Duration::from_secs(1), "A took {on_a:?}");
+    let on_b = until_unauthorized(&client, &b, &first, revoked).await;
+    assert!(on_b < Duration::from_secs(5), "B took {on_b:?}");
+
+    // A deleted organization's keys likewise, on the instance that deleted it and the other.
+    for server in [&a, &b] {
+        let r = client
+            .get(server.url("/v1/users"))
+            .bearer_auth(second_key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let r = client
+        .delete(a.url(&format!("/v1/organizations/{org}")))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let deleted = std::time::Instant::now();
+    let on_a = until_unauthorized(&client, &a, second_key, deleted).await;
+    assert!(on_a < Duration::from_secs(1), "A took {on_a:?}");
+    let on_b = until_unauthorized(&client, &b, second_key, deleted).await;
+    assert!(on_b < Duration::from_secs(5), "B took {on_b:?}");
+}
