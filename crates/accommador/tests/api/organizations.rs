@@ -40,14 +40,7 @@ async fn listed_orgs(app: &TestApp) -> Vec<String> {
         assert_eq!(r.status(), StatusCode::OK);
         let page: Value = r.json().await.unwrap();
         for org in page["data"].as_array().unwrap() {
-            let mut fields: Vec<&str> = org
-                .as_object()
-                .unwrap()
-                .keys()
-                .map(|k| k.as_str())
-                .collect();
-            fields.sort();
-            assert_eq!(fields, ["created_at", "id", "name"]);
+            assert_eq!(field_names(org), ["created_at", "id", "name"]);
             ids.push(org["id"].as_str().unwrap().to_owned());
         }
         match page["next_cursor"].as_str() {

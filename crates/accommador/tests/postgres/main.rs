@@ -1118,7 +1118,18 @@ async fn a_key_still_running_on_another_instance_is_409_then_free() {
     assert_eq!(users.len(), 1);
 }
 
-/// Polls `path` on `server` with `key` until it answers 401; how long that took from `since`.
+/// How `server` answers `GET /v1/users` with `key`.
+async fn users_status(client: &Client, server: &Server, key: &str) -> StatusCode {
+    client
+        .get(server.url("/v1/users"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+/// Polls `server` with `key` until it answers 401; how long that took from `since`.
 async fn until_unauthorized(
     client: &Client,
     server: &Server,
@@ -1126,13 +1137,7 @@ async fn until_unauthorized(
     since: std::time::Instant,
 ) -> Duration {
     loop {
-        let status = client
-            .get(server.url("/v1/users"))
-            .bearer_auth(key)
-            .send()
-            .await
-            .unwrap()
-            .status();
+        let status = users_status(client, server, key).await;
         if status == StatusCode::UNAUTHORIZED {
             return since.elapsed();
         }
@@ -1167,13 +1172,7 @@ async fn a_revoked_key_is_refused_at_once_where_revoked_and_within_5_s_on_anothe
     let second_key = second["api_key"].as_str().unwrap();
     // Both instances have just seen the first key authenticate: it is in both key caches.
     for server in [&a, &b] {
-        let r = client
-            .get(server.url("/v1/users"))
-            .bearer_auth(&first)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(users_status(&client, server, &first).await, StatusCode::OK);
     }
     let keys: Value = client
         .get(a.url("/v1/api-keys"))
@@ -1200,13 +1199,10 @@ async fn a_revoked_key_is_refused_at_once_where_revoked_and_within_5_s_on_anothe
 
     // A deleted organization's keys likewise, on the instance that deleted it and the other.
     for server in [&a, &b] {
-        let r = client
-            .get(server.url("/v1/users"))
-            .bearer_auth(second_key)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(
+            users_status(&client, server, second_key).await,
+            StatusCode::OK
+        );
     }
     let r = client
         .delete(a.url(&format!("/v1/organizations/{org}")))
