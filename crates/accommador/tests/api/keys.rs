@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{Tenant, TestApp, error_fields, problem, spawn_app};
+use crate::helpers::{Tenant, TestApp, error_fields, field_names, problem, spawn_app};
 
 /// Creates a key named `name` with `t`'s key and returns the 201 body.
 async fn create_key(app: &TestApp, t: &Tenant, name: &str) -> Value {

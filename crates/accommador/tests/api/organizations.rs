@@ -11,7 +11,8 @@ use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    ADMIN_TOKEN, Tenant, TestApp, TestDb, error_fields, problem, spawn_app, spawn_app_with,
+    ADMIN_TOKEN, Tenant, TestApp, TestDb, error_fields, field_names, problem, spawn_app,
+    spawn_app_with,
 };
 
 async fn admin(app: &TestApp, method: Method, path: &str, body: Option<Value>) -> Response {
