@@ -96,6 +96,11 @@ pub(crate) enum Purge {
     /// Endpoints still live are marked deleted first, so fan-out makes no new deliveries for
     /// them while the deliveries are being removed.
     RetireEndpoints,
+    /// Fan-out stopped part-way through an event of this organization (more than one batch
+    /// of endpoints): that event is marked done, since the cursor's "part-way" would otherwise
+    /// apply to the next event once this one is gone. (No new such stop can arise once its
+    /// endpoints are retired.)
+    FanoutCursor,
     /// Rows of `table` (by `id`, in `seq` order) with the rows of `children` that point at
     /// them through `child_key`, children first. The children have no organization column.
     WithChildren {
@@ -128,6 +133,7 @@ pub(crate) const PURGE_ORDER: &[Purge] = &[
         children: "endpoint_secrets",
         child_key: "endpoint_id",
     },
+    Purge::FanoutCursor,
     Purge::Rows {
         table: "events",
         key: "seq",

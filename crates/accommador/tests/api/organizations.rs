@@ -422,3 +422,70 @@ async fn a_big_organization_is_removed_in_bounded_steps_that_resume_after_a_cras
     assert_eq!(count_all(big).await, 0);
     assert_eq!(count_all(other).await, other_before);
 }
+
+#[tokio::test]
+async fn a_fan_out_stopped_inside_a_deleted_organizations_event_goes_on_with_the_next() {
+    let db = TestDb::new().await;
+    let store = Store::open(&DatabaseUrl::parse(&db.url).unwrap(), Ownership::Tool, 2)
+        .await
+        .unwrap();
+    let new_org = |name: &str| {
+        let store = &store;
+        let name = name.to_owned();
+        async move {
+            store
+                .create_org(name, accommador::domain::org::NewApiKey::generate())
+                .await
+                .unwrap()
+                .id
+        }
+    };
+    let (doomed, other) = (new_org("Doomed").await, new_org("Other").await);
+    // The doomed organization's event, then another's; fan-out stopped part-way through the
+    // first (after endpoints up to `ep_9…`, an ID above the other organization's endpoint).
+    let setup = |sqlite: bool| {
+        let (number, cursor) = if sqlite {
+            (
+                "",
+                "UPDATE fanout_cursor SET partial_endpoint = 'ep_9doomed',
+                   last_seq = (SELECT seq FROM events WHERE id = 'evt_t1') - 1",
+            )
+        } else {
+            (
+                "UPDATE events SET commit_seq = nextval('events_commit_seq') WHERE id = 'evt_t1';
+                 UPDATE events SET commit_seq = nextval('events_commit_seq') WHERE id = 'evt_t2';",
+                "UPDATE fanout_cursor SET partial_endpoint = 'ep_9doomed',
+                   last_commit_seq = (SELECT commit_seq FROM events WHERE id = 'evt_t1') - 1",
+            )
+        };
+        format!(
+            "INSERT INTO endpoints (id, org_id, url, event_types, description, status,
+                                    created_at, updated_at)
+               VALUES ('ep_0other', '{other}', 'http://127.0.0.1:9/', '[\"user.created\"]', '',
+                       'enabled', 0, 0),
+                      ('ep_9doomed', '{doomed}', 'http://127.0.0.1:9/', '[\"user.created\"]',
+                       '', 'enabled', 0, 0);
+             INSERT INTO events (id, org_id, type, user_id, user_version, occurred_at, payload)
+               VALUES ('evt_t1', '{doomed}', 'user.created', 'usr_1', 1, 0, '{{}}');
+             INSERT INTO events (id, org_id, type, user_id, user_version, occurred_at, payload)
+               VALUES ('evt_t2', '{other}', 'user.created', 'usr_2', 1, 0, '{{}}');
+             {number}
+             {cursor};"
+        )
+    };
+    db.execute(&setup(true), &setup(false)).await;
+
+    store.mark_org_deleted(doomed.clone()).await.unwrap();
+    let finished = accommador::org_deletion::run_until_idle(&store).await;
+    assert_eq!(finished, [doomed]);
+    while store.fan_out().await.unwrap().events > 0 {}
+    let delivered = db
+        .scalar(
+            "SELECT COUNT(*) FROM deliveries WHERE event_id = 'evt_t2' AND endpoint_id = 'ep_0other'",
+        )
+        .await;
+    assert_eq!(
+        delivered, 1,
+        "the other organization's event lost its delivery"
+    );
+}

@@ -142,9 +142,10 @@ impl PgStore {
     pub async fn revoke_api_key(&self, org: String, id: String) -> Result<Revocation, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
-        // Revocations of one organization's keys queue here, one at a time.
+        // Revocations of one organization's keys queue here, one at a time. (Not FOR UPDATE:
+        // that would also hold back every insert that checks its foreign key to this row.)
         tx.fetch_opt(
-            "SELECT 1 FROM organizations WHERE id = $1 FOR UPDATE",
+            "SELECT 1 FROM organizations WHERE id = $1 FOR NO KEY UPDATE",
             &[&org],
         )
         .await
@@ -292,6 +293,33 @@ async fn purge(tx: &Transaction<'_>, org: &String, part: Purge) -> Result<usize,
             )
             .await
             .map_err(pg_err)?,
+        Purge::FanoutCursor => {
+            let partial = tx
+                .fetch_one(
+                    "SELECT partial_endpoint IS NOT NULL FROM fanout_cursor WHERE id = 1",
+                    &[],
+                )
+                .await
+                .map_err(pg_err)?;
+            if !partial.get::<_, bool>(0) {
+                return Ok(0);
+            }
+            // Locked first (as a fan-out step does), then read: the event it points at is
+            // the one its last step stopped in.
+            tx.run("SELECT 1 FROM fanout_cursor WHERE id = 1 FOR UPDATE", &[])
+                .await
+                .map_err(pg_err)?;
+            tx.run(
+                "UPDATE fanout_cursor c SET partial_endpoint = NULL, last_commit_seq = e.commit_seq
+                 FROM (SELECT commit_seq, org_id FROM events
+                       WHERE commit_seq > (SELECT last_commit_seq FROM fanout_cursor WHERE id = 1)
+                       ORDER BY commit_seq LIMIT 1) e
+                 WHERE c.id = 1 AND c.partial_endpoint IS NOT NULL AND e.org_id = $1",
+                &[org],
+            )
+            .await
+            .map_err(pg_err)?
+        }
         Purge::WithChildren {
             table,
             children,

@@ -273,6 +273,15 @@ fn purge(c: &Connection, org: &str, part: Purge) -> Result<usize, StoreError> {
             ),
             &[&org, &Timestamp::now().millis()],
         ),
+        Purge::FanoutCursor => run(
+            "UPDATE fanout_cursor SET partial_endpoint = NULL,
+                 last_seq = (SELECT seq FROM events WHERE seq > fanout_cursor.last_seq
+                             ORDER BY seq LIMIT 1)
+             WHERE id = 1 AND partial_endpoint IS NOT NULL
+               AND (SELECT org_id FROM events WHERE seq > fanout_cursor.last_seq
+                    ORDER BY seq LIMIT 1) = ?1",
+            &[&org],
+        ),
         Purge::WithChildren {
             table,
             children,
