@@ -34,7 +34,7 @@ pub async fn run_until_idle(store: &Store) -> Vec<String> {
     loop {
         match store.org_deletion_step().await {
             Ok(Some(step)) => {
-                metrics::counter!("accommador_org_deletion_rows_total").increment(step.rows as u64);
+                metrics::counter!("organization_deletion_rows_total").increment(step.rows as u64);
                 if step.finished {
                     tracing::info!(org_id = %step.org_id, "a deleted organization's data is removed");
                     finished.push(step.org_id);
