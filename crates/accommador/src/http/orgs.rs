@@ -186,7 +186,7 @@ pub async fn create_organization_key(
 fn not_found_org(e: crate::service::ServiceError) -> ApiError {
     match e {
         crate::service::ServiceError::Store(crate::store::StoreError::NotFound) => {
-            ApiError::not_found("organization")
+            ApiError::not_found("this organization")
         }
         e => e.into(),
     }

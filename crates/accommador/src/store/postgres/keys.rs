@@ -369,3 +369,39 @@ async fn purge(tx: &Transaction<'_>, org: &String, part: Purge) -> Result<usize,
     };
     Ok(removed as usize)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::MIGRATIONS;
+    use super::super::test_db::{TestDatabase, connect};
+
+    #[tokio::test]
+    async fn keys_made_before_keys_had_names_are_called_default() {
+        let Some(db) = TestDatabase::create("acc_key_names").await else {
+            return;
+        };
+        let c = connect(&db.url).await;
+        let names = MIGRATIONS
+            .iter()
+            .position(|m| m.contains("ALTER TABLE api_keys ADD COLUMN name"))
+            .expect("the migration that names keys");
+        for sql in &MIGRATIONS[..names] {
+            c.batch_execute(sql).await.unwrap();
+        }
+        c.batch_execute(
+            "INSERT INTO organizations (id, name, created_at) VALUES ('org_1', 'Old', 0);
+             INSERT INTO api_keys (id, org_id, lookup, hash, created_at)
+               VALUES ('key_1', 'org_1', 'abcdefgh', '\\x00', 0);",
+        )
+        .await
+        .unwrap();
+        for sql in &MIGRATIONS[names..] {
+            c.batch_execute(sql).await.unwrap();
+        }
+        let row = c
+            .query_one("SELECT name FROM api_keys WHERE id = 'key_1'", &[])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), "default");
+    }
+}

@@ -322,3 +322,36 @@ fn purge(c: &Connection, org: &str, part: Purge) -> Result<usize, StoreError> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::MIGRATIONS;
+    use super::*;
+
+    #[test]
+    fn keys_made_before_keys_had_names_are_called_default() {
+        let c = Connection::open_in_memory().unwrap();
+        let names = MIGRATIONS
+            .iter()
+            .position(|m| m.contains("ALTER TABLE api_keys ADD COLUMN name"))
+            .expect("the migration that names keys");
+        for sql in &MIGRATIONS[..names] {
+            c.execute_batch(sql).unwrap();
+        }
+        c.execute_batch(
+            "INSERT INTO organizations (id, name, created_at) VALUES ('org_1', 'Old', 0);
+             INSERT INTO api_keys (id, org_id, lookup, hash, created_at)
+               VALUES ('key_1', 'org_1', 'abcdefgh', x'00', 0);",
+        )
+        .unwrap();
+        for sql in &MIGRATIONS[names..] {
+            c.execute_batch(sql).unwrap();
+        }
+        let name: String = c
+            .query_row("SELECT name FROM api_keys WHERE id = 'key_1'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(name, "default");
+    }
+}
