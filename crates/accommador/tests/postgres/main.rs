@@ -1217,3 +1217,50 @@ async fn a_revoked_key_is_refused_at_once_where_revoked_and_within_5_s_on_anothe
     let on_b = until_unauthorized(&client, &b, second_key, deleted).await;
     assert!(on_b < Duration::from_secs(5), "B took {on_b:?}");
 }
+
+#[tokio::test]
+async fn a_deletion_cut_short_by_sigkill_goes_on_at_the_next_start() {
+    if !postgres_configured() {
+        return;
+    }
+    let db = TestDb::new().await;
+    let mut server = Server::start(&db.url).await;
+    let client = Client::new();
+    let (org, _) = create_org_with_id(&client, &server).await;
+    // Far more users than the deletion removes before the kill below.
+    db.execute(
+        "",
+        &format!(
+            "INSERT INTO users (id, org_id, email, email_lower, attributes, version, created_at,
+                                updated_at)
+             SELECT 'usr_bulk' || i, '{org}', 'u' || i || '@x.co', 'u' || i || '@x.co', '{{}}',
+                    1, 0, 0
+             FROM generate_series(1, 200000) AS n(i)"
+        ),
+    )
+    .await;
+    let r = client
+        .delete(server.url(&format!("/v1/organizations/{org}")))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    server.kill().await;
+    let users = format!("SELECT COUNT(*) FROM users WHERE org_id = '{org}'");
+    assert!(
+        db.scalar(&users).await > 0,
+        "the deletion finished before the kill; nothing to resume"
+    );
+
+    let _server = Server::start(&db.url).await;
+    let orgs = format!("SELECT COUNT(*) FROM organizations WHERE id = '{org}'");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while db.scalar(&users).await > 0 || db.scalar(&orgs).await > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deletion did not go on"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
