@@ -14,6 +14,7 @@
 //! - [`service`]: the use-cases shared by the HTTP API and the CLI.
 //! - [`http`]: routers, extractors, the problem+json error type, OpenAPI and operations routes.
 //! - [`config`]: the typed settings and their layers (defaults, file, env, flags).
+//! - [`org_deletion`]: the background removal of deleted organizations' data.
 //! - [`startup`]: building the application, serving, graceful shutdown.
 //! - [`telemetry`]: logging and the Prometheus recorder.
 //! - [`cli`], [`commands`]: the command line and what each subcommand does.
@@ -27,6 +28,7 @@ pub mod domain;
 pub mod http;
 pub mod lifetime;
 pub mod listen;
+pub mod org_deletion;
 pub mod service;
 pub mod startup;
 pub mod store;

@@ -1,9 +1,7 @@
 //! The use-cases, shared by the HTTP API and the CLI: they take parsed domain input, apply the
 //! rules that span more than one store call, and return domain output.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -20,6 +18,11 @@ use crate::store::{
     CreatedOrg, IdempotencyRequest, Idempotent, Page, RenderSaved, Store, StoreError, StoredEvent,
 };
 use crate::store::{DeliveryFilter, EventFilter, ListPage};
+
+mod keys;
+
+use keys::KeyCache;
+pub use keys::{Forget, KEYS_CHANNEL, listen_keys, name_body};
 
 /// Default and largest page sizes of list routes.
 pub const DEFAULT_LIMIT: usize = 50;
@@ -48,6 +51,8 @@ pub struct Service {
     delivery: DeliveryHandle,
     guard: AddressGuard,
     keys: Arc<KeyCache>,
+    /// Wakes the task that removes deleted organizations' data ([`Service::org_deletions`]).
+    org_deletions: Arc<tokio::sync::Notify>,
     /// (organization, Idempotency-Key) of the requests running in this process: a duplicate
     /// that arrives meanwhile is answered 409 (DESIGN §6). Across PostgreSQL instances the
     /// store does the same with an advisory lock.
@@ -71,41 +76,6 @@ impl Drop for RunningKey {
     }
 }
 
-/// How long an API key that authenticated is trusted without asking the database again. A key
-/// revoked in the database stops working within this time.
-const KEY_CACHE_TTL: Duration = Duration::from_secs(5);
-/// Most keys remembered at once.
-const KEY_CACHE_ENTRIES: usize = 10_000;
-
-/// Keys that authenticated recently, by the SHA-256 of the presented key (never the key
-/// itself), with their organization: most requests then need no database round trip to
-/// authenticate. Failures are never remembered.
-#[derive(Debug, Default)]
-struct KeyCache {
-    entries: Mutex<HashMap<[u8; 32], (String, Instant)>>,
-}
-
-impl KeyCache {
-    fn get(&self, digest: &[u8; 32]) -> Option<String> {
-        let entries = self.entries.lock().expect("key cache lock");
-        entries
-            .get(digest)
-            .filter(|(_, at)| at.elapsed() < KEY_CACHE_TTL)
-            .map(|(org, _)| org.clone())
-    }
-
-    fn put(&self, digest: [u8; 32], org: String) {
-        let mut entries = self.entries.lock().expect("key cache lock");
-        if entries.len() >= KEY_CACHE_ENTRIES {
-            entries.retain(|_, (_, at)| at.elapsed() < KEY_CACHE_TTL);
-            if entries.len() >= KEY_CACHE_ENTRIES {
-                entries.clear();
-            }
-        }
-        entries.insert(digest, (org, Instant::now()));
-    }
-}
-
 impl Service {
     pub fn new(store: Store, delivery: DeliveryHandle, guard: AddressGuard) -> Service {
         Service {
@@ -115,6 +85,7 @@ impl Service {
             keys: Arc::default(),
             running_keys: Arc::default(),
             lifetime: crate::lifetime::Lifetime::default(),
+            org_deletions: Arc::default(),
         }
     }
 
@@ -146,18 +117,6 @@ impl Service {
     pub async fn create_org(&self, name: &str) -> Result<CreatedOrg, ServiceError> {
         let name = parse_org_name(name).map_err(|d| vec![FieldError::new("name", d)])?;
         Ok(self.store.create_org(name, NewApiKey::generate()).await?)
-    }
-
-    pub async fn authenticate(&self, presented: &str) -> Result<Option<String>, ServiceError> {
-        let digest = crate::domain::org::hash_key(presented);
-        if let Some(org) = self.keys.get(&digest) {
-            return Ok(Some(org));
-        }
-        let org = self.store.authenticate(presented.to_owned()).await?;
-        if let Some(org) = &org {
-            self.keys.put(digest, org.clone());
-        }
-        Ok(org)
     }
 
     /// Creates a user and its `user.created` event in one commit. With an `Idempotency-Key`,
@@ -586,22 +545,6 @@ fn write_canonical(hasher: &mut Sha256, value: &Value) {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn a_remembered_key_answers_only_for_its_own_digest_and_only_for_a_while() {
-        let cache = KeyCache::default();
-        let (a, b) = (
-            crate::domain::org::hash_key("acm_a"),
-            crate::domain::org::hash_key("acm_b"),
-        );
-        cache.put(a, "org_1".to_owned());
-        assert_eq!(cache.get(&a).as_deref(), Some("org_1"));
-        assert_eq!(cache.get(&b), None);
-        // Expired: as if it had been remembered longer ago than the TTL.
-        cache.entries.lock().unwrap().get_mut(&a).unwrap().1 =
-            Instant::now() - KEY_CACHE_TTL - Duration::from_millis(1);
-        assert_eq!(cache.get(&a), None);
-    }
 
     fn fp(v: Value) -> [u8; 32] {
         idempotency_request("POST /v1/users", "k", v.as_object().unwrap())

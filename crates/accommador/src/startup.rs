@@ -125,13 +125,27 @@ impl Application {
             }
         });
         let address = self.local_addr();
-        let mut tasks = vec![purge];
+        let deletions = tokio::spawn(crate::org_deletion::run(
+            self.state.service.store().clone(),
+            self.state.service.org_deletions(),
+        ));
+        let mut tasks = vec![purge, deletions];
         tasks.extend(
             self.state
                 .service
                 .lifetime()
                 .spawn(self.state.service.store()),
         );
+        if self.api
+            && let Some(url) = self.state.service.store().postgres_url()
+        {
+            // Keys revoked and organizations deleted on other instances are forgotten here.
+            let service = self.state.service.clone();
+            tasks.push(tokio::spawn(crate::service::listen_keys(
+                url.to_owned(),
+                move |forget| service.forget_keys(&forget),
+            )));
+        }
         let mut dispatcher = None;
         if let Some((settings, wakers)) = self.workers {
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

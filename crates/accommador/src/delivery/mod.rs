@@ -60,6 +60,8 @@ pub struct EndpointChanges(Arc<Mutex<Changes>>);
 #[derive(Debug)]
 struct Changes {
     changed: HashMap<String, Instant>,
+    /// The last change that may concern any endpoint (an organization was deleted).
+    all: Option<Instant>,
     pruned: Instant,
 }
 
@@ -67,6 +69,7 @@ impl Default for Changes {
     fn default() -> Changes {
         Changes {
             changed: HashMap::new(),
+            all: None,
             pruned: Instant::now(),
         }
     }
@@ -91,14 +94,20 @@ impl EndpointChanges {
         }
     }
 
+    /// Marks every endpoint as changed now (rare: an organization was deleted, and its
+    /// endpoints are not listed here).
+    pub fn touch_all(&self) {
+        self.0.lock().expect("endpoint changes lock").all = Some(Instant::now());
+    }
+
     /// Whether `endpoint_id` changed at or after `read_at`.
     pub fn changed_since(&self, endpoint_id: &str, read_at: Instant) -> bool {
-        self.0
-            .lock()
-            .expect("endpoint changes lock")
-            .changed
-            .get(endpoint_id)
-            .is_some_and(|at| *at >= read_at)
+        let map = self.0.lock().expect("endpoint changes lock");
+        map.all.is_some_and(|at| at >= read_at)
+            || map
+                .changed
+                .get(endpoint_id)
+                .is_some_and(|at| *at >= read_at)
     }
 }
 
@@ -208,6 +217,12 @@ impl DeliveryHandle {
     pub fn endpoint_changed(&self, endpoint_id: &str) {
         self.changes.touch(endpoint_id);
         self.cancel.notify_one();
+    }
+
+    /// An organization was deleted (committed): every send read before now is checked again,
+    /// and those of its endpoints find nothing to send.
+    pub fn all_endpoints_changed(&self) {
+        self.changes.touch_all();
     }
 
     pub fn endpoint_due(&self, endpoint_id: &str) {

@@ -7,6 +7,8 @@
 //! - [`listen`]: a worker's own session-mode connection (`LISTEN` does not survive PgBouncer's
 //!   transaction mode) that turns notifications into local wake-ups; after any reconnect it
 //!   rescans, since notifications sent while it was away are lost.
+//! - [`listen_on`]: the session itself, also used by the API's key cache
+//!   ([`crate::service::listen_keys`]).
 
 use std::collections::BTreeSet;
 use std::future::poll_fn;
@@ -79,6 +81,40 @@ impl Announcer {
 
 /// Listens until aborted, reconnecting with backoff; every (re)connection rescans.
 pub async fn listen(url: String, fanout: Arc<Notify>, wake: mpsc::UnboundedSender<Wake>) {
+    let rescan = {
+        let (fanout, wake) = (fanout.clone(), wake.clone());
+        move || {
+            fanout.notify_one();
+            let _ = wake.send(Wake::Rescan);
+        }
+    };
+    let on_notice = move |channel: &str, payload: &str| {
+        if channel == OUTBOX {
+            fanout.notify_one();
+        } else if payload == "*" {
+            let _ = wake.send(Wake::Rescan);
+        } else {
+            let at = Timestamp::now();
+            for id in payload.split(',').filter(|s| !s.is_empty()) {
+                let _ = wake.send(Wake::Endpoint {
+                    endpoint_id: id.to_owned(),
+                    at,
+                });
+            }
+        }
+    };
+    listen_on(url, &[OUTBOX, DUE], rescan, on_notice).await;
+}
+
+/// One session-mode connection listening on `channels`, reconnecting with backoff:
+/// `on_connect` runs after every (re)connection, `on_notice` with each (channel, payload).
+pub async fn listen_on(
+    url: String,
+    channels: &[&str],
+    on_connect: impl Fn(),
+    on_notice: impl Fn(&str, &str),
+) {
+    let listen_sql: String = channels.iter().map(|c| format!("LISTEN {c};")).collect();
     let mut backoff = Duration::from_millis(100);
     loop {
         match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
@@ -98,30 +134,14 @@ pub async fn listen(url: String, fanout: Arc<Notify>, wake: mpsc::UnboundedSende
                         }
                     }
                 });
-                if let Err(e) = client
-                    .batch_execute(&format!("LISTEN {OUTBOX}; LISTEN {DUE}"))
-                    .await
-                {
+                if let Err(e) = client.batch_execute(&listen_sql).await {
                     tracing::warn!(error = %e, "LISTEN failed");
                 } else {
                     backoff = Duration::from_millis(100);
                     // Whatever was announced while we were not listening: look again.
-                    fanout.notify_one();
-                    let _ = wake.send(Wake::Rescan);
+                    on_connect();
                     while let Some((channel, payload)) = rx.recv().await {
-                        if channel == OUTBOX {
-                            fanout.notify_one();
-                        } else if payload == "*" {
-                            let _ = wake.send(Wake::Rescan);
-                        } else {
-                            let at = Timestamp::now();
-                            for id in payload.split(',').filter(|s| !s.is_empty()) {
-                                let _ = wake.send(Wake::Endpoint {
-                                    endpoint_id: id.to_owned(),
-                                    at,
-                                });
-                            }
-                        }
+                        on_notice(&channel, &payload);
                     }
                 }
                 driver.abort();

@@ -2,6 +2,8 @@
 //!
 //! A key is `acm_` followed by 256 random bits in URL-safe base64. Only its SHA-256 hash is
 //! stored, beside a short prefix that finds the row; the hash is then compared in constant time.
+//! That prefix, shown as `acm_` + its characters, is also what tells a person which key is which
+//! in the key list (it reveals 48 of the 256 bits).
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -14,6 +16,21 @@ const LOOKUP_LEN: usize = 8;
 
 /// An organization name: 1–200 characters, not blank.
 pub fn parse_org_name(name: &str) -> Result<String, &'static str> {
+    parse_name(name)
+}
+
+/// An API key's name: the same rules as an organization name.
+pub fn parse_key_name(name: &str) -> Result<String, &'static str> {
+    parse_name(name)
+}
+
+/// The prefix a key is shown by: `acm_` and its lookup characters.
+pub fn shown_prefix(lookup: &str) -> String {
+    format!("{KEY_PREFIX}{lookup}")
+}
+
+/// 1–200 characters once surrounding whitespace is trimmed (the trimmed name is kept), no NUL.
+fn parse_name(name: &str) -> Result<String, &'static str> {
     let trimmed = name.trim();
     if trimmed.is_empty() {
         return Err("must not be blank");
@@ -88,6 +105,16 @@ mod tests {
         let other = NewApiKey::generate();
         assert!(!key_matches(&other.plain, &key.hash));
         assert!(!format!("{key:?}").contains(&key.plain));
+        assert!(key.plain.starts_with(&shown_prefix(&key.lookup)));
+    }
+
+    #[test]
+    fn key_names_are_trimmed_and_bounded() {
+        assert_eq!(parse_key_name("  ci deploy ").unwrap(), "ci deploy");
+        assert!(parse_key_name(" \t").is_err());
+        assert!(parse_key_name(&"k".repeat(201)).is_err());
+        assert!(parse_key_name(&"k".repeat(200)).is_ok());
+        assert!(parse_key_name("a\0b").is_err());
     }
 
     #[test]

@@ -106,7 +106,7 @@ impl FromRequestParts<AppState> for Org {
         // On an error `pending` is dropped, which gives its slot back.
         let org = match state.service.authenticate(token).await? {
             Some(org) => {
-                throttle.succeeded(pending, digest);
+                throttle.succeeded(pending, digest, &org);
                 org
             }
             None => {

@@ -194,7 +194,8 @@ enum Admission {
 #[derive(Debug, Default)]
 pub struct AuthThrottle {
     windows: Mutex<HashMap<ClientKey, Window>>,
-    good: Mutex<HashMap<[u8; 32], Instant>>,
+    /// Known-good keys by digest: when they authenticated, and their organization.
+    good: Mutex<HashMap<[u8; 32], (Instant, String)>>,
     ended: Notify,
 }
 
@@ -219,7 +220,7 @@ impl AuthThrottle {
     pub fn is_known_good(&self, digest: &[u8; 32]) -> bool {
         let good = self.good.lock().expect("auth throttle lock");
         good.get(digest)
-            .is_some_and(|at| at.elapsed() < GOOD_KEY_TTL)
+            .is_some_and(|(at, _)| at.elapsed() < GOOD_KEY_TTL)
     }
 
     /// Lets a lookup of the key with `digest`, presented from `ip` (`None`: unknown, not
@@ -286,18 +287,31 @@ impl AuthThrottle {
         Admission::Go(Some(client))
     }
 
-    /// The key authenticated: it is known-good from now on.
-    pub fn succeeded(&self, pending: Pending<'_>, digest: [u8; 32]) {
+    /// A revoked key is not known-good any more.
+    pub fn forget_key(&self, digest: &[u8; 32]) {
+        self.good.lock().expect("auth throttle lock").remove(digest);
+    }
+
+    /// Nor are a deleted organization's keys.
+    pub fn forget_org(&self, org: &str) {
+        self.good
+            .lock()
+            .expect("auth throttle lock")
+            .retain(|_, (_, of)| of != org);
+    }
+
+    /// The key (of `org`) authenticated: it is known-good from now on.
+    pub fn succeeded(&self, pending: Pending<'_>, digest: [u8; 32], org: &str) {
         {
             let mut good = self.good.lock().expect("auth throttle lock");
             if good.len() >= GOOD_KEYS && !good.contains_key(&digest) {
-                good.retain(|_, at| at.elapsed() < GOOD_KEY_TTL);
+                good.retain(|_, (at, _)| at.elapsed() < GOOD_KEY_TTL);
                 if good.len() >= GOOD_KEYS {
                     // Forgetting is safe: those keys only go through the throttle again.
                     good.clear();
                 }
             }
-            good.insert(digest, Instant::now());
+            good.insert(digest, (Instant::now(), org.to_owned()));
         }
         drop(pending);
     }
@@ -399,7 +413,7 @@ mod tests {
         let throttle = AuthThrottle::default();
         let ip = "2001:db8::1";
         for _ in 0..10 * AUTH_FAILURES {
-            throttle.succeeded(begin(&throttle, ip), DIGEST);
+            throttle.succeeded(begin(&throttle, ip), DIGEST, "org_a");
             drop(begin(&throttle, ip));
         }
         let running: Vec<_> = (0..AUTH_FAILURES).map(|_| begin(&throttle, ip)).collect();
@@ -429,7 +443,7 @@ mod tests {
                 .is_err()
         );
         let mut running = running.into_iter();
-        throttle.succeeded(running.next().unwrap(), DIGEST);
+        throttle.succeeded(running.next().unwrap(), DIGEST, "org_a");
         // Its own key is known-good now: it goes, and so does any later request with it.
         waiting.await.unwrap();
         throttle.admit(Some(ip), &DIGEST).await.unwrap();
@@ -446,9 +460,22 @@ mod tests {
     #[test]
     fn a_failing_key_is_no_longer_known_good() {
         let throttle = AuthThrottle::default();
-        throttle.succeeded(begin(&throttle, "192.0.2.3"), DIGEST);
+        throttle.succeeded(begin(&throttle, "192.0.2.3"), DIGEST, "org_a");
         assert!(throttle.is_known_good(&DIGEST));
         throttle.failed(begin(&throttle, "192.0.2.3"), &DIGEST);
         assert!(!throttle.is_known_good(&DIGEST));
+    }
+
+    #[test]
+    fn a_revoked_key_or_a_deleted_organizations_keys_are_no_longer_known_good() {
+        let throttle = AuthThrottle::default();
+        let other = [8; 32];
+        throttle.succeeded(begin(&throttle, "192.0.2.4"), DIGEST, "org_a");
+        throttle.succeeded(begin(&throttle, "192.0.2.4"), other, "org_b");
+        throttle.forget_key(&DIGEST);
+        assert!(!throttle.is_known_good(&DIGEST));
+        assert!(throttle.is_known_good(&other));
+        throttle.forget_org("org_b");
+        assert!(!throttle.is_known_good(&other));
     }
 }

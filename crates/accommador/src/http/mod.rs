@@ -1,6 +1,7 @@
 //! The HTTP API: one router per resource, thin handlers (extract, call one service function,
 //! map the result), one error type ([`error::ApiError`]) turned into problem+json in one place.
 
+pub mod api_keys;
 pub mod deliveries;
 pub mod endpoints;
 pub mod error;
@@ -42,6 +43,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(orgs::router())
+        .merge(api_keys::router())
         .merge(users::router())
         .merge(endpoints::router())
         .merge(deliveries::router())

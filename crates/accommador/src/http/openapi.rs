@@ -311,6 +311,79 @@ pub struct OrganizationCreated {
     api_key: String,
 }
 
+/// An organization, as the operator lists it.
+#[derive(Debug, ToSchema)]
+#[schema(as = Organization)]
+#[allow(dead_code)]
+pub struct OrganizationSchema {
+    /// `org_…`
+    #[schema(pattern = "^org_[0-9A-HJKMNP-TV-Z]{26}$")]
+    id: String,
+    name: String,
+    #[schema(format = DateTime)]
+    created_at: String,
+}
+
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct OrganizationList {
+    data: Vec<OrganizationSchema>,
+    next_cursor: Option<String>,
+}
+
+/// A new API key. Unknown fields are refused (422).
+#[derive(Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct CreateApiKeyRequest {
+    /// What the key is for, to tell keys apart: 1–200 characters once surrounding whitespace
+    /// is trimmed (the trimmed name is stored), without U+0000.
+    #[schema(
+        pattern = "^[\\t-\\r \\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000]*[^\\u0000\\t-\\r \\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000](?:[^\\u0000]{0,198}[^\\u0000\\t-\\r \\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000])?[\\t-\\r \\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000]*$"
+    )]
+    name: String,
+}
+
+/// An API key as listed: never the key itself.
+#[derive(Debug, ToSchema)]
+#[schema(as = ApiKey)]
+#[allow(dead_code)]
+pub struct ApiKeySchema {
+    /// `key_…`
+    #[schema(pattern = "^key_[0-9A-HJKMNP-TV-Z]{26}$")]
+    id: String,
+    /// Keys made before keys had names are called `default`.
+    name: String,
+    /// The start of the key, shown in clear to tell keys apart (`acm_` and 8 characters).
+    #[schema(pattern = "^acm_[A-Za-z0-9_-]{8}$")]
+    prefix: String,
+    #[schema(format = DateTime)]
+    created_at: String,
+}
+
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct ApiKeyList {
+    data: Vec<ApiKeySchema>,
+    next_cursor: Option<String>,
+}
+
+/// A new API key, with the key itself (shown only in this response).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct ApiKeyCreated {
+    #[schema(pattern = "^key_[0-9A-HJKMNP-TV-Z]{26}$")]
+    id: String,
+    name: String,
+    #[schema(pattern = "^acm_[A-Za-z0-9_-]{8}$")]
+    prefix: String,
+    /// `acm_…`: send as `Authorization: Bearer <api_key>`. Shown only here; stored as a
+    /// SHA-256 hash.
+    api_key: String,
+    #[schema(format = DateTime)]
+    created_at: String,
+}
+
 /// A webhook endpoint.
 #[derive(Debug, ToSchema)]
 #[schema(as = Endpoint)]
@@ -636,6 +709,12 @@ impl Modify for Security {
     ),
     paths(
         super::orgs::create_organization,
+        super::orgs::list_organizations,
+        super::orgs::delete_organization,
+        super::orgs::create_organization_key,
+        super::api_keys::create_api_key,
+        super::api_keys::list_api_keys,
+        super::api_keys::revoke_api_key,
         super::users::create_user,
         super::users::list_users,
         super::users::get_user,
@@ -664,6 +743,7 @@ impl Modify for Security {
     modifiers(&Security),
     tags(
         (name = "organizations", description = "Operator routes"),
+        (name = "api-keys", description = "The organization's own API keys"),
         (name = "users", description = "Users of an organization; every change writes an event"),
         (name = "endpoints", description = "Webhook endpoints and their signing secrets"),
         (name = "events", description = "The event outbox, in commit order"),

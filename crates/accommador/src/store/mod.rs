@@ -4,6 +4,7 @@
 //! method either commits both or neither. Methods speak domain types; rows are mapped to them
 //! inside each backend.
 
+pub mod keys;
 pub mod lifetime;
 pub mod postgres;
 pub mod sqlite;
@@ -215,14 +216,6 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.create_org(name, key).await,
             Store::Postgres(s) => s.create_org(name, key).await,
-        }
-    }
-
-    /// The organization a presented API key belongs to, if it is a live key.
-    pub async fn authenticate(&self, presented: String) -> Result<Option<String>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.authenticate(presented).await,
-            Store::Postgres(s) => s.authenticate(presented).await,
         }
     }
 
@@ -665,6 +658,8 @@ const SEND_TARGET_SQL: &str = "SELECT ep.url, s.secret FROM endpoints ep
      JOIN endpoint_secrets s ON s.endpoint_id = ep.id
          AND (s.expires_at IS NULL OR s.expires_at > $2)
      WHERE ep.id = $1 AND ep.status = 'enabled' AND ep.deleted_at IS NULL
+       AND NOT EXISTS (SELECT 1 FROM organizations o
+                       WHERE o.id = ep.org_id AND o.deleted_at IS NOT NULL)
      ORDER BY s.expires_at IS NOT NULL, s.created_at DESC";
 
 /// Rows of (url, secret) from [`SEND_TARGET_SQL`] as a target.

@@ -19,6 +19,7 @@
 mod cached;
 mod deliveries;
 mod intake;
+mod keys;
 mod lifetime;
 #[cfg(test)]
 mod list_plans;
@@ -45,7 +46,7 @@ use crate::domain::endpoint::{
 };
 use crate::domain::event::{NewEvent, OperationalEvent};
 use crate::domain::ids;
-use crate::domain::org::{NewApiKey, key_lookup, key_matches};
+use crate::domain::org::NewApiKey;
 use crate::domain::user::{NewUser, UserPatch, UserRecord, tombstone};
 
 const MIGRATIONS: &[&str] = &[
@@ -58,6 +59,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0007_fanout_partial.sql"),
     include_str!("../../migrations/postgres/0008_user_filter.sql"),
     include_str!("../../migrations/postgres/0009_retention_erasure.sql"),
+    include_str!("../../migrations/postgres/0010_api_key_names.sql"),
     include_str!("../../migrations/postgres/0012_operational_events.sql"),
 ];
 /// Most events numbered by one sequencer step.
@@ -259,26 +261,6 @@ impl PgStore {
             name,
             api_key: key.plain,
         })
-    }
-
-    pub async fn authenticate(&self, presented: String) -> Result<Option<String>, StoreError> {
-        let Some(lookup) = key_lookup(&presented) else {
-            return Ok(None);
-        };
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(
-                "SELECT org_id, hash FROM api_keys WHERE lookup = $1 AND revoked_at IS NULL",
-            )
-            .await
-            .map_err(pg_err)?;
-        for row in client.query(&stmt, &[&lookup]).await.map_err(pg_err)? {
-            let hash: Vec<u8> = row.get(1);
-            if key_matches(&presented, &hash) {
-                return Ok(Some(row.get(0)));
-            }
-        }
-        Ok(None)
     }
 
     pub async fn create_user(

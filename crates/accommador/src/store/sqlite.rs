@@ -42,7 +42,7 @@ use crate::domain::endpoint::{
 };
 use crate::domain::event::{NewEvent, OperationalEvent};
 use crate::domain::ids;
-use crate::domain::org::{NewApiKey, key_lookup, key_matches};
+use crate::domain::org::NewApiKey;
 use crate::domain::user::{NewUser, UserPatch, UserRecord, tombstone};
 
 /// Most jobs committed in one transaction.
@@ -60,10 +60,12 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0005_fanout_partial.sql"),
     include_str!("../../migrations/sqlite/0006_user_filter.sql"),
     include_str!("../../migrations/sqlite/0007_retention_erasure.sql"),
+    include_str!("../../migrations/sqlite/0008_api_key_names.sql"),
     include_str!("../../migrations/sqlite/0010_operational_events.sql"),
 ];
 
 mod deliveries;
+mod keys;
 mod lifetime;
 #[cfg(test)]
 mod list_plans;
@@ -246,32 +248,6 @@ impl SqliteStore {
                 name,
                 api_key: key.plain,
             })
-        })
-        .await
-    }
-
-    pub async fn authenticate(&self, presented: String) -> Result<Option<String>, StoreError> {
-        let Some(lookup) = key_lookup(&presented).map(str::to_owned) else {
-            return Ok(None);
-        };
-        self.read(move |c| {
-            let mut stmt = c
-                .prepare_cached(
-                    "SELECT org_id, hash FROM api_keys WHERE lookup = ?1 AND revoked_at IS NULL",
-                )
-                .map_err(db_err)?;
-            let rows = stmt
-                .query_map([lookup], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
-                })
-                .map_err(db_err)?;
-            for row in rows {
-                let (org, hash) = row.map_err(db_err)?;
-                if key_matches(&presented, &hash) {
-                    return Ok(Some(org));
-                }
-            }
-            Ok(None)
         })
         .await
     }

@@ -258,18 +258,26 @@ async fn organization_route_needs_the_admin_token_and_hides_without_one() {
     // Nor does another method reveal that the route exists.
     let r = closed
         .client
-        .get(closed.url("/v1/organizations"))
+        .put(closed.url("/v1/organizations"))
         .send()
         .await
         .unwrap();
     problem(r, StatusCode::NOT_FOUND).await;
     let r = app
         .client
-        .get(app.url("/v1/organizations"))
+        .put(app.url("/v1/organizations"))
         .send()
         .await
         .unwrap();
     problem(r, StatusCode::METHOD_NOT_ALLOWED).await;
+    // The list needs the token too.
+    let r = app
+        .client
+        .get(app.url("/v1/organizations"))
+        .send()
+        .await
+        .unwrap();
+    problem(r, StatusCode::UNAUTHORIZED).await;
 }
 
 /// PostgreSQL cannot store U+0000 in text: a NUL in any stored string is refused as invalid

@@ -72,31 +72,64 @@ impl TestDb {
     pub async fn execute(&self, sqlite: &str, postgres: &str) {
         match &self.postgres {
             None => {
-                // The server's writer holds the file's write lock while it commits; wait for
-                // it as long as a loaded machine may need, and off the test's runtime, which
-                // also hosts the server and the receiver.
-                let path = self.url.trim_start_matches("sqlite://").to_owned();
                 let sql = sqlite.to_owned();
-                tokio::task::spawn_blocking(move || {
-                    let conn = rusqlite::Connection::open(path)?;
-                    conn.busy_timeout(Duration::from_secs(60))?;
-                    conn.execute_batch(&sql)
-                })
+                self.on_sqlite(move |conn| conn.execute_batch(&sql))
+                    .await
+                    .unwrap_or_else(|e| panic!("test SQL on SQLite failed: {e}\n{sqlite}"));
+            }
+            Some(_) => self
+                .pg_client()
                 .await
-                .unwrap()
-                .unwrap_or_else(|e| panic!("test SQL on SQLite failed: {e}\n{sqlite}"));
-            }
-            Some(_) => {
-                let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
-                    .await
-                    .unwrap();
-                tokio::spawn(conn);
-                client
-                    .batch_execute(postgres)
-                    .await
-                    .unwrap_or_else(|e| panic!("test SQL on PostgreSQL failed: {e}\n{postgres}"));
-            }
+                .batch_execute(postgres)
+                .await
+                .unwrap_or_else(|e| panic!("test SQL on PostgreSQL failed: {e}\n{postgres}")),
         }
+    }
+
+    /// The first column of the first row of `sql` (the same statement on both backends, with
+    /// no parameters), read straight from the database, e.g. a count.
+    #[allow(dead_code)] // used by the API tests only
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        match &self.postgres {
+            None => {
+                let owned = sql.to_owned();
+                self.on_sqlite(move |conn| conn.query_row(&owned, [], |r| r.get::<_, i64>(0)))
+                    .await
+                    .unwrap_or_else(|e| panic!("test query on SQLite failed: {e}\n{sql}"))
+            }
+            Some(_) => self
+                .pg_client()
+                .await
+                .query_one(sql, &[])
+                .await
+                .unwrap_or_else(|e| panic!("test query on PostgreSQL failed: {e}\n{sql}"))
+                .get::<_, i64>(0),
+        }
+    }
+
+    /// Runs `f` on a connection of its own to the SQLite file. The server's writer holds the
+    /// file's write lock while it commits; wait for it as long as a loaded machine may need,
+    /// and off the test's runtime, which also hosts the server and the receiver.
+    async fn on_sqlite<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<R> + Send + 'static,
+    ) -> rusqlite::Result<R> {
+        let path = self.url.trim_start_matches("sqlite://").to_owned();
+        tokio::task::spawn_blocking(move || {
+            let conn = rusqlite::Connection::open(path)?;
+            conn.busy_timeout(Duration::from_secs(60))?;
+            f(&conn)
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn pg_client(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
     }
 }
 
@@ -309,4 +342,12 @@ pub fn error_fields(problem: &Value) -> Vec<String> {
         .iter()
         .map(|e| e["field"].as_str().unwrap().to_owned())
         .collect()
+}
+
+/// The names of a JSON object's fields, sorted.
+#[allow(dead_code)] // used by the API tests only
+pub fn field_names(object: &Value) -> Vec<String> {
+    let mut names: Vec<String> = object.as_object().unwrap().keys().cloned().collect();
+    names.sort();
+    names
 }

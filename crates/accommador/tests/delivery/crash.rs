@@ -11,9 +11,9 @@ use serde_json::{Value, json};
 use crate::receiver::{Receiver, Reply};
 use crate::spawn;
 
-const ADMIN: &str = "crash-admin-token";
+pub(crate) const ADMIN: &str = "crash-admin-token";
 
-struct Server(Child, std::net::SocketAddr);
+pub(crate) struct Server(pub(crate) Child, std::net::SocketAddr);
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -22,7 +22,7 @@ impl Drop for Server {
     }
 }
 
-async fn start(dir: &std::path::Path) -> Server {
+pub(crate) async fn start(dir: &std::path::Path) -> Server {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_accommador"));
     for (k, _) in std::env::vars() {
         if k.starts_with("ACCOMMADOR_") {
@@ -42,7 +42,7 @@ async fn start(dir: &std::path::Path) -> Server {
 }
 
 impl Server {
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.1)
     }
 }

@@ -4,6 +4,7 @@
 mod cancel;
 mod contract;
 mod crash;
+mod deleted_org;
 mod fanout;
 mod guard;
 #[path = "../api/helpers.rs"]

@@ -1117,3 +1117,150 @@ async fn a_key_still_running_on_another_instance_is_409_then_free() {
     let users = list_all(&client, &server, &key, "/v1/users").await;
     assert_eq!(users.len(), 1);
 }
+
+/// How `server` answers `GET /v1/users` with `key`.
+async fn users_status(client: &Client, server: &Server, key: &str) -> StatusCode {
+    client
+        .get(server.url("/v1/users"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+/// Polls `server` with `key` until it answers 401; how long that took from `since`.
+async fn until_unauthorized(
+    client: &Client,
+    server: &Server,
+    key: &str,
+    since: std::time::Instant,
+) -> Duration {
+    loop {
+        let status = users_status(client, server, key).await;
+        if status == StatusCode::UNAUTHORIZED {
+            return since.elapsed();
+        }
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "still accepted after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_revoked_key_is_refused_at_once_where_revoked_and_within_5_s_on_another_instance() {
+    if !postgres_configured() {
+        return;
+    }
+    let db = TestDb::new().await;
+    let (a, b) = tokio::join!(Server::start(&db.url), Server::start(&db.url));
+    let client = Client::new();
+    let (org, first) = create_org_with_id(&client, &a).await;
+    let second: Value = client
+        .post(a.url("/v1/api-keys"))
+        .bearer_auth(&first)
+        .json(&json!({"name": "second"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let second_key = second["api_key"].as_str().unwrap();
+    // Both instances have just seen the first key authenticate: it is in both key caches.
+    for server in [&a, &b] {
+        assert_eq!(users_status(&client, server, &first).await, StatusCode::OK);
+    }
+    let keys: Value = client
+        .get(a.url("/v1/api-keys"))
+        .bearer_auth(second_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let first_id = keys["data"][0]["id"].as_str().unwrap();
+    let r = client
+        .delete(a.url(&format!("/v1/api-keys/{first_id}")))
+        .bearer_auth(second_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let revoked = std::time::Instant::now();
+    let on_a = until_unauthorized(&client, &a, &first, revoked).await;
+    assert!(on_a < Duration::from_secs(1), "A took {on_a:?}");
+    let on_b = until_unauthorized(&client, &b, &first, revoked).await;
+    assert!(on_b < Duration::from_secs(5), "B took {on_b:?}");
+
+    // A deleted organization's keys likewise, on the instance that deleted it and the other.
+    for server in [&a, &b] {
+        assert_eq!(
+            users_status(&client, server, second_key).await,
+            StatusCode::OK
+        );
+    }
+    let r = client
+        .delete(a.url(&format!("/v1/organizations/{org}")))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let deleted = std::time::Instant::now();
+    let on_a = until_unauthorized(&client, &a, second_key, deleted).await;
+    assert!(on_a < Duration::from_secs(1), "A took {on_a:?}");
+    let on_b = until_unauthorized(&client, &b, second_key, deleted).await;
+    assert!(on_b < Duration::from_secs(5), "B took {on_b:?}");
+}
+
+#[tokio::test]
+async fn a_deletion_cut_short_by_sigkill_goes_on_at_the_next_start() {
+    if !postgres_configured() {
+        return;
+    }
+    let db = TestDb::new().await;
+    let mut server = Server::start(&db.url).await;
+    let client = Client::new();
+    let (org, _) = create_org_with_id(&client, &server).await;
+    // Far more users than the deletion removes before the kill below.
+    db.execute(
+        "",
+        &format!(
+            "INSERT INTO users (id, org_id, email, email_lower, attributes, version, created_at,
+                                updated_at)
+             SELECT 'usr_bulk' || i, '{org}', 'u' || i || '@x.co', 'u' || i || '@x.co', '{{}}',
+                    1, 0, 0
+             FROM generate_series(1, 200000) AS n(i)"
+        ),
+    )
+    .await;
+    let r = client
+        .delete(server.url(&format!("/v1/organizations/{org}")))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    server.kill().await;
+    let users = format!("SELECT COUNT(*) FROM users WHERE org_id = '{org}'");
+    assert!(
+        db.scalar(&users).await > 0,
+        "the deletion finished before the kill; nothing to resume"
+    );
+
+    let _server = Server::start(&db.url).await;
+    let orgs = format!("SELECT COUNT(*) FROM organizations WHERE id = '{org}'");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while db.scalar(&users).await > 0 || db.scalar(&orgs).await > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deletion did not go on"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

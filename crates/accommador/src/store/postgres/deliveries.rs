@@ -496,6 +496,8 @@ impl PgStore {
                    FROM picked, events e, endpoints ep
                   WHERE d.id = picked.id AND e.seq = d.event_seq AND ep.id = d.endpoint_id
                     AND ep.status = 'enabled' AND ep.deleted_at IS NULL
+                    AND NOT EXISTS (SELECT 1 FROM organizations o
+                                    WHERE o.id = ep.org_id AND o.deleted_at IS NOT NULL)
                  RETURNING d.id, d.event_id, d.manual, d.attempt_count, e.payload,
                            e.occurred_at, ep.url",
             )

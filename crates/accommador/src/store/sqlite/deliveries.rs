@@ -874,6 +874,8 @@ fn lane_work_one(c: &Connection, req: LaneRequest, now: Timestamp) -> Result<Lan
              JOIN endpoints ep ON ep.id = d.endpoint_id
              WHERE d.endpoint_id = ?1 AND d.status = 'pending'
                AND ep.status = 'enabled' AND ep.deleted_at IS NULL
+               AND NOT EXISTS (SELECT 1 FROM organizations o
+                               WHERE o.id = ep.org_id AND o.deleted_at IS NOT NULL)
              ORDER BY d.next_attempt_at LIMIT ?2",
         )
         .and_then(|mut s| {
