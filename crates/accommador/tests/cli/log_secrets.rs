@@ -1,5 +1,5 @@
 //! No secret in any log line (DESIGN §10, "Keys, secrets"): the real binary runs a whole
-//! scenario (an organization, its API key, endpoints with secrets created, rotated and read
+//! scenario (an organization, its API keys (created, revoked, issued by the operator), endpoints with secrets created, rotated and read
 //! back, users, signed deliveries to a local receiver, failed authentications) with
 //! `RUST_LOG=trace`, so every dependency's debug and trace logs are on too; then everything it
 //! printed, and `/metrics`, is searched for each secret. On SQLite, and on PostgreSQL with a
@@ -47,6 +47,59 @@ async fn scenario(database: &str, extra_secrets: &[String]) {
     let (_, key) = server.create_org("Acme").await;
     let mut secrets = vec![ADMIN_TOKEN.to_owned(), key.clone()];
     secrets.extend(extra_secrets.iter().cloned());
+    // A second key made by the organization, then revoked; and one the operator issues.
+    let second: Value = server
+        .client
+        .post(server.url("/v1/api-keys"))
+        .bearer_auth(&key)
+        .json(&json!({"name": "ci"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    secrets.push(second["api_key"].as_str().unwrap().to_owned());
+    let revoked = server
+        .client
+        .delete(server.url(&format!("/v1/api-keys/{}", second["id"].as_str().unwrap())))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 204);
+    let orgs: Value = server
+        .client
+        .get(server.url("/v1/organizations"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let org_id = orgs["data"][0]["id"].as_str().unwrap().to_owned();
+    let issued: Value = server
+        .client
+        .post(server.url(&format!("/v1/organizations/{org_id}/api-keys")))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"name": "rescue"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    secrets.push(issued["api_key"].as_str().unwrap().to_owned());
+    // The revoked key, presented again.
+    let r = server
+        .client
+        .get(server.url("/v1/users"))
+        .bearer_auth(second["api_key"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
 
     let created: Value = server
         .client
