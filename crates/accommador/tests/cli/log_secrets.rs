@@ -1,10 +1,10 @@
 //! No secret in any log line (DESIGN §10, "Keys, secrets"): the real binary runs a whole
-//! scenario (an organization, its API keys (created, revoked, issued by the operator), endpoints with secrets created, rotated and read
-//! back, users, signed deliveries to a local receiver, failed authentications) with
-//! `RUST_LOG=trace`, so every dependency's debug and trace logs are on too; then everything it
-//! printed, and `/metrics`, is searched for each secret. On SQLite, and on PostgreSQL with a
-//! password in the database URL (`ACCOMMADOR_TEST_POSTGRES_URL`; failing where `CI` is set
-//! without it).
+//! scenario with `RUST_LOG=trace`, so every dependency's debug and trace logs are on too: an
+//! organization and its API keys (created, revoked, issued by the operator), endpoints with
+//! secrets created, rotated and read back, users, signed deliveries to a local receiver, failed
+//! authentications. Then everything it printed, and `/metrics`, is searched for each secret.
+//! On SQLite, and on PostgreSQL with a password in the database URL
+//! (`ACCOMMADOR_TEST_POSTGRES_URL`; failing where `CI` is set without it).
 
 use std::sync::{Arc, Mutex};
 
