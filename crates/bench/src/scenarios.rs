@@ -1,6 +1,11 @@
-//! The six scenarios of issue 7. Each starts its own server on a fresh database, its own
-//! receivers and organizations, runs its phases, waits (bounded) for the deliveries, checks
-//! them against the outbox, and stops the server with SIGTERM.
+//! The six scenarios of issue 7, and the purge scenario of issue 12 ([`purge`]). Each starts
+//! its own server on a fresh database, its own receivers and organizations, runs its phases,
+//! waits (bounded) for the deliveries, checks them against the outbox, and stops the server
+//! with SIGTERM.
+
+mod purge;
+
+pub use purge::{Purge, PurgeMetrics, purge};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -228,10 +233,12 @@ async fn drive(
     receivers: &Receivers,
 ) -> anyhow::Result<Outcome> {
     let ok = Arc::new(AtomicU64::new(0));
-    let (len, unit) = match plan.stop {
+    let (len, unit) = match &plan.stop {
         Stop::After(d) => (d.as_secs(), "s"),
-        Stop::Count(n) => (n, "users"),
+        Stop::Count(n) => (*n, "users"),
+        Stop::Until(_) => (0, "s"),
     };
+    let stop = plan.stop.clone();
     let bar = b.progress.bar(label, len, unit);
     let started = Instant::now();
     let delivered0 = receivers.recorder().counts().unique;
@@ -241,9 +248,14 @@ async fn drive(
     };
     let outcome = tracked(load::run(target, plan, ok.clone()), || {
         let created = ok.load(Ordering::Relaxed);
-        match plan.stop {
-            Stop::After(d) => bar.set_position(started.elapsed().min(d).as_secs()),
+        match &stop {
+            Stop::After(d) => bar.set_position(started.elapsed().min(*d).as_secs()),
             Stop::Count(_) => bar.set_position(created),
+            Stop::Until(_) => {
+                let s = started.elapsed().as_secs();
+                bar.set_length(s.max(1));
+                bar.set_position(s);
+            }
         }
         let delivered = receivers.recorder().counts().unique - delivered0;
         bar.set_message(format!("{created} created, {delivered} delivered"));
