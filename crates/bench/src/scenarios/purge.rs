@@ -1,5 +1,5 @@
-//! 7. purge: the retention purge beside a steady load (issue 12). One server with the default
-//! retention builds `--purge-events` users with one endpoint (an event, a delivery and an
+//! Scenario 7, purge: the retention purge beside a steady load (issue 12). One server with the
+//! default retention builds `--purge-events` users with one endpoint (an event, a delivery and an
 //! attempt each) and drains them, then runs the fixed-rate baseline; a second server on the
 //! same database with `ACCOMMADOR_RETENTION=1s` finds everything expired and purges it while
 //! the same load goes on, until `accommador_purged_rows_total{table="events"}` has reached
@@ -684,6 +684,7 @@ http_requests_total{method=\"GET\",route=\"/metrics\",status=\"200\"} 4
             file: None,
             ..sample("purge", 1.0, 0, 0)
         };
-        assert!(file_growth(&[pg.clone()], &[pg], Some(1.0)).is_none());
+        let pg = std::slice::from_ref(&pg);
+        assert!(file_growth(pg, pg, Some(1.0)).is_none());
     }
 }
