@@ -200,6 +200,40 @@ async fn create_endpoints(
     Ok(all.into_iter().map(|(_, n)| n).collect())
 }
 
+/// One healthy endpoint in the organization of `key`; its receiver number.
+async fn one_endpoint(
+    api: &Api,
+    key: &str,
+    receivers: &Arc<Receivers>,
+) -> anyhow::Result<Vec<u32>> {
+    create_endpoints(
+        api,
+        key,
+        receivers,
+        vec![Behaviour::Healthy],
+        1,
+        &ProgressBar::hidden(),
+    )
+    .await
+}
+
+/// Creates `n` users as fast as the server answers, over `--connections`.
+async fn create_users(
+    b: &Bench,
+    label: &str,
+    base_url: &str,
+    key: &str,
+    n: u64,
+    receivers: &Receivers,
+) -> anyhow::Result<Outcome> {
+    let plan = Plan {
+        connections: b.cli.connections,
+        stop: Stop::Count(n),
+        rate: None,
+    };
+    drive(b, label, base_url, key, plan, receivers).await
+}
+
 /// Waits until the receivers have `target` distinct receipts in all, or `timeout`. True when
 /// they got there.
 async fn wait_for_receipts(
@@ -396,15 +430,7 @@ pub async fn sustained(b: &Bench) -> anyhow::Result<Sustained> {
     let org = api
         .create_org(&server.admin_token, "bench sustained")
         .await?;
-    let endpoints = create_endpoints(
-        &api,
-        &org.api_key,
-        &receivers,
-        vec![Behaviour::Healthy],
-        1,
-        &ProgressBar::hidden(),
-    )
-    .await?;
+    let endpoints = one_endpoint(&api, &org.api_key, &receivers).await?;
     let meter = Meter::start(Some(&server), b.ticks);
     let plan = Plan {
         connections: b.cli.connections,
@@ -517,15 +543,7 @@ pub async fn latency(b: &Bench) -> anyhow::Result<LatencyScenario> {
         let org = api
             .create_org(&server.admin_token, &format!("bench latency {rate}/s"))
             .await?;
-        let endpoints = create_endpoints(
-            &api,
-            &org.api_key,
-            &receivers,
-            vec![Behaviour::Healthy],
-            1,
-            &ProgressBar::hidden(),
-        )
-        .await?;
+        let endpoints = one_endpoint(&api, &org.api_key, &receivers).await?;
         let base = receivers.recorder().counts().unique;
         let meter = Meter::start(Some(&server), b.ticks);
         let plan = Plan {
@@ -895,26 +913,13 @@ pub async fn backlog(b: &Bench) -> anyhow::Result<Backlog> {
     let org = api
         .create_org(&builder.admin_token, "bench backlog")
         .await?;
-    let endpoints = create_endpoints(
-        &api,
-        &org.api_key,
-        &receivers,
-        vec![Behaviour::Healthy],
-        1,
-        &ProgressBar::hidden(),
-    )
-    .await?;
-    let plan = Plan {
-        connections: b.cli.connections,
-        stop: Stop::Count(n),
-        rate: None,
-    };
-    let build = drive(
+    let endpoints = one_endpoint(&api, &org.api_key, &receivers).await?;
+    let build = create_users(
         b,
         "4 backlog: build (no worker)",
         &builder.base_url,
         &org.api_key,
-        plan,
+        n,
         &receivers,
     )
     .await?;

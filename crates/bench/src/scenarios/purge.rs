@@ -16,17 +16,16 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use indicatif::ProgressBar;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::{Bench, LoadSummary, create_endpoints, drain, drive, load_summary, stop};
+use super::{Bench, LoadSummary, create_users, drain, drive, load_summary, one_endpoint, stop};
 use crate::api::Api;
 use crate::check::{self, ReceiptTally, Tally};
 use crate::load::{Acked, Plan, Stop};
 use crate::meter::{Meter, Usage};
 use crate::progress::Progress;
-use crate::receivers::{Behaviour, Counts};
+use crate::receivers::Counts;
 use crate::stats::{Latencies, LatencySummary};
 
 /// How often the phases sample `/metrics` and the database file.
@@ -379,28 +378,15 @@ pub async fn purge(b: &Bench) -> anyhow::Result<Purge> {
     let api = Api::new(builder.base_url.clone(), 4)?;
     let receivers = b.receivers(1)?;
     let org = api.create_org(&builder.admin_token, "bench purge").await?;
-    let endpoints = create_endpoints(
-        &api,
-        &org.api_key,
-        &receivers,
-        vec![Behaviour::Healthy],
-        1,
-        &ProgressBar::hidden(),
-    )
-    .await?;
+    let endpoints = one_endpoint(&api, &org.api_key, &receivers).await?;
 
     // 1. The rows to expire.
-    let plan = Plan {
-        connections: b.cli.connections,
-        stop: Stop::Count(n),
-        rate: None,
-    };
-    let build = drive(
+    let build = create_users(
         b,
         "7 purge: build",
         &builder.base_url,
         &org.api_key,
-        plan,
+        n,
         &receivers,
     )
     .await?;
