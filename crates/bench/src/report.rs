@@ -528,6 +528,14 @@ fn purge_human(p: &Purge, o: &mut String) {
         p.writer_pause_ms.map_or("?".into(), fmt_num),
         p.baseline_pause_ms.map_or("?".into(), fmt_num)
     );
+    let _ = writeln!(
+        o,
+        "             creates slower than the baseline median + 50 ms: {} of {} during the purge, {} of {} in the baseline",
+        p.slow_creates_during_purge,
+        p.during_purge.as_ref().map_or(0, |l| l.count),
+        p.slow_creates_baseline,
+        p.baseline.ok
+    );
     let _ = writeln!(o, "             {}", usage(&p.usage));
     if let Some(f) = &p.file {
         let mb = |b: u64| fmt_num(b as f64 / MIB / MIB);

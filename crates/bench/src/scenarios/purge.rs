@@ -350,6 +350,10 @@ pub struct Purge {
     /// The same estimate over the baseline (its longest create minus its median), ms: what the
     /// machine does without a purge.
     pub baseline_pause_ms: Option<f64>,
+    /// Creates that took more than the baseline median + 50 ms: during the baseline and during
+    /// the purge (how often, not only how long, the writer stalled).
+    pub slow_creates_baseline: u64,
+    pub slow_creates_during_purge: u64,
     pub usage: Usage,
     pub drained: bool,
     /// The load beside the purge, by user id (its events are purged a second after delivery).
@@ -359,6 +363,14 @@ pub struct Purge {
     pub samples: Vec<Sample>,
     pub receivers: Counts,
     pub first_bad_signature: Option<String>,
+}
+
+/// How many of `acked` took longer than `limit`.
+fn slower_than<'a>(acked: impl IntoIterator<Item = &'a Acked>, limit: Duration) -> u64 {
+    acked
+        .into_iter()
+        .filter(|a| a.acked.saturating_duration_since(a.sent) > limit)
+        .count() as u64
 }
 
 fn api_latency<'a>(acked: impl IntoIterator<Item = &'a Acked>) -> Option<LatencySummary> {
@@ -514,13 +526,18 @@ pub async fn purge(b: &Bench) -> anyhow::Result<Purge> {
         &endpoints,
         &receipts,
     );
+    let base_latency = load_summary(&baseline).api_latency;
     let (during, after): (Vec<&Acked>, Vec<&Acked>) = outcome
         .acked
         .iter()
         .partition(|a| watch.caught_up_at.is_none_or(|at| a.sent < at));
+    let slow = base_latency.as_ref().map_or(Duration::MAX, |a| {
+        Duration::from_secs_f64((a.p50_ms + 50.0) / 1000.0)
+    });
+    let slow_creates_baseline = slower_than(&baseline.acked, slow);
+    let slow_creates_during_purge = slower_than(during.iter().copied(), slow);
     let during_purge = api_latency(during);
     let after_purge = api_latency(after);
-    let base_latency = load_summary(&baseline).api_latency;
     let p99_ratio = match (&base_latency, &during_purge) {
         (Some(a), Some(d)) if a.p99_ms > 0.0 => Some(d.p99_ms / a.p99_ms),
         _ => None,
@@ -559,6 +576,8 @@ pub async fn purge(b: &Bench) -> anyhow::Result<Purge> {
         p99_ratio,
         writer_pause_ms,
         baseline_pause_ms,
+        slow_creates_baseline,
+        slow_creates_during_purge,
         usage,
         drained,
         delivered,
