@@ -33,8 +33,15 @@ deliveries/s in all: first all healthy (baseline), then one of them hanging --ha
 request; the healthy endpoints' p99 against the baseline (and scenario 2)
   6 ceiling    a plain keep-alive loop of signed POSTs from the bench straight to the receivers \
 at --connections, no server in between: the end-to-end rate of scenario 1 as a fraction of it
+  7 purge      retention (not part of `all`: it builds about a million rows): --purge-events \
+users created flat out with one endpoint and drained, a --purge-baseline run at --purge-rate \
+users/s (open loop), then a restart on the same database with ACCOMMADOR_RETENTION=1s, so \
+everything is expired, and the same load while the purge runs, until it has caught up and \
+--purge-tail seconds more: rows purged per second (/metrics), API latency against the \
+baseline, the longest create as the writer-pause estimate, and on SQLite the file size and free \
+pages every half second (the file must stop growing once the purge has caught up)
 `all` runs them in the order 6, 1, 2, 5, 3, 4: the ceiling right before the sustained run it \
-is compared with, isolation after the latency run it refers to.
+is compared with, isolation after the latency run it refers to; 7 only when named.
 
 Every scenario gets a fresh server; without --database, a fresh SQLite file in a temporary \
 directory. A postgres:// URL is passed through as is; if the server refuses it (no \
@@ -49,8 +56,8 @@ performance targets do not change the exit status; they are in the summary.";
 #[derive(Debug, Parser)]
 #[command(name = "accommador-bench", version, about = ABOUT, long_about = LONG_ABOUT)]
 pub struct Cli {
-    /// Scenarios to run: `all`, or a comma list of numbers (1-6) or names (sustained, latency,
-    /// fanout, backlog, isolation, ceiling).
+    /// Scenarios to run: `all` (1-6), or a comma list of numbers (1-7) or names (sustained,
+    /// latency, fanout, backlog, isolation, ceiling, purge).
     #[arg(long, default_value = "all", value_name = "LIST")]
     pub scenario: String,
 
@@ -98,6 +105,28 @@ pub struct Cli {
     #[arg(long, default_value_t = 100_000, value_name = "N")]
     pub backlog: u64,
 
+    /// Users created (with one endpoint: an event, a delivery and an attempt each) before the
+    /// purge scenario expires them all; the default makes about 1,000,000 rows.
+    #[arg(long, default_value_t = 333_000, value_name = "N")]
+    pub purge_events: u64,
+
+    /// Fixed create rate, users/s, of the purge scenario's baseline and of the load beside the
+    /// purge.
+    #[arg(long, default_value_t = 500.0, value_name = "PER_SECOND")]
+    pub purge_rate: f64,
+
+    /// Length of the purge scenario's baseline (the same load, no purge).
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub purge_baseline: u64,
+
+    /// How long the load goes on after the purge has caught up (the file-size tail).
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub purge_tail: u64,
+
+    /// Give up on the purge catching up after this long.
+    #[arg(long, default_value_t = 900, value_name = "SECONDS")]
+    pub purge_timeout: u64,
+
     /// Total deliveries per second in the isolation scenario (users/s times endpoints).
     #[arg(long, default_value_t = 1000.0, value_name = "PER_SECOND")]
     pub isolation_rate: f64,
@@ -142,8 +171,8 @@ pub struct Cli {
     pub keep_data: bool,
 }
 
-/// The six scenarios, in the order `all` runs them (the ceiling right before the sustained run
-/// it is compared with).
+/// The seven scenarios, in run order (the ceiling right before the sustained run it is
+/// compared with; the purge last).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Scenario {
     Ceiling,
@@ -152,9 +181,11 @@ pub enum Scenario {
     Isolation,
     Fanout,
     Backlog,
+    Purge,
 }
 
 impl Scenario {
+    /// What `all` runs: every scenario but the purge, which takes minutes to build its rows.
     pub const ALL: [Scenario; 6] = [
         Scenario::Ceiling,
         Scenario::Sustained,
@@ -162,6 +193,17 @@ impl Scenario {
         Scenario::Isolation,
         Scenario::Fanout,
         Scenario::Backlog,
+    ];
+
+    /// Every scenario, for naming one.
+    const EVERY: [Scenario; 7] = [
+        Scenario::Ceiling,
+        Scenario::Sustained,
+        Scenario::Latency,
+        Scenario::Isolation,
+        Scenario::Fanout,
+        Scenario::Backlog,
+        Scenario::Purge,
     ];
 
     pub fn name(self) -> &'static str {
@@ -172,6 +214,7 @@ impl Scenario {
             Scenario::Backlog => "backlog",
             Scenario::Isolation => "isolation",
             Scenario::Ceiling => "ceiling",
+            Scenario::Purge => "purge",
         }
     }
 
@@ -183,12 +226,13 @@ impl Scenario {
             Scenario::Backlog => 4,
             Scenario::Isolation => 5,
             Scenario::Ceiling => 6,
+            Scenario::Purge => 7,
         }
     }
 
     fn parse(word: &str) -> Option<Scenario> {
         let word = word.trim().to_ascii_lowercase();
-        Scenario::ALL
+        Scenario::EVERY
             .into_iter()
             .find(|s| s.name() == word || s.number().to_string() == word)
     }
@@ -202,7 +246,7 @@ pub fn parse_scenarios(list: &str) -> Result<Vec<Scenario>, String> {
     let mut picked = Vec::new();
     for word in list.split(',').filter(|w| !w.trim().is_empty()) {
         let s = Scenario::parse(word).ok_or_else(|| {
-            format!("unknown scenario {word:?}: use 1-6, sustained, latency, fanout, backlog, isolation, ceiling or all")
+            format!("unknown scenario {word:?}: use 1-7, sustained, latency, fanout, backlog, isolation, ceiling, purge or all")
         })?;
         if !picked.contains(&s) {
             picked.push(s);
@@ -249,7 +293,13 @@ mod tests {
             parse_scenarios("1,6,latency,1").unwrap(),
             vec![Scenario::Ceiling, Scenario::Sustained, Scenario::Latency]
         );
-        assert!(parse_scenarios("7").is_err());
+        assert!(!parse_scenarios("all").unwrap().contains(&Scenario::Purge));
+        assert_eq!(
+            parse_scenarios("purge,4").unwrap(),
+            vec![Scenario::Backlog, Scenario::Purge]
+        );
+        assert_eq!(parse_scenarios("7").unwrap(), vec![Scenario::Purge]);
+        assert!(parse_scenarios("8").is_err());
         assert!(parse_scenarios("").is_err());
     }
 

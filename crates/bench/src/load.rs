@@ -16,19 +16,23 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use accommador_webhooks::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, Secret};
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::api::http_client;
 
 /// When a load phase ends.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Stop {
     /// Closed loop: no new request after this long; open loop: requests due before it.
     After(Duration),
     /// Exactly this many requests in all.
     Count(u64),
+    /// No new request once the token is cancelled (a phase whose end depends on what the
+    /// server does meanwhile, e.g. the purge catching up).
+    Until(CancellationToken),
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Plan {
     pub connections: usize,
     pub stop: Stop,
@@ -101,23 +105,29 @@ pub async fn run(target: Target, plan: Plan, progress: Arc<AtomicU64>) -> anyhow
         let ticket = ticket.clone();
         let target = target.clone();
         let progress = progress.clone();
+        let plan = plan.clone();
         workers.spawn(async move {
             let mut log = WorkerLog::default();
             loop {
                 let i = ticket.fetch_add(1, Ordering::Relaxed);
-                match (plan.stop, plan.rate) {
-                    (Stop::Count(n), _) if i >= n => break,
-                    (Stop::After(d), None) if started.elapsed() >= d => break,
+                match (&plan.stop, plan.rate) {
+                    (Stop::Count(n), _) if i >= *n => break,
+                    (Stop::After(d), None) if started.elapsed() >= *d => break,
+                    (Stop::Until(token), _) if token.is_cancelled() => break,
                     _ => {}
                 }
                 if let Some(rate) = plan.rate {
                     let due = Duration::from_secs_f64(i as f64 / rate);
-                    if let Stop::After(d) = plan.stop
-                        && due >= d
-                    {
-                        break;
+                    match &plan.stop {
+                        Stop::After(d) if due >= *d => break,
+                        Stop::Until(token) => {
+                            tokio::select! {
+                                () = token.cancelled() => break,
+                                () = tokio::time::sleep_until((started + due).into()) => {}
+                            }
+                        }
+                        _ => tokio::time::sleep_until((started + due).into()).await,
                     }
-                    tokio::time::sleep_until((started + due).into()).await;
                 }
                 if send(&client, &target, phase, i, &mut log).await {
                     progress.fetch_add(1, Ordering::Relaxed);

@@ -6,11 +6,11 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::check::Tally;
+use crate::check::{ReceiptTally, Tally};
 use crate::meter::Usage;
 use crate::procfs::{CpuTime, Machine};
 use crate::receivers::Counts;
-use crate::scenarios::{Backlog, Ceiling, Fanout, Isolation, LatencyScenario, Sustained};
+use crate::scenarios::{Backlog, Ceiling, Fanout, Isolation, LatencyScenario, Purge, Sustained};
 use crate::stats::{Goal, LatencySummary, TargetCheck, check, fmt_num};
 
 #[derive(Debug, Default, Serialize)]
@@ -21,6 +21,7 @@ pub struct Results {
     pub isolation: Option<Isolation>,
     pub fanout: Option<Fanout>,
     pub backlog: Option<Backlog>,
+    pub purge: Option<Purge>,
     /// Scenarios that could not run, and why.
     pub errors: BTreeMap<String, String>,
 }
@@ -176,6 +177,9 @@ pub fn targets(r: &Results, postgres: bool) -> Vec<TargetCheck> {
         fraction,
         Some(18.0),
     ));
+    if let Some(p) = &r.purge {
+        purge_targets(p, &mut t);
+    }
     if !postgres {
         t.push(TargetCheck {
             target: "PostgreSQL: sustained ≥ 2,000 events/s".into(),
@@ -187,6 +191,52 @@ pub fn targets(r: &Results, postgres: bool) -> Vec<TargetCheck> {
         });
     }
     t
+}
+
+/// Issue 12's targets, measured by the purge scenario (listed only when it ran).
+fn purge_targets(p: &Purge, t: &mut Vec<TargetCheck>) {
+    // Not caught up: what it purged before the load stopped.
+    let rows = p
+        .purged_at_catch_up
+        .or(p.purged_at_end)
+        .map_or(0, |c| c.rows());
+    t.push(check(
+        "purge beside a steady load: API p99 ≤ 2× the same load without purge",
+        Goal::AtMost(2.0),
+        "×",
+        p.p99_ratio,
+        None,
+    ));
+    let label = if (900_000..=1_100_000).contains(&rows) {
+        "purge of 1,000,000 rows: writer paused ≤ 50 ms at a time".to_owned()
+    } else {
+        format!("purge: writer paused ≤ 50 ms at a time (target for 1,000,000 rows; purged {rows})")
+    };
+    t.push(check(
+        label,
+        Goal::AtMost(50.0),
+        "ms",
+        p.writer_pause_ms,
+        None,
+    ));
+    if let Some(f) = &p.file {
+        t.push(check(
+            "SQLite: file (db + WAL) stops growing once the purge has caught up (tail growth)",
+            Goal::AtMost(0.0),
+            "KiB",
+            f.tail_growth_bytes.map(|b| b as f64 / 1024.0),
+            None,
+        ));
+    }
+}
+
+fn receipt_problems(scenario: &str, t: &ReceiptTally, problems: &mut Vec<String>) {
+    if t.lost > 0 {
+        problems.push(format!(
+            "{scenario}: {} of {} acknowledged users' deliveries never arrived",
+            t.lost, t.expected
+        ));
+    }
 }
 
 fn tally_problems(scenario: &str, t: &Tally, problems: &mut Vec<String>) {
@@ -289,6 +339,16 @@ pub fn correctness(r: &Results) -> Correctness {
             "backlog",
             &b.receivers,
             b.first_bad_signature.as_ref(),
+            &mut p,
+        );
+    }
+    if let Some(pu) = &r.purge {
+        tally_problems("purge build and baseline", &pu.before_restart, &mut p);
+        receipt_problems("purge", &pu.delivered, &mut p);
+        receiver_problems(
+            "purge",
+            &pu.receivers,
+            pu.first_bad_signature.as_ref(),
             &mut p,
         );
     }
@@ -400,6 +460,147 @@ fn refused(l: &crate::scenarios::LoadSummary) -> String {
         l.transport_errors,
         l.first_error.as_deref().unwrap_or("?")
     )
+}
+
+fn purge_human(p: &Purge, o: &mut String) {
+    let _ = writeln!(
+        o,
+        "7 purge      built {} users at {} users/s (one endpoint){}; {} events expired at the restart",
+        p.build.ok,
+        fmt_num(p.build.ok_per_s),
+        refused(&p.build),
+        p.expired_events
+    );
+    let _ = writeln!(
+        o,
+        "             baseline {}/s for {} s (achieved {}/s{}): API latency {}",
+        fmt_num(p.rate),
+        fmt_num(p.baseline.elapsed_s),
+        fmt_num(p.baseline.ok_per_s),
+        refused(&p.baseline),
+        lat(&p.baseline.api_latency)
+    );
+    let _ = writeln!(o, "             {}", usage(&p.baseline_usage));
+    let counters = |c: &Option<crate::scenarios::PurgeMetrics>| {
+        c.map_or("?".into(), |c| {
+            format!(
+                "{} rows ({} events, {} deliveries, {} attempts)",
+                c.rows(),
+                c.events,
+                c.deliveries,
+                c.attempts
+            )
+        })
+    };
+    let _ = writeln!(
+        o,
+        "             restart with ACCOMMADOR_RETENTION=1s (ready in {} s): purged {} in {} s = {} rows/s{}",
+        fmt_num(p.startup_s),
+        counters(&p.purged_at_catch_up),
+        p.purge_s.map_or("?".into(), fmt_num),
+        p.purged_rows_per_s.map_or("?".into(), fmt_num),
+        if p.purge_s.is_none() {
+            " (NOT caught up)"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        o,
+        "             load beside it {}/s for {} s (achieved {}/s{}); purged by the end: {}",
+        fmt_num(p.rate),
+        fmt_num(p.load.elapsed_s),
+        fmt_num(p.load.ok_per_s),
+        refused(&p.load),
+        counters(&p.purged_at_end)
+    );
+    let _ = writeln!(
+        o,
+        "             API latency during the purge {}",
+        lat(&p.during_purge)
+    );
+    let _ = writeln!(
+        o,
+        "             API latency after it         {}",
+        lat(&p.after_purge)
+    );
+    let _ = writeln!(
+        o,
+        "             p99 ratio {}; writer pause estimate {} ms (the baseline's own: {} ms)",
+        p.p99_ratio
+            .map_or("?".into(), |x| format!("{}×", fmt_num(x))),
+        p.writer_pause_ms.map_or("?".into(), fmt_num),
+        p.baseline_pause_ms.map_or("?".into(), fmt_num)
+    );
+    let _ = writeln!(
+        o,
+        "             creates slower than the baseline median + 50 ms: {} of {} during the purge, {} of {} in the baseline",
+        p.slow_creates_during_purge,
+        p.during_purge.as_ref().map_or(0, |l| l.count),
+        p.slow_creates_baseline,
+        p.baseline.ok
+    );
+    let _ = writeln!(o, "             {}", usage(&p.usage));
+    if let Some(f) = &p.file {
+        let mb = |b: u64| fmt_num(b as f64 / MIB / MIB);
+        let _ = writeln!(
+            o,
+            "             file (db + WAL): baseline {} → {} MiB ({} KiB/s); purge start {} MiB, caught up {} MiB, end {} MiB, max {} MiB",
+            mb(f.baseline_start_bytes),
+            mb(f.baseline_end_bytes),
+            fmt_num(f.baseline_growth_bytes_per_s / 1024.0),
+            mb(f.purge_start_bytes),
+            f.caught_up_bytes.map_or("?".into(), mb),
+            mb(f.end_bytes),
+            mb(f.max_bytes)
+        );
+        let _ = writeln!(
+            o,
+            "             tail: grew {} KiB ({} KiB/s); free pages {} → {} ({} KiB/s of free pages reused)",
+            f.tail_growth_bytes
+                .map_or("?".into(), |b| fmt_num(b as f64 / 1024.0)),
+            f.tail_growth_bytes_per_s
+                .map_or("?".into(), |b| fmt_num(b / 1024.0)),
+            f.free_pages_caught_up.map_or("?".into(), |n| n.to_string()),
+            f.free_pages_end,
+            f.tail_reuse_bytes_per_s
+                .map_or("?".into(), |b| fmt_num(b / 1024.0))
+        );
+        let series: Vec<String> = thin(&p.samples, 16)
+            .into_iter()
+            .filter_map(|s| {
+                let f = s.file?;
+                Some(format!(
+                    "{} {}s {} MiB/{} free/{} purged",
+                    s.phase,
+                    fmt_num(s.t_s),
+                    mb(f.bytes()),
+                    f.free_pages,
+                    s.purged.map_or(0, |c| c.rows())
+                ))
+            })
+            .collect();
+        let _ = writeln!(o, "             series: {}", series.join("; "));
+    }
+    let _ = writeln!(
+        o,
+        "             check: build and baseline {}; beside the purge {}/{} delivered, {} lost, {} duplicates",
+        tally(&p.before_restart, Some(&p.receivers)),
+        p.delivered.delivered,
+        p.delivered.expected,
+        p.delivered.lost,
+        p.delivered.duplicates
+    );
+}
+
+/// At most `n` items, evenly spread, the first and the last included.
+fn thin<T>(items: &[T], n: usize) -> Vec<&T> {
+    if items.len() <= n || n < 2 {
+        return items.iter().collect();
+    }
+    (0..n)
+        .map(|i| &items[i * (items.len() - 1) / (n - 1)])
+        .collect()
 }
 
 pub fn human(report: &Report) -> String {
@@ -610,6 +811,9 @@ pub fn human(report: &Report) -> String {
             "             check: {}",
             tally(&b.tally, Some(&b.receivers))
         );
+    }
+    if let Some(p) = &r.purge {
+        purge_human(p, &mut o);
     }
     for (scenario, error) in &r.errors {
         let _ = writeln!(o, "{scenario}: DID NOT RUN: {error}");

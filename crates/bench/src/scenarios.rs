@@ -1,6 +1,11 @@
-//! The six scenarios of issue 7. Each starts its own server on a fresh database, its own
-//! receivers and organizations, runs its phases, waits (bounded) for the deliveries, checks
-//! them against the outbox, and stops the server with SIGTERM.
+//! The six scenarios of issue 7, and the purge scenario of issue 12 ([`purge`]). Each starts
+//! its own server on a fresh database, its own receivers and organizations, runs its phases,
+//! waits (bounded) for the deliveries, checks them against the outbox, and stops the server
+//! with SIGTERM.
+
+mod purge;
+
+pub use purge::{Purge, PurgeMetrics, purge};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -195,6 +200,40 @@ async fn create_endpoints(
     Ok(all.into_iter().map(|(_, n)| n).collect())
 }
 
+/// One healthy endpoint in the organization of `key`; its receiver number.
+async fn one_endpoint(
+    api: &Api,
+    key: &str,
+    receivers: &Arc<Receivers>,
+) -> anyhow::Result<Vec<u32>> {
+    create_endpoints(
+        api,
+        key,
+        receivers,
+        vec![Behaviour::Healthy],
+        1,
+        &ProgressBar::hidden(),
+    )
+    .await
+}
+
+/// Creates `n` users as fast as the server answers, over `--connections`.
+async fn create_users(
+    b: &Bench,
+    label: &str,
+    base_url: &str,
+    key: &str,
+    n: u64,
+    receivers: &Receivers,
+) -> anyhow::Result<Outcome> {
+    let plan = Plan {
+        connections: b.cli.connections,
+        stop: Stop::Count(n),
+        rate: None,
+    };
+    drive(b, label, base_url, key, plan, receivers).await
+}
+
 /// Waits until the receivers have `target` distinct receipts in all, or `timeout`. True when
 /// they got there.
 async fn wait_for_receipts(
@@ -228,10 +267,12 @@ async fn drive(
     receivers: &Receivers,
 ) -> anyhow::Result<Outcome> {
     let ok = Arc::new(AtomicU64::new(0));
-    let (len, unit) = match plan.stop {
+    let (len, unit) = match &plan.stop {
         Stop::After(d) => (d.as_secs(), "s"),
-        Stop::Count(n) => (n, "users"),
+        Stop::Count(n) => (*n, "users"),
+        Stop::Until(_) => (0, "s"),
     };
+    let stop = plan.stop.clone();
     let bar = b.progress.bar(label, len, unit);
     let started = Instant::now();
     let delivered0 = receivers.recorder().counts().unique;
@@ -241,9 +282,14 @@ async fn drive(
     };
     let outcome = tracked(load::run(target, plan, ok.clone()), || {
         let created = ok.load(Ordering::Relaxed);
-        match plan.stop {
-            Stop::After(d) => bar.set_position(started.elapsed().min(d).as_secs()),
+        match &stop {
+            Stop::After(d) => bar.set_position(started.elapsed().min(*d).as_secs()),
             Stop::Count(_) => bar.set_position(created),
+            Stop::Until(_) => {
+                let s = started.elapsed().as_secs();
+                bar.set_length(s.max(1));
+                bar.set_position(s);
+            }
         }
         let delivered = receivers.recorder().counts().unique - delivered0;
         bar.set_message(format!("{created} created, {delivered} delivered"));
@@ -384,15 +430,7 @@ pub async fn sustained(b: &Bench) -> anyhow::Result<Sustained> {
     let org = api
         .create_org(&server.admin_token, "bench sustained")
         .await?;
-    let endpoints = create_endpoints(
-        &api,
-        &org.api_key,
-        &receivers,
-        vec![Behaviour::Healthy],
-        1,
-        &ProgressBar::hidden(),
-    )
-    .await?;
+    let endpoints = one_endpoint(&api, &org.api_key, &receivers).await?;
     let meter = Meter::start(Some(&server), b.ticks);
     let plan = Plan {
         connections: b.cli.connections,
@@ -505,15 +543,7 @@ pub async fn latency(b: &Bench) -> anyhow::Result<LatencyScenario> {
         let org = api
             .create_org(&server.admin_token, &format!("bench latency {rate}/s"))
             .await?;
-        let endpoints = create_endpoints(
-            &api,
-            &org.api_key,
-            &receivers,
-            vec![Behaviour::Healthy],
-            1,
-            &ProgressBar::hidden(),
-        )
-        .await?;
+        let endpoints = one_endpoint(&api, &org.api_key, &receivers).await?;
         let base = receivers.recorder().counts().unique;
         let meter = Meter::start(Some(&server), b.ticks);
         let plan = Plan {
@@ -883,26 +913,13 @@ pub async fn backlog(b: &Bench) -> anyhow::Result<Backlog> {
     let org = api
         .create_org(&builder.admin_token, "bench backlog")
         .await?;
-    let endpoints = create_endpoints(
-        &api,
-        &org.api_key,
-        &receivers,
-        vec![Behaviour::Healthy],
-        1,
-        &ProgressBar::hidden(),
-    )
-    .await?;
-    let plan = Plan {
-        connections: b.cli.connections,
-        stop: Stop::Count(n),
-        rate: None,
-    };
-    let build = drive(
+    let endpoints = one_endpoint(&api, &org.api_key, &receivers).await?;
+    let build = create_users(
         b,
         "4 backlog: build (no worker)",
         &builder.base_url,
         &org.api_key,
-        plan,
+        n,
         &receivers,
     )
     .await?;
