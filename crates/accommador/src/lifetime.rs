@@ -82,8 +82,10 @@ async fn purge(store: Store, retention: Duration) {
         tick.tick().await;
         let (mut after, mut kept, mut events) = (0, 0, 0);
         loop {
+            let began = std::time::Instant::now();
             match store.purge_step(after, millis(retention)).await {
                 Ok(step) => {
+                    pace(began, step.events + step.deliveries + step.attempts).await;
                     for (table, n) in [
                         ("events", step.events),
                         ("deliveries", step.deliveries),
@@ -119,6 +121,16 @@ async fn purge(store: Store, retention: Duration) {
     }
 }
 
+/// After a step that wrote `rows`, waits as long as the step took: the jobs use at most half
+/// of the database's writer (SQLite's single writer above all), so requests committing beside
+/// a long purge or erasure wait behind at most one step, and the purge still removes tens of
+/// thousands of rows a second, far more than a steady load writes.
+async fn pace(began: std::time::Instant, rows: usize) {
+    if rows > 0 {
+        tokio::time::sleep(began.elapsed()).await;
+    }
+}
+
 /// Runs erasure steps until none is left, when woken by a request and at every tick (which
 /// also finds deleted users due for automatic erasure); then scrubs the database files.
 async fn erase(store: Store, erase_deleted_after: Duration, wake: Arc<Notify>) {
@@ -138,7 +150,10 @@ async fn erase(store: Store, erase_deleted_after: Duration, wake: Arc<Notify>) {
                     .millis()
                     .saturating_sub(millis(erase_deleted_after)),
             );
-            match store.erase_step(Some(before)).await {
+            let began = std::time::Instant::now();
+            let step = store.erase_step(Some(before)).await;
+            pace(began, usize::from(matches!(step, Ok(Some(_))))).await;
+            match step {
                 Ok(None) => break,
                 Ok(Some(EraseStep::Finished { .. })) => finished += 1,
                 Ok(Some(EraseStep::Marked(n))) => {

@@ -440,3 +440,58 @@ async fn deleted_users_are_erased_automatically_after_the_setting() {
     .await;
     assert_eq!(still["email"], KEPT_EMAIL);
 }
+
+#[tokio::test]
+async fn an_event_with_more_deliveries_than_one_step_holds_is_purged_over_several() {
+    let receiver = Receiver::start().await;
+    let app = spawn_app_with(|s| s.retention = Duration::from_secs(2)).await;
+    let t = app.create_org("Acme").await;
+    // More deliveries for one event than a purge step takes (about 1,000 rows).
+    let endpoints = 1_200;
+    for i in 0..endpoints {
+        endpoint(&app, &t, &receiver.url(&format!("/e{i}")), None).await;
+    }
+    let user = app.create_user(&t, json!({"email": "a@example.com"})).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while receiver.all().len() < endpoints {
+        assert!(
+            Instant::now() < deadline,
+            "{} deliveries",
+            receiver.all().len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let event = app.all_events(&t, "").await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(event, {
+        let events = app
+            .all_events(&t, &format!("&user_id={}", user["id"].as_str().unwrap()))
+            .await;
+        events[0]["id"].as_str().unwrap().to_owned()
+    });
+    // The newest of its deliveries (lists are newest first); they fill more than a page.
+    let newest = deliveries_of(&app, &t, &event).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let all = json_of(&app, &t, "/v1/deliveries?limit=500").await;
+    assert!(all["next_cursor"].is_string(), "more than one page");
+    eventually(
+        Duration::from_secs(30),
+        "the event and every delivery go",
+        || {
+            let (app, t, event, newest) = (&app, &t, &event, &newest);
+            async move {
+                status_of(app, t, &format!("/v1/events/{event}")).await == StatusCode::NOT_FOUND
+                    && status_of(app, t, &format!("/v1/deliveries/{newest}")).await
+                        == StatusCode::NOT_FOUND
+            }
+        },
+    )
+    .await;
+    // Nothing of it is left to list.
+    let left = json_of(&app, &t, "/v1/deliveries?limit=500").await;
+    assert_eq!(left["data"], json!([]), "{left}");
+}

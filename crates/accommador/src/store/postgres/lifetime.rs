@@ -48,76 +48,108 @@ impl PgStore {
             done: events.len() < PURGE_EVENTS,
             ..PurgeStep::default()
         };
+        // The expired events at the head of the walk, in commit order.
+        let mut expired: Vec<(i64, String)> = Vec::new();
         for row in events {
-            let (seq, id, expired): (i64, String, bool) = (row.get(0), row.get(1), row.get(2));
-            if !expired {
+            if !row.get::<_, bool>(2) {
                 step.done = true;
                 break;
             }
-            let pending: bool = tx
-                .fetch_one(
-                    "SELECT EXISTS (SELECT 1 FROM deliveries
-                                    WHERE event_id = $1 AND status = 'pending')",
-                    &[&id],
-                )
-                .await
-                .map_err(pg_err)?
-                .get(0);
+            expired.push((row.get(0), row.get(1)));
+        }
+        if expired.is_empty() {
+            tx.commit().await.map_err(pg_err)?;
+            return Ok(step);
+        }
+        // Set-based, a few statements per step whatever the number of events: their deliveries
+        // by event (the unique (event_id, endpoint_id) index), pending ones keeping the event.
+        let ids: Vec<&str> = expired.iter().map(|(_, id)| id.as_str()).collect();
+        let counts = tx
+            .fetch(
+                "SELECT event_id, count(*), bool_or(status = 'pending') FROM deliveries
+                 WHERE event_id = ANY($1) GROUP BY event_id",
+                &[&ids],
+            )
+            .await
+            .map_err(pg_err)?;
+        let by_event: std::collections::HashMap<String, (i64, bool)> = counts
+            .iter()
+            .map(|r| (r.get(0), (r.get(1), r.get(2))))
+            .collect();
+        // Events taken whole while the deliveries stay within the step's budget (the first
+        // one in part if it alone has more).
+        let budget = PURGE_ROWS / 2;
+        let (mut take, mut seqs, mut deliveries, mut partial) = (Vec::new(), Vec::new(), 0, None);
+        for (seq, id) in &expired {
+            let (n, pending) = by_event.get(id).copied().unwrap_or((0, false));
             if pending {
-                // Kept whole until no delivery of it is pending.
                 step.kept += 1;
-                step.next_after = seq;
+                step.next_after = *seq;
                 continue;
             }
-            let budget = PURGE_ROWS
-                .saturating_sub(step.deliveries + step.attempts + step.events)
-                .max(1);
-            // Only ended deliveries go: one made pending meanwhile (a retry) keeps the event.
-            let gone = tx
-                .fetch_one(
-                    "WITH batch AS (
-                         SELECT id FROM deliveries
-                         WHERE event_id = $1 AND status <> 'pending'
-                         LIMIT $2 FOR UPDATE),
-                     attempts_gone AS (
-                         DELETE FROM attempts a USING batch WHERE a.delivery_id = batch.id
-                         RETURNING 1),
-                     deliveries_gone AS (
-                         DELETE FROM deliveries d USING batch WHERE d.id = batch.id
-                         RETURNING 1)
-                     SELECT (SELECT count(*) FROM deliveries_gone),
-                            (SELECT count(*) FROM attempts_gone)",
+            if deliveries + n as usize > budget {
+                if take.is_empty() {
+                    partial = Some(id.as_str());
+                }
+                step.done = false;
+                break;
+            }
+            deliveries += n as usize;
+            take.push(id.as_str());
+            seqs.push(*seq);
+            step.next_after = *seq;
+        }
+        let doomed: Vec<String> = match partial {
+            Some(id) => tx
+                .fetch(
+                    "SELECT id FROM deliveries WHERE event_id = $1 AND status <> 'pending'
+                     LIMIT $2 FOR UPDATE",
                     &[&id, &(budget as i64)],
                 )
                 .await
-                .map_err(pg_err)?;
-            let gone_deliveries = gone.get::<_, i64>(0) as usize;
-            step.deliveries += gone_deliveries;
-            step.attempts += gone.get::<_, i64>(1) as usize;
-            let deleted = tx
-                .run(
-                    "DELETE FROM events WHERE commit_seq = $1
-                     AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_id = $2)",
-                    &[&seq, &id],
+                .map_err(pg_err)?
+                .iter()
+                .map(|r| r.get(0))
+                .collect(),
+            None => tx
+                .fetch(
+                    "SELECT id FROM deliveries WHERE event_id = ANY($1) AND status <> 'pending'
+                     FOR UPDATE",
+                    &[&take],
                 )
                 .await
-                .map_err(pg_err)?;
-            if deleted == 1 {
-                step.events += 1;
-                step.next_after = seq;
-            } else if gone_deliveries == 0 {
-                // A delivery of it became pending meanwhile (a retry): kept for now.
-                step.kept += 1;
-                step.next_after = seq;
-            } else {
-                // More ended deliveries than this step's budget: the next step goes on here.
-                step.done = false;
-                break;
-            }
-            if step.deliveries + step.attempts + step.events >= PURGE_ROWS {
-                step.done = false;
-                break;
-            }
+                .map_err(pg_err)?
+                .iter()
+                .map(|r| r.get(0))
+                .collect(),
+        };
+        if !doomed.is_empty() {
+            step.attempts += tx
+                .run(
+                    "DELETE FROM attempts WHERE delivery_id = ANY($1)",
+                    &[&doomed],
+                )
+                .await
+                .map_err(pg_err)? as usize;
+            step.deliveries += tx
+                .run(
+                    "DELETE FROM deliveries WHERE id = ANY($1) AND status <> 'pending'",
+                    &[&doomed],
+                )
+                .await
+                .map_err(pg_err)? as usize;
+        }
+        if !seqs.is_empty() {
+            // Only events left with no delivery: one made pending meanwhile (a retry) keeps its
+            // event, which the next pass looks at again.
+            step.events += tx
+                .run(
+                    "DELETE FROM events e WHERE e.commit_seq = ANY($1)
+                     AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id)",
+                    &[&seqs],
+                )
+                .await
+                .map_err(pg_err)? as usize;
         }
         tx.commit().await.map_err(pg_err)?;
         Ok(step)
