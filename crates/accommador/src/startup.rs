@@ -19,7 +19,7 @@ use crate::domain::Timestamp;
 use crate::domain::delivery::RetryPolicy;
 use crate::http::{self, AppState};
 use crate::service::Service;
-use crate::store::{DatabaseUrl, Ownership, Store};
+use crate::store::{DatabaseUrl, Ownership, SecretsAtRest, Store};
 use crate::telemetry;
 
 /// How often the delivery queue gauges are refreshed.
@@ -72,7 +72,20 @@ impl Application {
         let url = DatabaseUrl::parse(&settings.database_url).map_err(anyhow::Error::msg)?;
         let store = Store::open(&url, Ownership::Server, settings.database_pool_size)
             .await
-            .context("opening the store")?;
+            .context("opening the store")?
+            .with_secret_keys(settings.secret_keys()?);
+        // Never serve with secrets that cannot be read: no webhook could be signed.
+        match store.check_secret_keys().await? {
+            SecretsAtRest::Plain => tracing::warn!(
+                "ACCOMMADOR_SECRET_KEY is not set: endpoint signing secrets are stored in plain \
+                 text; set it (base64 of 32 random bytes) to encrypt them"
+            ),
+            SecretsAtRest::Sealed { plain_left: true } => tracing::info!(
+                "some endpoint signing secrets are still stored in plain text; \
+                 `accommador secrets reencrypt` encrypts them"
+            ),
+            SecretsAtRest::Sealed { plain_left: false } => {}
+        }
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("listening on {}", settings.listen))?;
@@ -205,9 +218,9 @@ fn start_workers(
     let stats_store = store.clone();
     let main = tokio::spawn(dispatcher.run(shutdown));
     let mut others = Vec::new();
-    if let Some(url) = store.postgres_url() {
+    if let Some(connect) = store.postgres_connector() {
         others.push(tokio::spawn(notify::listen(
-            url.to_owned(),
+            connect.clone(),
             wakers.fanout.clone(),
             fanout_wake.clone(),
         )));

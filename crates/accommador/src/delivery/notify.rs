@@ -78,10 +78,15 @@ impl Announcer {
 }
 
 /// Listens until aborted, reconnecting with backoff; every (re)connection rescans.
-pub async fn listen(url: String, fanout: Arc<Notify>, wake: mpsc::UnboundedSender<Wake>) {
+pub async fn listen(
+    connect: crate::store::postgres::tls::PgConnect,
+    fanout: Arc<Notify>,
+    wake: mpsc::UnboundedSender<Wake>,
+) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+        // TLS as the database URL's `sslmode` says, like every other connection.
+        match connect.connect().await {
             Ok((client, mut connection)) => {
                 let (tx, mut rx) = mpsc::unbounded_channel();
                 let driver = tokio::spawn(async move {

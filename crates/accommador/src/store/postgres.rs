@@ -21,18 +21,20 @@ mod deliveries;
 mod intake;
 #[cfg(test)]
 mod list_plans;
+mod secrets;
 #[cfg(test)]
 mod test_db;
+pub mod tls;
 
 use cached::Cached;
 
-use std::str::FromStr;
+use std::sync::Arc;
 
 use accommador_webhooks::EventType;
 use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Transaction};
+use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{NoTls, Row};
 
 use super::{
     CreatedOrg, EventFilter, EventWalk, IDEMPOTENCY_TTL_MS, IdempotencyRequest, Idempotent,
@@ -45,6 +47,7 @@ use crate::domain::endpoint::{
 use crate::domain::event::NewEvent;
 use crate::domain::ids;
 use crate::domain::org::{NewApiKey, key_lookup, key_matches};
+use crate::domain::secret_box::{Sealed, SecretKeys};
 use crate::domain::user::{NewUser, UserPatch, UserRecord, tombstone};
 
 const MIGRATIONS: &[&str] = &[
@@ -56,6 +59,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0006_cancel_pending.sql"),
     include_str!("../../migrations/postgres/0007_fanout_partial.sql"),
     include_str!("../../migrations/postgres/0008_user_filter.sql"),
+    include_str!("../../migrations/postgres/0011_secret_encryption.sql"),
 ];
 /// Most events numbered by one sequencer step.
 const SEQUENCE_STEP: i64 = 1000;
@@ -78,6 +82,10 @@ pub struct PgStore {
     /// never starves fan-out, leasing or acknowledgements (nor the reverse).
     background: Pool,
     url: String,
+    /// How connections are made (TLS as the URL's `sslmode` says); the LISTEN session's too.
+    connect: tls::PgConnect,
+    /// The keys that seal and open endpoint secrets ([`crate::store::Store::with_secret_keys`]).
+    pub(super) keys: Arc<SecretKeys>,
     /// Requests to number committed events, served in batches (see `sequence_after_commit`);
     /// bounded ([`QUEUE_CAPACITY`]).
     sequencer: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<()>>,
@@ -123,9 +131,8 @@ impl PgStore {
         queue_capacity: usize,
     ) -> anyhow::Result<PgStore> {
         // Errors name the database, never its password.
-        let shown = crate::config::redact_database_url(url);
-        let config = tokio_postgres::Config::from_str(url)
-            .with_context(|| format!("parsing the PostgreSQL URL {shown}"))?;
+        let connect = tls::PgConnect::parse(url)?;
+        let config = connect.config.clone();
         // The background statements run on every step for the life of the process: a plan
         // cached while the tables were small (a seq scan where an index lookup is right) would
         // stay, so they are planned for the current table sizes each time (parsing is still
@@ -140,7 +147,7 @@ impl PgStore {
         let pool = |config: &tokio_postgres::Config, size: usize| {
             let manager = Manager::from_config(
                 config.clone(),
-                NoTls,
+                connect.tls.clone(),
                 ManagerConfig {
                     recycling_method: RecyclingMethod::Fast,
                 },
@@ -159,8 +166,10 @@ impl PgStore {
             pool: pool(&config, pool_size.max(2))?,
             background: pool(&background_config, BACKGROUND_POOL)?,
             url: url.to_owned(),
+            connect: connect.clone(),
             sequencer,
             intake,
+            keys: Arc::default(),
         };
         store.migrate().await?;
         tokio::spawn(run_sequencer(store.clone(), requests));
@@ -215,6 +224,11 @@ impl PgStore {
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// How to open a connection of one's own (the LISTEN session).
+    pub fn connector(&self) -> &tls::PgConnect {
+        &self.connect
     }
 
     /// A pooled connection for an API request.
@@ -650,12 +664,13 @@ impl PgStore {
         &self,
         org: String,
         new: NewEndpoint,
-        secret: String,
+        id: String,
+        secret: Sealed,
     ) -> Result<EndpointRecord, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
         let now = Timestamp::now();
-        let e = new.into_record(ids::new_id(ids::ENDPOINT), now);
+        let e = new.into_record(id, now);
         tx.run(
             "INSERT INTO endpoints (id, org_id, url, event_types, description, status,
                                     created_at, updated_at)
@@ -673,8 +688,9 @@ impl PgStore {
         .await
         .map_err(pg_err)?;
         tx.run(
-            "INSERT INTO endpoint_secrets (endpoint_id, secret, created_at) VALUES ($1, $2, $3)",
-            &[&e.id, &secret, &now.millis()],
+            "INSERT INTO endpoint_secrets (endpoint_id, secret, key_id, created_at)
+             VALUES ($1, $2, $3, $4)",
+            &[&e.id, &secret.value, &secret.key_id, &now.millis()],
         )
         .await
         .map_err(pg_err)?;
@@ -803,8 +819,8 @@ impl PgStore {
         &self,
         org: String,
         id: String,
-        secret: String,
-    ) -> Result<String, StoreError> {
+        secret: Sealed,
+    ) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
         live_endpoint(&tx, &org, &id, true)
@@ -824,13 +840,13 @@ impl PgStore {
         .await
         .map_err(pg_err)?;
         tx.run(
-            "INSERT INTO endpoint_secrets (endpoint_id, secret, created_at) VALUES ($1, $2, $3)",
-            &[&id, &secret, &now],
+            "INSERT INTO endpoint_secrets (endpoint_id, secret, key_id, created_at)
+             VALUES ($1, $2, $3, $4)",
+            &[&id, &secret.value, &secret.key_id, &now],
         )
         .await
         .map_err(pg_err)?;
-        tx.commit().await.map_err(pg_err)?;
-        Ok(secret)
+        tx.commit().await.map_err(pg_err)
     }
 
     pub async fn signing_secrets(

@@ -151,6 +151,7 @@ async fn spawn_app_options(adjust: impl FnOnce(&mut Settings), workers: bool) ->
         listen: "127.0.0.1:0".parse().unwrap(),
         database_url: db.url.clone(),
         admin_token: Some(Secret::new(ADMIN_TOKEN)),
+        secret_key: None,
         retry_schedule: vec![Duration::from_secs(1)],
         delivery_timeout: Duration::from_secs(5),
         allow_private_targets: true,
