@@ -100,6 +100,49 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// Rows read straight from the test's database (outside the server), every column as
+    /// text. `sqlite` and `postgres` are the same query in each dialect.
+    pub async fn rows(&self, sqlite: &str, postgres: &str) -> Vec<Vec<Option<String>>> {
+        match &self.postgres {
+            None => {
+                let path = self.url.trim_start_matches("sqlite://").to_owned();
+                let sql = sqlite.to_owned();
+                tokio::task::spawn_blocking(move || {
+                    let conn = rusqlite::Connection::open(path)?;
+                    conn.busy_timeout(Duration::from_secs(60))?;
+                    let mut stmt = conn.prepare(&sql)?;
+                    let n = stmt.column_count();
+                    stmt.query_map([], |r| {
+                        (0..n).map(|i| r.get::<_, Option<String>>(i)).collect()
+                    })?
+                    .collect::<Result<Vec<_>, _>>()
+                })
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("test query on SQLite failed: {e}\n{sqlite}"))
+            }
+            Some(_) => {
+                let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                let rows = client
+                    .query(postgres, &[])
+                    .await
+                    .unwrap_or_else(|e| panic!("test query on PostgreSQL failed: {e}\n{postgres}"));
+                rows.iter()
+                    .map(|r| {
+                        (0..r.len())
+                            .map(|i| r.get::<_, Option<String>>(i))
+                            .collect()
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         if let Some((admin, name)) = self.postgres.take() {

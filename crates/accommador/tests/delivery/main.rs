@@ -11,6 +11,7 @@ mod guard;
 mod helpers;
 #[allow(dead_code)] // shared with tests/postgres, which uses more of it
 mod receiver;
+mod secrets;
 #[path = "../common/spawn.rs"]
 #[allow(dead_code)]
 mod spawn;
