@@ -23,6 +23,12 @@ pub fn backup(source: &Path, to: &Path, overwrite: bool) -> anyhow::Result<Backu
     if !source.exists() {
         bail!("no SQLite database at {}", source.display());
     }
+    if same_file(source, to) {
+        bail!(
+            "{} is the database itself; write the copy to another file",
+            to.display()
+        );
+    }
     if !overwrite && to.exists() {
         bail!(
             "{} already exists; choose another file, or pass --force to replace it",
@@ -81,6 +87,24 @@ fn copy_checked(source: &Path, partial: &Path) -> anyhow::Result<u64> {
         bail!("the copy failed PRAGMA integrity_check: {verdict}");
     }
     Ok(bytes)
+}
+
+/// Whether `to` names `source` (through links or another spelling of the path).
+fn same_file(source: &Path, to: &Path) -> bool {
+    let resolve = |p: &Path| -> Option<PathBuf> {
+        let dir = p
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Some(dir.canonicalize().ok()?.join(p.file_name()?))
+    };
+    match (
+        source.canonicalize().ok(),
+        to.canonicalize().ok().or_else(|| resolve(to)),
+    ) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
 }
 
 /// `FILE.partial` beside `FILE`, so the final move stays on one file system.
