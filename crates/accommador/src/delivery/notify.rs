@@ -131,7 +131,10 @@ pub async fn listen(
                 }
                 driver.abort();
             }
-            Err(e) => tracing::warn!(error = %e, "connecting the LISTEN session failed"),
+            Err(e) => tracing::warn!(
+                error = format!("{e:#}"),
+                "connecting the LISTEN session failed"
+            ),
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));

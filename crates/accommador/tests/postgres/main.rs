@@ -15,6 +15,7 @@ mod receiver;
 #[path = "../common/spawn.rs"]
 #[allow(dead_code)]
 mod spawn;
+mod tls;
 
 use std::collections::{BTreeSet, HashSet};
 use std::process::{Child, Command};

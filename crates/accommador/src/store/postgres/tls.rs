@@ -105,10 +105,12 @@ impl PgConnect {
         })
     }
 
-    /// One connection (the caller drives the returned connection future).
+    /// One connection (the caller drives the returned connection future). The error carries
+    /// its causes (print it with `{:#}`): "error performing TLS handshake: invalid peer
+    /// certificate: UnknownIssuer".
     pub async fn connect(
         &self,
-    ) -> Result<
+    ) -> anyhow::Result<
         (
             tokio_postgres::Client,
             tokio_postgres::Connection<
@@ -118,9 +120,8 @@ impl PgConnect {
                 >>::Stream,
             >,
         ),
-        tokio_postgres::Error,
     > {
-        self.config.connect(self.tls.clone()).await
+        Ok(self.config.connect(self.tls.clone()).await?)
     }
 }
 
