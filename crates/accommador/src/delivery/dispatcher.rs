@@ -557,7 +557,7 @@ impl Dispatcher {
             let (endpoint_id, delivery_id, lease) =
                 (d.endpoint_id.clone(), d.id.clone(), d.lease_token.clone());
             let (d, secrets) = match targets.current(d, read_at).await {
-                Checked::Send(d, secrets) => (d, secrets),
+                Checked::Send(d, secrets) => (*d, secrets),
                 unsent => {
                     // Nothing was sent: free the slot, give the lease back, and look at the
                     // lane again (at once if the endpoint could not be read, in a second).

@@ -30,7 +30,7 @@ pub const UNCHECKED_AT_MOST: Duration = Duration::from_millis(900);
 pub enum Checked {
     /// Send it (with the endpoint's current URL), signed with these secrets (opened, the
     /// current one first; never empty).
-    Send(DueDelivery, Vec<Secret>),
+    Send(Box<DueDelivery>, Vec<Secret>),
     /// The endpoint is disabled or deleted: send nothing. The change that did it has already
     /// ended the delivery (`failed`, `endpoint_disabled`).
     Cancelled,
@@ -129,7 +129,7 @@ impl Targets {
                     .collect::<Result<Vec<_>, _>>()
             });
         match opened {
-            Ok(secrets) if !secrets.is_empty() => Checked::Send(d, secrets),
+            Ok(secrets) if !secrets.is_empty() => Checked::Send(Box::new(d), secrets),
             Ok(_) => {
                 tracing::error!(
                     endpoint_id = %d.endpoint_id, delivery_id = %d.id,

@@ -83,7 +83,7 @@ pub struct PgStore {
     background: Pool,
     url: String,
     /// How connections are made (TLS as the URL's `sslmode` says); the LISTEN session's too.
-    connect: tls::PgConnect,
+    connect: Arc<tls::PgConnect>,
     /// The keys that seal and open endpoint secrets ([`crate::store::Store::with_secret_keys`]).
     pub(super) keys: Arc<SecretKeys>,
     /// Requests to number committed events, served in batches (see `sequence_after_commit`);
@@ -166,7 +166,7 @@ impl PgStore {
             pool: pool(&config, pool_size.max(2))?,
             background: pool(&background_config, BACKGROUND_POOL)?,
             url: url.to_owned(),
-            connect: connect.clone(),
+            connect: Arc::new(connect),
             sequencer,
             intake,
             keys: Arc::default(),

@@ -103,6 +103,7 @@ impl TestDb {
 impl TestDb {
     /// Rows read straight from the test's database (outside the server), every column as
     /// text. `sqlite` and `postgres` are the same query in each dialect.
+    #[allow(dead_code)] // used by tests/delivery and tests/postgres
     pub async fn rows(&self, sqlite: &str, postgres: &str) -> Vec<Vec<Option<String>>> {
         match &self.postgres {
             None => {
