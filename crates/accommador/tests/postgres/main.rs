@@ -12,6 +12,7 @@ mod helpers;
 #[path = "../delivery/receiver.rs"]
 #[allow(dead_code)]
 mod receiver;
+mod secrets;
 #[path = "../common/spawn.rs"]
 #[allow(dead_code)]
 mod spawn;
