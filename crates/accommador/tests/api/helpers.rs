@@ -72,19 +72,10 @@ impl TestDb {
     pub async fn execute(&self, sqlite: &str, postgres: &str) {
         match &self.postgres {
             None => {
-                // The server's writer holds the file's write lock while it commits; wait for
-                // it as long as a loaded machine may need, and off the test's runtime, which
-                // also hosts the server and the receiver.
-                let path = self.url.trim_start_matches("sqlite://").to_owned();
                 let sql = sqlite.to_owned();
-                tokio::task::spawn_blocking(move || {
-                    let conn = rusqlite::Connection::open(path)?;
-                    conn.busy_timeout(Duration::from_secs(60))?;
-                    conn.execute_batch(&sql)
-                })
-                .await
-                .unwrap()
-                .unwrap_or_else(|e| panic!("test SQL on SQLite failed: {e}\n{sqlite}"));
+                self.on_sqlite(move |conn| conn.execute_batch(&sql))
+                    .await
+                    .unwrap_or_else(|e| panic!("test SQL on SQLite failed: {e}\n{sqlite}"));
             }
             Some(_) => {
                 let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
@@ -101,17 +92,31 @@ impl TestDb {
 }
 
 impl TestDb {
+    /// Runs `f` on a connection of our own to the SQLite file. The server's writer holds the
+    /// file's write lock while it commits: wait for it as long as a loaded machine may need,
+    /// and off the test's runtime, which also hosts the server and the receiver.
+    async fn on_sqlite<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<R> + Send + 'static,
+    ) -> rusqlite::Result<R> {
+        let path = self.url.trim_start_matches("sqlite://").to_owned();
+        tokio::task::spawn_blocking(move || {
+            let conn = rusqlite::Connection::open(path)?;
+            conn.busy_timeout(Duration::from_secs(60))?;
+            f(&conn)
+        })
+        .await
+        .unwrap()
+    }
+
     /// Rows read straight from the test's database (outside the server), every column as
     /// text. `sqlite` and `postgres` are the same query in each dialect.
     #[allow(dead_code)] // used by tests/delivery and tests/postgres
     pub async fn rows(&self, sqlite: &str, postgres: &str) -> Vec<Vec<Option<String>>> {
         match &self.postgres {
             None => {
-                let path = self.url.trim_start_matches("sqlite://").to_owned();
                 let sql = sqlite.to_owned();
-                tokio::task::spawn_blocking(move || {
-                    let conn = rusqlite::Connection::open(path)?;
-                    conn.busy_timeout(Duration::from_secs(60))?;
+                self.on_sqlite(move |conn| {
                     let mut stmt = conn.prepare(&sql)?;
                     let n = stmt.column_count();
                     stmt.query_map([], |r| {
@@ -120,7 +125,6 @@ impl TestDb {
                     .collect::<Result<Vec<_>, _>>()
                 })
                 .await
-                .unwrap()
                 .unwrap_or_else(|e| panic!("test query on SQLite failed: {e}\n{sqlite}"))
             }
             Some(_) => {

@@ -4,11 +4,10 @@
 
 use std::path::Path;
 
-use accommador_webhooks::{Secret, Verifier, WebhookHeaders};
 use base64::Engine;
 use serde_json::{Value, json};
 
-use crate::receiver::{Received, Receiver};
+use crate::receiver::{Receiver, verify};
 use crate::support::{Server, command, run, run_args, sqlite_url};
 use crate::{ADMIN, tempdir};
 
@@ -75,32 +74,7 @@ async fn create_endpoint(server: &Server, api_key: &str, url: &str) -> (String, 
 /// The request to `path` about the user with `email` (waiting for it, bounded), verified with
 /// `secret`.
 async fn verify_delivery(rx: &Receiver, path: &str, email: &str, secret: &str) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let found = rx
-            .received(path)
-            .into_iter()
-            .find(|r| String::from_utf8_lossy(&r.body).contains(email));
-        if let Some(r) = found {
-            return verify(secret, &r);
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no delivery about {email} reached {path}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
-
-fn verify(secret: &str, r: &Received) {
-    let headers = WebhookHeaders {
-        id: &r.id,
-        timestamp: &r.timestamp,
-        signature: &r.signature,
-    };
-    Verifier::new(Secret::parse(secret).unwrap())
-        .verify(&headers, &r.body)
-        .unwrap_or_else(|e| panic!("{} does not verify: {e}", r.id));
+    verify(secret, &rx.wait_for_body(path, email, WAIT).await);
 }
 
 /// (secret, key_id) of every stored endpoint secret.

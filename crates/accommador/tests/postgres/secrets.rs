@@ -4,16 +4,13 @@
 
 use std::process::Command;
 
-use accommador_webhooks::{Secret, Verifier, WebhookHeaders};
 use base64::Engine;
 use reqwest::Client;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::helpers::TestDb;
-use super::receiver::Receiver;
-use super::{Server, create_org, postgres_configured};
-
-const ALLOW_LOCAL: (&str, &str) = ("ACCOMMADOR_ALLOW_PRIVATE_TARGETS", "true");
+use super::receiver::{Receiver, verify};
+use super::{PRIVATE, Server, create_endpoint, create_org, create_users, postgres_configured};
 
 fn key(byte: u8) -> String {
     base64::engine::general_purpose::STANDARD.encode([byte; 32])
@@ -23,47 +20,31 @@ async fn serve(db: &TestDb, keys: &str) -> Server {
     Server::spawn(
         &db.url,
         &["serve"],
-        &[("ACCOMMADOR_SECRET_KEY", keys), ALLOW_LOCAL],
+        &[("ACCOMMADOR_SECRET_KEY", keys), PRIVATE],
     )
     .await
 }
 
-async fn create_user(client: &Client, server: &Server, api_key: &str, email: &str) {
-    let r = client
-        .post(server.url("/v1/users"))
+/// The endpoint's current secret, as `GET /v1/endpoints/{id}/secret` shows it.
+async fn secret_of(client: &Client, server: &Server, api_key: &str, id: &str) -> String {
+    let shown: Value = client
+        .get(server.url(&format!("/v1/endpoints/{id}/secret")))
         .bearer_auth(api_key)
-        .json(&json!({ "email": email }))
         .send()
         .await
+        .unwrap()
+        .json()
+        .await
         .unwrap();
-    assert_eq!(r.status(), 201);
+    shown["secret"].as_str().unwrap().to_owned()
 }
 
 /// Waits (bounded) for the request about `email` and verifies it with `secret`.
 async fn verify_delivery(rx: &Receiver, email: &str, secret: &str) {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let found = rx
-            .received("/hooks")
-            .into_iter()
-            .find(|r| String::from_utf8_lossy(&r.body).contains(email));
-        if let Some(r) = found {
-            let headers = WebhookHeaders {
-                id: &r.id,
-                timestamp: &r.timestamp,
-                signature: &r.signature,
-            };
-            Verifier::new(Secret::parse(secret).unwrap())
-                .verify(&headers, &r.body)
-                .unwrap_or_else(|e| panic!("the delivery about {email} does not verify: {e}"));
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no delivery about {email}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let got = rx
+        .wait_for_body("/hooks", email, std::time::Duration::from_secs(20))
+        .await;
+    verify(secret, &got);
 }
 
 #[tokio::test]
@@ -79,19 +60,10 @@ async fn a_key_rotation_beside_running_servers_keeps_every_delivery_signed() {
 
     let mut old = serve(&db, &k1).await;
     let api_key = create_org(&client, &old).await;
-    let e: Value = client
-        .post(old.url("/v1/endpoints"))
-        .bearer_auth(&api_key)
-        .json(&json!({ "url": rx.url("/hooks") }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let secret = e["secret"].as_str().unwrap().to_owned();
-    create_user(&client, &old, &api_key, "ada@example.com").await;
-    verify_delivery(&rx, "ada@example.com", &secret).await;
+    let id = create_endpoint(&client, &old, &api_key, &rx.url("/hooks")).await;
+    let secret = secret_of(&client, &old, &api_key, &id).await;
+    create_users(&client, &[&old], &api_key, 1, "ada").await;
+    verify_delivery(&rx, "ada0@example.com", &secret).await;
 
     // The new list beside the old server, then the old server goes.
     let mut rotating = serve(&db, &both).await;
@@ -112,24 +84,13 @@ async fn a_key_rotation_beside_running_servers_keeps_every_delivery_signed() {
         stdout.starts_with("1 endpoint secrets re-encrypted"),
         "{stdout}"
     );
-    create_user(&client, &rotating, &api_key, "grace@example.com").await;
-    verify_delivery(&rx, "grace@example.com", &secret).await;
+    create_users(&client, &[&rotating], &api_key, 1, "grace").await;
+    verify_delivery(&rx, "grace0@example.com", &secret).await;
     rotating.kill().await;
 
+    // The old key dropped: the server starts, shows the same secret and signs with it.
     let new_only = serve(&db, &k2).await;
-    create_user(&client, &new_only, &api_key, "linus@example.com").await;
-    verify_delivery(&rx, "linus@example.com", &secret).await;
-    let shown: Value = client
-        .get(new_only.url(&format!(
-            "/v1/endpoints/{}/secret",
-            e["id"].as_str().unwrap()
-        )))
-        .bearer_auth(&api_key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(shown["secret"], secret.as_str());
+    assert_eq!(secret_of(&client, &new_only, &api_key, &id).await, secret);
+    create_users(&client, &[&new_only], &api_key, 1, "linus").await;
+    verify_delivery(&rx, "linus0@example.com", &secret).await;
 }
