@@ -215,3 +215,40 @@ async fn an_old_key_second_in_the_list_still_opens_and_reencrypt_moves_everythin
     verify(&old_secret, &rx.wait_for("/old", 2, WAIT).await[1]);
     verify(&plain_secret, &rx.wait_for("/plain", 2, WAIT).await[1]);
 }
+
+#[tokio::test]
+async fn a_secret_the_server_cannot_open_is_never_sent_unsigned_nor_shown() {
+    let (k1, k2) = (key(1), key(2));
+    let app = app_with_keys(&k1).await;
+    let t = app.create_org("Acme").await;
+    let rx = Receiver::start().await;
+    let readable = endpoint(&app, &t, &rx.url("/readable"), None).await;
+    // Sealed, while the server runs, with a key this server does not have.
+    let (foreign, _) = endpoint_by(&tool_store(&app, &k2).await, &t, &rx.url("/foreign")).await;
+
+    let r = app
+        .get(&t, &format!("/v1/endpoints/{foreign}/secret"))
+        .await;
+    assert_eq!(r.status(), reqwest::StatusCode::INTERNAL_SERVER_ERROR);
+    let body = r.text().await.unwrap();
+    assert!(!body.contains(&k1) && !body.contains(&k2), "{body}");
+
+    app.create_user(&t, json!({"email": "ada@example.com"}))
+        .await;
+    verify(
+        &readable.secret,
+        &rx.wait_for("/readable", 1, WAIT).await[0],
+    );
+    // The other endpoint's delivery stays pending, with no attempt, and nothing reached it.
+    let deliveries = app
+        .get(&t, &format!("/v1/deliveries?endpoint_id={foreign}"))
+        .await
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    let delivery = &deliveries["data"][0];
+    assert_eq!(delivery["status"], "pending", "{deliveries}");
+    let attempts = super::attempts(&app, &t, delivery["id"].as_str().unwrap()).await;
+    assert!(attempts.is_empty(), "{attempts:?}");
+    assert!(rx.received("/foreign").is_empty());
+}

@@ -41,23 +41,24 @@ impl PgStore {
         Ok(rows.iter().map(row).collect())
     }
 
-    /// Rewrites each row that still holds its old value, in one transaction; returns how many
+    /// Rewrites each row that still holds its old value, in one statement; returns how many
     /// were.
     pub(in crate::store) async fn reseal(&self, rows: Vec<Reseal>) -> Result<usize, StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg_err)?;
-        let mut moved = 0;
-        for r in &rows {
-            moved += tx
-                .run(
-                    "UPDATE endpoint_secrets SET secret = $1, key_id = $2
-                     WHERE seq = $3 AND secret = $4",
-                    &[&r.new.value, &r.new.key_id, &r.seq, &r.old],
-                )
-                .await
-                .map_err(pg_err)?;
-        }
-        tx.commit().await.map_err(pg_err)?;
+        let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+        let olds: Vec<&str> = rows.iter().map(|r| r.old.as_str()).collect();
+        let news: Vec<&str> = rows.iter().map(|r| r.new.value.as_str()).collect();
+        let kids: Vec<Option<&str>> = rows.iter().map(|r| r.new.key_id.as_deref()).collect();
+        let client = self.client().await?;
+        let moved = client
+            .run(
+                "UPDATE endpoint_secrets s SET secret = v.new, key_id = v.kid
+                 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[])
+                      AS v(seq, old, new, kid)
+                 WHERE s.seq = v.seq AND s.secret = v.old",
+                &[&seqs, &olds, &news, &kids],
+            )
+            .await
+            .map_err(pg_err)?;
         Ok(moved as usize)
     }
 }
