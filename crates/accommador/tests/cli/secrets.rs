@@ -228,3 +228,60 @@ async fn a_key_rotation_across_restarts_keeps_every_endpoint_signing() {
         out.stderr
     );
 }
+
+#[tokio::test]
+async fn neither_the_key_nor_an_endpoint_secret_shows_in_trace_logs_or_metrics() {
+    let dir = tempdir();
+    let db = dir.path().join("a.db");
+    let k1 = key(7);
+    let server = Server::start(
+        dir.path(),
+        &db,
+        &[
+            ADMIN,
+            ALLOW_LOCAL,
+            ("ACCOMMADOR_SECRET_KEY", &k1),
+            ("RUST_LOG", "trace"),
+        ],
+    )
+    .await;
+    let (_, api_key) = server.create_org("Acme").await;
+    let rx = Receiver::start().await;
+    let (id, secret) = create_endpoint(&server, &api_key, &rx.url("/hooks")).await;
+    server.create_user(&api_key, "ada@example.com").await;
+    verify_delivery(&rx, "/hooks", "ada@example.com", &secret).await;
+    let (status, _) = server
+        .get(&api_key, &format!("/v1/endpoints/{id}/secret"))
+        .await;
+    assert_eq!(status, 200);
+    let mut reencrypt = command(dir.path());
+    reencrypt
+        .args(["secrets", "reencrypt", "--database", &sqlite_url(&db)])
+        .env("ACCOMMADOR_SECRET_KEY", format!("{},{k1}", key(8)))
+        .env("RUST_LOG", "trace");
+    let out = run(dir.path(), reencrypt).success();
+    let metrics = server
+        .client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let bare = secret.trim_start_matches("whsec_");
+    for (what, text) in [
+        ("the server's log", server.log()),
+        (
+            "reencrypt's output",
+            format!("{}{}", out.stdout, out.stderr),
+        ),
+        ("/metrics", metrics),
+    ] {
+        assert!(
+            !text.contains(&k1) && !text.contains(&key(8)),
+            "{what} shows a key"
+        );
+        assert!(!text.contains(bare), "{what} shows an endpoint secret");
+    }
+}
