@@ -260,15 +260,7 @@ async fn neither_the_key_nor_an_endpoint_secret_shows_in_trace_logs_or_metrics()
         .env("ACCOMMADOR_SECRET_KEY", format!("{},{k1}", key(8)))
         .env("RUST_LOG", "trace");
     let out = run(dir.path(), reencrypt).success();
-    let metrics = server
-        .client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     let bare = secret.trim_start_matches("whsec_");
     for (what, text) in [
         ("the server's log", server.log()),
