@@ -1,4 +1,5 @@
-//! The command line (DESIGN 4): `serve`, `worker`, `migrate`, `orgs create`, `listen`, `verify`.
+//! The command line (DESIGN 4): `serve`, `worker`, `migrate`, `orgs create`, `secrets
+//! reencrypt`, `backup`, `listen`, `verify`.
 
 use std::path::PathBuf;
 
@@ -31,6 +32,11 @@ pub enum Command {
     /// Manage organizations directly on the database.
     #[command(subcommand)]
     Orgs(OrgsCommand),
+    /// Endpoint signing secrets at rest (encrypted with ACCOMMADOR_SECRET_KEY).
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
+    /// Copy a SQLite database, consistently, while its server runs.
+    Backup(BackupArgs),
     /// Run a local webhook receiver that verifies and prints each delivery.
     Listen(ListenArgs),
     /// Verify a webhook request saved to files (exit 0 if the signature is valid).
@@ -77,6 +83,32 @@ pub enum OrgsCommand {
         #[command(flatten)]
         database: DatabaseArgs,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsCommand {
+    /// Encrypt every stored endpoint secret with the newest key of ACCOMMADOR_SECRET_KEY
+    /// (plain-text ones from before the setting included) and print how many were moved.
+    ///
+    /// Safe beside running servers: it works in batches of at most 1,000 rows, one short
+    /// transaction each. Rotating the key: give every server the list "NEW,OLD" and restart
+    /// it, run this with the same list, then drop OLD from the list.
+    Reencrypt {
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The file to write the copy to (refused if it exists, unless --force).
+    #[arg(long, value_name = "FILE")]
+    pub to: PathBuf,
+    /// Replace FILE if it exists.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, bail};
 
-use crate::cli::{Cli, Command, DatabaseArgs, OrgsCommand, VerifyArgs};
+use crate::cli::{BackupArgs, Cli, Command, DatabaseArgs, OrgsCommand, SecretsCommand, VerifyArgs};
 use crate::config::{Overrides, Settings};
 use crate::service::{Service, ServiceError};
 use crate::startup::{Application, shutdown_signal};
@@ -100,6 +100,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Secrets(SecretsCommand::Reencrypt { database }) => {
+            let settings = load_with_database(config, &database)?;
+            reencrypt(&settings).await
+        }
+        Command::Backup(args) => {
+            let settings = load_with_database(config, &args.database)?;
+            backup(&settings, &args)
+        }
         Command::Listen(args) => {
             crate::listen::run(args.port, args.secret.as_deref(), args.json).await
         }
@@ -125,6 +133,49 @@ async fn open_tool_store(settings: &Settings) -> anyhow::Result<Store> {
     Store::open(&url, Ownership::Tool, 2)
         .await
         .context("opening the store")
+}
+
+/// `secrets reencrypt`: every stored endpoint secret to the newest key, batch by batch.
+async fn reencrypt(settings: &Settings) -> anyhow::Result<()> {
+    let keys = settings.secret_keys()?;
+    let Some(newest) = keys.newest_id().map(str::to_owned) else {
+        bail!(
+            "ACCOMMADOR_SECRET_KEY is not set: it holds the key to encrypt with (base64 of 32 \
+             random bytes, e.g. `openssl rand -base64 32`; a comma-separated list, newest first)"
+        );
+    };
+    let store = open_tool_store(settings).await?.with_secret_keys(keys);
+    let (mut moved, mut after) = (0, 0);
+    while let Some(step) = store
+        .reencrypt_step(after)
+        .await
+        .context("re-encrypting endpoint secrets")?
+    {
+        moved += step.moved;
+        after = step.last_seq;
+    }
+    println!("{moved} endpoint secrets re-encrypted with key id {newest}");
+    Ok(())
+}
+
+/// `backup`: a consistent copy of a SQLite database (PostgreSQL has its own tools).
+fn backup(settings: &Settings, args: &BackupArgs) -> anyhow::Result<()> {
+    let path = match DatabaseUrl::parse(&settings.database_url).map_err(anyhow::Error::msg)? {
+        DatabaseUrl::Sqlite(path) => path,
+        DatabaseUrl::Postgres(_) => bail!(
+            "`accommador backup` copies the embedded SQLite database; back up PostgreSQL with \
+             pg_dump (e.g. `pg_dump --format=custom --file=accommador.dump \"$DATABASE_URL\"`) \
+             or your provider's backups"
+        ),
+    };
+    let done = crate::store::sqlite::backup::backup(&path, &args.to, args.force)?;
+    println!(
+        "backed up sqlite://{} to {} ({} bytes, integrity ok)",
+        path.display(),
+        args.to.display(),
+        done.bytes
+    );
+    Ok(())
 }
 
 fn verify(args: &VerifyArgs) -> anyhow::Result<()> {

@@ -13,12 +13,15 @@ use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::domain::secret_box::SecretKeys;
+
 pub const DEFAULTS: &str = include_str!("../config/default.toml");
 
 const KEYS: &[&str] = &[
     "listen",
     "database_url",
     "admin_token",
+    "secret_key",
     "retry_schedule",
     "delivery_timeout",
     "allow_private_targets",
@@ -64,6 +67,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub database_url: String,
     pub admin_token: Option<Secret>,
+    /// `ACCOMMADOR_SECRET_KEY` as given (validated at load; see [`Settings::secret_keys`]).
+    pub secret_key: Option<Secret>,
     pub retry_schedule: Vec<Duration>,
     pub delivery_timeout: Duration,
     pub allow_private_targets: bool,
@@ -104,6 +109,7 @@ impl std::fmt::Debug for Settings {
             listen,
             database_url,
             admin_token,
+            secret_key,
             retry_schedule,
             delivery_timeout,
             allow_private_targets,
@@ -121,6 +127,7 @@ impl std::fmt::Debug for Settings {
             .field("listen", listen)
             .field("database_url", &redact_database_url(database_url))
             .field("admin_token", admin_token)
+            .field("secret_key", secret_key)
             .field("retry_schedule", retry_schedule)
             .field("delivery_timeout", delivery_timeout)
             .field("allow_private_targets", allow_private_targets)
@@ -188,6 +195,7 @@ struct Raw {
     listen: Scalar,
     database_url: Scalar,
     admin_token: Option<Scalar>,
+    secret_key: Option<Scalar>,
     retry_schedule: StringOrList,
     delivery_timeout: Scalar,
     allow_private_targets: Scalar,
@@ -296,6 +304,17 @@ impl Settings {
                 .map(Scalar::into_string)
                 .filter(|t| !t.is_empty())
                 .map(Secret),
+            secret_key: match raw
+                .secret_key
+                .map(Scalar::into_string)
+                .filter(|k| !k.trim().is_empty())
+            {
+                Some(list) => {
+                    SecretKeys::parse(&list).map_err(|e| anyhow::anyhow!("secret_key: {e}"))?;
+                    Some(Secret(list))
+                }
+                None => None,
+            },
             retry_schedule,
             delivery_timeout,
             allow_private_targets,
@@ -305,6 +324,18 @@ impl Settings {
             retention: lifetime("retention", raw.retention)?,
             erase_deleted_after: lifetime("erase_deleted_after", raw.erase_deleted_after)?,
         })
+    }
+}
+
+impl Settings {
+    /// The keys of `ACCOMMADOR_SECRET_KEY` (none when it is not set).
+    pub fn secret_keys(&self) -> anyhow::Result<SecretKeys> {
+        match &self.secret_key {
+            Some(list) => {
+                SecretKeys::parse(list.expose()).map_err(|e| anyhow::anyhow!("secret_key: {e}"))
+            }
+            None => Ok(SecretKeys::none()),
+        }
     }
 }
 
@@ -502,6 +533,7 @@ mod tests {
         assert_eq!(s.listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(s.database_url, "sqlite://accommador.db");
         assert_eq!(s.admin_token, None);
+        assert_eq!(s.secret_key, None);
         assert_eq!(s.retry_schedule.len(), 9);
         assert_eq!(s.retry_schedule[0], Duration::from_secs(5));
         assert_eq!(s.retry_schedule[8], Duration::from_secs(86_400));
@@ -595,8 +627,10 @@ mod tests {
         let mut s = Settings::from_raw(raw).unwrap();
         s.database_url = "postgres://app:hunter2-pw@db.internal:5432/app".to_owned();
         s.admin_token = Some(Secret::new("admin-hunter2"));
+        s.secret_key = Some(Secret::new("aHVudGVyMi1rZXktaHVudGVyMi1rZXktaHVudGVyMjA="));
         let shown = format!("{s:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!shown.contains("aHVudGVy"), "{shown}");
         assert!(
             shown.contains("postgres://app:***@db.internal:5432/app"),
             "{shown}"

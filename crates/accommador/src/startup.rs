@@ -20,7 +20,7 @@ use crate::domain::delivery::RetryPolicy;
 use crate::http::{self, AppState};
 use crate::lifetime::Lifetime;
 use crate::service::Service;
-use crate::store::{DatabaseUrl, Ownership, Store};
+use crate::store::{DatabaseUrl, Ownership, SecretsAtRest, Store};
 use crate::telemetry;
 
 /// How often the delivery queue gauges are refreshed.
@@ -73,7 +73,20 @@ impl Application {
         let url = DatabaseUrl::parse(&settings.database_url).map_err(anyhow::Error::msg)?;
         let store = Store::open(&url, Ownership::Server, settings.database_pool_size)
             .await
-            .context("opening the store")?;
+            .context("opening the store")?
+            .with_secret_keys(settings.secret_keys()?);
+        // Never serve with secrets that cannot be read: no webhook could be signed.
+        match store.check_secret_keys().await? {
+            SecretsAtRest::Plain => tracing::warn!(
+                "ACCOMMADOR_SECRET_KEY is not set: endpoint signing secrets are stored in plain \
+                 text; set it (base64 of 32 random bytes) to encrypt them"
+            ),
+            SecretsAtRest::Sealed { plain_left: true } => tracing::info!(
+                "some endpoint signing secrets are still stored in plain text; \
+                 `accommador secrets reencrypt` encrypts them"
+            ),
+            SecretsAtRest::Sealed { plain_left: false } => {}
+        }
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("listening on {}", settings.listen))?;
@@ -137,12 +150,12 @@ impl Application {
                 .spawn(self.state.service.store()),
         );
         if self.api
-            && let Some(url) = self.state.service.store().postgres_url()
+            && let Some(connect) = self.state.service.store().postgres_connector()
         {
             // Keys revoked and organizations deleted on other instances are forgotten here.
             let service = self.state.service.clone();
             tasks.push(tokio::spawn(crate::service::listen_keys(
-                url.to_owned(),
+                connect.clone(),
                 move |forget| service.forget_keys(&forget),
             )));
         }
@@ -229,9 +242,9 @@ fn start_workers(
     let stats_store = store.clone();
     let main = tokio::spawn(dispatcher.run(shutdown));
     let mut others = Vec::new();
-    if let Some(url) = store.postgres_url() {
+    if let Some(connect) = store.postgres_connector() {
         others.push(tokio::spawn(notify::listen(
-            url.to_owned(),
+            connect.clone(),
             wakers.fanout.clone(),
             fanout_wake.clone(),
         )));

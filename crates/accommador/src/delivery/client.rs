@@ -44,25 +44,17 @@ impl WebhookClient {
         Ok(WebhookClient { http, guard })
     }
 
-    /// Signs and sends one attempt; never fails, every outcome is an [`AttemptResult`].
-    pub async fn attempt(&self, d: &DueDelivery) -> AttemptResult {
+    /// Signs (with each of `secrets`, opened by the last check before the send) and sends one
+    /// attempt; never fails, every outcome is an [`AttemptResult`].
+    pub async fn attempt(&self, d: &DueDelivery, secrets: &[Secret]) -> AttemptResult {
         let started_at = Timestamp::now();
         let clock = Instant::now();
         let timestamp = started_at.millis() / 1000;
-        let mut signature = String::new();
-        for secret in &d.secrets {
-            match Secret::parse(secret) {
-                Ok(s) => {
-                    if !signature.is_empty() {
-                        signature.push(' ');
-                    }
-                    signature.push_str(&s.sign(&d.event_id, timestamp, &d.payload));
-                }
-                Err(e) => {
-                    tracing::error!(endpoint_id = %d.endpoint_id, error = %e, "stored secret does not parse")
-                }
-            }
-        }
+        let signature = secrets
+            .iter()
+            .map(|s| s.sign(&d.event_id, timestamp, &d.payload))
+            .collect::<Vec<_>>()
+            .join(" ");
         // reqwest resolves names through the guard, but never asks it about IP literals.
         let literal = url::Url::parse(&d.url).ok().and_then(|u| match u.host() {
             Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),

@@ -557,8 +557,8 @@ impl Dispatcher {
         tokio::spawn(async move {
             let (endpoint_id, delivery_id, lease) =
                 (d.endpoint_id.clone(), d.id.clone(), d.lease_token.clone());
-            let d = match targets.current(d, read_at).await {
-                Checked::Send(d) => d,
+            let (d, secrets) = match targets.current(d, read_at).await {
+                Checked::Send(d, secrets) => (*d, secrets),
                 unsent => {
                     // Nothing was sent: free the slot, give the lease back, and look at the
                     // lane again (at once if the endpoint could not be read, in a second).
@@ -584,7 +584,7 @@ impl Dispatcher {
                     return;
                 }
             };
-            let result = client.attempt(&d).await;
+            let result = client.attempt(&d, &secrets).await;
             // The endpoint has answered: its slot and the global one are free again.
             drop(permit);
             let _ = done.send(Finished::Answered {

@@ -80,7 +80,11 @@ impl Announcer {
 }
 
 /// Listens until aborted, reconnecting with backoff; every (re)connection rescans.
-pub async fn listen(url: String, fanout: Arc<Notify>, wake: mpsc::UnboundedSender<Wake>) {
+pub async fn listen(
+    connect: crate::store::postgres::tls::PgConnect,
+    fanout: Arc<Notify>,
+    wake: mpsc::UnboundedSender<Wake>,
+) {
     let rescan = {
         let (fanout, wake) = (fanout.clone(), wake.clone());
         move || {
@@ -103,13 +107,13 @@ pub async fn listen(url: String, fanout: Arc<Notify>, wake: mpsc::UnboundedSende
             }
         }
     };
-    listen_on(url, &[OUTBOX, DUE], rescan, on_notice).await;
+    listen_on(connect, &[OUTBOX, DUE], rescan, on_notice).await;
 }
 
 /// One session-mode connection listening on `channels`, reconnecting with backoff:
 /// `on_connect` runs after every (re)connection, `on_notice` with each (channel, payload).
 pub async fn listen_on(
-    url: String,
+    connect: crate::store::postgres::tls::PgConnect,
     channels: &[&str],
     on_connect: impl Fn(),
     on_notice: impl Fn(&str, &str),
@@ -117,7 +121,8 @@ pub async fn listen_on(
     let listen_sql: String = channels.iter().map(|c| format!("LISTEN {c};")).collect();
     let mut backoff = Duration::from_millis(100);
     loop {
-        match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+        // TLS as the database URL's `sslmode` says, like every other connection.
+        match connect.connect().await {
             Ok((client, mut connection)) => {
                 let (tx, mut rx) = mpsc::unbounded_channel();
                 let driver = tokio::spawn(async move {
@@ -146,7 +151,10 @@ pub async fn listen_on(
                 }
                 driver.abort();
             }
-            Err(e) => tracing::warn!(error = %e, "connecting the LISTEN session failed"),
+            Err(e) => tracing::warn!(
+                error = format!("{e:#}"),
+                "connecting the LISTEN session failed"
+            ),
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));

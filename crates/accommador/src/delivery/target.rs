@@ -17,6 +17,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use accommador_webhooks::Secret;
+
 use super::EndpointChanges;
 use crate::store::{DueDelivery, SendTarget, Store};
 
@@ -26,12 +28,13 @@ pub const UNCHECKED_AT_MOST: Duration = Duration::from_millis(900);
 /// What to do with a due delivery right now.
 #[derive(Debug)]
 pub enum Checked {
-    /// Send it (with the endpoint's current URL and secrets).
-    Send(DueDelivery),
+    /// Send it (with the endpoint's current URL), signed with these secrets (opened, the
+    /// current one first; never empty).
+    Send(Box<DueDelivery>, Vec<Secret>),
     /// The endpoint is disabled or deleted: send nothing. The change that did it has already
     /// ended the delivery (`failed`, `endpoint_disabled`).
     Cancelled,
-    /// The endpoint could not be read: send nothing now, try again shortly.
+    /// The endpoint, or its secrets, could not be read: send nothing now, try again shortly.
     Unknown,
 }
 
@@ -71,7 +74,7 @@ impl Targets {
     /// `d` as it should be sent now; its data was read (the read began) at `read_at`.
     pub async fn current(&self, mut d: DueDelivery, read_at: Instant) -> Checked {
         if self.fresh(&d.endpoint_id, read_at) {
-            return Checked::Send(d);
+            return self.signed(d);
         }
         let cached = self
             .reads
@@ -106,9 +109,41 @@ impl Targets {
             Some(t) => {
                 d.url = t.url;
                 d.secrets = t.secrets;
-                Checked::Send(d)
+                self.signed(d)
             }
             None => Checked::Cancelled,
+        }
+    }
+
+    /// `d` with its secrets opened, or `Unknown` when they cannot be: a request is never sent
+    /// unsigned, nor signed with anything but the endpoint's secrets.
+    fn signed(&self, d: DueDelivery) -> Checked {
+        let opened = self
+            .store
+            .open_secrets(&d.endpoint_id, &d.secrets)
+            .map_err(|e| e.to_string())
+            .and_then(|plain| {
+                plain
+                    .iter()
+                    .map(|s| Secret::parse(s).map_err(|e| format!("a stored secret: {e}")))
+                    .collect::<Result<Vec<_>, _>>()
+            });
+        match opened {
+            Ok(secrets) if !secrets.is_empty() => Checked::Send(Box::new(d), secrets),
+            Ok(_) => {
+                tracing::error!(
+                    endpoint_id = %d.endpoint_id, delivery_id = %d.id,
+                    "the endpoint has no signing secret; not sending"
+                );
+                Checked::Unknown
+            }
+            Err(e) => {
+                tracing::error!(
+                    endpoint_id = %d.endpoint_id, delivery_id = %d.id, error = %e,
+                    "not sending: the endpoint's signing secret cannot be read"
+                );
+                Checked::Unknown
+            }
         }
     }
 }

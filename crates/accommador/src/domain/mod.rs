@@ -1,5 +1,5 @@
 //! Pure types and rules: users and their changes, events and their payloads, organizations and
-//! API keys, IDs and timestamps. Nothing here does I/O; the store and the service build on it.
+//! API keys, IDs and timestamps, and the sealing of endpoint secrets at rest. Nothing here does I/O; the store and the service build on it.
 
 pub mod address;
 pub mod delivery;
@@ -7,6 +7,7 @@ pub mod endpoint;
 pub mod event;
 pub mod ids;
 pub mod org;
+pub mod secret_box;
 pub mod time;
 pub mod user;
 

@@ -226,7 +226,9 @@ impl From<StoreError> for ApiError {
                 "attempt-in-flight",
                 "an attempt of this delivery is in flight; retry when it has finished".into(),
             ),
-            e @ StoreError::Database(_) => ApiError::internal(e),
+            e @ (StoreError::Database(_) | StoreError::SecretUnreadable { .. }) => {
+                ApiError::internal(e)
+            }
         }
     }
 }

@@ -233,13 +233,16 @@ impl Service {
 /// Listens for revoked keys and deleted organizations ([`KEYS_CHANNEL`]) until aborted and
 /// hands each to `forget`; after every (re)connection everything is forgotten, since notices
 /// sent meanwhile are lost.
-pub async fn listen_keys(url: String, forget: impl Fn(Forget) + Send + Sync + 'static) {
+pub async fn listen_keys(
+    connect: crate::store::postgres::tls::PgConnect,
+    forget: impl Fn(Forget) + Send + Sync + 'static,
+) {
     let forget = std::sync::Arc::new(forget);
     let all = {
         let forget = forget.clone();
         move || forget(Forget::All)
     };
-    crate::delivery::notify::listen_on(url, &[KEYS_CHANNEL], all, move |_, payload| {
+    crate::delivery::notify::listen_on(connect, &[KEYS_CHANNEL], all, move |_, payload| {
         forget(Forget::from_payload(payload));
     })
     .await;

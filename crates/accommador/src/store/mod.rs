@@ -7,6 +7,7 @@
 pub mod keys;
 pub mod lifetime;
 pub mod postgres;
+mod secrets;
 pub mod sqlite;
 
 use std::path::PathBuf;
@@ -19,6 +20,7 @@ use crate::domain::user::{NewUser, UserPatch, UserRecord};
 use crate::domain::{Timestamp, org::NewApiKey};
 
 pub use postgres::PgStore;
+pub use secrets::{RESEAL_BATCH, ResealStep, SecretsAtRest};
 pub use sqlite::SqliteStore;
 
 /// How long an `Idempotency-Key` is remembered.
@@ -41,6 +43,12 @@ pub enum StoreError {
     EndpointDisabled,
     #[error("an attempt of this delivery is in flight")]
     AttemptInFlight,
+    /// A stored endpoint secret that the configured `ACCOMMADOR_SECRET_KEY` cannot open.
+    #[error("the signing secret of endpoint {endpoint_id} cannot be read: {reason}")]
+    SecretUnreadable {
+        endpoint_id: String,
+        reason: crate::domain::secret_box::OpenError,
+    },
     /// The cause is in the message (not a `source`), so every log line of it says why.
     #[error("database error: {0}")]
     Database(Box<dyn std::error::Error + Send + Sync>),
@@ -294,16 +302,19 @@ impl Store {
         }
     }
 
-    /// Stores a new endpoint with `secret` as its current signing secret.
+    /// Stores a new endpoint with `secret` as its current signing secret (sealed with the
+    /// newest secret key, if any).
     pub async fn create_endpoint(
         &self,
         org: String,
         endpoint: NewEndpoint,
         secret: String,
     ) -> Result<EndpointRecord, StoreError> {
+        let id = crate::domain::ids::new_id(crate::domain::ids::ENDPOINT);
+        let sealed = self.secret_keys().seal(&id, &secret);
         match self {
-            Store::Sqlite(s) => s.create_endpoint(org, endpoint, secret).await,
-            Store::Postgres(s) => s.create_endpoint(org, endpoint, secret).await,
+            Store::Sqlite(s) => s.create_endpoint(org, endpoint, id, sealed).await,
+            Store::Postgres(s) => s.create_endpoint(org, endpoint, id, sealed).await,
         }
     }
 
@@ -352,35 +363,43 @@ impl Store {
         }
     }
 
+    /// The endpoint's current signing secret (opened).
     pub async fn endpoint_secret(&self, org: String, id: String) -> Result<String, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.endpoint_secret(org, id).await,
-            Store::Postgres(s) => s.endpoint_secret(org, id).await,
-        }
+        let stored = match self {
+            Store::Sqlite(s) => s.endpoint_secret(org, id.clone()).await,
+            Store::Postgres(s) => s.endpoint_secret(org, id.clone()).await,
+        }?;
+        self.open_secret(&id, &stored)
     }
 
+    /// Makes `secret` the current one (sealed with the newest secret key, if any) and returns
+    /// it; the previous keeps signing for 24 h, and any older one stops now.
     pub async fn rotate_endpoint_secret(
         &self,
         org: String,
         id: String,
         secret: String,
     ) -> Result<String, StoreError> {
+        let sealed = self.secret_keys().seal(&id, &secret);
         match self {
-            Store::Sqlite(s) => s.rotate_endpoint_secret(org, id, secret).await,
-            Store::Postgres(s) => s.rotate_endpoint_secret(org, id, secret).await,
-        }
+            Store::Sqlite(s) => s.rotate_endpoint_secret(org, id, sealed).await,
+            Store::Postgres(s) => s.rotate_endpoint_secret(org, id, sealed).await,
+        }?;
+        Ok(secret)
     }
 
-    /// The secrets that sign for an endpoint now, current first (two during a rotation).
+    /// The secrets that sign for an endpoint now (opened), current first (two during a
+    /// rotation).
     pub async fn signing_secrets(
         &self,
         org: String,
         id: String,
     ) -> Result<Vec<String>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.signing_secrets(org, id).await,
-            Store::Postgres(s) => s.signing_secrets(org, id).await,
-        }
+        let stored = match self {
+            Store::Sqlite(s) => s.signing_secrets(org, id.clone()).await,
+            Store::Postgres(s) => s.signing_secrets(org, id.clone()).await,
+        }?;
+        self.open_secrets(&id, &stored)
     }
 
     /// One fan-out step over the outbox, in commit order.
@@ -497,11 +516,19 @@ impl Store {
         }
     }
 
-    /// The PostgreSQL URL, for the listener's own connection.
+    /// The PostgreSQL URL (`None` on SQLite).
     pub fn postgres_url(&self) -> Option<&str> {
         match self {
             Store::Sqlite(_) => None,
             Store::Postgres(s) => Some(s.url()),
+        }
+    }
+
+    /// How to open a PostgreSQL connection of one's own (the LISTEN session), TLS included.
+    pub fn postgres_connector(&self) -> Option<&postgres::tls::PgConnect> {
+        match self {
+            Store::Sqlite(_) => None,
+            Store::Postgres(s) => Some(s.connector()),
         }
     }
 
@@ -612,7 +639,9 @@ pub struct DueDelivery {
     pub url: String,
     /// The event's stored payload bytes, sent and signed as they are.
     pub payload: bytes::Bytes,
-    /// Secrets signing now: the current one first, a rotated-out one during its overlap.
+    /// Secrets signing now, as stored (sealed, or plain text from before
+    /// `ACCOMMADOR_SECRET_KEY`; [`Store::open_secrets`] opens them just before the send): the
+    /// current one first, a rotated-out one during its overlap.
     pub secrets: Vec<String>,
     pub trigger: crate::domain::delivery::Trigger,
     pub event_occurred_at: Timestamp,
@@ -644,7 +673,8 @@ fn cancel_reason(disabled_reason: Option<String>, deleted: bool) -> String {
     }
 }
 
-/// An enabled endpoint's URL and the secrets signing for it now (the current one first).
+/// An enabled endpoint's URL and the secrets signing for it now, as stored (the current one
+/// first).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SendTarget {
     pub url: String,

@@ -23,18 +23,20 @@ mod keys;
 mod lifetime;
 #[cfg(test)]
 mod list_plans;
+mod secrets;
 #[cfg(test)]
 mod test_db;
+pub mod tls;
 
 use cached::Cached;
 
-use std::str::FromStr;
+use std::sync::Arc;
 
 use accommador_webhooks::EventType;
 use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Transaction};
+use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{NoTls, Row};
 
 use super::{
     CreatedOrg, EventFilter, EventWalk, IDEMPOTENCY_TTL_MS, IdempotencyRequest, Idempotent,
@@ -47,6 +49,7 @@ use crate::domain::endpoint::{
 use crate::domain::event::{NewEvent, OperationalEvent};
 use crate::domain::ids;
 use crate::domain::org::NewApiKey;
+use crate::domain::secret_box::{Sealed, SecretKeys};
 use crate::domain::user::{NewUser, UserPatch, UserRecord, tombstone};
 
 const MIGRATIONS: &[&str] = &[
@@ -60,6 +63,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0008_user_filter.sql"),
     include_str!("../../migrations/postgres/0009_retention_erasure.sql"),
     include_str!("../../migrations/postgres/0010_api_key_names.sql"),
+    include_str!("../../migrations/postgres/0011_secret_encryption.sql"),
     include_str!("../../migrations/postgres/0012_operational_events.sql"),
 ];
 /// Most events numbered by one sequencer step.
@@ -83,6 +87,10 @@ pub struct PgStore {
     /// never starves fan-out, leasing or acknowledgements (nor the reverse).
     background: Pool,
     url: String,
+    /// How connections are made (TLS as the URL's `sslmode` says); the LISTEN session's too.
+    connect: Arc<tls::PgConnect>,
+    /// The keys that seal and open endpoint secrets ([`crate::store::Store::with_secret_keys`]).
+    pub(super) keys: Arc<SecretKeys>,
     /// Requests to number committed events, served in batches (see `sequence_after_commit`);
     /// bounded ([`QUEUE_CAPACITY`]).
     sequencer: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<()>>,
@@ -128,9 +136,8 @@ impl PgStore {
         queue_capacity: usize,
     ) -> anyhow::Result<PgStore> {
         // Errors name the database, never its password.
-        let shown = crate::config::redact_database_url(url);
-        let config = tokio_postgres::Config::from_str(url)
-            .with_context(|| format!("parsing the PostgreSQL URL {shown}"))?;
+        let connect = tls::PgConnect::parse(url)?;
+        let config = connect.config.clone();
         // The background statements run on every step for the life of the process: a plan
         // cached while the tables were small (a seq scan where an index lookup is right) would
         // stay, so they are planned for the current table sizes each time (parsing is still
@@ -145,7 +152,7 @@ impl PgStore {
         let pool = |config: &tokio_postgres::Config, size: usize| {
             let manager = Manager::from_config(
                 config.clone(),
-                NoTls,
+                connect.tls.clone(),
                 ManagerConfig {
                     recycling_method: RecyclingMethod::Fast,
                 },
@@ -164,8 +171,10 @@ impl PgStore {
             pool: pool(&config, pool_size.max(2))?,
             background: pool(&background_config, BACKGROUND_POOL)?,
             url: url.to_owned(),
+            connect: Arc::new(connect),
             sequencer,
             intake,
+            keys: Arc::default(),
         };
         store.migrate().await?;
         tokio::spawn(run_sequencer(store.clone(), requests));
@@ -220,6 +229,11 @@ impl PgStore {
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// How to open a connection of one's own (the LISTEN session).
+    pub fn connector(&self) -> &tls::PgConnect {
+        &self.connect
     }
 
     /// A pooled connection for an API request.
@@ -645,12 +659,13 @@ impl PgStore {
         &self,
         org: String,
         new: NewEndpoint,
-        secret: String,
+        id: String,
+        secret: Sealed,
     ) -> Result<EndpointRecord, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
         let now = Timestamp::now();
-        let e = new.into_record(ids::new_id(ids::ENDPOINT), now);
+        let e = new.into_record(id, now);
         tx.run(
             "INSERT INTO endpoints (id, org_id, url, event_types, description, status,
                                     created_at, updated_at)
@@ -668,8 +683,9 @@ impl PgStore {
         .await
         .map_err(pg_err)?;
         tx.run(
-            "INSERT INTO endpoint_secrets (endpoint_id, secret, created_at) VALUES ($1, $2, $3)",
-            &[&e.id, &secret, &now.millis()],
+            "INSERT INTO endpoint_secrets (endpoint_id, secret, key_id, created_at)
+             VALUES ($1, $2, $3, $4)",
+            &[&e.id, &secret.value, &secret.key_id, &now.millis()],
         )
         .await
         .map_err(pg_err)?;
@@ -809,8 +825,8 @@ impl PgStore {
         &self,
         org: String,
         id: String,
-        secret: String,
-    ) -> Result<String, StoreError> {
+        secret: Sealed,
+    ) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
         live_endpoint(&tx, &org, &id, true)
@@ -830,13 +846,13 @@ impl PgStore {
         .await
         .map_err(pg_err)?;
         tx.run(
-            "INSERT INTO endpoint_secrets (endpoint_id, secret, created_at) VALUES ($1, $2, $3)",
-            &[&id, &secret, &now],
+            "INSERT INTO endpoint_secrets (endpoint_id, secret, key_id, created_at)
+             VALUES ($1, $2, $3, $4)",
+            &[&id, &secret.value, &secret.key_id, &now],
         )
         .await
         .map_err(pg_err)?;
-        tx.commit().await.map_err(pg_err)?;
-        Ok(secret)
+        tx.commit().await.map_err(pg_err)
     }
 
     pub async fn signing_secrets(

@@ -43,6 +43,7 @@ use crate::domain::endpoint::{
 use crate::domain::event::{NewEvent, OperationalEvent};
 use crate::domain::ids;
 use crate::domain::org::NewApiKey;
+use crate::domain::secret_box::{Sealed, SecretKeys};
 use crate::domain::user::{NewUser, UserPatch, UserRecord, tombstone};
 
 /// Most jobs committed in one transaction.
@@ -61,14 +62,17 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0006_user_filter.sql"),
     include_str!("../../migrations/sqlite/0007_retention_erasure.sql"),
     include_str!("../../migrations/sqlite/0008_api_key_names.sql"),
+    include_str!("../../migrations/sqlite/0009_secret_encryption.sql"),
     include_str!("../../migrations/sqlite/0010_operational_events.sql"),
 ];
 
+pub mod backup;
 mod deliveries;
 mod keys;
 mod lifetime;
 #[cfg(test)]
 mod list_plans;
+mod secrets;
 
 type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 type Job = Box<dyn FnOnce(&Connection) -> (bool, Finish) + Send>;
@@ -76,6 +80,8 @@ type Job = Box<dyn FnOnce(&Connection) -> (bool, Finish) + Send>;
 #[derive(Clone)]
 pub struct SqliteStore {
     inner: Arc<Inner>,
+    /// The keys that seal and open endpoint secrets ([`crate::store::Store::with_secret_keys`]).
+    pub(super) keys: Arc<SecretKeys>,
 }
 
 struct Inner {
@@ -170,6 +176,7 @@ impl SqliteStore {
                 read_permits: Semaphore::new(READERS),
                 _lock: lock,
             }),
+            keys: Arc::default(),
         })
     }
 
@@ -473,11 +480,12 @@ impl SqliteStore {
         &self,
         org: String,
         new: NewEndpoint,
-        secret: String,
+        id: String,
+        secret: Sealed,
     ) -> Result<EndpointRecord, StoreError> {
         self.write(move |c| {
             let now = Timestamp::now();
-            let e = new.into_record(ids::new_id(ids::ENDPOINT), now);
+            let e = new.into_record(id, now);
             c.prepare_cached(
                 "INSERT INTO endpoints (id, org_id, url, event_types, description, status,
                                         created_at, updated_at, after_event_seq)
@@ -497,9 +505,10 @@ impl SqliteStore {
             })
             .map_err(db_err)?;
             c.prepare_cached(
-                "INSERT INTO endpoint_secrets (endpoint_id, secret, created_at) VALUES (?1, ?2, ?3)",
+                "INSERT INTO endpoint_secrets (endpoint_id, secret, key_id, created_at)
+                 VALUES (?1, ?2, ?3, ?4)",
             )
-            .and_then(|mut s| s.execute(params![e.id, secret, now.millis()]))
+            .and_then(|mut s| s.execute(params![e.id, secret.value, secret.key_id, now.millis()]))
             .map_err(db_err)?;
             Ok(e)
         })
@@ -604,7 +613,7 @@ impl SqliteStore {
         .await
     }
 
-    /// The endpoint's current signing secret.
+    /// The endpoint's current signing secret, as stored.
     pub async fn endpoint_secret(&self, org: String, id: String) -> Result<String, StoreError> {
         self.read(move |c| {
             live_endpoint(c, &org, &id)?.ok_or(StoreError::NotFound)?;
@@ -619,8 +628,8 @@ impl SqliteStore {
         &self,
         org: String,
         id: String,
-        secret: String,
-    ) -> Result<String, StoreError> {
+        secret: Sealed,
+    ) -> Result<(), StoreError> {
         self.write(move |c| {
             live_endpoint(c, &org, &id)?.ok_or(StoreError::NotFound)?;
             let now = Timestamp::now().millis();
@@ -635,17 +644,18 @@ impl SqliteStore {
                     )?
                     .execute(params![id, now + SECRET_OVERLAP_MS])?;
                     c.prepare_cached(
-                        "INSERT INTO endpoint_secrets (endpoint_id, secret, created_at) VALUES (?1, ?2, ?3)",
+                        "INSERT INTO endpoint_secrets (endpoint_id, secret, key_id, created_at)
+                         VALUES (?1, ?2, ?3, ?4)",
                     )?
-                    .execute(params![id, secret, now])
+                    .execute(params![id, secret.value, secret.key_id, now])
                 })()
                 .map_err(db_err)?;
-            Ok(secret)
+            Ok(())
         })
         .await
     }
 
-    /// Every secret that signs for the endpoint now: the current one first.
+    /// Every secret that signs for the endpoint now, as stored: the current one first.
     pub async fn signing_secrets(
         &self,
         org: String,

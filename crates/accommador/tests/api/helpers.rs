@@ -133,6 +133,44 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// Rows read straight from the test's database (outside the server), every column as
+    /// text. `sqlite` and `postgres` are the same query in each dialect.
+    #[allow(dead_code)] // used by tests/delivery and tests/postgres
+    pub async fn rows(&self, sqlite: &str, postgres: &str) -> Vec<Vec<Option<String>>> {
+        match &self.postgres {
+            None => {
+                let sql = sqlite.to_owned();
+                self.on_sqlite(move |conn| {
+                    let mut stmt = conn.prepare(&sql)?;
+                    let n = stmt.column_count();
+                    stmt.query_map([], |r| {
+                        (0..n).map(|i| r.get::<_, Option<String>>(i)).collect()
+                    })?
+                    .collect::<Result<Vec<_>, _>>()
+                })
+                .await
+                .unwrap_or_else(|e| panic!("test query on SQLite failed: {e}\n{sqlite}"))
+            }
+            Some(_) => {
+                let rows = self
+                    .pg_client()
+                    .await
+                    .query(postgres, &[])
+                    .await
+                    .unwrap_or_else(|e| panic!("test query on PostgreSQL failed: {e}\n{postgres}"));
+                rows.iter()
+                    .map(|r| {
+                        (0..r.len())
+                            .map(|i| r.get::<_, Option<String>>(i))
+                            .collect()
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         if let Some((admin, name)) = self.postgres.take() {
@@ -184,6 +222,7 @@ async fn spawn_app_options(adjust: impl FnOnce(&mut Settings), workers: bool) ->
         listen: "127.0.0.1:0".parse().unwrap(),
         database_url: db.url.clone(),
         admin_token: Some(Secret::new(ADMIN_TOKEN)),
+        secret_key: None,
         retry_schedule: vec![Duration::from_secs(1)],
         delivery_timeout: Duration::from_secs(5),
         allow_private_targets: true,

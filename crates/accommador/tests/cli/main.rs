@@ -4,8 +4,13 @@
 //! Readiness is a bounded `/healthz` poll, never a fixed sleep; servers are killed when their
 //! guard drops, so a failing test leaves no process behind.
 
+mod backup;
 mod log_secrets;
+#[path = "../delivery/receiver.rs"]
+#[allow(dead_code)]
+mod receiver;
 mod redaction;
+mod secrets;
 #[path = "../common/spawn.rs"]
 #[allow(dead_code)]
 mod spawn;
@@ -594,7 +599,9 @@ async fn sigterm_stops_the_server_with_status_0_and_keeps_the_data() {
 fn help_lists_every_subcommand_and_each_has_its_own_help() {
     let dir = tempdir();
     let out = run_args(dir.path(), &["--help"]).success();
-    let subcommands = ["serve", "worker", "migrate", "orgs", "listen", "verify"];
+    let subcommands = [
+        "serve", "worker", "migrate", "orgs", "secrets", "backup", "listen", "verify",
+    ];
     for name in subcommands {
         assert!(
             out.stdout
@@ -604,11 +611,10 @@ fn help_lists_every_subcommand_and_each_has_its_own_help() {
             out.stdout
         );
     }
-    for args in subcommands
-        .iter()
-        .map(|s| vec![*s, "--help"])
-        .chain([vec!["orgs", "create", "--help"]])
-    {
+    for args in subcommands.iter().map(|s| vec![*s, "--help"]).chain([
+        vec!["orgs", "create", "--help"],
+        vec!["secrets", "reencrypt", "--help"],
+    ]) {
         let out = run_args(dir.path(), &args).success();
         assert!(out.stdout.contains("Usage:"), "{args:?}:\n{}", out.stdout);
     }

@@ -211,15 +211,7 @@ async fn a_live_postgres_database_is_migrated_and_served_without_its_password_sh
         .unwrap_or_else(|log| panic!("serve did not start:\n{log}"));
     let (_, key) = server.create_org("Acme").await;
     server.create_user(&key, "someone@example.com").await;
-    let metrics = server
-        .client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     hidden("/metrics", &metrics);
     server.kill();
     hidden("serve's log", &server.log());

@@ -261,6 +261,17 @@ impl Server {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
+    /// The `/metrics` page, as Prometheus reads it.
+    pub async fn metrics(&self) -> String {
+        let resp = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics");
+        resp.text().await.expect("the metrics text")
+    }
+
     /// Every item of a list, following `next_cursor`. `path` already has a `?`.
     pub async fn list_all(&self, key: &str, path: &str) -> Vec<Value> {
         let mut items = Vec::new();

@@ -14,6 +14,7 @@ mod lifetime;
 mod operational;
 #[allow(dead_code)] // shared with tests/postgres, which uses more of it
 mod receiver;
+mod secrets;
 #[path = "../common/spawn.rs"]
 #[allow(dead_code)]
 mod spawn;
@@ -64,16 +65,7 @@ pub(crate) async fn endpoint(
     }
 }
 
-pub(crate) fn verify(secret: &str, r: &Received) {
-    let headers = WebhookHeaders {
-        id: &r.id,
-        timestamp: &r.timestamp,
-        signature: &r.signature,
-    };
-    Verifier::new(Secret::parse(secret).unwrap())
-        .verify(&headers, &r.body)
-        .unwrap_or_else(|e| panic!("{} does not verify: {e}", r.id));
-}
+pub(crate) use receiver::verify;
 
 async fn json_of(app: &TestApp, t: &Tenant, path: &str) -> Value {
     let r = app.get(t, path).await;

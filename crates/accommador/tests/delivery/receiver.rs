@@ -167,6 +167,37 @@ impl Receiver {
             }
         }
     }
+
+    /// Waits (at most `limit`) for a request to `path` whose body contains `needle` (a user's
+    /// email, say), and returns it.
+    pub async fn wait_for_body(&self, path: &str, needle: &str, limit: Duration) -> Received {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.notify.notified();
+            let found = self
+                .received(path)
+                .into_iter()
+                .find(|r| String::from_utf8_lossy(&r.body).contains(needle));
+            if let Some(r) = found {
+                return r;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!("no request about {needle} reached {path} within {limit:?}");
+            }
+        }
+    }
+}
+
+/// Panics unless `r` carries a valid Standard Webhooks signature by `secret`.
+pub fn verify(secret: &str, r: &Received) {
+    let headers = accommador_webhooks::WebhookHeaders {
+        id: &r.id,
+        timestamp: &r.timestamp,
+        signature: &r.signature,
+    };
+    accommador_webhooks::Verifier::new(accommador_webhooks::Secret::parse(secret).unwrap())
+        .verify(&headers, &r.body)
+        .unwrap_or_else(|e| panic!("{} does not verify: {e}", r.id));
 }
 
 async fn receive(State(r): State<Receiver>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {

@@ -12,9 +12,11 @@ mod helpers;
 #[path = "../delivery/receiver.rs"]
 #[allow(dead_code)]
 mod receiver;
+mod secrets;
 #[path = "../common/spawn.rs"]
 #[allow(dead_code)]
 mod spawn;
+mod tls;
 
 use std::collections::{BTreeSet, HashSet};
 use std::process::{Child, Command};
