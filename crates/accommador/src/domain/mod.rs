@@ -7,6 +7,7 @@ pub mod endpoint;
 pub mod event;
 pub mod ids;
 pub mod org;
+pub mod ui;
 pub mod time;
 pub mod user;
 

@@ -1,5 +1,6 @@
 //! The HTTP API: one router per resource, thin handlers (extract, call one service function,
 //! map the result), one error type ([`error::ApiError`]) turned into problem+json in one place.
+//! [`ui`] is the delivery-log UI, a client of the same service layer.
 
 pub mod api_keys;
 pub mod deliveries;
@@ -11,6 +12,8 @@ pub mod limits;
 pub mod openapi;
 pub mod ops;
 pub mod orgs;
+pub mod portal_links;
+pub mod ui;
 pub mod users;
 
 use std::sync::Arc;
@@ -37,6 +40,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// The per-organization rate limit and the failed-authentication throttle.
     pub limits: Arc<limits::Limits>,
+    /// The delivery-log UI's settings (session length, public address, proxy trust).
+    pub ui: Arc<ui::UiSettings>,
 }
 
 /// The whole API.
@@ -49,6 +54,8 @@ pub fn router(state: AppState) -> Router {
         .merge(deliveries::router())
         .merge(events::router())
         .merge(ops::router())
+        .merge(portal_links::router())
+        .merge(ui::router())
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()))
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)

@@ -8,6 +8,7 @@ pub mod keys;
 pub mod lifetime;
 pub mod postgres;
 pub mod sqlite;
+pub mod ui;
 
 use std::path::PathBuf;
 

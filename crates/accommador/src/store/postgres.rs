@@ -21,6 +21,7 @@ mod deliveries;
 mod intake;
 mod keys;
 mod lifetime;
+mod ui;
 #[cfg(test)]
 mod list_plans;
 #[cfg(test)]
@@ -61,6 +62,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0009_retention_erasure.sql"),
     include_str!("../../migrations/postgres/0010_api_key_names.sql"),
     include_str!("../../migrations/postgres/0012_operational_events.sql"),
+    include_str!("../../migrations/postgres/0014_ui.sql"),
 ];
 /// Most events numbered by one sequencer step.
 const SEQUENCE_STEP: i64 = 1000;

@@ -62,11 +62,13 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0007_retention_erasure.sql"),
     include_str!("../../migrations/sqlite/0008_api_key_names.sql"),
     include_str!("../../migrations/sqlite/0010_operational_events.sql"),
+    include_str!("../../migrations/sqlite/0012_ui.sql"),
 ];
 
 mod deliveries;
 mod keys;
 mod lifetime;
+mod ui;
 #[cfg(test)]
 mod list_plans;
 
