@@ -13,5 +13,6 @@ mod openapi_rules;
 mod operations;
 mod organizations;
 mod tenancy;
+mod ui;
 mod user_filter;
 mod users;
