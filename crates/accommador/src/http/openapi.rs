@@ -391,8 +391,9 @@ pub struct ApiKeyCreated {
 pub struct CreatePortalLinkRequest {
     /// A read-only session sees everything but changes nothing; default `true`.
     read_only: Option<bool>,
-    /// How long the link can be opened: `1m` to `7d` (`s`, `m`, `h`, `d`); default `15m`.
-    #[schema(pattern = "^[0-9]+(ms|s|m|h|d)$", example = "15m")]
+    /// How long the link can be opened: a whole number and a unit (`ms`, `s`, `m`, `h`, `d`),
+    /// from `1m` to `7d`; default `15m`. Anything else is refused (422).
+    #[schema(example = "15m")]
     expires_in: Option<String>,
 }
 

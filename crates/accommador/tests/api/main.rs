@@ -3,6 +3,7 @@
 
 mod atomicity;
 mod bad_input;
+mod browser;
 mod dns_timeout;
 mod endpoints;
 mod helpers;

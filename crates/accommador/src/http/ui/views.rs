@@ -296,7 +296,7 @@ pub fn delivery_detail(
                 dt { "Created" } dd { (when(d.created_at, now)) }
             }
             @if frame.can_act() {
-                div.actions style="margin-top:.8rem" {
+                div.actions.spaced {
                     (action(frame, &format!("/ui/deliveries/{}/retry", d.id), "Retry now", "primary"))
                 }
             }
