@@ -7,8 +7,8 @@ pub mod endpoint;
 pub mod event;
 pub mod ids;
 pub mod org;
-pub mod ui;
 pub mod time;
+pub mod ui;
 pub mod user;
 
 pub use time::Timestamp;

@@ -39,7 +39,10 @@ pub fn csrf_token(token: &str) -> String {
 
 /// Whether `presented` is the CSRF token of `token`, compared in constant time.
 pub fn csrf_matches(token: &str, presented: &str) -> bool {
-    csrf_token(token).as_bytes().ct_eq(presented.as_bytes()).into()
+    csrf_token(token)
+        .as_bytes()
+        .ct_eq(presented.as_bytes())
+        .into()
 }
 
 /// A token as it may appear in a cookie or path: the shape [`new_token`] makes, nothing else

@@ -140,7 +140,10 @@ fn key_name(name: &str) -> Result<String, ServiceError> {
 impl Service {
     /// The organization of a presented key, if it is a live key of a live organization.
     pub async fn authenticate(&self, presented: &str) -> Result<Option<String>, ServiceError> {
-        Ok(self.authenticate_owner(presented).await?.map(|owner| owner.org))
+        Ok(self
+            .authenticate_owner(presented)
+            .await?
+            .map(|owner| owner.org))
     }
 
     /// The organization and key ID of a presented key, as [`Service::authenticate`].

@@ -51,7 +51,10 @@ impl std::fmt::Debug for PortalLink {
 }
 
 fn after(now: Timestamp, d: Duration) -> Timestamp {
-    Timestamp(now.0.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+    Timestamp(
+        now.0
+            .saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+    )
 }
 
 impl Service {

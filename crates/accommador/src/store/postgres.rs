@@ -21,11 +21,11 @@ mod deliveries;
 mod intake;
 mod keys;
 mod lifetime;
-mod ui;
 #[cfg(test)]
 mod list_plans;
 #[cfg(test)]
 mod test_db;
+mod ui;
 
 use cached::Cached;
 

@@ -68,9 +68,9 @@ const MIGRATIONS: &[&str] = &[
 mod deliveries;
 mod keys;
 mod lifetime;
-mod ui;
 #[cfg(test)]
 mod list_plans;
+mod ui;
 
 type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 type Job = Box<dyn FnOnce(&Connection) -> (bool, Finish) + Send>;

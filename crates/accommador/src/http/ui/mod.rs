@@ -197,7 +197,10 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 
 /// Whether the browser reached us over https (so cookies get `Secure`).
 fn secure(ui: &UiSettings, headers: &HeaderMap) -> bool {
-    let public = ui.public_url.as_ref().is_some_and(|u| u.scheme() == "https");
+    let public = ui
+        .public_url
+        .as_ref()
+        .is_some_and(|u| u.scheme() == "https");
     let proxied = ui.trust_proxy
         && headers
             .get("x-forwarded-proto")
@@ -347,9 +350,12 @@ fn with_form_cookie(
     let body = render(&csrf_token(&token));
     let mut res = (status, body).into_response();
     if let Some(t) = fresh {
-        let (name, value) = set_cookie(FORM_COOKIE, &t, FORM_COOKIE_AGE, secure(&state.ui, headers));
-        res.headers_mut()
-            .append(name, HeaderValue::from_str(&value).expect("cookie is ASCII"));
+        let (name, value) =
+            set_cookie(FORM_COOKIE, &t, FORM_COOKIE_AGE, secure(&state.ui, headers));
+        res.headers_mut().append(
+            name,
+            HeaderValue::from_str(&value).expect("cookie is ASCII"),
+        );
     }
     res
 }
@@ -359,11 +365,18 @@ fn signed_in(state: &AppState, headers: &HeaderMap, token: &str) -> Response {
     let secure = secure(&state.ui, headers);
     let mut res = Redirect::to("/ui/").into_response();
     for (name, value) in [
-        set_cookie(SESSION_COOKIE, token, state.ui.session_ttl.as_secs(), secure),
+        set_cookie(
+            SESSION_COOKIE,
+            token,
+            state.ui.session_ttl.as_secs(),
+            secure,
+        ),
         set_cookie(FORM_COOKIE, "", 0, secure),
     ] {
-        res.headers_mut()
-            .append(name, HeaderValue::from_str(&value).expect("cookie is ASCII"));
+        res.headers_mut().append(
+            name,
+            HeaderValue::from_str(&value).expect("cookie is ASCII"),
+        );
     }
     res
 }
@@ -389,7 +402,10 @@ async fn sign_in(State(state): State<AppState>, headers: HeaderMap, form: Form) 
     match state.service.sign_in(key, state.ui.session_ttl).await {
         Ok(Some(signed)) => signed_in(&state, &headers, &signed.token),
         Ok(None) => with_form_cookie(&state, &headers, StatusCode::UNAUTHORIZED, |csrf| {
-            views::sign_in(csrf, Some("That API key is not valid (or has been revoked)."))
+            views::sign_in(
+                csrf,
+                Some("That API key is not valid (or has been revoked)."),
+            )
         }),
         Err(e) => UiError::from(e).into_response(),
     }
@@ -405,8 +421,10 @@ async fn sign_out(
     state.service.sign_out(&ui.token).await?;
     let mut res = Redirect::to("/ui/sign-in").into_response();
     let (name, value) = set_cookie(SESSION_COOKIE, "", 0, secure(&state.ui, &headers));
-    res.headers_mut()
-        .append(name, HeaderValue::from_str(&value).expect("cookie is ASCII"));
+    res.headers_mut().append(
+        name,
+        HeaderValue::from_str(&value).expect("cookie is ASCII"),
+    );
     Ok(res)
 }
 

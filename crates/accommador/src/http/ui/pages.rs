@@ -58,7 +58,12 @@ fn notice(query: &QueryParams) -> Option<&'static str> {
 }
 
 /// The current list URL with `after` set to the next cursor.
-fn next_href(path: &str, query: &QueryParams, keys: &[&str], cursor: Option<String>) -> Option<String> {
+fn next_href(
+    path: &str,
+    query: &QueryParams,
+    keys: &[&str],
+    cursor: Option<String>,
+) -> Option<String> {
     let cursor = cursor?;
     let mut ignored = Vec::new();
     let mut q = url::form_urlencoded::Serializer::new(String::new());
@@ -314,7 +319,13 @@ fn endpoint_body(form: &Form) -> (Map<String, Value>, EndpointForm) {
 }
 
 /// A form sent back with the API's validation messages.
-fn invalid_form(ui: &Ui, title: &str, href: &str, typed: &EndpointForm, errors: &[FieldError]) -> Response {
+fn invalid_form(
+    ui: &Ui,
+    title: &str,
+    href: &str,
+    typed: &EndpointForm,
+    errors: &[FieldError],
+) -> Response {
     let f = frame(ui);
     let body: Markup = html! {
         (views::errors(&field_pairs(errors)))
@@ -336,10 +347,19 @@ pub async fn endpoint_create(State(state): State<AppState>, ui: Ui, form: Form) 
     match state.service.create_endpoint(ui.org(), &body).await {
         Ok((record, secret)) => {
             if ui.session.portal {
-                return Ok(Redirect::to(&format!("/ui/endpoints/{}?done=created", record.id))
-                    .into_response());
+                return Ok(
+                    Redirect::to(&format!("/ui/endpoints/{}?done=created", record.id))
+                        .into_response(),
+                );
             }
-            endpoint_page(&state, &ui, &record.id, Some("Endpoint created."), Some(&secret)).await
+            endpoint_page(
+                &state,
+                &ui,
+                &record.id,
+                Some("Endpoint created."),
+                Some(&secret),
+            )
+            .await
         }
         Err(ServiceError::Invalid(errors)) => Ok(invalid_form(
             &ui,
@@ -429,10 +449,18 @@ pub async fn endpoint_action(
     let done = match action.as_str() {
         "enable" | "disable" => {
             let mut body = Map::new();
-            let status = if action == "enable" { "enabled" } else { "disabled" };
+            let status = if action == "enable" {
+                "enabled"
+            } else {
+                "disabled"
+            };
             body.insert("status".into(), status.into());
             svc.update_endpoint(ui.org(), &id, &body).await?;
-            if action == "enable" { "enabled" } else { "disabled" }
+            if action == "enable" {
+                "enabled"
+            } else {
+                "disabled"
+            }
         }
         "test" => {
             svc.send_test(ui.org(), &id).await?;

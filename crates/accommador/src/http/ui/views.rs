@@ -219,8 +219,7 @@ pub fn explain(a: &AttemptRecord) -> String {
         }
         (Some(ErrorClass::HttpStatus), None) => "The endpoint answered with a failure.".into(),
         (Some(ErrorClass::Timeout), _) => {
-            "No complete answer came within the time limit: the endpoint is slow or hanging."
-                .into()
+            "No complete answer came within the time limit: the endpoint is slow or hanging.".into()
         }
         (Some(ErrorClass::Connect), _) => {
             "Could not connect: nothing listened at that address, or the connection was \
@@ -234,8 +233,7 @@ pub fn explain(a: &AttemptRecord) -> String {
                 .into()
         }
         (Some(ErrorClass::BlockedAddress), _) => {
-            "The endpoint's address is private or otherwise blocked, so nothing was sent."
-                .into()
+            "The endpoint's address is private or otherwise blocked, so nothing was sent.".into()
         }
         (Some(ErrorClass::EndpointDisabled), _) => {
             "The endpoint was disabled, so this delivery was not sent.".into()
@@ -377,7 +375,12 @@ pub struct EndpointForm {
     pub event_types: Vec<String>,
 }
 
-pub fn endpoint_form(frame: &Frame<'_>, action_href: &str, form: &EndpointForm, submit: &str) -> Markup {
+pub fn endpoint_form(
+    frame: &Frame<'_>,
+    action_href: &str,
+    form: &EndpointForm,
+    submit: &str,
+) -> Markup {
     let all = accommador_webhooks::EventType::USER_EVENTS
         .iter()
         .chain(accommador_webhooks::EventType::OPERATIONAL_EVENTS.iter());
@@ -410,8 +413,14 @@ pub fn endpoint_detail(
 ) -> Markup {
     let now = frame.now;
     let base = format!("/ui/endpoints/{}", e.id);
-    let succeeded = recent.iter().filter(|d| d.status.as_str() == "succeeded").count();
-    let finished = recent.iter().filter(|d| d.status.as_str() != "pending").count();
+    let succeeded = recent
+        .iter()
+        .filter(|d| d.status.as_str() == "succeeded")
+        .count();
+    let finished = recent
+        .iter()
+        .filter(|d| d.status.as_str() != "pending")
+        .count();
     html! {
         (notice(notice_text))
         @if let Some(s) = secret {

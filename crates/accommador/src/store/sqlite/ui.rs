@@ -33,7 +33,8 @@ fn insert_session(c: &rusqlite::Connection, s: &NewGrant, portal: bool) -> Resul
 
 impl SqliteStore {
     pub async fn create_session(&self, session: NewGrant) -> Result<(), StoreError> {
-        self.write(move |c| insert_session(c, &session, false)).await
+        self.write(move |c| insert_session(c, &session, false))
+            .await
     }
 
     pub async fn find_session(
