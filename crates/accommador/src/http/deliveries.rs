@@ -32,7 +32,8 @@ fn not_found_delivery(e: ServiceError) -> ApiError {
     }
 }
 
-const FILTERS: [&str; 7] = [
+/// The filter parameters of a deliveries list.
+pub(crate) const FILTERS: [&str; 7] = [
     "endpoint_id",
     "event_id",
     "user_id",

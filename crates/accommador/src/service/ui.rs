@@ -68,13 +68,15 @@ impl Service {
             return Ok(None);
         };
         let token = new_token();
-        let expires_at = after(Timestamp::now(), ttl);
+        let now = Timestamp::now();
+        let expires_at = after(now, ttl);
         self.store
             .create_session(NewGrant {
                 id: token_id(&token),
                 org: owner.org.clone(),
                 key_id: owner.key_id.clone(),
                 read_only: false,
+                created_at: now,
                 expires_at,
             })
             .await?;
@@ -143,13 +145,15 @@ impl Service {
             return Err(ServiceError::Invalid(errors));
         }
         let token = new_token();
-        let expires_at = after(Timestamp::now(), ttl);
+        let now = Timestamp::now();
+        let expires_at = after(now, ttl);
         self.store
             .create_portal_link(NewGrant {
                 id: token_id(&token),
                 org: owner.org.clone(),
                 key_id: owner.key_id.clone(),
                 read_only,
+                created_at: now,
                 expires_at,
             })
             .await?;

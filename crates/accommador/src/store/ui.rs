@@ -20,6 +20,7 @@ pub struct NewGrant {
     pub org: String,
     pub key_id: String,
     pub read_only: bool,
+    pub created_at: Timestamp,
     pub expires_at: Timestamp,
 }
 

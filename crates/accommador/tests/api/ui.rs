@@ -108,6 +108,11 @@ impl Browser {
     }
 }
 
+/// The JSON body of an API GET with `t`'s key.
+async fn api_json(app: &TestApp, t: &Tenant, path: &str) -> Value {
+    app.get(t, path).await.json().await.unwrap()
+}
+
 fn location(r: &Response) -> &str {
     r.headers()["location"].to_str().unwrap()
 }
@@ -124,7 +129,7 @@ pub async fn failing_delivery(app: &TestApp, t: &Tenant, url: &str) -> (String, 
     .await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let list: Value = app.get(t, "/v1/deliveries").await.json().await.unwrap();
+        let list = api_json(app, t, "/v1/deliveries").await;
         if let Some(d) = list["data"].as_array().unwrap().first()
             && d["attempt_count"].as_u64() >= Some(1)
         {
@@ -306,12 +311,7 @@ async fn a_failing_delivery_is_shown_explained_and_retried_with_the_csrf_token()
     assert_eq!(r.status(), StatusCode::FORBIDDEN, "no CSRF token");
     let r = b.post(&path, &[("csrf", &"0".repeat(64))]).await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN, "a wrong CSRF token");
-    let before: Value = app
-        .get(&acme, &format!("/v1/deliveries/{delivery}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let before: Value = api_json(&app, &acme, &format!("/v1/deliveries/{delivery}")).await;
     let csrf = b.csrf().await;
     let r = b.post(&path, &[("csrf", &csrf)]).await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
@@ -499,12 +499,7 @@ async fn a_portal_link_works_once_and_a_read_only_session_changes_nothing() {
             .await;
         assert_eq!(r.status(), StatusCode::FORBIDDEN, "{action}");
     }
-    let ep: Value = app
-        .get(&acme, &format!("/v1/endpoints/{endpoint}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let ep: Value = api_json(&app, &acme, &format!("/v1/endpoints/{endpoint}")).await;
     assert_eq!(ep["status"], "enabled");
 
     // The session cookie is no API credential: it makes no keys and no links.
@@ -559,12 +554,7 @@ async fn a_full_portal_session_acts_but_never_sees_a_secret() {
         )
         .await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
-    let ep: Value = app
-        .get(&acme, &format!("/v1/endpoints/{endpoint}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let ep: Value = api_json(&app, &acme, &format!("/v1/endpoints/{endpoint}")).await;
     assert_eq!(ep["status"], "disabled");
     let r = b
         .post(
@@ -708,7 +698,7 @@ async fn endpoint_forms_show_the_apis_validation_messages() {
     assert_eq!(r.status(), StatusCode::OK);
     let html = r.text().await.unwrap();
     assert!(html.contains("whsec_"), "the secret is shown once");
-    let list: Value = app.get(&acme, "/v1/endpoints").await.json().await.unwrap();
+    let list = api_json(&app, &acme, "/v1/endpoints").await;
     assert_eq!(list["data"][0]["event_types"], json!(["user.created"]));
     let id = list["data"][0]["id"].as_str().unwrap();
     let (_, page) = b.page(&format!("/ui/endpoints/{id}")).await;

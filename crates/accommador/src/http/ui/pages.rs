@@ -15,7 +15,7 @@ use crate::domain::delivery::DeliveryStatus;
 use crate::domain::endpoint::EndpointStatus;
 use crate::domain::{FieldError, Timestamp};
 use crate::http::AppState;
-use crate::http::deliveries::delivery_filter;
+use crate::http::deliveries::{FILTERS, delivery_filter};
 use crate::http::extract::QueryParams;
 use crate::service::{PageRequest, ServiceError};
 use crate::store::{DeliveryFilter, EventFilter};
@@ -33,6 +33,19 @@ fn frame(ui: &Ui) -> Frame<'_> {
         csrf: &ui.csrf,
         now: Timestamp::now(),
     }
+}
+
+/// A list page of [`PAGE`] rows after the query's `after`.
+fn list_page(query: &QueryParams) -> PageRequest {
+    let mut ignored = Vec::new();
+    page_of(query.get("after", &mut ignored), PAGE)
+}
+
+/// The cursor of the page after `list` (its last item), if more follow.
+fn next_of<T>(list: &crate::store::Page<T>, id: impl Fn(&T) -> &str) -> Option<String> {
+    list.has_more
+        .then(|| list.items.last().map(|item| id(item).to_owned()))
+        .flatten()
 }
 
 fn page_of(after: Option<&str>, limit: usize) -> PageRequest {
@@ -170,27 +183,19 @@ pub async fn overview(State(state): State<AppState>, ui: Ui) -> Page {
     Ok(views::layout(&f, Nav::Overview, "Overview", body).into_response())
 }
 
-const DELIVERY_FILTERS: [&str; 7] = [
-    "endpoint_id",
-    "event_id",
-    "user_id",
-    "event_type",
-    "status",
-    "since",
-    "until",
-];
-
 pub async fn deliveries(State(state): State<AppState>, ui: Ui, query: QueryParams) -> Page {
     let f = frame(&ui);
-    let mut ignored = Vec::new();
     let value = |k: &str| {
         let mut ignored = Vec::new();
         query.get(k, &mut ignored).unwrap_or_default().to_owned()
     };
     let (items, next, errors) = match delivery_filter(&query) {
         Ok(filter) => {
-            let page = page_of(query.get("after", &mut ignored), PAGE);
-            match state.service.list_deliveries(ui.org(), filter, page).await {
+            match state
+                .service
+                .list_deliveries(ui.org(), filter, list_page(&query))
+                .await
+            {
                 Ok(list) => (list.items, list.next_cursor, Vec::new()),
                 Err(ServiceError::Invalid(errors)) => (Vec::new(), None, errors),
                 Err(e) => return Err(e.into()),
@@ -226,7 +231,7 @@ pub async fn deliveries(State(state): State<AppState>, ui: Ui, query: QueryParam
         }
         (views::errors(&field_pairs(&errors)))
         (views::deliveries_table(&items, f.now))
-        (views::pager(next_href("/ui/deliveries", &query, &DELIVERY_FILTERS, next)))
+        (views::pager(next_href("/ui/deliveries", &query, &FILTERS, next)))
     };
     Ok(views::layout(&f, Nav::Deliveries, "Deliveries", body).into_response())
 }
@@ -269,14 +274,10 @@ pub async fn retry(
 }
 
 pub async fn endpoints(State(state): State<AppState>, ui: Ui, query: QueryParams) -> Page {
-    let mut ignored = Vec::new();
-    let page = page_of(query.get("after", &mut ignored), PAGE);
+    let page = list_page(&query);
     let list = state.service.list_endpoints(ui.org(), page).await?;
     let f = frame(&ui);
-    let next = list
-        .has_more
-        .then(|| list.items.last().map(|e| e.id.clone()))
-        .flatten();
+    let next = next_of(&list, |e| &e.id);
     let body = html! {
         @if f.can_act() { p { a.button href="/ui/endpoints/new" { "New endpoint" } } }
         (views::endpoints_table(&list.items, f.now))
@@ -498,8 +499,7 @@ pub async fn endpoint_action(
 }
 
 pub async fn events(State(state): State<AppState>, ui: Ui, query: QueryParams) -> Page {
-    let mut ignored = Vec::new();
-    let page = page_of(query.get("after", &mut ignored), PAGE);
+    let page = list_page(&query);
     let list = state
         .service
         .list_events(ui.org(), EventFilter::default(), page)
@@ -519,14 +519,10 @@ pub async fn events(State(state): State<AppState>, ui: Ui, query: QueryParams) -
 }
 
 pub async fn users(State(state): State<AppState>, ui: Ui, query: QueryParams) -> Page {
-    let mut ignored = Vec::new();
-    let page = page_of(query.get("after", &mut ignored), PAGE);
+    let page = list_page(&query);
     let list = state.service.list_users(ui.org(), page).await?;
     let f = frame(&ui);
-    let next = list
-        .has_more
-        .then(|| list.items.last().map(|u| u.id.clone()))
-        .flatten();
+    let next = next_of(&list, |u| &u.id);
     let body = html! {
         (views::users_table(&list.items, f.now))
         (views::pager(next_href("/ui/users", &query, &[], next)))
@@ -543,8 +539,7 @@ pub async fn user(
     let svc = &state.service;
     // The events about the user are its history; a deleted user keeps them (and its last
     // state is in its `user.deleted` event).
-    let mut ignored = Vec::new();
-    let page = page_of(query.get("after", &mut ignored), PAGE);
+    let page = list_page(&query);
     let filter = EventFilter {
         user_id: Some(id.clone()),
         ..EventFilter::default()

@@ -40,7 +40,7 @@ impl PgStore {
                     &s.key_id,
                     &s.read_only,
                     &false,
-                    &Timestamp::now().millis(),
+                    &s.created_at.millis(),
                     &s.expires_at.millis(),
                 ],
             )
@@ -89,7 +89,7 @@ impl PgStore {
                     &link.org,
                     &link.key_id,
                     &link.read_only,
-                    &Timestamp::now().millis(),
+                    &link.created_at.millis(),
                     &link.expires_at.millis(),
                 ],
             )

@@ -23,7 +23,7 @@ fn insert_session(c: &rusqlite::Connection, s: &NewGrant, portal: bool) -> Resul
             s.key_id,
             s.read_only,
             portal,
-            Timestamp::now().millis(),
+            s.created_at.millis(),
             s.expires_at.millis()
         ])
     })
@@ -88,7 +88,7 @@ impl SqliteStore {
                         link.org,
                         link.key_id,
                         link.read_only,
-                        Timestamp::now().millis(),
+                        link.created_at.millis(),
                         link.expires_at.millis()
                     ])
                 })
@@ -143,6 +143,7 @@ impl SqliteStore {
                 org,
                 key_id,
                 read_only,
+                created_at: now,
                 expires_at: session_expires,
             };
             insert_session(c, &grant, true)?;
