@@ -201,6 +201,28 @@ async fn signing_in_with_an_api_key_gives_a_strict_session_cookie_and_signing_ou
 }
 
 #[tokio::test]
+async fn failed_sign_ins_are_throttled_per_client_address() {
+    let app = spawn_app().await;
+    let mut b = Browser::new(&app);
+    let (_, html) = b.page("/ui/sign-in").await;
+    let csrf = csrf_in(&html);
+    let mut statuses = Vec::new();
+    for i in 0..25 {
+        let key = format!("acm_{i:0>43}");
+        let r = b
+            .post("/ui/sign-in", &[("api_key", &key), ("csrf", &csrf)])
+            .await;
+        statuses.push(r.status());
+    }
+    assert_eq!(statuses[0], StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        statuses.last(),
+        Some(&StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test]
 async fn the_sign_in_form_needs_the_token_of_its_own_cookie() {
     let app = spawn_app().await;
     let acme = app.create_org("Acme").await;

@@ -392,22 +392,61 @@ async fn sign_in_page(State(state): State<AppState>, headers: HeaderMap) -> Resp
     })
 }
 
-async fn sign_in(State(state): State<AppState>, headers: HeaderMap, form: Form) -> Response {
+async fn sign_in(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    form: Form,
+) -> Response {
     if !form_cookie_matches(&headers, &form) {
         return with_form_cookie(&state, &headers, StatusCode::FORBIDDEN, |csrf| {
             views::sign_in(csrf, Some("The form expired; please sign in again."))
         });
     }
-    let key = form.get("api_key").unwrap_or_default();
-    match state.service.sign_in(key, state.ui.session_ttl).await {
-        Ok(Some(signed)) => signed_in(&state, &headers, &signed.token),
-        Ok(None) => with_form_cookie(&state, &headers, StatusCode::UNAUTHORIZED, |csrf| {
+    let key = form.get("api_key").unwrap_or_default().trim();
+    // Failed sign-ins count against the client's address like failed API authentications.
+    let throttle = state.limits.auth();
+    let digest = crate::domain::org::hash_key(key);
+    let Ok(pending) = throttle.admit(peer, &digest).await else {
+        return with_form_cookie(&state, &headers, StatusCode::TOO_MANY_REQUESTS, |csrf| {
             views::sign_in(
                 csrf,
-                Some("That API key is not valid (or has been revoked)."),
+                Some("Too many failed sign-ins from your address: wait a few seconds."),
             )
-        }),
+        });
+    };
+    match state.service.sign_in(key, state.ui.session_ttl).await {
+        Ok(Some(signed)) => {
+            throttle.succeeded(pending, digest, &signed.session.org);
+            signed_in(&state, &headers, &signed.token)
+        }
+        Ok(None) => {
+            throttle.failed(pending, &digest);
+            with_form_cookie(&state, &headers, StatusCode::UNAUTHORIZED, |csrf| {
+                views::sign_in(
+                    csrf,
+                    Some("That API key is not valid (or has been revoked)."),
+                )
+            })
+        }
         Err(e) => UiError::from(e).into_response(),
+    }
+}
+
+/// The client's address, when the server knows it.
+#[derive(Debug)]
+struct Peer(Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Peer(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
     }
 }
 
