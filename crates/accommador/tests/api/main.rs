@@ -15,5 +15,6 @@ mod operations;
 mod organizations;
 mod tenancy;
 mod ui;
+mod ui_measure;
 mod user_filter;
 mod users;
