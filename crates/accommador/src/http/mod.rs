@@ -24,7 +24,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::sensitive_headers::{
+    SetSensitiveRequestHeadersLayer, SetSensitiveResponseHeadersLayer,
+};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
@@ -66,11 +68,24 @@ pub fn router(state: AppState) -> Router {
                 error::ApiError::internal("a request handler panicked").into_response()
             },
         ))
-        .layer(TraceLayer::new_for_http())
+        .layer(SetSensitiveResponseHeadersLayer::new([header::SET_COOKIE]))
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(SetSensitiveRequestHeadersLayer::new([
             header::AUTHORIZATION,
+            header::COOKIE,
         ]))
         .with_state(state)
+}
+
+/// The span of one request, as tower-http's default (method, URI, version at DEBUG) but with
+/// a portal link's one-time token left out of the URI.
+fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    tracing::debug_span!(
+        "request",
+        method = %req.method(),
+        uri = %ui::loggable_uri(req.uri()),
+        version = ?req.version(),
+    )
 }
 
 pub fn json_response(status: StatusCode, body: String) -> Response {

@@ -74,6 +74,14 @@ pub fn router() -> axum::Router<AppState> {
         .layer(axum::middleware::from_fn(headers))
 }
 
+/// A request URI as it may be logged: a portal link's path without its token.
+pub fn loggable_uri(uri: &axum::http::Uri) -> std::borrow::Cow<'_, str> {
+    match uri.path().strip_prefix("/ui/portal/") {
+        Some(_) => "/ui/portal/<token>".into(),
+        None => uri.to_string().into(),
+    }
+}
+
 /// Security headers on every UI response; pages are never cached (they show tenant data).
 async fn headers(req: Request, next: Next) -> Response {
     let mut res = next.run(req).await;
