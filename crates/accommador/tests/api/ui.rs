@@ -455,6 +455,17 @@ async fn revoking_the_key_ends_its_sessions_and_sessions_expire() {
     let r = by_first.get("/ui/").await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     assert_eq!(location(&r), "/ui/sign-in");
+
+    // Expired sessions are removed by the background purge, one bounded batch at a time.
+    let url = accommador::store::DatabaseUrl::parse(&app.db.url).unwrap();
+    let store = accommador::store::Store::open(&url, accommador::store::Ownership::Tool, 2)
+        .await
+        .unwrap();
+    let live = app.db.scalar("SELECT COUNT(*) FROM ui_sessions").await;
+    assert!(live >= 2);
+    let now = accommador::domain::Timestamp::now();
+    assert_eq!(store.purge_ui(now).await.unwrap(), live as usize);
+    assert_eq!(store.purge_ui(now).await.unwrap(), 0);
 }
 
 /// Opens a portal link like a person: the GET shows "Continue", the POST signs in.

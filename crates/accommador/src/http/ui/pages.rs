@@ -322,15 +322,14 @@ fn endpoint_body(form: &Form) -> (Map<String, Value>, EndpointForm) {
 /// A form sent back with the API's validation messages.
 fn invalid_form(
     ui: &Ui,
-    title: &str,
-    href: &str,
+    (title, href, submit): (&str, &str, &str),
     typed: &EndpointForm,
     errors: &[FieldError],
 ) -> Response {
     let f = frame(ui);
     let body: Markup = html! {
         (views::errors(&field_pairs(errors)))
-        (views::endpoint_form(&f, href, typed, "Save"))
+        (views::endpoint_form(&f, href, typed, submit))
     };
     (
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -364,8 +363,7 @@ pub async fn endpoint_create(State(state): State<AppState>, ui: Ui, form: Form) 
         }
         Err(ServiceError::Invalid(errors)) => Ok(invalid_form(
             &ui,
-            "New endpoint",
-            "/ui/endpoints",
+            ("New endpoint", "/ui/endpoints", "Create"),
             &typed,
             &errors,
         )),
@@ -430,8 +428,11 @@ pub async fn endpoint_update(
         Ok(_) => Ok(Redirect::to(&format!("/ui/endpoints/{id}?done=saved")).into_response()),
         Err(ServiceError::Invalid(errors)) => Ok(invalid_form(
             &ui,
-            &format!("Endpoint {id}"),
-            &format!("/ui/endpoints/{id}"),
+            (
+                &format!("Endpoint {id}"),
+                &format!("/ui/endpoints/{id}"),
+                "Save",
+            ),
             &typed,
             &errors,
         )),
