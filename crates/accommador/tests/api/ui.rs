@@ -91,6 +91,11 @@ impl Browser {
         r
     }
 
+    /// Presses an action's button (a form with only the CSRF token); returns the status.
+    pub async fn act(&mut self, path: &str, csrf: &str) -> StatusCode {
+        self.post(path, &[("csrf", csrf)]).await.status()
+    }
+
     /// Signs in with `key` through the sign-in form; returns the POST's response.
     pub async fn sign_in(&mut self, key: &str) -> Response {
         let (status, html) = self.page("/ui/sign-in").await;
@@ -381,20 +386,16 @@ async fn every_page_is_scoped_to_the_sessions_organization() {
         assert!(!html.contains("ada@example.com"));
     }
     let csrf = b.csrf().await;
-    let r = b
-        .post(
-            &format!("/ui/deliveries/{delivery}/retry"),
-            &[("csrf", &csrf)],
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::NOT_FOUND);
-    let r = b
-        .post(
-            &format!("/ui/endpoints/{endpoint}/disable"),
-            &[("csrf", &csrf)],
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        b.act(&format!("/ui/deliveries/{delivery}/retry"), &csrf)
+            .await,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        b.act(&format!("/ui/endpoints/{endpoint}/disable"), &csrf)
+            .await,
+        StatusCode::NOT_FOUND
+    );
     for list in [
         "/ui/deliveries",
         "/ui/endpoints",
@@ -573,20 +574,16 @@ async fn a_full_portal_session_acts_but_never_sees_a_secret() {
     assert!(html.contains("Disable"));
     assert!(!html.contains("Rotate secret"));
     let csrf = b.csrf().await;
-    let r = b
-        .post(
-            &format!("/ui/endpoints/{endpoint}/rotate"),
-            &[("csrf", &csrf)],
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    let r = b
-        .post(
-            &format!("/ui/endpoints/{endpoint}/disable"),
-            &[("csrf", &csrf)],
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        b.act(&format!("/ui/endpoints/{endpoint}/rotate"), &csrf)
+            .await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        b.act(&format!("/ui/endpoints/{endpoint}/disable"), &csrf)
+            .await,
+        StatusCode::SEE_OTHER
+    );
     let ep: Value = api_json(&app, &acme, &format!("/v1/endpoints/{endpoint}")).await;
     assert_eq!(ep["status"], "disabled");
     let r = b
@@ -749,9 +746,9 @@ async fn endpoint_forms_show_the_apis_validation_messages() {
             .unwrap()
             .contains("since: must be an RFC 3339 date-time")
     );
-    let r = b
-        .post(&format!("/ui/endpoints/{id}/rotate"), &[("csrf", &csrf)])
-        .await;
-    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        b.act(&format!("/ui/endpoints/{id}/rotate"), &csrf).await,
+        StatusCode::OK
+    );
     assert!(r.text().await.unwrap().contains("whsec_"));
 }
