@@ -746,9 +746,9 @@ async fn endpoint_forms_show_the_apis_validation_messages() {
             .unwrap()
             .contains("since: must be an RFC 3339 date-time")
     );
-    assert_eq!(
-        b.act(&format!("/ui/endpoints/{id}/rotate"), &csrf).await,
-        StatusCode::OK
-    );
+    let r = b
+        .post(&format!("/ui/endpoints/{id}/rotate"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
     assert!(r.text().await.unwrap().contains("whsec_"));
 }
