@@ -48,7 +48,7 @@ impl WebhookClient {
     pub async fn attempt(&self, d: &DueDelivery) -> AttemptResult {
         let started_at = Timestamp::now();
         let clock = Instant::now();
-        let timestamp = started_at.millis() / 1000;
+        let timestamp = crate::domain::delivery::webhook_timestamp(started_at);
         let mut signature = String::new();
         for secret in &d.secrets {
             match Secret::parse(secret) {

@@ -100,7 +100,27 @@ pub struct AttemptResult {
     pub retry_after: Option<Duration>,
 }
 
+/// The `webhook-timestamp` an attempt that started at `started_at` carries (unix seconds):
+/// the log shows it as sent without storing it twice.
+pub fn webhook_timestamp(started_at: Timestamp) -> i64 {
+    started_at.millis().div_euclid(1000)
+}
+
 impl AttemptResult {
+    /// Whether a request was sent (or its sending begun): not for an address refused before
+    /// connecting, a name that did not resolve, or a delivery ended without an attempt.
+    pub fn request_sent(&self) -> bool {
+        !matches!(
+            self.error_class,
+            Some(
+                ErrorClass::BlockedAddress
+                    | ErrorClass::Dns
+                    | ErrorClass::EndpointDisabled
+                    | ErrorClass::Erased
+            )
+        )
+    }
+
     pub fn succeeded(&self) -> bool {
         self.error_class.is_none() && self.status_code.is_some_and(|s| (200..300).contains(&s))
     }

@@ -327,6 +327,17 @@ async fn a_failing_delivery_is_shown_explained_and_retried_with_the_csrf_token()
         html.contains("Could not connect"),
         "plain words for the error class"
     );
+    let attempts = api_json(&app, &acme, &format!("/v1/deliveries/{delivery}/attempts")).await;
+    let started = attempts["data"][0]["started_at"].as_str().unwrap();
+    let sent = accommador::domain::Timestamp::parse_rfc3339(started)
+        .unwrap()
+        .millis()
+        / 1000;
+    assert!(
+        html.contains(&format!("webhook-timestamp: {sent}\n")),
+        "the request headers as sent"
+    );
+    assert!(html.contains("webhook-signature: v1,…"));
     assert!(html.contains("Retry now"));
     assert!(
         html.contains("&quot;type&quot;: &quot;user.created&quot;"),

@@ -6,7 +6,7 @@ use maud::{DOCTYPE, Markup, html};
 use serde_json::Value;
 
 use crate::domain::Timestamp;
-use crate::domain::delivery::{AttemptRecord, DeliveryRecord, ErrorClass};
+use crate::domain::delivery::{AttemptRecord, DeliveryRecord, ErrorClass, webhook_timestamp};
 use crate::domain::endpoint::{EndpointRecord, EndpointStatus};
 use crate::domain::user::UserRecord;
 use crate::store::ui::SessionRecord;
@@ -322,6 +322,18 @@ pub fn delivery_detail(
                 }
                 p { (explain(a)) }
                 @if let Some(e) = &a.result.error { p.muted { "Error: " (e) } }
+                @if a.result.request_sent() {
+                    details {
+                        summary { "Request headers sent" }
+                        pre {
+                            "content-type: application/json\n"
+                            "user-agent: " (crate::delivery::client::USER_AGENT) "\n"
+                            "webhook-id: " (d.event_id) "\n"
+                            "webhook-timestamp: " (webhook_timestamp(a.result.started_at)) "\n"
+                            "webhook-signature: v1,… (not kept: the signature is made afresh for every attempt)"
+                        }
+                    }
+                }
                 details {
                     summary { "Response headers and body" }
                     pre { @for (k, v) in &a.result.response_headers { (k) ": " (header_value(v)) "\n" } }
