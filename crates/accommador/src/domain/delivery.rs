@@ -315,6 +315,23 @@ pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Dura
 }
 
 #[cfg(test)]
+mod webhook_timestamp_tests {
+    use super::*;
+
+    #[test]
+    fn the_webhook_timestamp_is_the_attempts_start_in_whole_seconds() {
+        assert_eq!(
+            webhook_timestamp(Timestamp(1_614_265_330_999)),
+            1_614_265_330
+        );
+        assert_eq!(
+            webhook_timestamp(Timestamp(1_614_265_330_000)),
+            1_614_265_330
+        );
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
