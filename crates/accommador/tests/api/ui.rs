@@ -480,6 +480,39 @@ async fn revoking_the_key_ends_its_sessions_and_sessions_expire() {
     assert_eq!(store.purge_ui(now).await.unwrap(), 0);
 }
 
+#[tokio::test]
+async fn deleting_the_organization_ends_its_sessions_and_removes_them() {
+    let app = spawn_app().await;
+    let acme = app.create_org("Acme").await;
+    let mut b = Browser::new(&app);
+    b.sign_in(&acme.key).await;
+    app.post(&acme, "/v1/portal-links", &json!({})).await;
+    assert_eq!(b.get("/ui/").await.status(), StatusCode::OK);
+    let r = app
+        .client
+        .delete(app.url(&format!("/v1/organizations/{}", acme.id)))
+        .bearer_auth(crate::helpers::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(b.get("/ui/").await.status(), StatusCode::SEE_OTHER);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = app
+            .db
+            .scalar(
+                "SELECT (SELECT COUNT(*) FROM ui_sessions) + (SELECT COUNT(*) FROM portal_links)",
+            )
+            .await;
+        if left == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{left} UI rows left");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Opens a portal link like a person: the GET shows "Continue", the POST signs in.
 pub async fn open_portal(b: &mut Browser, url: &str) -> Response {
     let (status, html) = b.page(url).await;
