@@ -723,6 +723,10 @@ async fn user_controlled_text_is_escaped_everywhere() {
         assert!(!html.contains("<script>alert(1)"), "{path}");
         assert!(!html.contains("<img src=x"), "{path}");
     }
+    let (_, events) = b.page("/ui/events?type=user.created").await;
+    assert!(events.contains("user.created</code>"));
+    let (_, none) = b.page("/ui/events?type=user.deleted").await;
+    assert!(none.contains("No events."), "the type filter applies");
     let (_, users) = b.page("/ui/users").await;
     assert!(users.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
     let r = b.get("/ui/users").await;

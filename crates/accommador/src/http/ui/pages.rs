@@ -500,10 +500,27 @@ pub async fn endpoint_action(
 }
 
 pub async fn events(State(state): State<AppState>, ui: Ui, query: QueryParams) -> Page {
-    let page = list_page(&query);
+    let mut ignored = Vec::new();
+    let chosen = query
+        .get("type", &mut ignored)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned);
+    let event_type = chosen
+        .as_deref()
+        .and_then(accommador_webhooks::EventType::parse);
+    if chosen.is_some() && event_type.is_none() {
+        return Err(UiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "type: not an event type",
+        ));
+    }
+    let filter = EventFilter {
+        event_type,
+        ..EventFilter::default()
+    };
     let list = state
         .service
-        .list_events(ui.org(), EventFilter::default(), page)
+        .list_events(ui.org(), filter, list_page(&query))
         .await?;
     let rows: Vec<EventRow> = list
         .items
@@ -511,10 +528,23 @@ pub async fn events(State(state): State<AppState>, ui: Ui, query: QueryParams) -
         .map(|e| EventRow::from_payload(&e.id, &e.payload))
         .collect();
     let f = frame(&ui);
+    let current = chosen.unwrap_or_default();
     let body = html! {
-        p.muted { "Every event in commit order, oldest first." }
+        form.filters.panel method="get" action="/ui/events" {
+            div {
+                label for="type" { "Event type" }
+                select #type name="type" {
+                    option value="" { "any" }
+                    @for t in accommador_webhooks::EventType::SUBSCRIBABLE {
+                        option value=(t.as_str()) selected[current == t.as_str()] { (t.as_str()) }
+                    }
+                }
+            }
+            div { button.primary type="submit" { "Filter" } }
+        }
+        p.muted { "Events in commit order, oldest first." }
         (views::events_table(&rows, f.now, false))
-        (views::pager(next_href("/ui/events", &query, &[], list.next_cursor)))
+        (views::pager(next_href("/ui/events", &query, &["type"], list.next_cursor)))
     };
     Ok(views::layout(&f, Nav::Events, "Events", body).into_response())
 }
