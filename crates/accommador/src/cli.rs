@@ -23,7 +23,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the HTTP API and the delivery workers (fan-out, dispatch, retries).
+    /// Run the HTTP API, the delivery-log UI (/ui/) and the delivery workers (fan-out,
+    /// dispatch, retries).
     Serve(ServeArgs),
     /// Run delivery workers only (needs a postgres:// database).
     Worker(WorkerArgs),

@@ -34,6 +34,9 @@ const KEYS: &[&str] = &[
     "org_rate_limit",
     "retention",
     "erase_deleted_after",
+    "session_ttl",
+    "public_url",
+    "trust_proxy",
 ];
 
 /// A value that must not be printed.
@@ -90,6 +93,13 @@ pub struct Settings {
     pub retention: Duration,
     /// Deleted users' personal data is erased this long after the deletion.
     pub erase_deleted_after: Duration,
+    /// How long a UI session lasts (it ends sooner when its key is revoked).
+    pub session_ttl: Duration,
+    /// The address people reach this server at (`https://…` makes UI cookies `Secure` and
+    /// portal links absolute); `None`: unknown.
+    pub public_url: Option<url::Url>,
+    /// Believe `X-Forwarded-Proto` from a reverse proxy in front of this server.
+    pub trust_proxy: bool,
 }
 
 /// Values given as flags; `None` leaves the lower layers' value. `Debug` shows the database URL
@@ -122,6 +132,9 @@ impl std::fmt::Debug for Settings {
             org_rate_limit,
             retention,
             erase_deleted_after,
+            session_ttl,
+            public_url,
+            trust_proxy,
         } = self;
         f.debug_struct("Settings")
             .field("listen", listen)
@@ -140,6 +153,9 @@ impl std::fmt::Debug for Settings {
             .field("org_rate_limit", org_rate_limit)
             .field("retention", retention)
             .field("erase_deleted_after", erase_deleted_after)
+            .field("session_ttl", session_ttl)
+            .field("public_url", &public_url.as_ref().map(url::Url::as_str))
+            .field("trust_proxy", trust_proxy)
             .finish()
     }
 }
@@ -208,6 +224,9 @@ struct Raw {
     org_rate_limit: Scalar,
     retention: Scalar,
     erase_deleted_after: Scalar,
+    session_ttl: Scalar,
+    public_url: Option<Scalar>,
+    trust_proxy: Scalar,
 }
 
 impl Settings {
@@ -253,11 +272,27 @@ impl Settings {
                 .collect(),
         }
         .context("retry_schedule")?;
-        let allow = raw.allow_private_targets.into_string();
-        let allow_private_targets = match allow.to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" => true,
-            "false" | "0" | "no" | "" => false,
-            other => bail!("allow_private_targets: {other:?} is not true or false"),
+        let flag = |name: &str, v: Scalar| -> anyhow::Result<bool> {
+            match v.into_string().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" => Ok(true),
+                "false" | "0" | "no" | "" => Ok(false),
+                other => bail!("{name}: {other:?} is not true or false"),
+            }
+        };
+        let allow_private_targets = flag("allow_private_targets", raw.allow_private_targets)?;
+        let trust_proxy = flag("trust_proxy", raw.trust_proxy)?;
+        let public_url = match raw.public_url.map(Scalar::into_string) {
+            None => None,
+            Some(s) if s.is_empty() => None,
+            Some(s) => {
+                let url = url::Url::parse(&s)
+                    .ok()
+                    .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+                match url {
+                    Some(u) => Some(u),
+                    None => bail!("public_url: {s:?} is not an http(s) URL with a host"),
+                }
+            }
         };
         let log_format = match raw.log_format.into_string().as_str() {
             "text" => LogFormat::Text,
@@ -323,6 +358,9 @@ impl Settings {
             log_format,
             retention: lifetime("retention", raw.retention)?,
             erase_deleted_after: lifetime("erase_deleted_after", raw.erase_deleted_after)?,
+            session_ttl: lifetime("session_ttl", raw.session_ttl)?,
+            public_url,
+            trust_proxy,
         })
     }
 }

@@ -20,9 +20,11 @@ use crate::store::{
 use crate::store::{DeliveryFilter, EventFilter, ListPage};
 
 mod keys;
+mod ui;
 
 use keys::KeyCache;
 pub use keys::{Forget, KEYS_CHANNEL, listen_keys, name_body};
+pub use ui::{PortalLink, SignedIn};
 
 /// Default and largest page sizes of list routes.
 pub const DEFAULT_LIMIT: usize = 50;

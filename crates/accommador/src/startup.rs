@@ -98,6 +98,11 @@ impl Application {
             admin_token: settings.admin_token.clone(),
             metrics: telemetry::metrics_handle(),
             limits: Arc::new(http::limits::Limits::new(settings.org_rate_limit)),
+            ui: Arc::new(http::ui::UiSettings {
+                session_ttl: settings.session_ttl,
+                public_url: settings.public_url.clone(),
+                trust_proxy: settings.trust_proxy,
+            }),
         };
         Ok(Application {
             listener,
@@ -131,6 +136,17 @@ impl Application {
                         Ok(n) => tracing::info!(purged = n, "expired idempotency keys removed"),
                         Err(e) => {
                             tracing::warn!(error = %e, "purging idempotency keys failed");
+                            break;
+                        }
+                    }
+                }
+                // Expired UI sessions and portal links, the same way.
+                loop {
+                    match store.purge_ui(Timestamp::now()).await {
+                        Ok(0) => break,
+                        Ok(n) => tracing::info!(purged = n, "expired UI sessions removed"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "purging UI sessions failed");
                             break;
                         }
                     }

@@ -49,7 +49,7 @@ impl WebhookClient {
     pub async fn attempt(&self, d: &DueDelivery, secrets: &[Secret]) -> AttemptResult {
         let started_at = Timestamp::now();
         let clock = Instant::now();
-        let timestamp = started_at.millis() / 1000;
+        let timestamp = crate::domain::delivery::webhook_timestamp(started_at);
         let signature = secrets
             .iter()
             .map(|s| s.sign(&d.event_id, timestamp, &d.payload))

@@ -100,7 +100,27 @@ pub struct AttemptResult {
     pub retry_after: Option<Duration>,
 }
 
+/// The `webhook-timestamp` an attempt that started at `started_at` carries (unix seconds):
+/// the log shows it as sent without storing it twice.
+pub fn webhook_timestamp(started_at: Timestamp) -> i64 {
+    started_at.millis().div_euclid(1000)
+}
+
 impl AttemptResult {
+    /// Whether a request was sent (or its sending begun): not for an address refused before
+    /// connecting, a name that did not resolve, or a delivery ended without an attempt.
+    pub fn request_sent(&self) -> bool {
+        !matches!(
+            self.error_class,
+            Some(
+                ErrorClass::BlockedAddress
+                    | ErrorClass::Dns
+                    | ErrorClass::EndpointDisabled
+                    | ErrorClass::Erased
+            )
+        )
+    }
+
     pub fn succeeded(&self) -> bool {
         self.error_class.is_none() && self.status_code.is_some_and(|s| (200..300).contains(&s))
     }
@@ -292,6 +312,23 @@ pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Dura
     }
     let at = httpdate::parse_http_date(value).ok()?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod webhook_timestamp_tests {
+    use super::*;
+
+    #[test]
+    fn the_webhook_timestamp_is_the_attempts_start_in_whole_seconds() {
+        assert_eq!(
+            webhook_timestamp(Timestamp(1_614_265_330_999)),
+            1_614_265_330
+        );
+        assert_eq!(
+            webhook_timestamp(Timestamp(1_614_265_330_000)),
+            1_614_265_330
+        );
+    }
 }
 
 #[cfg(test)]

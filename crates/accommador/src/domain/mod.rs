@@ -9,6 +9,7 @@ pub mod ids;
 pub mod org;
 pub mod secret_box;
 pub mod time;
+pub mod ui;
 pub mod user;
 
 pub use time::Timestamp;

@@ -32,7 +32,8 @@ fn not_found_delivery(e: ServiceError) -> ApiError {
     }
 }
 
-const FILTERS: [&str; 7] = [
+/// The filter parameters of a deliveries list.
+pub(crate) const FILTERS: [&str; 7] = [
     "endpoint_id",
     "event_id",
     "user_id",
@@ -43,6 +44,11 @@ const FILTERS: [&str; 7] = [
 ];
 
 fn parse_filter(query: &QueryParams) -> Result<DeliveryFilter, ApiError> {
+    delivery_filter(query).map_err(ApiError::validation)
+}
+
+/// The filters of a deliveries list (shared with the UI's list); empty values mean no filter.
+pub(crate) fn delivery_filter(query: &QueryParams) -> Result<DeliveryFilter, Vec<FieldError>> {
     let mut errors = Vec::new();
     let text = |name: &str, errors: &mut Vec<FieldError>| {
         query
@@ -86,7 +92,7 @@ fn parse_filter(query: &QueryParams) -> Result<DeliveryFilter, ApiError> {
     if errors.is_empty() {
         Ok(filter)
     } else {
-        Err(ApiError::validation(errors))
+        Err(errors)
     }
 }
 

@@ -68,6 +68,11 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
 #[derive(Debug, Clone)]
 pub struct Org(pub String);
 
+/// The key that authenticated the request (set by [`Org`], read after it with
+/// `Extension<Caller>`): what a portal link's sessions are tied to.
+#[derive(Debug, Clone)]
+pub struct Caller(pub crate::store::keys::KeyOwner);
+
 /// The token after `Bearer ` in the `Authorization` header.
 pub fn bearer(parts: &Parts) -> Option<&str> {
     let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
@@ -104,9 +109,11 @@ impl FromRequestParts<AppState> for Org {
             .await
             .map_err(ApiError::too_many_requests)?;
         // On an error `pending` is dropped, which gives its slot back.
-        let org = match state.service.authenticate(token).await? {
-            Some(org) => {
-                throttle.succeeded(pending, digest, &org);
+        let org = match state.service.authenticate_owner(token).await? {
+            Some(owner) => {
+                throttle.succeeded(pending, digest, &owner.org);
+                let org = owner.org.clone();
+                parts.extensions.insert(Caller(owner));
                 org
             }
             None => {

@@ -1,5 +1,6 @@
 //! The HTTP API: one router per resource, thin handlers (extract, call one service function,
 //! map the result), one error type ([`error::ApiError`]) turned into problem+json in one place.
+//! [`ui`] is the delivery-log UI, a client of the same service layer.
 
 pub mod api_keys;
 pub mod deliveries;
@@ -11,6 +12,8 @@ pub mod limits;
 pub mod openapi;
 pub mod ops;
 pub mod orgs;
+pub mod portal_links;
+pub mod ui;
 pub mod users;
 
 use std::sync::Arc;
@@ -21,7 +24,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::sensitive_headers::{
+    SetSensitiveRequestHeadersLayer, SetSensitiveResponseHeadersLayer,
+};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
@@ -37,6 +42,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// The per-organization rate limit and the failed-authentication throttle.
     pub limits: Arc<limits::Limits>,
+    /// The delivery-log UI's settings (session length, public address, proxy trust).
+    pub ui: Arc<ui::UiSettings>,
 }
 
 /// The whole API.
@@ -49,6 +56,8 @@ pub fn router(state: AppState) -> Router {
         .merge(deliveries::router())
         .merge(events::router())
         .merge(ops::router())
+        .merge(portal_links::router())
+        .merge(ui::router())
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()))
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
@@ -59,11 +68,24 @@ pub fn router(state: AppState) -> Router {
                 error::ApiError::internal("a request handler panicked").into_response()
             },
         ))
-        .layer(TraceLayer::new_for_http())
+        .layer(SetSensitiveResponseHeadersLayer::new([header::SET_COOKIE]))
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(SetSensitiveRequestHeadersLayer::new([
             header::AUTHORIZATION,
+            header::COOKIE,
         ]))
         .with_state(state)
+}
+
+/// The span of one request, as tower-http's default (method, URI, version at DEBUG) but with
+/// a portal link's one-time token left out of the URI.
+fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    tracing::debug_span!(
+        "request",
+        method = %req.method(),
+        uri = %ui::loggable_uri(req.uri()),
+        version = ?req.version(),
+    )
 }
 
 pub fn json_response(status: StatusCode, body: String) -> Response {

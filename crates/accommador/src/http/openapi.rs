@@ -384,6 +384,31 @@ pub struct ApiKeyCreated {
     created_at: String,
 }
 
+/// A portal link to make. Unknown fields are refused (422).
+#[derive(Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct CreatePortalLinkRequest {
+    /// A read-only session sees everything but changes nothing; default `true`.
+    read_only: Option<bool>,
+    /// How long the link can be opened: a whole number and a unit (`ms`, `s`, `m`, `h`, `d`),
+    /// from `1m` to `7d`; default `15m`. Anything else is refused (422).
+    #[schema(example = "15m")]
+    expires_in: Option<String>,
+}
+
+/// A one-time link into the delivery-log UI for this organization.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct PortalLinkCreated {
+    /// Open it once: its page asks to continue, which signs in. Absolute when the server's
+    /// `public_url` is set, else a path (`/ui/portal/…`).
+    url: String,
+    #[schema(format = DateTime)]
+    expires_at: String,
+    read_only: bool,
+}
+
 /// A webhook endpoint.
 #[derive(Debug, ToSchema)]
 #[schema(as = Endpoint)]
@@ -715,6 +740,7 @@ impl Modify for Security {
         super::api_keys::create_api_key,
         super::api_keys::list_api_keys,
         super::api_keys::revoke_api_key,
+        super::portal_links::create_portal_link,
         super::users::create_user,
         super::users::list_users,
         super::users::get_user,
@@ -748,6 +774,7 @@ impl Modify for Security {
         (name = "endpoints", description = "Webhook endpoints and their signing secrets"),
         (name = "events", description = "The event outbox, in commit order"),
         (name = "deliveries", description = "The delivery log and manual retries"),
+        (name = "portal", description = "One-time links into the delivery-log UI"),
         (name = "operations", description = "Health, readiness, metrics"),
     )
 )]

@@ -90,13 +90,18 @@ impl KeyCache {
         self.inner.lock().expect("key cache lock").generation
     }
 
+    #[cfg(test)]
     fn get(&self, digest: &[u8; 32]) -> Option<String> {
+        self.get_owner(digest).map(|owner| owner.org)
+    }
+
+    fn get_owner(&self, digest: &[u8; 32]) -> Option<KeyOwner> {
         let entries = self.inner.lock().expect("key cache lock");
         entries
             .map
             .get(digest)
             .filter(|c| c.read_at.elapsed() < KEY_CACHE_TTL)
-            .map(|c| c.owner.org.clone())
+            .map(|c| c.owner.clone())
     }
 
     /// Remembers what a read that began at `read_at`, in `generation`, found.
@@ -135,16 +140,25 @@ fn key_name(name: &str) -> Result<String, ServiceError> {
 impl Service {
     /// The organization of a presented key, if it is a live key of a live organization.
     pub async fn authenticate(&self, presented: &str) -> Result<Option<String>, ServiceError> {
+        Ok(self
+            .authenticate_owner(presented)
+            .await?
+            .map(|owner| owner.org))
+    }
+
+    /// The organization and key ID of a presented key, as [`Service::authenticate`].
+    pub async fn authenticate_owner(
+        &self,
+        presented: &str,
+    ) -> Result<Option<KeyOwner>, ServiceError> {
         let digest = hash_key(presented);
-        if let Some(org) = self.keys.get(&digest) {
-            return Ok(Some(org));
+        if let Some(owner) = self.keys.get_owner(&digest) {
+            return Ok(Some(owner));
         }
         let (read_at, generation) = (Instant::now(), self.keys.generation());
         let owner = self.store.authenticate(presented.to_owned()).await?;
-        Ok(owner.map(|owner| {
-            let org = owner.org.clone();
-            self.keys.put(digest, owner, read_at, generation);
-            org
+        Ok(owner.inspect(|owner| {
+            self.keys.put(digest, owner.clone(), read_at, generation);
         }))
     }
 

@@ -122,6 +122,14 @@ pub(crate) const PURGE_ORDER: &[Purge] = &[
         table: "idempotency_keys",
         key: "key",
     },
+    Purge::Rows {
+        table: "ui_sessions",
+        key: "id",
+    },
+    Purge::Rows {
+        table: "portal_links",
+        key: "id",
+    },
     Purge::RetireEndpoints,
     Purge::WithChildren {
         table: "deliveries",
@@ -152,6 +160,7 @@ macro_rules! both {
         }
     };
 }
+pub(crate) use both;
 
 impl Store {
     /// The organization a presented API key belongs to, if it is a live key of a live

@@ -9,6 +9,7 @@ pub mod lifetime;
 pub mod postgres;
 mod secrets;
 pub mod sqlite;
+pub mod ui;
 
 use std::path::PathBuf;
 

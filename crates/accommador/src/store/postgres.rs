@@ -27,6 +27,7 @@ mod secrets;
 #[cfg(test)]
 mod test_db;
 pub mod tls;
+mod ui;
 
 use cached::Cached;
 
@@ -65,6 +66,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0010_api_key_names.sql"),
     include_str!("../../migrations/postgres/0011_secret_encryption.sql"),
     include_str!("../../migrations/postgres/0012_operational_events.sql"),
+    include_str!("../../migrations/postgres/0014_ui.sql"),
 ];
 /// Most events numbered by one sequencer step.
 const SEQUENCE_STEP: i64 = 1000;

@@ -64,6 +64,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0008_api_key_names.sql"),
     include_str!("../../migrations/sqlite/0009_secret_encryption.sql"),
     include_str!("../../migrations/sqlite/0010_operational_events.sql"),
+    include_str!("../../migrations/sqlite/0012_ui.sql"),
 ];
 
 pub mod backup;
@@ -73,6 +74,7 @@ mod lifetime;
 #[cfg(test)]
 mod list_plans;
 mod secrets;
+mod ui;
 
 type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 type Job = Box<dyn FnOnce(&Connection) -> (bool, Finish) + Send>;

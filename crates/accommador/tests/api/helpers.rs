@@ -235,6 +235,9 @@ async fn spawn_app_options(adjust: impl FnOnce(&mut Settings), workers: bool) ->
         org_rate_limit: 0,
         retention: Duration::from_secs(30 * 86_400),
         erase_deleted_after: Duration::from_secs(30 * 86_400),
+        session_ttl: Duration::from_secs(12 * 3600),
+        public_url: None,
+        trust_proxy: false,
     };
     adjust(&mut settings);
     // Host names resolve only through this table: tests never touch real DNS.

@@ -3,6 +3,7 @@
 
 mod atomicity;
 mod bad_input;
+mod browser;
 mod dns_timeout;
 mod endpoints;
 mod helpers;
@@ -13,5 +14,7 @@ mod openapi_rules;
 mod operations;
 mod organizations;
 mod tenancy;
+mod ui;
+mod ui_measure;
 mod user_filter;
 mod users;

@@ -31,6 +31,84 @@ async fn receiver() -> (String, Arc<Mutex<usize>>) {
     (format!("http://{addr}/hooks"), got)
 }
 
+/// The value of `name="csrf"` in a page.
+fn csrf_in(html: &str) -> String {
+    let marker = r#"name="csrf" value=""#;
+    let rest = &html[html.find(marker).expect("a form") + marker.len()..];
+    rest[..rest.find('"').unwrap()].to_owned()
+}
+
+/// `name=value` of the cookie `name` a response sets.
+fn set_cookie(r: &reqwest::Response, name: &str) -> String {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned())
+        .find(|c| c.starts_with(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name} cookie"))
+}
+
+/// Uses the UI like a browser: a portal link opened and continued, a sign-in with the API key,
+/// pages read with the session cookies. Returns the tokens that must never be logged.
+async fn use_the_ui(server: &Server, key: &str) -> Vec<String> {
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let link: Value = server
+        .client
+        .post(server.url("/v1/portal-links"))
+        .bearer_auth(key)
+        .json(&json!({"read_only": false}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let path = link["url"].as_str().unwrap().to_owned();
+    let mut tokens = vec![path.trim_start_matches("/ui/portal/").to_owned()];
+    for (target, form) in [
+        (path.clone(), vec![]),
+        ("/ui/sign-in".to_owned(), vec![("api_key", key.to_owned())]),
+    ] {
+        let page = browser.get(server.url(&target)).send().await.unwrap();
+        let form_cookie = set_cookie(&page, "accommador_form");
+        let csrf = csrf_in(&page.text().await.unwrap());
+        let mut fields = form.clone();
+        fields.push(("csrf", csrf));
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(fields)
+            .finish();
+        let r = browser
+            .post(server.url(&target))
+            .header("cookie", &form_cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 303, "{target}");
+        let session = set_cookie(&r, "accommador_session");
+        for page in ["/ui/", "/ui/deliveries", "/ui/endpoints"] {
+            let r = browser
+                .get(server.url(page))
+                .header("cookie", &session)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{page}");
+        }
+        tokens.push(session.trim_start_matches("accommador_session=").to_owned());
+        tokens.push(
+            form_cookie
+                .trim_start_matches("accommador_form=")
+                .to_owned(),
+        );
+    }
+    tokens
+}
+
 /// Runs the scenario against a server on `database` and returns every secret it handed out
 /// with what the server printed and `/metrics`.
 async fn scenario(database: &str, extra_secrets: &[String]) {
@@ -163,6 +241,7 @@ async fn scenario(database: &str, extra_secrets: &[String]) {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    secrets.extend(use_the_ui(&server, &key).await);
     let metrics = server
         .client
         .get(server.url("/metrics"))
