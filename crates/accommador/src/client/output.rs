@@ -1,0 +1,117 @@
+//! What the resource CLI prints: tables for people, the server's own JSON for scripts (`--json`),
+//! and progress bars that appear only when stderr is a terminal.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use comfy_table::presets::NOTHING;
+use comfy_table::{Cell, ContentArrangement, Table};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::Value;
+
+/// One table column: its heading and the JSON pointer of its value in each row.
+pub type Column = (&'static str, &'static str);
+
+/// A cell: strings as they are, `null` as `-`, lists joined by commas, anything else as JSON.
+pub fn cell(value: &Value) -> String {
+    match value {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        Value::Array(items) if items.iter().all(Value::is_string) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(","),
+        other => other.to_string(),
+    }
+}
+
+fn table() -> Table {
+    let mut t = Table::new();
+    t.load_style(NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled);
+    t
+}
+
+/// Rows under headings; `(none)` for an empty list.
+pub fn print_rows(columns: &[Column], rows: &[Value]) {
+    if rows.is_empty() {
+        println!("(none)");
+        return;
+    }
+    let mut t = table();
+    t.set_header(columns.iter().map(|(h, _)| Cell::new(h)));
+    for row in rows {
+        t.add_row(
+            columns
+                .iter()
+                .map(|(_, ptr)| cell(row.pointer(ptr).unwrap_or(&Value::Null))),
+        );
+    }
+    println!("{}", trim_lines(&t.to_string()));
+}
+
+/// One object as `field  value` lines, in the server's order.
+pub fn print_object(object: &Value) {
+    let Some(fields) = object.as_object() else {
+        println!("{}", cell(object));
+        return;
+    };
+    let mut t = table();
+    for (name, value) in fields {
+        t.add_row(vec![name.clone(), cell(value)]);
+    }
+    println!("{}", trim_lines(&t.to_string()));
+}
+
+/// comfy-table pads the last column; trailing blanks only make copying harder.
+fn trim_lines(s: &str) -> String {
+    s.lines()
+        .map(|l| l.trim_end().trim_start_matches(' '))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The heading of [`event_line`]s.
+pub const EVENT_HEADER: &str = "ID                             TYPE               TIMESTAMP                SUBJECT";
+
+/// One event on one line, for `events tail`: its ID, type, time and what it is about (the user
+/// and version, the endpoint, or the delivery).
+pub fn event_line(raw: &str) -> anyhow::Result<String> {
+    let e: Value = serde_json::from_str(raw)?;
+    let data = &e["data"];
+    let subject = if let Some(user) = data.get("user") {
+        if user["erased"] == Value::Bool(true) {
+            format!("{} (erased)", cell(&user["id"]))
+        } else {
+            format!("{} v{}", cell(&user["id"]), cell(&user["version"]))
+        }
+    } else if let Some(ep) = data.get("endpoint") {
+        cell(&ep["id"])
+    } else if let Some(d) = data.get("delivery") {
+        format!("{} (event {})", cell(&d["id"]), cell(&d["event_id"]))
+    } else {
+        data.to_string()
+    };
+    Ok(format!(
+        "{:<30} {:<18} {:<24} {subject}",
+        cell(&e["id"]),
+        cell(&e["type"]),
+        cell(&e["timestamp"])
+    ))
+}
+
+/// A spinner on stderr while something runs, when stderr is a terminal; hidden otherwise, so
+/// piped output and logs stay clean.
+pub fn spinner(message: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner().with_message(message.to_owned());
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg} {pos} [{elapsed}]")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(100));
+    bar
+}
