@@ -247,8 +247,12 @@ pub async fn users(r: Resource<UsersCommand>) -> anyhow::Result<()> {
             };
             show(json, &answer)
         }
-        UsersCommand::Get { id } => show(json, &c.get(&format!("/v1/users/{}", segment(&id))).await?),
-        UsersCommand::List { paging } => list(&c, json, "/v1/users", &[], &paging, USER_COLUMNS).await,
+        UsersCommand::Get { id } => {
+            show(json, &c.get(&format!("/v1/users/{}", segment(&id))).await?)
+        }
+        UsersCommand::List { paging } => {
+            list(&c, json, "/v1/users", &[], &paging, USER_COLUMNS).await
+        }
         UsersCommand::Update {
             id,
             email,
@@ -262,7 +266,11 @@ pub async fn users(r: Resource<UsersCommand>) -> anyhow::Result<()> {
             if body.as_object().is_some_and(Map::is_empty) {
                 bail!("nothing to update: pass --email, --name or --attributes");
             }
-            show(json, &c.patch(&format!("/v1/users/{}", segment(&id)), &body).await?)
+            show(
+                json,
+                &c.patch(&format!("/v1/users/{}", segment(&id)), &body)
+                    .await?,
+            )
         }
         UsersCommand::Delete { id } => {
             c.delete(&format!("/v1/users/{}", segment(&id))).await?;
@@ -369,7 +377,15 @@ pub async fn deliveries(r: Resource<DeliveriesCommand>) -> anyhow::Result<()> {
                 ("since", since),
                 ("until", until),
             ];
-            list(&c, json, "/v1/deliveries", &filters, &paging, DELIVERY_COLUMNS).await
+            list(
+                &c,
+                json,
+                "/v1/deliveries",
+                &filters,
+                &paging,
+                DELIVERY_COLUMNS,
+            )
+            .await
         }
         DeliveriesCommand::Get { id } => show(json, &c.get(&path(&id, "")).await?),
         DeliveriesCommand::Attempts { id } => {
@@ -414,7 +430,9 @@ pub async fn api_keys(r: Resource<ApiKeysCommand>) -> anyhow::Result<()> {
     let json = r.conn.json;
     match r.command {
         ApiKeysCommand::Create { name } => {
-            let answer = c.post("/v1/api-keys", Some(&json!({ "name": name }))).await?;
+            let answer = c
+                .post("/v1/api-keys", Some(&json!({ "name": name })))
+                .await?;
             show(json, &answer)?;
             if !json {
                 eprintln!("(the API key is shown only now; store it somewhere safe)");

@@ -101,8 +101,8 @@ impl Client {
             bail!("no API key: pass --api-key or set ACCOMMADOR_API_KEY")
         };
         let base = conn.server.trim_end_matches('/').to_owned();
-        let parsed = url::Url::parse(&base)
-            .with_context(|| format!("--server {base:?} is not a URL"))?;
+        let parsed =
+            url::Url::parse(&base).with_context(|| format!("--server {base:?} is not a URL"))?;
         if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
             bail!("--server {base:?} must be an http:// or https:// URL with a host");
         }
@@ -190,7 +190,12 @@ impl Client {
         key: &str,
     ) -> anyhow::Result<Answer> {
         Ok(self
-            .call_with(Method::POST, path, Some(body), Some(("idempotency-key", key)))
+            .call_with(
+                Method::POST,
+                path,
+                Some(body),
+                Some(("idempotency-key", key)),
+            )
             .await?)
     }
 
@@ -280,7 +285,11 @@ mod tests {
     fn queries_leave_out_unset_values_and_encode_the_rest() {
         assert_eq!(query(&[("a", None)]), "");
         assert_eq!(
-            query(&[("type", Some("user.created".into())), ("x", None), ("q", Some("a b&c".into()))]),
+            query(&[
+                ("type", Some("user.created".into())),
+                ("x", None),
+                ("q", Some("a b&c".into()))
+            ]),
             "?type=user.created&q=a+b%26c"
         );
         assert_eq!(segment("usr_1/../x"), "usr_1%2F..%2Fx");

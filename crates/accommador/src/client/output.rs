@@ -73,7 +73,8 @@ fn trim_lines(s: &str) -> String {
 }
 
 /// The heading of [`event_line`]s.
-pub const EVENT_HEADER: &str = "ID                             TYPE               TIMESTAMP                SUBJECT";
+pub const EVENT_HEADER: &str =
+    "ID                             TYPE               TIMESTAMP                SUBJECT";
 
 /// One event on one line, for `events tail`: its ID, type, time and what it is about (the user
 /// and version, the endpoint, or the delivery).

@@ -72,10 +72,7 @@ pub async fn run(c: &Client, json: bool, args: TailArgs) -> anyhow::Result<()> {
         if !json {
             println!("{EVENT_HEADER}");
         }
-        eprintln!(
-            "following events at {} (Ctrl-C to stop)",
-            c.server()
-        );
+        eprintln!("following events at {} (Ctrl-C to stop)", c.server());
         loop {
             tail.step(true).await?;
         }

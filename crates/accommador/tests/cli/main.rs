@@ -6,6 +6,7 @@
 
 mod log_secrets;
 mod redaction;
+mod resources;
 #[path = "../common/spawn.rs"]
 #[allow(dead_code)]
 mod spawn;
@@ -594,7 +595,20 @@ async fn sigterm_stops_the_server_with_status_0_and_keeps_the_data() {
 fn help_lists_every_subcommand_and_each_has_its_own_help() {
     let dir = tempdir();
     let out = run_args(dir.path(), &["--help"]).success();
-    let subcommands = ["serve", "worker", "migrate", "orgs", "listen", "verify"];
+    let subcommands = [
+        "serve",
+        "worker",
+        "migrate",
+        "orgs",
+        "listen",
+        "verify",
+        "users",
+        "endpoints",
+        "deliveries",
+        "events",
+        "api-keys",
+        "completions",
+    ];
     for name in subcommands {
         assert!(
             out.stdout
@@ -604,11 +618,12 @@ fn help_lists_every_subcommand_and_each_has_its_own_help() {
             out.stdout
         );
     }
-    for args in subcommands
-        .iter()
-        .map(|s| vec![*s, "--help"])
-        .chain([vec!["orgs", "create", "--help"]])
-    {
+    for args in subcommands.iter().map(|s| vec![*s, "--help"]).chain([
+        vec!["orgs", "create", "--help"],
+        vec!["users", "create", "--help"],
+        vec!["endpoints", "recover", "--help"],
+        vec!["events", "tail", "--help"],
+    ]) {
         let out = run_args(dir.path(), &args).success();
         assert!(out.stdout.contains("Usage:"), "{args:?}:\n{}", out.stdout);
     }
