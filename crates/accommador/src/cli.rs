@@ -106,6 +106,10 @@ pub struct ListenArgs {
     /// Print one JSON object per request instead of a readable block.
     #[arg(long)]
     pub json: bool,
+    /// Relay each verified delivery (same headers and body) to this URL of your app, report its
+    /// answer, and give that answer back to the sender.
+    #[arg(long, value_name = "URL")]
+    pub forward_to: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -101,7 +101,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Listen(args) => {
-            crate::listen::run(args.port, args.secret.as_deref(), args.json).await
+            crate::listen::run(
+                args.port,
+                args.secret.as_deref(),
+                args.json,
+                args.forward_to.as_deref(),
+            )
+            .await
         }
         Command::Verify(args) => verify(&args),
         Command::Users(r) => crate::client::commands::users(r).await,

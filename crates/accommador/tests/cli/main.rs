@@ -4,6 +4,7 @@
 //! Readiness is a bounded `/healthz` poll, never a fixed sleep; servers are killed when their
 //! guard drops, so a failing test leaves no process behind.
 
+mod forward;
 mod log_secrets;
 mod redaction;
 mod resources;
