@@ -340,7 +340,7 @@ async fn endpoints_scenario(db: Database) {
         got_ep.get("secret").is_none(),
         "get shows the secret: {got_ep}"
     );
-    assert_eq!(ids(&cli.json(&["endpoints", "list"])), [ep_id.clone()]);
+    assert_eq!(ids(&cli.json(&["endpoints", "list"])), vec![ep_id.clone()]);
     let renamed = cli.json(&["endpoints", "update", &ep_id, "--description", "CRM sync"]);
     assert_eq!(renamed["description"], "CRM sync");
     let rotated = cli.json(&["endpoints", "rotate-secret", &ep_id]);
