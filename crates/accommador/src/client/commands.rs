@@ -231,6 +231,7 @@ const KEY_COLUMNS: &[Column] = &[
 pub async fn users(r: Resource<UsersCommand>) -> anyhow::Result<()> {
     let c = Client::new(&r.conn)?;
     let json = r.conn.json;
+    let path = |id: &str, rest: &str| format!("/v1/users/{}{rest}", segment(id));
     match r.command {
         UsersCommand::Create {
             email,
@@ -238,18 +239,18 @@ pub async fn users(r: Resource<UsersCommand>) -> anyhow::Result<()> {
             attributes,
             idempotency_key,
         } => {
-            let mut body = json!({ "email": email });
-            set(&mut body, "name", name.map(Value::String));
-            set(&mut body, "attributes", parse_object(attributes)?);
+            let body = object(vec![
+                ("email", text(Some(email))),
+                ("name", text(name)),
+                ("attributes", parse_object(attributes)?),
+            ]);
             let answer = match idempotency_key {
                 None => c.post("/v1/users", Some(&body)).await?,
                 Some(key) => c.post_idempotent("/v1/users", &body, &key).await?,
             };
             show(json, &answer)
         }
-        UsersCommand::Get { id } => {
-            show(json, &c.get(&format!("/v1/users/{}", segment(&id))).await?)
-        }
+        UsersCommand::Get { id } => show(json, &c.get(&path(&id, "")).await?),
         UsersCommand::List { paging } => {
             list(&c, json, "/v1/users", &[], &paging, USER_COLUMNS).await
         }
@@ -259,26 +260,22 @@ pub async fn users(r: Resource<UsersCommand>) -> anyhow::Result<()> {
             name,
             attributes,
         } => {
-            let mut body = json!({});
-            set(&mut body, "email", email.map(Value::String));
-            set(&mut body, "name", name.map(Value::String));
-            set(&mut body, "attributes", parse_object(attributes)?);
-            if body.as_object().is_some_and(Map::is_empty) {
-                bail!("nothing to update: pass --email, --name or --attributes");
-            }
-            show(
-                json,
-                &c.patch(&format!("/v1/users/{}", segment(&id)), &body)
-                    .await?,
-            )
+            let body = changes(
+                vec![
+                    ("email", text(email)),
+                    ("name", text(name)),
+                    ("attributes", parse_object(attributes)?),
+                ],
+                "--email, --name or --attributes",
+            )?;
+            show(json, &c.patch(&path(&id, ""), &body).await?)
         }
         UsersCommand::Delete { id } => {
-            c.delete(&format!("/v1/users/{}", segment(&id))).await?;
+            c.delete(&path(&id, "")).await?;
             done(json, &id, "deleted")
         }
         UsersCommand::Erase { id } => {
-            c.post(&format!("/v1/users/{}/erase", segment(&id)), None)
-                .await?;
+            c.post(&path(&id, "/erase"), None).await?;
             done(json, &id, "erased")
         }
     }
@@ -294,9 +291,11 @@ pub async fn endpoints(r: Resource<EndpointsCommand>) -> anyhow::Result<()> {
             event_types,
             description,
         } => {
-            let mut body = json!({ "url": url });
-            set(&mut body, "event_types", event_types.map(|t| json!(t)));
-            set(&mut body, "description", description.map(Value::String));
+            let body = object(vec![
+                ("url", text(Some(url))),
+                ("event_types", event_types.map(|t| json!(t))),
+                ("description", text(description)),
+            ]);
             show(json, &c.post("/v1/endpoints", Some(&body)).await?)
         }
         EndpointsCommand::Get { id } => show(json, &c.get(&path(&id, "")).await?),
@@ -310,14 +309,15 @@ pub async fn endpoints(r: Resource<EndpointsCommand>) -> anyhow::Result<()> {
             description,
             status,
         } => {
-            let mut body = json!({});
-            set(&mut body, "url", url.map(Value::String));
-            set(&mut body, "event_types", event_types.map(|t| json!(t)));
-            set(&mut body, "description", description.map(Value::String));
-            set(&mut body, "status", status.map(Value::String));
-            if body.as_object().is_some_and(Map::is_empty) {
-                bail!("nothing to update: pass --url, --event-types, --description or --status");
-            }
+            let body = changes(
+                vec![
+                    ("url", text(url)),
+                    ("event_types", event_types.map(|t| json!(t))),
+                    ("description", text(description)),
+                    ("status", text(status)),
+                ],
+                "--url, --event-types, --description or --status",
+            )?;
             show(json, &c.patch(&path(&id, ""), &body).await?)
         }
         EndpointsCommand::Delete { id } => {
@@ -332,8 +332,7 @@ pub async fn endpoints(r: Resource<EndpointsCommand>) -> anyhow::Result<()> {
             done(json, &id, "test event queued")
         }
         EndpointsCommand::Recover { id, since, until } => {
-            let mut body = json!({ "since": since });
-            set(&mut body, "until", until.map(Value::String));
+            let body = object(vec![("since", text(Some(since))), ("until", text(until))]);
             let bar = spinner("recovering");
             let answer = c.post(&path(&id, "/recover"), Some(&body)).await;
             bar.finish_and_clear();
@@ -538,10 +537,27 @@ async fn list(
     Ok(())
 }
 
-fn set(body: &mut Value, field: &str, value: Option<Value>) {
-    if let (Some(v), Some(obj)) = (value, body.as_object_mut()) {
-        obj.insert(field.to_owned(), v);
+/// A JSON object of the fields that are set.
+fn object(fields: Vec<(&str, Option<Value>)>) -> Value {
+    Value::Object(
+        fields
+            .into_iter()
+            .filter_map(|(name, value)| value.map(|v| (name.to_owned(), v)))
+            .collect(),
+    )
+}
+
+/// A PATCH body: the fields that are set, at least one of them (`flags` names them).
+fn changes(fields: Vec<(&str, Option<Value>)>, flags: &str) -> anyhow::Result<Value> {
+    let body = object(fields);
+    if body.as_object().is_some_and(Map::is_empty) {
+        bail!("nothing to update: pass {flags}");
     }
+    Ok(body)
+}
+
+fn text(value: Option<String>) -> Option<Value> {
+    value.map(Value::String)
 }
 
 /// `--attributes` parsed as JSON; the server judges whether it is an acceptable object.

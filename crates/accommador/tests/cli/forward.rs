@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Child;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::Value;
@@ -38,21 +38,8 @@ async fn listen(dir: &Path, name: &str, forward_to: &str) -> Listen {
         .stderr(std::fs::File::create(&err).unwrap())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let port = loop {
-        let said = std::fs::read_to_string(&err).unwrap_or_default();
-        if let Some(addr) = said
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("http://"))
-            .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
-        {
-            assert!(said.contains("forwarding to"), "{said}");
-            break addr.port();
-        }
-        assert!(Instant::now() < deadline, "listen never said where: {said}");
-        assert!(child.try_wait().unwrap().is_none(), "listen exited: {said}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let (port, said) = crate::support::listen_port(&mut child, &err).await;
+    assert!(said.contains("forwarding to"), "{said}");
     Listen { child, port, out }
 }
 

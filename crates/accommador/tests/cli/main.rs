@@ -645,26 +645,7 @@ async fn listen_verifies_signatures_and_prints_each_request() {
         .stderr(std::fs::File::create(&err).unwrap())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let port = loop {
-        let said = std::fs::read_to_string(&err).unwrap_or_default();
-        if let Some(addr) = said
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("http://"))
-            .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
-        {
-            break addr.port();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "listen never said where it listens: {said}"
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "listen exited early: {said}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let (port, _) = support::listen_port(&mut child, &err).await;
     let body =
         r#"{"id":"evt_1","type":"user.created","timestamp":"2026-11-27T01:02:03.456Z","data":{}}"#;
     let ts = SystemTime::now()

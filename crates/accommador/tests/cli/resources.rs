@@ -9,70 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{ADMIN_TOKEN, Output, Server, command, run, sqlite_url};
-
-const POSTGRES_ENV: &str = "ACCOMMADOR_TEST_POSTGRES_URL";
-
-/// A database for one test: a SQLite file in `dir`, or a fresh PostgreSQL database (dropped by
-/// [`Database::drop_pg`]).
-pub(crate) struct Database {
-    pub url: String,
-    pg: Option<(tokio_postgres::Client, String)>,
-}
-
-impl Database {
-    pub fn sqlite(dir: &Path) -> Database {
-        Database {
-            url: sqlite_url(&dir.join("cli.db")),
-            pg: None,
-        }
-    }
-
-    /// `None` (test skipped) without `ACCOMMADOR_TEST_POSTGRES_URL`, which CI must set.
-    pub async fn postgres(tag: &str) -> Option<Database> {
-        let admin = match std::env::var(POSTGRES_ENV) {
-            Ok(url) if !url.is_empty() => url,
-            _ => {
-                assert!(
-                    std::env::var("CI").unwrap_or_default().is_empty(),
-                    "CI is set but {POSTGRES_ENV} is not: the PostgreSQL tests must run in CI"
-                );
-                eprintln!("skipped: set {POSTGRES_ENV} to run the PostgreSQL tests");
-                return None;
-            }
-        };
-        let name = format!(
-            "acc_cli_{tag}_{}_{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        );
-        let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        client
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
-        let mut url = url::Url::parse(&admin).unwrap();
-        url.set_path(&format!("/{name}"));
-        Some(Database {
-            url: url.to_string(),
-            pg: Some((client, name)),
-        })
-    }
-
-    pub async fn drop_pg(self) {
-        if let Some((client, name)) = self.pg {
-            let _ = client
-                .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .await;
-        }
-    }
-}
+use crate::support::{ADMIN_TOKEN, Database, Output, Server, command, file_says, run};
 
 /// `serve` on `db`, on `listen` (port 0 unless a restart needs the old address).
 pub(crate) async fn serve(dir: &Path, db: &Database, listen: &str) -> Server {
@@ -86,6 +23,14 @@ pub(crate) async fn serve(dir: &Path, db: &Database, listen: &str) -> Server {
         .unwrap_or_else(|log| panic!("serve did not start:\n{log}"))
 }
 
+/// A temporary directory, a server on `db` there, and the API key of a new organization.
+async fn start(db: &Database) -> (tempfile::TempDir, Server, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path(), db, "127.0.0.1:0").await;
+    let (_, key) = server.create_org("Acme").await;
+    (dir, server, key)
+}
+
 /// The resource CLI pointed at one server with one key (given by flag or by environment).
 pub(crate) struct Client<'a> {
     pub dir: &'a Path,
@@ -93,7 +38,15 @@ pub(crate) struct Client<'a> {
     pub key: String,
 }
 
-impl Client<'_> {
+impl<'a> Client<'a> {
+    pub fn of(dir: &'a Path, server: &Server, key: &str) -> Client<'a> {
+        Client {
+            dir,
+            server: server.url(""),
+            key: key.to_owned(),
+        }
+    }
+
     /// The binary with `args`, the server and key in `ACCOMMADOR_SERVER`/`ACCOMMADOR_API_KEY`.
     pub fn run(&self, args: &[&str]) -> Output {
         let mut cmd = command(self.dir);
@@ -117,6 +70,24 @@ impl Client<'_> {
     pub fn fails(&self, args: &[&str]) -> String {
         self.run(args).one_line_failure()
     }
+}
+
+/// Two tests running one scenario: on a SQLite file, and on a fresh PostgreSQL database.
+macro_rules! on_both_backends {
+    ($sqlite:ident, $postgres:ident, $scenario:ident, $tag:literal) => {
+        #[tokio::test]
+        async fn $sqlite() {
+            let dir = tempfile::tempdir().unwrap();
+            $scenario(Database::sqlite(dir.path())).await;
+        }
+
+        #[tokio::test]
+        async fn $postgres() {
+            if let Some(db) = Database::postgres($tag).await {
+                $scenario(db).await;
+            }
+        }
+    };
 }
 
 fn id(v: &Value) -> String {
@@ -169,14 +140,8 @@ async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
 // Users ---------------------------------------------------------------------------------------
 
 async fn users_scenario(db: Database) {
-    let dir = tempfile::tempdir().unwrap();
-    let server = serve(dir.path(), &db, "127.0.0.1:0").await;
-    let (_, key) = server.create_org("Acme").await;
-    let cli = Client {
-        dir: dir.path(),
-        server: server.url(""),
-        key,
-    };
+    let (dir, server, key) = start(&db).await;
+    let cli = Client::of(dir.path(), &server, &key);
 
     let ada = cli.json(&[
         "users",
@@ -294,30 +259,18 @@ async fn users_scenario(db: Database) {
     db.drop_pg().await;
 }
 
-#[tokio::test]
-async fn users_commands_create_read_page_update_delete_and_erase_on_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    users_scenario(Database::sqlite(dir.path())).await;
-}
-
-#[tokio::test]
-async fn users_commands_create_read_page_update_delete_and_erase_on_postgres() {
-    if let Some(db) = Database::postgres("users").await {
-        users_scenario(db).await;
-    }
-}
+on_both_backends!(
+    users_commands_create_read_page_update_delete_and_erase_on_sqlite,
+    users_commands_create_read_page_update_delete_and_erase_on_postgres,
+    users_scenario,
+    "users"
+);
 
 // Endpoints, deliveries, events, keys ---------------------------------------------------------
 
 async fn endpoints_scenario(db: Database) {
-    let dir = tempfile::tempdir().unwrap();
-    let server = serve(dir.path(), &db, "127.0.0.1:0").await;
-    let (_, key) = server.create_org("Acme").await;
-    let cli = Client {
-        dir: dir.path(),
-        server: server.url(""),
-        key,
-    };
+    let (dir, server, key) = start(&db).await;
+    let cli = Client::of(dir.path(), &server, &key);
     let (hooks, got) = receiver().await;
 
     let ep = cli.json(&[
@@ -494,32 +447,20 @@ async fn endpoints_scenario(db: Database) {
     db.drop_pg().await;
 }
 
-#[tokio::test]
-async fn endpoint_delivery_event_and_key_commands_work_end_to_end_on_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    endpoints_scenario(Database::sqlite(dir.path())).await;
-}
-
-#[tokio::test]
-async fn endpoint_delivery_event_and_key_commands_work_end_to_end_on_postgres() {
-    if let Some(db) = Database::postgres("endpoints").await {
-        endpoints_scenario(db).await;
-    }
-}
+on_both_backends!(
+    endpoint_delivery_event_and_key_commands_work_end_to_end_on_sqlite,
+    endpoint_delivery_event_and_key_commands_work_end_to_end_on_postgres,
+    endpoints_scenario,
+    "endpoints"
+);
 
 // Errors --------------------------------------------------------------------------------------
 
 #[tokio::test]
 async fn api_errors_print_the_detail_and_the_fields_and_exit_non_zero() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Database::sqlite(dir.path());
-    let server = serve(dir.path(), &db, "127.0.0.1:0").await;
-    let (_, key) = server.create_org("Acme").await;
-    let cli = Client {
-        dir: dir.path(),
-        server: server.url(""),
-        key: key.clone(),
-    };
+    let files = tempfile::tempdir().unwrap();
+    let (dir, server, key) = start(&Database::sqlite(files.path())).await;
+    let cli = Client::of(dir.path(), &server, &key);
 
     let line = cli.fails(&["users", "create", "--email", "not-an-email"]);
     assert!(line.contains("422") && line.contains("email:"), "{line}");
@@ -572,15 +513,9 @@ fn tail_lines(path: &Path) -> Vec<Value> {
 }
 
 async fn tail_scenario(db: Database) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = serve(dir.path(), &db, "127.0.0.1:0").await;
+    let (dir, mut server, key) = start(&db).await;
     let addr = server.addr;
-    let (_, key) = server.create_org("Acme").await;
-    let cli = Client {
-        dir: dir.path(),
-        server: server.url(""),
-        key: key.clone(),
-    };
+    let cli = Client::of(dir.path(), &server, &key);
     // Before the tail starts: not printed.
     cli.json(&["users", "create", "--email", "before@example.com"]);
 
@@ -593,13 +528,7 @@ async fn tail_scenario(db: Database) {
         .stderr(std::fs::File::create(&err).unwrap())
         .spawn()
         .unwrap();
-    eventually("tail to start following", || {
-        std::fs::read_to_string(&err)
-            .unwrap_or_default()
-            .contains("following")
-            .then_some(())
-    })
-    .await;
+    file_says(&err, "following").await;
 
     let mut expected = Vec::new();
     for n in 0..3 {
@@ -617,13 +546,7 @@ async fn tail_scenario(db: Database) {
 
     server.kill();
     // The tail notices the server is gone before it comes back.
-    eventually("tail to notice the restart", || {
-        std::fs::read_to_string(&err)
-            .unwrap_or_default()
-            .contains("lost the server")
-            .then_some(())
-    })
-    .await;
+    file_says(&err, "lost the server").await;
     let server = serve(dir.path(), &db, &addr.to_string()).await;
     assert_eq!(server.addr, addr);
     for n in 0..3 {
@@ -663,18 +586,12 @@ async fn tail_scenario(db: Database) {
     db.drop_pg().await;
 }
 
-#[tokio::test]
-async fn events_tail_follows_new_events_across_a_server_restart_on_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    tail_scenario(Database::sqlite(dir.path())).await;
-}
-
-#[tokio::test]
-async fn events_tail_follows_new_events_across_a_server_restart_on_postgres() {
-    if let Some(db) = Database::postgres("tail").await {
-        tail_scenario(db).await;
-    }
-}
+on_both_backends!(
+    events_tail_follows_new_events_across_a_server_restart_on_sqlite,
+    events_tail_follows_new_events_across_a_server_restart_on_postgres,
+    tail_scenario,
+    "tail"
+);
 
 // Completions and help ------------------------------------------------------------------------
 
