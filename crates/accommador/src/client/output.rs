@@ -113,6 +113,8 @@ pub fn spinner(message: &str) -> ProgressBar {
         ProgressStyle::with_template("{spinner} {msg} {pos} [{elapsed}]")
             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
+    // Drawn now, not at the ticker thread's first turn: a quick request still shows it.
+    bar.tick();
     bar.enable_steady_tick(Duration::from_millis(100));
     bar
 }

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use accommador_webhooks::{UserData, WebhookEvent};
 use serde_json::{Value, json};
 
 use crate::support::{ADMIN_TOKEN, Database, Output, Server, command, file_says, run};
@@ -254,6 +255,22 @@ async fn users_scenario(db: Database) {
     })
     .await;
     assert_eq!(erased[1]["type"], "user.deleted");
+    // The receiver crate reads the erased form as such.
+    for event in &erased {
+        let typed = WebhookEvent::from_slice(&serde_json::to_vec(event).unwrap()).unwrap();
+        assert!(
+            matches!(typed.user(), Some(UserData::Erased { user }) if user.id == bob),
+            "{typed:?}"
+        );
+    }
+    let table = cli
+        .run(&["events", "list", "--user-id", &bob])
+        .success()
+        .stdout;
+    assert!(
+        table.lines().skip(1).all(|l| l.contains(&bob)) && table.lines().count() == 3,
+        "{table}"
+    );
 
     drop(server);
     db.drop_pg().await;
@@ -340,6 +357,14 @@ async fn endpoints_scenario(db: Database) {
             .any(|b| b["type"] == "webhook.test"),
         "the receiver never got the test event"
     );
+    // The receiver crate reads every real delivery as its typed event.
+    for body in got.lock().unwrap().iter() {
+        match WebhookEvent::from_slice(&serde_json::to_vec(body).unwrap()).unwrap() {
+            WebhookEvent::UserCreated(e) => assert_eq!(e.data.user_id(), user_id),
+            WebhookEvent::WebhookTest(e) => assert_eq!(e.data.endpoint_id, ep_id),
+            other => panic!("an unexpected delivery: {other:?}"),
+        }
+    }
     assert_eq!(
         cli.json(&["deliveries", "get", &dlv_id])["status"],
         "succeeded"
@@ -611,4 +636,35 @@ fn completions_are_printed_for_bash_zsh_and_fish() {
     cmd.args(["completions", "tcsh-ish"]);
     let out = run(dir.path(), cmd);
     assert!(!out.status.success(), "an unknown shell was accepted");
+}
+
+/// On a terminal (a pseudo-terminal from util-linux `script`) a long listing shows a progress
+/// bar on stderr; piped, it shows none (asserted in the users scenario).
+#[tokio::test]
+async fn a_long_listing_shows_a_progress_bar_on_a_terminal() {
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: no `script` to give the command a terminal");
+        return;
+    }
+    let files = tempfile::tempdir().unwrap();
+    let (dir, server, key) = start(&Database::sqlite(files.path())).await;
+    let cli = Client::of(dir.path(), &server, &key);
+    cli.json(&["users", "create", "--email", "tty@example.com"]);
+    let line = format!("{} users list --all --limit 1", crate::support::BIN);
+    let mut cmd = std::process::Command::new("script");
+    cmd.args(["-qec", &line, "/dev/null"])
+        .current_dir(dir.path())
+        .env("ACCOMMADOR_SERVER", &cli.server)
+        .env("ACCOMMADOR_API_KEY", &key);
+    let out = run(dir.path(), cmd).success();
+    assert!(
+        out.stdout.contains("fetched"),
+        "no progress bar: {:?}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("tty@example.com"), "{}", out.stdout);
 }
