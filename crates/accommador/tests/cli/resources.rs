@@ -668,3 +668,31 @@ async fn a_long_listing_shows_a_progress_bar_on_a_terminal() {
     );
     assert!(out.stdout.contains("tty@example.com"), "{}", out.stdout);
 }
+
+/// `--server` and `--api-key` belong to the client: a server ignores their environment
+/// variables, and its configuration file has no such keys.
+#[tokio::test]
+async fn the_client_settings_are_not_server_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let server = Server::start(
+        dir.path(),
+        &db,
+        &[
+            ("ACCOMMADOR_SERVER", "not a url at all"),
+            ("ACCOMMADOR_API_KEY", "acm_not_a_key"),
+        ],
+    )
+    .await;
+    assert_eq!(server.addr.ip().to_string(), "127.0.0.1");
+    drop(server);
+
+    let config = dir.path().join("client.toml");
+    std::fs::write(&config, "server = \"http://127.0.0.1:1\"\n").unwrap();
+    let mut cmd = command(dir.path());
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .args(["--database", &crate::support::sqlite_url(&db)]);
+    let line = run(dir.path(), cmd).one_line_failure();
+    assert!(line.contains("server"), "{line}");
+}
