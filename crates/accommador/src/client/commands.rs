@@ -66,7 +66,8 @@ pub enum UsersCommand {
     },
     /// Delete a user (one `user.deleted` event).
     Delete { id: String },
-    /// Erase a user's personal data everywhere (deleting a live user first).
+    /// Erase a user's personal data everywhere (deleting a live user first; the rest runs in
+    /// the background).
     Erase { id: String },
 }
 
@@ -276,7 +277,7 @@ pub async fn users(r: Resource<UsersCommand>) -> anyhow::Result<()> {
         }
         UsersCommand::Erase { id } => {
             c.post(&path(&id, "/erase"), None).await?;
-            done(json, &id, "erased")
+            done(json, &id, "erasure started")
         }
     }
 }

@@ -118,3 +118,34 @@ pub fn spinner(message: &str) -> ProgressBar {
     bar.enable_steady_tick(Duration::from_millis(100));
     bar
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_line_names_what_the_event_is_about() {
+        let line = |raw: &str| event_line(raw).unwrap();
+        let user = r#"{"id":"evt_1","type":"user.updated","timestamp":"2026-11-27T01:02:03.456Z","data":{"user":{"id":"usr_1","version":3}}}"#;
+        assert!(line(user).ends_with("usr_1 v3"), "{}", line(user));
+        assert!(line(user).starts_with("evt_1 "), "{}", line(user));
+        let erased = r#"{"id":"evt_2","type":"user.deleted","timestamp":"t","data":{"user":{"id":"usr_1","erased":true}}}"#;
+        assert!(line(erased).ends_with("usr_1 (erased)"), "{}", line(erased));
+        let endpoint = r#"{"id":"evt_3","type":"endpoint.disabled","timestamp":"t","data":{"endpoint":{"id":"ep_1"}}}"#;
+        assert!(line(endpoint).ends_with(" ep_1"), "{}", line(endpoint));
+        let failed = r#"{"id":"evt_4","type":"delivery.failed","timestamp":"t","data":{"delivery":{"id":"dlv_1","event_id":"evt_0"}}}"#;
+        assert!(
+            line(failed).ends_with("dlv_1 (event evt_0)"),
+            "{}",
+            line(failed)
+        );
+    }
+
+    #[test]
+    fn cells_show_nulls_lists_and_numbers_plainly() {
+        assert_eq!(cell(&Value::Null), "-");
+        assert_eq!(cell(&serde_json::json!(["a", "b"])), "a,b");
+        assert_eq!(cell(&serde_json::json!(200)), "200");
+        assert_eq!(cell(&serde_json::json!({"k": 1})), r#"{"k":1}"#);
+    }
+}

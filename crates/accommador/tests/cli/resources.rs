@@ -242,7 +242,7 @@ async fn users_scenario(db: Database) {
     let bob = id(&first);
     assert_eq!(
         cli.json(&["users", "erase", &bob]),
-        json!({"id": bob, "result": "erased"})
+        json!({"id": bob, "result": "erasure started"})
     );
     let erased = eventually("bob's events to be erased", || {
         let events = cli.json(&["events", "list", "--user-id", &bob]);
