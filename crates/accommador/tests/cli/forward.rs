@@ -1,6 +1,7 @@
 //! `accommador listen --forward-to URL`: a verified delivery reaches the local app with the same
 //! headers and body, the app's answer goes back to the sender and is printed; a forged one never
-//! reaches the app; an app that is down is a 502.
+//! reaches the app; an app that is down is a 502; and a real server's delivery goes through
+//! listen to the app, whose answer lands in the delivery log.
 
 use std::path::Path;
 use std::process::Child;
@@ -175,4 +176,54 @@ fn a_forward_url_that_is_not_http_is_refused_at_start() {
     ]);
     let line = crate::support::run(dir.path(), cmd).one_line_failure();
     assert!(line.contains("--forward-to"), "{line}");
+}
+
+/// The whole loop: a real server delivers to `listen`, which relays to the app; the delivery log
+/// records the app's own answer.
+#[tokio::test]
+async fn a_real_delivery_reaches_the_app_through_listen_and_its_answer_is_logged() {
+    use crate::resources::{Client, eventually, start};
+    use crate::support::Database;
+
+    let files = tempfile::tempdir().unwrap();
+    let (dir, server, key) = start(&Database::sqlite(files.path())).await;
+    let cli = Client::of(dir.path(), &server, &key);
+    let (app_url, seen) = app().await;
+
+    // The endpoint first (its secret is what listen verifies with), then its URL.
+    let ep = cli.json(&["endpoints", "create", "--url", "http://127.0.0.1:9/later"]);
+    let secret = ep["secret"].as_str().unwrap().to_owned();
+    let ep_id = ep["id"].as_str().unwrap().to_owned();
+    let out = dir.path().join("relay.out");
+    let err = dir.path().join("relay.err");
+    let mut child = command(dir.path())
+        .args(["listen", "--port", "0", "--secret", &secret, "--json"])
+        .args(["--forward-to", &app_url])
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let (port, _) = crate::support::listen_port(&mut child, &err).await;
+    let _relay = Listen { child, port, out };
+    let hook = format!("http://127.0.0.1:{port}/hooks");
+    cli.json(&["endpoints", "update", &ep_id, "--url", &hook]);
+
+    let user = cli.json(&["users", "create", "--email", "relay@example.com"]);
+    let delivery = eventually("the delivery through listen", || {
+        let list = cli.json(&["deliveries", "list", "--endpoint-id", &ep_id]);
+        list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["status"] == "succeeded")
+            .cloned()
+    })
+    .await;
+    let attempts = cli.json(&["deliveries", "attempts", delivery["id"].as_str().unwrap()]);
+    assert_eq!(attempts["data"][0]["status_code"], 201, "{attempts}");
+    assert_eq!(attempts["data"][0]["response_body"], "made 1", "{attempts}");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 1);
+    let body: Value = serde_json::from_str(&seen[0].1).unwrap();
+    assert_eq!(body["data"]["user"]["id"], user["id"]);
 }

@@ -25,7 +25,7 @@ pub(crate) async fn serve(dir: &Path, db: &Database, listen: &str) -> Server {
 }
 
 /// A temporary directory, a server on `db` there, and the API key of a new organization.
-async fn start(db: &Database) -> (tempfile::TempDir, Server, String) {
+pub(crate) async fn start(db: &Database) -> (tempfile::TempDir, Server, String) {
     let dir = tempfile::tempdir().unwrap();
     let server = serve(dir.path(), db, "127.0.0.1:0").await;
     let (_, key) = server.create_org("Acme").await;
@@ -127,7 +127,7 @@ async fn receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
 }
 
 /// Polls `check` (bounded, 30 s) until it returns `Some`.
-async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+pub(crate) async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(v) = check() {
