@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Interop check: real deliveries from `accommador serve` must verify with the reference Python
-# library `standardwebhooks` (PyPI), as DESIGN 7 promises. Everything runs on 127.0.0.1 in a
+# Interop check: real deliveries from `accommador serve` must verify with the reference
+# libraries `standardwebhooks` (PyPI, and npm with Node), as DESIGN 7 promises; a request signed
+# by each library must verify with our crate (`accommador verify`); and the Python and Node
+# snippets of docs/receivers.md run on those real deliveries (snippets.py, snippets.cjs). Everything runs on 127.0.0.1 in a
 # temporary directory; every process started here is stopped on exit.
 #
 #   bash .ci/interop/run.sh        # exit 0 and a last line `interop: ok`, or non-zero with logs
 #
-# Needs python3 (with venv), curl and network access to PyPI the first time: the library goes
-# into a venv under the cargo target dir (reused when present), never into the system Python.
+# Needs python3 (with venv), node and npm, curl, and network access to PyPI and npm the first
+# time: the libraries go into a venv and a folder under the cargo target dir (reused when
+# present), never into the system Python or a global node_modules.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 here=.ci/interop
@@ -69,6 +72,12 @@ if ! "$py" -c 'import standardwebhooks' 2>/dev/null; then
     "$venv/bin/pip" install --quiet --disable-pip-version-check standardwebhooks
 fi
 lib_version=$("$py" -c 'from importlib.metadata import version; print(version("standardwebhooks"))')
+node_dir="$target/interop-node"
+echo "== interop: standardwebhooks (npm) in $node_dir"
+if [ ! -f "$node_dir/node_modules/standardwebhooks/package.json" ]; then
+    mkdir -p "$node_dir"
+    npm install --prefix "$node_dir" --no-audit --no-fund --silent standardwebhooks
+fi
 
 echo "== interop: cargo build --locked"
 cargo build --locked -q
@@ -117,5 +126,28 @@ if [ "$status" -eq 0 ] && ! kill -0 "$server_pid" 2>/dev/null; then
     echo "interop: the server exited during the check"
     status=1
 fi
-[ "$status" -eq 0 ] && echo "interop: ok (standardwebhooks $lib_version)"
+if [ "$status" -eq 0 ]; then
+    echo "== interop: npm standardwebhooks and the docs/receivers.md snippets on those deliveries"
+    "$py" "$here/snippets.py" --docs docs/receivers.md --log "$tmp/received.jsonl" \
+        --secrets "$tmp/secrets.json" --out "$tmp" || status=1
+    NODE_PATH="$node_dir/node_modules" node "$here/snippets.cjs" docs/receivers.md \
+        "$tmp/received.jsonl" "$tmp/secrets.json" "$tmp" || status=1
+fi
+if [ "$status" -eq 0 ]; then
+    echo "== interop: requests signed by each library, verified by our crate (accommador verify)"
+    for lib in python node; do
+        if ! "$bin" verify --secret "$(cat "$tmp/secret")" --headers "$tmp/$lib.headers.json" \
+            --body "$tmp/$lib.body"; then
+            echo "interop: a request signed by the $lib library did not verify"
+            status=1
+        fi
+        printf ' ' >>"$tmp/$lib.body"
+        if "$bin" verify --secret "$(cat "$tmp/secret")" --headers "$tmp/$lib.headers.json" \
+            --body "$tmp/$lib.body" 2>/dev/null; then
+            echo "interop: a tampered request signed by the $lib library verified"
+            status=1
+        fi
+    done
+fi
+[ "$status" -eq 0 ] && echo "interop: ok (standardwebhooks $lib_version, npm $(node -p 'require(process.argv[1]).version' "$node_dir/node_modules/standardwebhooks/package.json"))"
 exit "$status"

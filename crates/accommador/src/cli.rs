@@ -1,5 +1,6 @@
 //! The command line (DESIGN 4): `serve`, `worker`, `migrate`, `orgs create`, `secrets
-//! reencrypt`, `backup`, `listen`, `verify`.
+//! reencrypt`, `backup`, `listen`, `verify`; the resource commands of DESIGN 10 are defined in
+//! [`crate::client`].
 
 use std::path::PathBuf;
 
@@ -42,6 +43,21 @@ pub enum Command {
     Listen(ListenArgs),
     /// Verify a webhook request saved to files (exit 0 if the signature is valid).
     Verify(VerifyArgs),
+    /// Users of your organization, through a running server (--server, --api-key).
+    Users(crate::client::commands::Resource<crate::client::commands::UsersCommand>),
+    /// Webhook endpoints, through a running server.
+    Endpoints(crate::client::commands::Resource<crate::client::commands::EndpointsCommand>),
+    /// Deliveries and their attempts (the delivery log), through a running server.
+    Deliveries(crate::client::commands::Resource<crate::client::commands::DeliveriesCommand>),
+    /// Events in commit order; `events tail` follows new ones, through a running server.
+    Events(crate::client::commands::Resource<crate::client::commands::EventsCommand>),
+    /// Your organization's API keys, through a running server.
+    ApiKeys(crate::client::commands::Resource<crate::client::commands::ApiKeysCommand>),
+    /// Print a shell completion script (e.g. `accommador completions bash > …`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -123,6 +139,10 @@ pub struct ListenArgs {
     /// Print one JSON object per request instead of a readable block.
     #[arg(long)]
     pub json: bool,
+    /// Relay each verified delivery (same headers and body) to this URL of your app, report its
+    /// answer, and give that answer back to the sender.
+    #[arg(long, value_name = "URL")]
+    pub forward_to: Option<String>,
 }
 
 #[derive(Debug, Args)]

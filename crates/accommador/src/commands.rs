@@ -109,9 +109,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             backup(&settings, &args)
         }
         Command::Listen(args) => {
-            crate::listen::run(args.port, args.secret.as_deref(), args.json).await
+            crate::listen::run(
+                args.port,
+                args.secret.as_deref(),
+                args.json,
+                args.forward_to.as_deref(),
+            )
+            .await
         }
         Command::Verify(args) => verify(&args),
+        Command::Users(r) => crate::client::commands::users(r).await,
+        Command::Endpoints(r) => crate::client::commands::endpoints(r).await,
+        Command::Deliveries(r) => crate::client::commands::deliveries(r).await,
+        Command::Events(r) => crate::client::commands::events(r).await,
+        Command::ApiKeys(r) => crate::client::commands::api_keys(r).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "accommador",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
     }
 }
 

@@ -19,8 +19,11 @@
 //! - [`telemetry`]: logging and the Prometheus recorder.
 //! - [`cli`], [`commands`]: the command line and what each subcommand does.
 //! - [`listen`]: the local development receiver (`accommador listen`).
+//! - [`client`]: the resource CLI (`accommador users|endpoints|deliveries|events|api-keys`), a
+//!   client of a running server over HTTP.
 
 pub mod cli;
+pub mod client;
 pub mod commands;
 pub mod config;
 pub mod delivery;

@@ -10,9 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 
-use crate::support::{ADMIN_TOKEN, Server, command, sqlite_url};
-
-const POSTGRES_ENV: &str = "ACCOMMADOR_TEST_POSTGRES_URL";
+use crate::support::{ADMIN_TOKEN, Database, Server, command, sqlite_url};
 
 /// A local receiver that answers 204 and counts what it got.
 async fn receiver() -> (String, Arc<Mutex<usize>>) {
@@ -279,42 +277,15 @@ async fn no_secret_is_logged_at_any_level_on_sqlite() {
 
 #[tokio::test]
 async fn no_secret_is_logged_at_any_level_on_postgres() {
-    let admin = match std::env::var(POSTGRES_ENV) {
-        Ok(url) if !url.is_empty() => url,
-        _ => {
-            assert!(
-                std::env::var("CI").unwrap_or_default().is_empty(),
-                "CI is set but {POSTGRES_ENV} is not: the PostgreSQL tests must run in CI"
-            );
-            eprintln!("skipped: set {POSTGRES_ENV} to run the PostgreSQL tests");
-            return;
-        }
+    let Some(db) = Database::postgres("logsecrets").await else {
+        return;
     };
-    let name = format!(
-        "acc_logsecrets_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
-    let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
     // A password the local cluster ignores (it trusts its clients), unless the URL has one.
-    let mut url = url::Url::parse(&admin).unwrap();
-    url.set_path(&format!("/{name}"));
+    let mut url = url::Url::parse(&db.url).unwrap();
     if url.password().is_none() {
         url.set_password(Some("log-s3cr3t-db-pw")).unwrap();
     }
     let password = url.password().unwrap().to_owned();
     scenario(url.as_str(), &[password]).await;
-    let _ = client
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .await;
+    db.drop_pg().await;
 }

@@ -5,11 +5,13 @@
 //! guard drops, so a failing test leaves no process behind.
 
 mod backup;
+mod forward;
 mod log_secrets;
 #[path = "../delivery/receiver.rs"]
 #[allow(dead_code)]
 mod receiver;
 mod redaction;
+mod resources;
 mod secrets;
 #[path = "../common/spawn.rs"]
 #[allow(dead_code)]
@@ -600,7 +602,20 @@ fn help_lists_every_subcommand_and_each_has_its_own_help() {
     let dir = tempdir();
     let out = run_args(dir.path(), &["--help"]).success();
     let subcommands = [
-        "serve", "worker", "migrate", "orgs", "secrets", "backup", "listen", "verify",
+        "serve",
+        "worker",
+        "migrate",
+        "orgs",
+        "secrets",
+        "backup",
+        "listen",
+        "verify",
+        "users",
+        "endpoints",
+        "deliveries",
+        "events",
+        "api-keys",
+        "completions",
     ];
     for name in subcommands {
         assert!(
@@ -614,6 +629,9 @@ fn help_lists_every_subcommand_and_each_has_its_own_help() {
     for args in subcommands.iter().map(|s| vec![*s, "--help"]).chain([
         vec!["orgs", "create", "--help"],
         vec!["secrets", "reencrypt", "--help"],
+        vec!["users", "create", "--help"],
+        vec!["endpoints", "recover", "--help"],
+        vec!["events", "tail", "--help"],
     ]) {
         let out = run_args(dir.path(), &args).success();
         assert!(out.stdout.contains("Usage:"), "{args:?}:\n{}", out.stdout);
@@ -635,26 +653,7 @@ async fn listen_verifies_signatures_and_prints_each_request() {
         .stderr(std::fs::File::create(&err).unwrap())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let port = loop {
-        let said = std::fs::read_to_string(&err).unwrap_or_default();
-        if let Some(addr) = said
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("http://"))
-            .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
-        {
-            break addr.port();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "listen never said where it listens: {said}"
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "listen exited early: {said}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let (port, _) = support::listen_port(&mut child, &err).await;
     let body =
         r#"{"id":"evt_1","type":"user.created","timestamp":"2026-11-27T01:02:03.456Z","data":{}}"#;
     let ts = SystemTime::now()

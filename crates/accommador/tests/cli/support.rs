@@ -303,3 +303,106 @@ impl Drop for Server {
         self.kill();
     }
 }
+
+/// The port a `listen --port 0` child said it listens on ("listening on http://…", in its
+/// stderr file `err`), polled for at most 60 s; panics if the child exits first. Returns the
+/// whole line too.
+pub(crate) async fn listen_port(child: &mut Child, err: &Path) -> (u16, String) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let said = read_lossy(err);
+        if let Some(addr) = said
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("http://"))
+            .and_then(|a| a.parse::<SocketAddr>().ok())
+        {
+            return (addr.port(), said);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "listen never said where it listens: {said}"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "listen exited early: {said}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Polls (at most 30 s) until the file at `path` contains `text`.
+pub(crate) async fn file_says(path: &Path, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !read_lossy(path).contains(text) {
+        assert!(
+            Instant::now() < deadline,
+            "{} never said {text:?}: {}",
+            path.display(),
+            read_lossy(path)
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+pub(crate) const POSTGRES_ENV: &str = "ACCOMMADOR_TEST_POSTGRES_URL";
+
+/// A database for one test: a SQLite file in `dir`, or a fresh PostgreSQL database (dropped by
+/// [`Database::drop_pg`]).
+pub(crate) struct Database {
+    pub url: String,
+    pg: Option<(tokio_postgres::Client, String)>,
+}
+
+impl Database {
+    pub fn sqlite(dir: &Path) -> Database {
+        Database {
+            url: sqlite_url(&dir.join("cli.db")),
+            pg: None,
+        }
+    }
+
+    /// `None` (test skipped) without `ACCOMMADOR_TEST_POSTGRES_URL`, which CI must set.
+    pub async fn postgres(tag: &str) -> Option<Database> {
+        let admin = match std::env::var(POSTGRES_ENV) {
+            Ok(url) if !url.is_empty() => url,
+            _ => {
+                assert!(
+                    std::env::var("CI").unwrap_or_default().is_empty(),
+                    "CI is set but {POSTGRES_ENV} is not: the PostgreSQL tests must run in CI"
+                );
+                eprintln!("skipped: set {POSTGRES_ENV} to run the PostgreSQL tests");
+                return None;
+            }
+        };
+        let name = format!(
+            "acc_cli_{tag}_{}_{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        );
+        let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        let mut url = url::Url::parse(&admin).unwrap();
+        url.set_path(&format!("/{name}"));
+        Some(Database {
+            url: url.to_string(),
+            pg: Some((client, name)),
+        })
+    }
+
+    pub async fn drop_pg(self) {
+        if let Some((client, name)) = self.pg {
+            let _ = client
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await;
+        }
+    }
+}
