@@ -20,6 +20,9 @@ pub const PURGE_EVENTS: usize = 100;
 /// Most rows (events, deliveries, attempts) one purge or erasure step writes, roughly: a step
 /// stops after the event that reaches it.
 pub const PURGE_ROWS: usize = 1_000;
+/// The histogram of how long each purge step holds the database: SQLite's single writer (the
+/// step's own work inside the group commit) or a PostgreSQL transaction with its row locks.
+pub const PURGE_STEP_SECONDS: &str = "accommador_purge_step_seconds";
 /// Most deleted users one step marks for automatic erasure.
 pub const ERASE_MARK: usize = 1_000;
 

@@ -39,6 +39,10 @@ pub struct PurgeMetrics {
     pub deliveries: u64,
     pub attempts: u64,
     pub oldest_event_age_s: Option<f64>,
+    /// Purge steps so far (`accommador_purge_step_seconds_count`), and those that held the
+    /// database (SQLite's writer) for at most 50 ms (its `le="0.05"` bucket).
+    pub steps: u64,
+    pub steps_within_50ms: u64,
 }
 
 impl PurgeMetrics {
@@ -59,6 +63,10 @@ pub fn parse_metrics(text: &str) -> PurgeMetrics {
         };
         if series == "accommador_oldest_event_age_seconds" {
             m.oldest_event_age_s = Some(value);
+        } else if series == "accommador_purge_step_seconds_count" {
+            m.steps = value as u64;
+        } else if series == "accommador_purge_step_seconds_bucket{le=\"0.05\"}" {
+            m.steps_within_50ms = value as u64;
         } else if let Some(labels) = series.strip_prefix("accommador_purged_rows_total{") {
             let table = labels
                 .split(',')
@@ -350,6 +358,9 @@ pub struct Purge {
     /// The same estimate over the baseline (its longest create minus its median), ms: what the
     /// machine does without a purge.
     pub baseline_pause_ms: Option<f64>,
+    /// Measured by the server: purge steps, and those that held the writer over 50 ms.
+    pub purge_steps: u64,
+    pub purge_steps_over_50ms: Option<u64>,
     /// Creates that took more than the baseline median + 50 ms: during the baseline and during
     /// the purge (how often, not only how long, the writer stalled).
     pub slow_creates_baseline: u64,
@@ -576,6 +587,10 @@ pub async fn purge(b: &Bench) -> anyhow::Result<Purge> {
         p99_ratio,
         writer_pause_ms,
         baseline_pause_ms,
+        purge_steps: purged_at_end.map_or(0, |m| m.steps),
+        purge_steps_over_50ms: purged_at_end
+            .filter(|m| m.steps > 0)
+            .map(|m| m.steps - m.steps_within_50ms.min(m.steps)),
         slow_creates_baseline,
         slow_creates_during_purge,
         usage,
@@ -602,6 +617,11 @@ accommador_purged_rows_total{table=\"attempts\"} 3.33e5
 # TYPE accommador_oldest_event_age_seconds gauge
 accommador_oldest_event_age_seconds 1.25
 accommador_purged_rows_total_other{table=\"events\"} 7
+accommador_purge_step_seconds_bucket{le=\"0.025\"} 990
+accommador_purge_step_seconds_bucket{le=\"0.05\"} 998
+accommador_purge_step_seconds_bucket{le=\"+Inf\"} 1000
+accommador_purge_step_seconds_sum 4.2
+accommador_purge_step_seconds_count 1000
 http_requests_total{method=\"GET\",route=\"/metrics\",status=\"200\"} 4
 ";
         let m = parse_metrics(text);
@@ -611,6 +631,7 @@ http_requests_total{method=\"GET\",route=\"/metrics\",status=\"200\"} 4
         );
         assert_eq!(m.rows(), 998_999);
         assert_eq!(m.oldest_event_age_s, Some(1.25));
+        assert_eq!((m.steps, m.steps_within_50ms), (1000, 998));
         // Before the first purge the series do not exist yet.
         assert_eq!(parse_metrics("# nothing\n"), PurgeMetrics::default());
     }

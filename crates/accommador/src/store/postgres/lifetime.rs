@@ -11,13 +11,23 @@ use crate::domain::delivery::ErrorClass;
 use crate::domain::event::{NewEvent, erased_payload, erased_user_body};
 use crate::domain::user::tombstone;
 use crate::store::StoreError;
-use crate::store::lifetime::{ERASE_MARK, EraseStep, PURGE_EVENTS, PURGE_ROWS, PurgeStep};
+use crate::store::lifetime::{
+    ERASE_MARK, EraseStep, PURGE_EVENTS, PURGE_ROWS, PURGE_STEP_SECONDS, PurgeStep,
+};
 
 /// The advisory lock key of the retention purge (any constant of ours).
 const PURGE_LOCK: i64 = 0x6163_635f_7075_7267; // "acc_purg"
 
 impl PgStore {
     pub async fn purge_step(&self, after: i64, retention_ms: i64) -> Result<PurgeStep, StoreError> {
+        // How long the step's transaction holds its row locks.
+        let began = std::time::Instant::now();
+        let step = self.purge_batch(after, retention_ms).await;
+        metrics::histogram!(PURGE_STEP_SECONDS).record(began.elapsed().as_secs_f64());
+        step
+    }
+
+    async fn purge_batch(&self, after: i64, retention_ms: i64) -> Result<PurgeStep, StoreError> {
         let mut client = self.background_client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
         let locked: bool = tx

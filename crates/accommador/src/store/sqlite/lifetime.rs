@@ -10,63 +10,75 @@ use crate::domain::delivery::ErrorClass;
 use crate::domain::event::{NewEvent, erased_payload, erased_user_body};
 use crate::domain::user::tombstone;
 use crate::store::StoreError;
-use crate::store::lifetime::{ERASE_MARK, EraseStep, PURGE_EVENTS, PURGE_ROWS, PurgeStep};
+use crate::store::lifetime::{
+    ERASE_MARK, EraseStep, PURGE_EVENTS, PURGE_ROWS, PURGE_STEP_SECONDS, PurgeStep,
+};
 
 impl SqliteStore {
     pub async fn purge_step(&self, after: i64, retention_ms: i64) -> Result<PurgeStep, StoreError> {
         self.write(move |c| {
-            let cutoff = Timestamp::now().millis() - retention_ms;
-            let events: Vec<(i64, String, i64)> = c
-                .prepare_cached(
-                    "SELECT seq, id, occurred_at FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-                )
-                .and_then(|mut s| {
-                    s.query_map(params![after, PURGE_EVENTS as i64], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                    })?
-                    .collect()
-                })
-                .map_err(db_err)?;
-            let mut step = PurgeStep {
-                next_after: after,
-                done: events.len() < PURGE_EVENTS,
-                ..PurgeStep::default()
-            };
-            for (seq, id, occurred_at) in events {
-                if occurred_at >= cutoff {
-                    step.done = true;
-                    break;
-                }
-                if has_pending(c, &id)? {
-                    step.kept += 1;
-                    step.next_after = seq;
-                    continue;
-                }
-                let budget =
-                    PURGE_ROWS.saturating_sub(step.deliveries + step.attempts + step.events);
-                let (deliveries, attempts, all) = delete_deliveries(c, &id, budget.max(1))?;
-                step.deliveries += deliveries;
-                step.attempts += attempts;
-                if !all {
-                    // The rest of this event's deliveries go in the next step.
-                    step.done = false;
-                    break;
-                }
-                c.prepare_cached("DELETE FROM events WHERE seq = ?1")
-                    .and_then(|mut s| s.execute([seq]))
-                    .map_err(db_err)?;
-                step.events += 1;
-                step.next_after = seq;
-                if step.deliveries + step.attempts + step.events >= PURGE_ROWS {
-                    step.done = false;
-                    break;
-                }
-            }
-            Ok(step)
+            // How long the step holds the single writer (inside the group's transaction).
+            let began = std::time::Instant::now();
+            let step = purge_batch(c, after, retention_ms);
+            metrics::histogram!(PURGE_STEP_SECONDS).record(began.elapsed().as_secs_f64());
+            step
         })
         .await
     }
+}
 
+/// One purge step's work on the writer's connection.
+fn purge_batch(c: &Connection, after: i64, retention_ms: i64) -> Result<PurgeStep, StoreError> {
+    let cutoff = Timestamp::now().millis() - retention_ms;
+    let events: Vec<(i64, String, i64)> = c
+        .prepare_cached(
+            "SELECT seq, id, occurred_at FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![after, PURGE_EVENTS as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect()
+        })
+        .map_err(db_err)?;
+    let mut step = PurgeStep {
+        next_after: after,
+        done: events.len() < PURGE_EVENTS,
+        ..PurgeStep::default()
+    };
+    for (seq, id, occurred_at) in events {
+        if occurred_at >= cutoff {
+            step.done = true;
+            break;
+        }
+        if has_pending(c, &id)? {
+            step.kept += 1;
+            step.next_after = seq;
+            continue;
+        }
+        let budget = PURGE_ROWS.saturating_sub(step.deliveries + step.attempts + step.events);
+        let (deliveries, attempts, all) = delete_deliveries(c, &id, budget.max(1))?;
+        step.deliveries += deliveries;
+        step.attempts += attempts;
+        if !all {
+            // The rest of this event's deliveries go in the next step.
+            step.done = false;
+            break;
+        }
+        c.prepare_cached("DELETE FROM events WHERE seq = ?1")
+            .and_then(|mut s| s.execute([seq]))
+            .map_err(db_err)?;
+        step.events += 1;
+        step.next_after = seq;
+        if step.deliveries + step.attempts + step.events >= PURGE_ROWS {
+            step.done = false;
+            break;
+        }
+    }
+    Ok(step)
+}
+
+impl SqliteStore {
     pub async fn oldest_event(&self) -> Result<Option<Timestamp>, StoreError> {
         self.read(|c| {
             c.prepare_cached("SELECT occurred_at FROM events ORDER BY seq LIMIT 1")
