@@ -2,8 +2,10 @@
 //!
 //! - [`Announcer`]: after a commit (never inside the user's transaction), tells every instance
 //!   with `pg_notify`: `accommador_outbox` when events were written, `accommador_due` with the
-//!   endpoint IDs that got work. Announcements are coalesced: while one is being sent, further
-//!   ones of the same kind fold into the next.
+//!   endpoint IDs that got work, `accommador_freed` with the organizations whose leases were
+//!   given up (an attempt recorded or a lease released): a lane that other instances' leases
+//!   held back looks again then, instead of polling. Announcements are coalesced: while one is
+//!   being sent, further ones of the same kind fold into the next.
 //! - [`listen`]: a worker's own session-mode connection (`LISTEN` does not survive PgBouncer's
 //!   transaction mode) that turns notifications into local wake-ups; after any reconnect it
 //!   rescans, since notifications sent while it was away are lost.
@@ -22,6 +24,10 @@ use crate::store::Store;
 
 pub const OUTBOX: &str = "accommador_outbox";
 pub const DUE: &str = "accommador_due";
+pub const FREED: &str = "accommador_freed";
+/// Releases are announced at most this often per instance (the ones in between fold into the
+/// next): under load every recording frees a lease, and one notification says it for all.
+const FREED_EVERY: Duration = Duration::from_millis(10);
 /// A notification payload is limited to 8000 bytes; past this, say "rescan".
 const MAX_PAYLOAD: usize = 7000;
 
@@ -29,12 +35,42 @@ const MAX_PAYLOAD: usize = 7000;
 pub struct Announcer {
     outbox: mpsc::Sender<()>,
     due: mpsc::UnboundedSender<String>,
+    freed: mpsc::UnboundedSender<String>,
+}
+
+/// Sends everything queued on `rx` (after `first`) as one comma-separated announcement on
+/// `channel` ("*" when too long for a notification).
+async fn announce_set(
+    store: &Store,
+    channel: &str,
+    first: String,
+    rx: &mut mpsc::UnboundedReceiver<String>,
+) {
+    let mut ids = BTreeSet::from([first]);
+    while let Ok(id) = rx.try_recv() {
+        ids.insert(id);
+    }
+    let mut payload = ids.into_iter().collect::<Vec<_>>().join(",");
+    if payload.len() > MAX_PAYLOAD {
+        payload = "*".to_owned();
+    }
+    if let Err(e) = store.announce(channel, payload).await {
+        tracing::warn!(error = %e, channel, "announcing failed");
+    }
 }
 
 impl Announcer {
     pub fn start(store: Store) -> Announcer {
         let (outbox_tx, mut outbox_rx) = mpsc::channel::<()>(1);
         let (due_tx, mut due_rx) = mpsc::unbounded_channel::<String>();
+        let (freed_tx, mut freed_rx) = mpsc::unbounded_channel::<String>();
+        let freed_store = store.clone();
+        tokio::spawn(async move {
+            while let Some(first) = freed_rx.recv().await {
+                announce_set(&freed_store, FREED, first, &mut freed_rx).await;
+                tokio::time::sleep(FREED_EVERY).await;
+            }
+        });
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -46,17 +82,7 @@ impl Announcer {
                     }
                     first = due_rx.recv() => {
                         let Some(first) = first else { return };
-                        let mut ids = BTreeSet::from([first]);
-                        while let Ok(id) = due_rx.try_recv() {
-                            ids.insert(id);
-                        }
-                        let mut payload = ids.into_iter().collect::<Vec<_>>().join(",");
-                        if payload.len() > MAX_PAYLOAD {
-                            payload = "*".to_owned();
-                        }
-                        if let Err(e) = store.announce(DUE, payload).await {
-                            tracing::warn!(error = %e, "announcing due work failed");
-                        }
+                        announce_set(&store, DUE, first, &mut due_rx).await;
                     }
                 }
             }
@@ -64,6 +90,7 @@ impl Announcer {
         Announcer {
             outbox: outbox_tx,
             due: due_tx,
+            freed: freed_tx,
         }
     }
 
@@ -74,6 +101,11 @@ impl Announcer {
 
     pub fn due(&self, endpoint_id: &str) {
         let _ = self.due.send(endpoint_id.to_owned());
+    }
+
+    /// A lease of this organization was given up (its attempt recorded).
+    pub fn freed(&self, org_id: &str) {
+        let _ = self.freed.send(org_id.to_owned());
     }
 }
 
@@ -99,7 +131,7 @@ pub async fn listen(url: String, fanout: Arc<Notify>, wake: mpsc::UnboundedSende
                     }
                 });
                 if let Err(e) = client
-                    .batch_execute(&format!("LISTEN {OUTBOX}; LISTEN {DUE}"))
+                    .batch_execute(&format!("LISTEN {OUTBOX}; LISTEN {DUE}; LISTEN {FREED}"))
                     .await
                 {
                     tracing::warn!(error = %e, "LISTEN failed");
@@ -111,6 +143,11 @@ pub async fn listen(url: String, fanout: Arc<Notify>, wake: mpsc::UnboundedSende
                     while let Some((channel, payload)) = rx.recv().await {
                         if channel == OUTBOX {
                             fanout.notify_one();
+                        } else if channel == FREED {
+                            let orgs = payload.split(',').filter(|s| !s.is_empty());
+                            let _ = wake.send(Wake::Freed {
+                                orgs: orgs.map(str::to_owned).collect(),
+                            });
                         } else if payload == "*" {
                             let _ = wake.send(Wake::Rescan);
                         } else {

@@ -685,6 +685,9 @@ pub struct Lease {
     pub millis: i64,
     /// Attempts in flight to one endpoint across every instance, at most.
     pub per_endpoint: usize,
+    /// Unexpired leases of one organization across every instance, at most
+    /// (`ACCOMMADOR_ORG_CONCURRENCY`).
+    pub per_org: usize,
 }
 
 impl std::fmt::Debug for DueDelivery {
@@ -724,6 +727,11 @@ pub struct LaneWork {
     pub endpoint_id: String,
     pub due: Vec<DueDelivery>,
     pub next_due: Option<Timestamp>,
+    /// Due work that other instances' leases hold back (the endpoint's bound or its
+    /// organization's is reached across instances; PostgreSQL): the lane waits for a release
+    /// to be announced, and looks again by itself at this moment at the latest (when the
+    /// first of those leases runs out, should its holder have died).
+    pub held_until: Option<Timestamp>,
 }
 
 /// What recording an attempt decided.

@@ -19,6 +19,7 @@
 mod cached;
 mod deliveries;
 mod intake;
+mod leasing;
 mod lifetime;
 #[cfg(test)]
 mod list_plans;
@@ -59,6 +60,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0008_user_filter.sql"),
     include_str!("../../migrations/postgres/0009_retention_erasure.sql"),
     include_str!("../../migrations/postgres/0012_operational_events.sql"),
+    include_str!("../../migrations/postgres/0013_leasing.sql"),
 ];
 /// Most events numbered by one sequencer step.
 const SEQUENCE_STEP: i64 = 1000;

@@ -934,6 +934,8 @@ fn lane_work_one(c: &Connection, req: LaneRequest, now: Timestamp) -> Result<Lan
         endpoint_id: req.endpoint_id,
         due,
         next_due,
+        // One process owns the database: nothing else holds its deliveries.
+        held_until: None,
     })
 }
 
