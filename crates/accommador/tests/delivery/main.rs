@@ -418,6 +418,31 @@ async fn a_retry_while_an_attempt_is_in_flight_is_409() {
 }
 
 #[tokio::test]
+async fn a_delivery_in_flight_shows_when_it_was_scheduled() {
+    // While its first attempt is in flight, a delivery is pending and its next attempt is the
+    // time it was scheduled for (its creation), on both backends: not the end of the lease
+    // PostgreSQL holds on it (2 × 120 s + 5 s away).
+    let app = spawn_app_with(|s| s.delivery_timeout = Duration::from_secs(120)).await;
+    let t = app.create_org("Acme").await;
+    let rx = Receiver::start().await;
+    rx.script(
+        "/hang",
+        vec![Reply::status(200).after(Duration::from_secs(60))],
+    );
+    let ep = endpoint(&app, &t, &rx.url("/hang"), None).await;
+    app.create_user(&t, json!({"email": "a@example.com"})).await;
+    rx.wait_for("/hang", 1, WAIT).await;
+    let d = &deliveries_of(&app, &t, &ep.id).await[0];
+    let shown = json_of(&app, &t, &format!("/v1/deliveries/{}", d["id"].as_str().unwrap())).await;
+    assert_eq!(shown["status"], "pending", "{shown}");
+    assert_eq!(shown["attempt_count"], 0, "{shown}");
+    assert_eq!(
+        shown["next_attempt_at"], shown["created_at"],
+        "an attempt in flight moved the schedule: {shown}"
+    );
+}
+
+#[tokio::test]
 async fn recover_requeues_failed_deliveries_and_creates_missing_ones() {
     let app = spawn_app_with(|s| s.retry_schedule = vec![]).await;
     let t = app.create_org("Acme").await;

@@ -1117,3 +1117,66 @@ async fn a_key_still_running_on_another_instance_is_409_then_free() {
     let users = list_all(&client, &server, &key, "/v1/users").await;
     assert_eq!(users.len(), 1);
 }
+
+#[tokio::test]
+async fn an_organizations_concurrency_cap_holds_across_instances() {
+    if !postgres_configured() {
+        return;
+    }
+    // Two instances, each allowed 2 attempts per endpoint and 4 per organization. Alone,
+    // each would keep 4 of the noisy organization's attempts open, 8 in all; together they
+    // keep at most 4. Each reply is held 2 s, so slots free and are taken again (here and by
+    // the other instance, woken by the release) many times over.
+    let db = TestDb::new().await;
+    let rx = receiver::Receiver::start().await;
+    let settings = [
+        PRIVATE,
+        ("ACCOMMADOR_ORG_CONCURRENCY", "4"),
+        ("ACCOMMADOR_ENDPOINT_CONCURRENCY", "2"),
+        ("ACCOMMADOR_DELIVERY_TIMEOUT", "10s"),
+    ];
+    let servers = [
+        Server::spawn(&db.url, &["serve"], &settings).await,
+        Server::spawn(&db.url, &["serve"], &settings).await,
+    ];
+    let client = Client::new();
+    let noisy = create_org(&client, &servers[0]).await;
+    rx.watch("/noisy");
+    let hold = receiver::Reply::status(204).after(Duration::from_secs(2));
+    for i in 0..8 {
+        let path = format!("/noisy{i}");
+        rx.script(&path, vec![hold.clone(); 4]);
+        create_endpoint(&client, &servers[i % 2], &noisy, &rx.url(&path)).await;
+    }
+    let refs: Vec<&Server> = servers.iter().collect();
+    create_users(&client, &refs, &noisy, 4, "n").await;
+    wait_distinct(&rx, 4, Duration::from_secs(10)).await;
+
+    // Meanwhile another organization's delivery arrives promptly.
+    let quiet = create_org(&client, &servers[1]).await;
+    create_endpoint(&client, &servers[1], &quiet, &rx.url("/quiet")).await;
+    create_users(&client, &refs[1..], &quiet, 1, "q").await;
+    let answered = std::time::Instant::now();
+    let got = rx.wait_for("/quiet", 1, Duration::from_secs(10)).await;
+    let waited = got[0].at.saturating_duration_since(answered);
+    assert!(
+        waited < Duration::from_secs(3),
+        "the quiet organization waited {waited:?} behind the noisy one"
+    );
+
+    // All 32 arrive: 8 rounds of 2 s at 4 at a time, with room to spare, but not if a lane
+    // held back by the other instance's leases waited for them to run out (25 s each).
+    let started = std::time::Instant::now();
+    wait_distinct(&rx, 33, Duration::from_secs(60)).await;
+    assert_eq!(
+        rx.peak_open("/noisy"),
+        4,
+        "the organization's attempts open at once across both instances"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(40),
+        "the noisy organization's deliveries took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(rx.overlaps(), 0, "two instances attempted one delivery at once");
+}
