@@ -36,6 +36,38 @@ const FANOUT_EVENTS: i64 = 256;
 /// so it never holds the cursor's lock, or its endpoints' share locks, long.
 const FANOUT_DELIVERIES: usize = 1_000;
 
+/// Most deliveries one `recover` transaction re-queues or creates.
+const RECOVER_BATCH: usize = 1_000;
+
+/// The event types a live endpoint of `org` takes, under a share lock on its row for the rest
+/// of the transaction (a disable or delete waits for it); `None` when it is no longer enabled.
+/// The first batch of a request says why instead (404, 409).
+async fn recoverable(
+    tx: &Transaction<'_>,
+    org: &str,
+    endpoint_id: &str,
+    first: bool,
+) -> Result<Option<Vec<String>>, StoreError> {
+    let row = tx
+        .fetch_opt(
+            "SELECT status = 'enabled', event_types FROM endpoints
+             WHERE id = $1 AND org_id = $2 AND deleted_at IS NULL FOR SHARE",
+            &[&endpoint_id, &org],
+        )
+        .await
+        .map_err(pg_err)?;
+    match row {
+        Some(r) if r.get::<_, bool>(0) => {
+            let names: Vec<String> =
+                serde_json::from_str(r.get::<_, &str>(1)).map_err(StoreError::database)?;
+            Ok(Some(names))
+        }
+        Some(_) if first => Err(StoreError::EndpointDisabled),
+        None if first => Err(StoreError::NotFound),
+        _ => Ok(None),
+    }
+}
+
 /// Disables an endpoint and writes its `endpoint.disabled` event; its pending deliveries are
 /// then failed in the background, in bounded batches ([`PgStore::cancel_step`]).
 async fn disable_endpoint(
@@ -1121,6 +1153,12 @@ impl PgStore {
         Ok(d)
     }
 
+    /// Re-queues the endpoint's failed deliveries of events that occurred in `[since,
+    /// until)` and creates the ones it never got for events of that window, in bounded
+    /// batches: each transaction re-queues or creates at most [`RECOVER_BATCH`] deliveries
+    /// (one set-based statement each) under a share lock on the endpoint row, and nothing is
+    /// held between batches. Each walk moves forward by a cursor (delivery `seq`, event
+    /// `commit_seq`), so every delivery is counted once.
     pub async fn recover(
         &self,
         org: String,
@@ -1128,79 +1166,96 @@ impl PgStore {
         since: Timestamp,
         until: Option<Timestamp>,
     ) -> Result<(usize, usize), StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg_err)?;
-        let endpoint = live_endpoint(&tx, &org, &endpoint_id, true)
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        if endpoint.status != EndpointStatus::Enabled {
-            return Err(StoreError::EndpointDisabled);
-        }
-        let now = Timestamp::now();
         let until = until.unwrap_or(Timestamp(i64::MAX));
-        let requeued = tx
-            .run(
-                "UPDATE deliveries d SET status = 'pending', next_attempt_at = $4,
-                     retries_used = 0, manual = false, resume_at = NULL, updated_at = $4
-                 FROM events e
-                 WHERE d.endpoint_id = $1 AND d.status = 'failed' AND e.seq = d.event_seq
-                   AND e.occurred_at >= $2 AND e.occurred_at < $3",
-                &[
-                    &endpoint_id,
-                    &since.millis(),
-                    &until.millis(),
-                    &now.millis(),
-                ],
-            )
-            .await
-            .map_err(pg_err)?;
-        let missing = tx
-            .fetch(
-                "SELECT e.seq, e.id, e.type FROM events e, endpoints ep
-                 WHERE ep.id = $5 AND e.org_id = $1
-                   AND NOT pg_visible_in_snapshot(e.xid, ep.created_snapshot)
-                   AND e.occurred_at >= $2 AND e.occurred_at < $3
-                   AND e.type <> 'webhook.test'
-                   AND e.about_endpoint IS DISTINCT FROM $4
-                   AND e.commit_seq IS NOT NULL
-                   AND NOT EXISTS (SELECT 1 FROM deliveries d
-                                   WHERE d.event_id = e.id AND d.endpoint_id = $4)
-                 ORDER BY e.commit_seq",
-                &[
-                    &org,
-                    &since.millis(),
-                    &until.millis(),
-                    &endpoint_id,
-                    &endpoint_id,
-                ],
-            )
-            .await
-            .map_err(pg_err)?;
-        let mut created = 0;
-        for r in missing {
-            let event_type: String = r.get(2);
-            let wanted =
-                EventType::parse(&event_type).is_some_and(|t| endpoint.event_types.contains(t));
-            if wanted {
-                let event_id: String = r.get(1);
-                if insert_delivery(
-                    &tx,
-                    &org,
-                    r.get(0),
-                    &event_id,
-                    &event_type,
-                    &endpoint_id,
-                    now,
+        let now = Timestamp::now();
+        let mut requeued = 0;
+        let mut after: i64 = 0;
+        let mut first = true;
+        let types = loop {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(pg_err)?;
+            let Some(types) = recoverable(&tx, &org, &endpoint_id, first).await? else {
+                return Ok((requeued, 0));
+            };
+            first = false;
+            let done = tx
+                .fetch_one(
+                    "WITH batch AS (
+                         SELECT d.seq FROM deliveries d JOIN events e ON e.seq = d.event_seq
+                         WHERE d.endpoint_id = $1 AND d.status = 'failed' AND d.seq > $5
+                           AND e.occurred_at >= $2 AND e.occurred_at < $3
+                         ORDER BY d.seq LIMIT $6
+                         FOR UPDATE OF d),
+                     done AS (
+                         UPDATE deliveries d SET status = 'pending', next_attempt_at = $4,
+                             retries_used = 0, manual = false, resume_at = NULL, updated_at = $4
+                         FROM batch WHERE d.seq = batch.seq
+                         RETURNING d.seq)
+                     SELECT count(*), max(seq) FROM done",
+                    &[
+                        &endpoint_id,
+                        &since.millis(),
+                        &until.millis(),
+                        &now.millis(),
+                        &after,
+                        &(RECOVER_BATCH as i64),
+                    ],
                 )
-                .await?
-                .is_some()
-                {
-                    created += 1;
-                }
+                .await
+                .map_err(pg_err)?;
+            tx.commit().await.map_err(pg_err)?;
+            let n = done.get::<_, i64>(0) as usize;
+            requeued += n;
+            match done.get::<_, Option<i64>>(1) {
+                Some(last) if n == RECOVER_BATCH => after = last,
+                _ => break types,
+            }
+        };
+        let mut created = 0;
+        let mut after: i64 = 0;
+        loop {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(pg_err)?;
+            if recoverable(&tx, &org, &endpoint_id, false).await?.is_none() {
+                break;
+            }
+            // Events of the window that the endpoint's creation did not see (they are its
+            // own), of the types it takes, that it has no delivery of yet.
+            let missing = tx
+                .fetch(
+                    "SELECT e.seq, e.id, e.type, e.commit_seq FROM events e, endpoints ep
+                     WHERE ep.id = $4 AND e.org_id = $1 AND e.commit_seq > $5
+                       AND NOT pg_visible_in_snapshot(e.xid, ep.created_snapshot)
+                       AND e.occurred_at >= $2 AND e.occurred_at < $3
+                       AND e.type <> 'webhook.test' AND e.type = ANY($6)
+                       AND e.about_endpoint IS DISTINCT FROM $4
+                       AND NOT EXISTS (SELECT 1 FROM deliveries d
+                                       WHERE d.event_id = e.id AND d.endpoint_id = $4)
+                     ORDER BY e.commit_seq LIMIT $7",
+                    &[
+                        &org,
+                        &since.millis(),
+                        &until.millis(),
+                        &endpoint_id,
+                        &after,
+                        &types,
+                        &(RECOVER_BATCH as i64),
+                    ],
+                )
+                .await
+                .map_err(pg_err)?;
+            let mut rows = NewDeliveries::default();
+            for r in &missing {
+                rows.push(&org, r.get(0), r.get(1), r.get(2), &endpoint_id);
+            }
+            created += rows.insert(&tx, now).await? as usize;
+            tx.commit().await.map_err(pg_err)?;
+            match missing.last() {
+                Some(last) if missing.len() == RECOVER_BATCH => after = last.get(3),
+                _ => break,
             }
         }
-        tx.commit().await.map_err(pg_err)?;
-        Ok((requeued as usize, created))
+        Ok((requeued, created))
     }
 
     pub async fn send_test(
