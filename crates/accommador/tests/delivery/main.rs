@@ -11,6 +11,7 @@ mod guard;
 mod helpers;
 mod lifetime;
 mod operational;
+mod recover;
 #[allow(dead_code)] // shared with tests/postgres, which uses more of it
 mod receiver;
 #[path = "../common/spawn.rs"]
