@@ -11,9 +11,9 @@ mod guard;
 mod helpers;
 mod lifetime;
 mod operational;
-mod recover;
 #[allow(dead_code)] // shared with tests/postgres, which uses more of it
 mod receiver;
+mod recover;
 #[path = "../common/spawn.rs"]
 #[allow(dead_code)]
 mod spawn;
@@ -434,7 +434,12 @@ async fn a_delivery_in_flight_shows_when_it_was_scheduled() {
     app.create_user(&t, json!({"email": "a@example.com"})).await;
     rx.wait_for("/hang", 1, WAIT).await;
     let d = &deliveries_of(&app, &t, &ep.id).await[0];
-    let shown = json_of(&app, &t, &format!("/v1/deliveries/{}", d["id"].as_str().unwrap())).await;
+    let shown = json_of(
+        &app,
+        &t,
+        &format!("/v1/deliveries/{}", d["id"].as_str().unwrap()),
+    )
+    .await;
     assert_eq!(shown["status"], "pending", "{shown}");
     assert_eq!(shown["attempt_count"], 0, "{shown}");
     assert_eq!(

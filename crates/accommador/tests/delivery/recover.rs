@@ -12,9 +12,11 @@ const MANY: usize = 1_050;
 /// Creates `n` users, 16 requests at a time.
 async fn create_many(app: &TestApp, t: &Tenant, n: usize, tag: &str) {
     for chunk in (0..n).collect::<Vec<_>>().chunks(16) {
-        join_all(chunk.iter().map(|i| {
-            app.create_user(t, json!({"email": format!("{tag}{i}@example.com")}))
-        }))
+        join_all(
+            chunk
+                .iter()
+                .map(|i| app.create_user(t, json!({"email": format!("{tag}{i}@example.com")}))),
+        )
         .await;
     }
 }

@@ -1178,5 +1178,9 @@ async fn an_organizations_concurrency_cap_holds_across_instances() {
         "the noisy organization's deliveries took {:?}",
         started.elapsed()
     );
-    assert_eq!(rx.overlaps(), 0, "two instances attempted one delivery at once");
+    assert_eq!(
+        rx.overlaps(),
+        0,
+        "two instances attempted one delivery at once"
+    );
 }

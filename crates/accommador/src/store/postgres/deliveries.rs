@@ -26,9 +26,8 @@ use crate::domain::endpoint::{EndpointStatus, EventTypeFilter};
 use crate::domain::event::{OperationalEvent, fanned_out, reports_failure};
 use crate::domain::{Timestamp, ids};
 use crate::store::{
-    CANCEL_BATCH, CancelStep, DeliveryFilter, DeliveryStats, DeliveryWalk, FanOut,
-    LIST_SCAN_ROWS, ListPage, Recorded, SEND_TARGET_SQL, SendTarget,
-    StoreError, cancel_reason, send_target_from,
+    CANCEL_BATCH, CancelStep, DeliveryFilter, DeliveryStats, DeliveryWalk, FanOut, LIST_SCAN_ROWS,
+    ListPage, Recorded, SEND_TARGET_SQL, SendTarget, StoreError, cancel_reason, send_target_from,
 };
 
 const FANOUT_EVENTS: i64 = 256;

@@ -361,8 +361,8 @@ impl PgStore {
                     .map(Timestamp);
                 // Due, yet nothing handed out: other leases hold it back (the endpoint's or
                 // the organization's bound across instances).
-                let held_until = (due.is_empty() && next_due.is_some_and(|at| at <= now))
-                    .then(|| {
+                let held_until =
+                    (due.is_empty() && next_due.is_some_and(|at| at <= now)).then(|| {
                         state
                             .and_then(|s| orgs.get(&s.org))
                             .and_then(|o| o.first_end)
