@@ -21,29 +21,11 @@ async fn create_many(app: &TestApp, t: &Tenant, n: usize, tag: &str) {
     }
 }
 
-/// How many deliveries `query` lists, following `next_cursor` to the end.
-async fn count(app: &TestApp, t: &Tenant, query: &str) -> usize {
-    let mut n = 0;
-    let mut after: Option<String> = None;
-    loop {
-        let mut path = format!("/v1/deliveries?{query}&limit=500");
-        if let Some(a) = &after {
-            path.push_str(&format!("&after={a}"));
-        }
-        let page = json_of(app, t, &path).await;
-        n += page["data"].as_array().unwrap().len();
-        match page["next_cursor"].as_str() {
-            Some(c) => after = Some(c.to_owned()),
-            None => return n,
-        }
-    }
-}
-
 /// Waits (bounded) until `query` lists `n` deliveries.
 async fn until_count(app: &TestApp, t: &Tenant, query: &str, n: usize) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
-        let got = count(app, t, query).await;
+        let got = count_deliveries(app, t, query).await;
         if got == n {
             return;
         }

@@ -63,8 +63,10 @@ const LANE_STATES: &str = "SELECT ep.id, ep.org_id, ep.status, ep.disabled_reaso
 /// `deliveries_endpoint_leased`), then its due deliveries nobody holds, oldest due first,
 /// up to the endpoint's bound (`$7`) across instances. Only an instance alone on the endpoint
 /// leases ahead: another instance counts those leases as busy, so the attempts in flight never
-/// exceed the bound. `$5` is this instance's token, `$6` the deliveries it has in flight
-/// (never handed out twice), `$8` the lease's length.
+/// exceed the bound. `$5` is this instance's token, `$6` the lease's length. A delivery this
+/// instance has in flight holds its unexpired lease, so it is not taken again (should its
+/// lease have run out, it is only renewed, and the caller drops it: see
+/// [`PgStore::lane_work`]).
 const LEASE_LANES: &str = "WITH clock AS MATERIALIZED (SELECT accommador_now_ms() AS t),
      picked AS (
          SELECT p.id FROM
@@ -80,13 +82,12 @@ const LEASE_LANES: &str = "WITH clock AS MATERIALIZED (SELECT accommador_now_ms(
                  WHERE d.endpoint_id = l.endpoint_id AND d.status = 'pending'
                    AND d.next_attempt_at <= (SELECT t FROM clock)
                    AND (d.lease_until IS NULL OR d.lease_until <= (SELECT t FROM clock))
-                   AND d.id <> ALL($6)
                  ORDER BY d.next_attempt_at
                  LIMIT GREATEST(0, LEAST(l.lim, $7::bigint - l.active - busy.n
                      + CASE WHEN busy.n = 0 THEN l.ahead ELSE 0 END))
                  FOR UPDATE OF d SKIP LOCKED) p)
      UPDATE deliveries d
-        SET lease_token = $5, lease_until = (SELECT t FROM clock) + $8
+        SET lease_token = $5, lease_until = (SELECT t FROM clock) + $6
        FROM picked, events e, endpoints ep
       WHERE d.id = picked.id AND e.seq = d.event_seq AND ep.id = d.endpoint_id
         AND ep.status = 'enabled' AND ep.deleted_at IS NULL
@@ -302,20 +303,21 @@ impl PgStore {
         };
         let limit: Vec<i64> = limits.iter().map(|&n| n as i64).collect();
         let (active, ahead) = (as_i64(|r| r.active), as_i64(|r| r.ahead));
-        let in_flight: Vec<&str> = requests
+        // Never handed out twice: checked here rather than against every row the statement
+        // reads.
+        let in_flight: std::collections::HashSet<&str> = requests
             .iter()
             .flat_map(|r| r.in_flight.iter().map(String::as_str))
             .collect();
         let bound = lease.per_endpoint as i64;
-        let lease_params: [&(dyn ToSql + Sync); 8] = [
+        let lease_params: [&(dyn ToSql + Sync); 7] = [
             &endpoint_ids,
             &limit,
             &active,
             &ahead,
             &lease.token,
-            &in_flight,
-            &bound,
             &lease.millis,
+            &bound,
         ];
         let next_params: [&(dyn ToSql + Sync); 2] = [&endpoint_ids, &lease.token];
         let (leased, next) = tokio::try_join!(
@@ -325,7 +327,10 @@ impl PgStore {
         .map_err(pg_err)?;
 
         let mut due_of: HashMap<String, Vec<DueDelivery>> = HashMap::new();
-        for r in &leased {
+        for r in leased
+            .iter()
+            .filter(|r| !in_flight.contains(r.get::<_, &str>(0)))
+        {
             let endpoint: String = r.get(1);
             let secrets = states
                 .get(&endpoint)
