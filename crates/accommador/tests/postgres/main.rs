@@ -1184,3 +1184,71 @@ async fn an_organizations_concurrency_cap_holds_across_instances() {
         "two instances attempted one delivery at once"
     );
 }
+
+/// Transactions committed in the test's database so far (as its statistics say).
+async fn commits(db: &TestDb) -> i64 {
+    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .query_one(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn an_instance_waits_for_a_release_instead_of_polling_a_saturated_endpoint() {
+    if !postgres_configured() {
+        return;
+    }
+    // One attempt at a time per endpoint. The first instance to lease takes the first
+    // delivery and one ahead; the other two are due, but the other instance may not lease
+    // them while those leases run. It used to look again every 20 ms (a leasing transaction
+    // each time, 50 a second); now it waits until a lease is given up.
+    let db = TestDb::new().await;
+    let rx = receiver::Receiver::start().await;
+    let settings = [
+        PRIVATE,
+        ("ACCOMMADOR_ENDPOINT_CONCURRENCY", "1"),
+        ("ACCOMMADOR_DELIVERY_TIMEOUT", "30s"),
+    ];
+    let servers = [
+        Server::spawn(&db.url, &["serve"], &settings).await,
+        Server::spawn(&db.url, &["serve"], &settings).await,
+    ];
+    let client = Client::new();
+    let key = create_org(&client, &servers[0]).await;
+    let held = receiver::Reply::status(204).after(Duration::from_secs(8));
+    rx.script("/busy", vec![held]);
+    create_endpoint(&client, &servers[0], &key, &rx.url("/busy")).await;
+    // What the two instances commit in four seconds with nothing to deliver (their periodic
+    // work). Statistics reach the shared view within a second of a commit: each count waits
+    // for the ones before it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = commits(&db).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let idle = commits(&db).await - before;
+    let refs: Vec<&Server> = servers.iter().collect();
+    create_users(&client, &refs, &key, 4, "b").await;
+    rx.wait_for("/busy", 1, Duration::from_secs(10)).await;
+
+    // The same four seconds while the first attempt is held: polling would add about 200.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = commits(&db).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let during = commits(&db).await - before;
+    assert!(
+        during < idle + 80,
+        "{during} transactions in 4 s while the endpoint was saturated, {idle} when idle"
+    );
+    assert_eq!(rx.received("/busy").len(), 1, "the bound of one was broken");
+
+    // Once the first attempt ends, the rest follow one at a time.
+    wait_distinct(&rx, 4, Duration::from_secs(20)).await;
+    assert_eq!(rx.overlaps(), 0);
+}
