@@ -588,7 +588,7 @@ impl PgStore {
     /// instance, say), each attempt is recorded on its own.
     pub async fn record_attempts(
         &self,
-        batch: Vec<(String, Option<String>, AttemptResult)>,
+        batch: Vec<Attempted>,
         policy: Arc<RetryPolicy>,
     ) -> Vec<Result<Recorded, StoreError>> {
         let distinct: std::collections::HashSet<&str> =
@@ -616,216 +616,36 @@ impl PgStore {
         out
     }
 
-    /// One batch (distinct deliveries): lock what changes (endpoints whose failure clock moves
-    /// first, then the deliveries, each in ID order: the order disabling and deleting use),
-    /// decide each delivery's next step, then write every attempt with one INSERT and every
-    /// delivery with one UPDATE.
+    /// One batch (distinct deliveries): lock what changes ([`lock_batch`]), decide each
+    /// delivery's next step ([`decide`]), then write every attempt with one INSERT and every
+    /// delivery with one UPDATE, tell the schedules used up ([`report_exhausted`]) and move
+    /// the endpoints' failure clocks ([`move_failure_clocks`]), all in one transaction.
     async fn record_batch(
         &self,
-        batch: &[(String, Option<String>, AttemptResult)],
+        batch: &[Attempted],
         policy: &RetryPolicy,
     ) -> Result<Vec<Result<Recorded, StoreError>>, StoreError> {
         let mut client = self.background_client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
         let now = Timestamp::now();
-        let ids: Vec<String> = batch.iter().map(|b| b.0.clone()).collect();
-        let mut endpoint_of: HashMap<String, String> = HashMap::new();
-        let mut clock_set: HashMap<String, bool> = HashMap::new();
-        // The event type of each delivery, for `delivery.failed`.
-        let mut event_type_of: HashMap<String, String> = HashMap::new();
-        for r in tx
-            .fetch(
-                "SELECT d.id, d.endpoint_id, ep.failing_since IS NOT NULL, d.event_type
-                 FROM deliveries d JOIN endpoints ep ON ep.id = d.endpoint_id
-                 WHERE d.id = ANY($1)",
-                &[&ids],
-            )
-            .await
-            .map_err(pg_err)?
-        {
-            endpoint_of.insert(r.get(0), r.get(1));
-            clock_set.insert(r.get(1), r.get(2));
-            event_type_of.insert(r.get(0), r.get(3));
-        }
-        // An endpoint's row is written (and so locked first) when an attempt failed, or when
-        // one succeeded while its failure clock runs. A success racing another instance's
-        // first failure leaves that clock running until the next success.
-        let mut touched: Vec<String> = batch
-            .iter()
-            .filter_map(|(id, _, result)| {
-                let endpoint = endpoint_of.get(id)?;
-                (!result.succeeded() || clock_set.get(endpoint).copied().unwrap_or(false))
-                    .then(|| endpoint.clone())
-            })
-            .collect();
-        touched.sort();
-        touched.dedup();
-        let mut clocks: HashMap<String, (String, Option<i64>)> = HashMap::new();
-        if !touched.is_empty() {
-            for r in tx
-                .fetch(
-                    "SELECT id, status, failing_since FROM endpoints
-                     WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
-                    &[&touched],
-                )
-                .await
-                .map_err(pg_err)?
-            {
-                clocks.insert(r.get(0), (r.get(1), r.get(2)));
-            }
-        }
-        let mut current: HashMap<String, tokio_postgres::Row> = tx
-            .fetch(
-                "SELECT id, status, attempt_count, retries_used, resume_at, lease_token
-                 FROM deliveries WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-                &[&ids],
-            )
-            .await
-            .map_err(pg_err)?
-            .into_iter()
-            .map(|r| (r.get::<_, String>(0), r))
-            .collect();
-
-        let mut attempts = AttemptColumns::default();
-        let mut updates = DeliveryColumns::default();
-        let mut out: Vec<Result<Recorded, StoreError>> = Vec::with_capacity(batch.len());
-        // Per touched endpoint: (started_at, succeeded, gone) of its recorded attempts.
-        let mut outcomes: HashMap<String, Vec<(i64, bool, bool)>> = HashMap::new();
-        // Deliveries of user events whose schedule this batch used up: `delivery.failed`.
-        let mut exhausted: Vec<String> = Vec::new();
-        for (delivery_id, lease_token, result) in batch {
-            let Some(row) = current.remove(delivery_id) else {
-                out.push(Err(StoreError::NotFound));
-                continue;
-            };
-            let status: String = row.get(1);
-            let attempt_count: i32 = row.get(2);
-            let retries_used: i32 = row.get(3);
-            let resume_at: Option<i64> = row.get(4);
-            let holder: Option<String> = row.get(5);
-            let current = DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Failed);
-            if current == DeliveryStatus::Pending
-                && lease_token.is_some()
-                && holder.as_deref() != lease_token.as_deref()
-            {
-                // The lease expired and another instance took the delivery (or it was
-                // released): only the lease holder writes results. A delivery that is no
-                // longer pending was ended while in flight; `settle` keeps it as it is.
-                tracing::warn!(delivery_id = %delivery_id, "lease lost; this attempt's result is discarded");
-                out.push(Ok(Recorded {
-                    next_due: None,
-                    endpoint_disabled: false,
-                    events: false,
-                }));
-                continue;
-            }
-            let number = attempt_count + 1;
-            let facts = DeliveryFacts {
-                retries_used: retries_used as u32,
-                resume_at: resume_at.map(Timestamp),
-            };
-            let jitter = rand::random::<f64>() * 2.0 - 1.0;
-            let settled = settle(current, facts, result, policy, now, jitter);
-            let (new_status, next_at, spent) = (
-                settled.status,
-                settled.next_attempt_at,
-                i32::from(settled.spends_retry),
-            );
-            if event_type_of
-                .get(delivery_id)
-                .is_some_and(|event_type| reports_failure(event_type, &settled))
-            {
-                exhausted.push(delivery_id.clone());
-            }
-            attempts.push(delivery_id, number, result);
-            updates.push(
-                delivery_id,
-                new_status,
-                number,
-                spent,
-                next_at,
-                settled.applies.then_some(result),
-            );
-            // An ended delivery's late attempt is only logged: it does not move the clock.
-            if settled.applies
-                && let Some(endpoint) = endpoint_of.get(delivery_id)
-                && clocks.contains_key(endpoint)
-            {
-                outcomes.entry(endpoint.clone()).or_default().push((
-                    result.started_at.millis(),
-                    result.succeeded(),
-                    result.gone(),
-                ));
-            }
-            out.push(Ok(Recorded {
-                next_due: next_at,
-                endpoint_disabled: false,
-                events: false,
-            }));
-        }
+        let mut rows = lock_batch(&tx, batch).await?;
+        let Decided {
+            attempts,
+            updates,
+            mut out,
+            mut outcomes,
+            exhausted,
+        } = decide(batch, &mut rows, policy, now);
         if !attempts.delivery_id.is_empty() {
             attempts.insert(&tx).await?;
             updates.apply(&tx, now).await?;
         }
-        // Each as `GET /v1/deliveries/{id}` now shows it, in the same transaction.
-        if !exhausted.is_empty() {
-            for r in tx
-                .fetch(
-                    &format!(
-                        "SELECT {DELIVERY_COLUMNS}, org_id FROM deliveries
-                         WHERE id = ANY($1) ORDER BY id"
-                    ),
-                    &[&exhausted],
-                )
-                .await
-                .map_err(pg_err)?
-            {
-                let delivery = delivery_from_row(&r)?;
-                let org: String = r.get(10);
-                insert_operational_event(&tx, &org, &OperationalEvent::delivery_failed(&delivery))
-                    .await?;
-            }
-        }
-
-        // Failure clocks, in the order the attempts started: a success stops the clock, the
-        // first failure after it starts it again. 410 Gone, or failing for too long, disables
-        // the endpoint (and fails what it still has pending).
-        let mut disabled: Vec<String> = Vec::new();
-        for endpoint in &touched {
-            let (Some((ep_status, since_before)), Some(seen)) =
-                (clocks.get(endpoint), outcomes.get_mut(endpoint))
-            else {
-                continue;
-            };
-            seen.sort_unstable();
-            let started: Vec<(Timestamp, bool)> = seen
-                .iter()
-                .map(|&(at, ok, _)| (Timestamp(at), ok))
-                .collect();
-            let since = failing_since(since_before.map(Timestamp), &started).map(Timestamp::millis);
-            let enabled = ep_status == "enabled";
-            if since != *since_before && (enabled || since.is_none()) {
-                tx.run(
-                    "UPDATE endpoints SET failing_since = $2 WHERE id = $1",
-                    &[endpoint, &since],
-                )
-                .await
-                .map_err(pg_err)?;
-            }
-            if !enabled {
-                continue;
-            }
-            let gone = seen.iter().any(|&(_, _, gone)| gone);
-            let reason = disable_reason(gone, since.map(Timestamp), policy, now);
-            if let Some(reason) = reason {
-                disable_endpoint(&tx, endpoint, &reason, now).await?;
-                disabled.push(endpoint.clone());
-            }
-        }
+        report_exhausted(&tx, &exhausted).await?;
+        let disabled = move_failure_clocks(&tx, &rows, &mut outcomes, policy, now).await?;
         tx.commit().await.map_err(pg_err)?;
         if !disabled.is_empty() {
             for ((delivery_id, _, _), recorded) in batch.iter().zip(out.iter_mut()) {
-                if let (Ok(r), Some(endpoint)) = (recorded, endpoint_of.get(delivery_id))
+                if let (Ok(r), Some(endpoint)) = (recorded, rows.endpoint_of.get(delivery_id))
                     && disabled.contains(endpoint)
                 {
                     r.next_due = None;
@@ -844,6 +664,250 @@ impl PgStore {
         }
         Ok(out)
     }
+}
+
+/// One finished attempt to record: the delivery, the lease it was attempted under, the result.
+type Attempted = (String, Option<String>, AttemptResult);
+
+/// What recording a batch reads first, locked.
+struct BatchRows {
+    /// Each delivery's endpoint.
+    endpoint_of: HashMap<String, String>,
+    /// Each delivery's event type, for `delivery.failed`.
+    event_type_of: HashMap<String, String>,
+    /// The endpoints whose row is written, in ID order.
+    touched: Vec<String>,
+    /// Their status and failure clock.
+    clocks: HashMap<String, (String, Option<i64>)>,
+    /// Each delivery's row: id, status, attempt_count, retries_used, resume_at, lease_token.
+    current: HashMap<String, tokio_postgres::Row>,
+}
+
+/// Reads the batch's deliveries and locks what changes: the endpoints whose failure clock
+/// moves first, then the deliveries, each in ID order (the order disabling and deleting use).
+async fn lock_batch(tx: &Transaction<'_>, batch: &[Attempted]) -> Result<BatchRows, StoreError> {
+    let ids: Vec<String> = batch.iter().map(|b| b.0.clone()).collect();
+    let mut endpoint_of: HashMap<String, String> = HashMap::new();
+    let mut clock_set: HashMap<String, bool> = HashMap::new();
+    let mut event_type_of: HashMap<String, String> = HashMap::new();
+    for r in tx
+        .fetch(
+            "SELECT d.id, d.endpoint_id, ep.failing_since IS NOT NULL, d.event_type
+             FROM deliveries d JOIN endpoints ep ON ep.id = d.endpoint_id
+             WHERE d.id = ANY($1)",
+            &[&ids],
+        )
+        .await
+        .map_err(pg_err)?
+    {
+        endpoint_of.insert(r.get(0), r.get(1));
+        clock_set.insert(r.get(1), r.get(2));
+        event_type_of.insert(r.get(0), r.get(3));
+    }
+    // An endpoint's row is written (and so locked first) when an attempt failed, or when
+    // one succeeded while its failure clock runs. A success racing another instance's
+    // first failure leaves that clock running until the next success.
+    let mut touched: Vec<String> = batch
+        .iter()
+        .filter_map(|(id, _, result)| {
+            let endpoint = endpoint_of.get(id)?;
+            (!result.succeeded() || clock_set.get(endpoint).copied().unwrap_or(false))
+                .then(|| endpoint.clone())
+        })
+        .collect();
+    touched.sort();
+    touched.dedup();
+    let mut clocks: HashMap<String, (String, Option<i64>)> = HashMap::new();
+    if !touched.is_empty() {
+        for r in tx
+            .fetch(
+                "SELECT id, status, failing_since FROM endpoints
+                 WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+                &[&touched],
+            )
+            .await
+            .map_err(pg_err)?
+        {
+            clocks.insert(r.get(0), (r.get(1), r.get(2)));
+        }
+    }
+    let current = tx
+        .fetch(
+            "SELECT id, status, attempt_count, retries_used, resume_at, lease_token
+             FROM deliveries WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+            &[&ids],
+        )
+        .await
+        .map_err(pg_err)?
+        .into_iter()
+        .map(|r| (r.get::<_, String>(0), r))
+        .collect();
+    Ok(BatchRows {
+        endpoint_of,
+        event_type_of,
+        touched,
+        clocks,
+        current,
+    })
+}
+
+/// What a batch's attempts decided, ready to write.
+#[derive(Default)]
+struct Decided {
+    attempts: AttemptColumns,
+    updates: DeliveryColumns,
+    /// The answer for each attempt, in batch order.
+    out: Vec<Result<Recorded, StoreError>>,
+    /// Per touched endpoint: (started_at, succeeded, gone) of its recorded attempts.
+    outcomes: HashMap<String, Vec<(i64, bool, bool)>>,
+    /// Deliveries of user events whose schedule this batch used up: `delivery.failed`.
+    exhausted: Vec<String>,
+}
+
+/// Each attempt's outcome by the domain's rules ([`settle`]); only the lease holder's result
+/// is written.
+fn decide(
+    batch: &[Attempted],
+    rows: &mut BatchRows,
+    policy: &RetryPolicy,
+    now: Timestamp,
+) -> Decided {
+    let mut d = Decided::default();
+    for (delivery_id, lease_token, result) in batch {
+        let Some(row) = rows.current.remove(delivery_id) else {
+            d.out.push(Err(StoreError::NotFound));
+            continue;
+        };
+        let status: String = row.get(1);
+        let attempt_count: i32 = row.get(2);
+        let retries_used: i32 = row.get(3);
+        let resume_at: Option<i64> = row.get(4);
+        let holder: Option<String> = row.get(5);
+        let current = DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Failed);
+        if current == DeliveryStatus::Pending
+            && lease_token.is_some()
+            && holder.as_deref() != lease_token.as_deref()
+        {
+            // The lease expired and another instance took the delivery (or it was
+            // released): only the lease holder writes results. A delivery that is no
+            // longer pending was ended while in flight; `settle` keeps it as it is.
+            tracing::warn!(delivery_id = %delivery_id, "lease lost; this attempt's result is discarded");
+            d.out.push(Ok(Recorded {
+                next_due: None,
+                endpoint_disabled: false,
+                events: false,
+            }));
+            continue;
+        }
+        let number = attempt_count + 1;
+        let facts = DeliveryFacts {
+            retries_used: retries_used as u32,
+            resume_at: resume_at.map(Timestamp),
+        };
+        let jitter = rand::random::<f64>() * 2.0 - 1.0;
+        let settled = settle(current, facts, result, policy, now, jitter);
+        if rows
+            .event_type_of
+            .get(delivery_id)
+            .is_some_and(|event_type| reports_failure(event_type, &settled))
+        {
+            d.exhausted.push(delivery_id.clone());
+        }
+        d.attempts.push(delivery_id, number, result);
+        d.updates.push(
+            delivery_id,
+            settled.status,
+            number,
+            i32::from(settled.spends_retry),
+            settled.next_attempt_at,
+            settled.applies.then_some(result),
+        );
+        // An ended delivery's late attempt is only logged: it does not move the clock.
+        if settled.applies
+            && let Some(endpoint) = rows.endpoint_of.get(delivery_id)
+            && rows.clocks.contains_key(endpoint)
+        {
+            d.outcomes.entry(endpoint.clone()).or_default().push((
+                result.started_at.millis(),
+                result.succeeded(),
+                result.gone(),
+            ));
+        }
+        d.out.push(Ok(Recorded {
+            next_due: settled.next_attempt_at,
+            endpoint_disabled: false,
+            events: false,
+        }));
+    }
+    d
+}
+
+/// Writes `delivery.failed` for each delivery whose schedule was used up, each as
+/// `GET /v1/deliveries/{id}` now shows it, in the recording's transaction.
+async fn report_exhausted(tx: &Transaction<'_>, exhausted: &[String]) -> Result<(), StoreError> {
+    if exhausted.is_empty() {
+        return Ok(());
+    }
+    for r in tx
+        .fetch(
+            &format!(
+                "SELECT {DELIVERY_COLUMNS}, org_id FROM deliveries
+                 WHERE id = ANY($1) ORDER BY id"
+            ),
+            &[&exhausted],
+        )
+        .await
+        .map_err(pg_err)?
+    {
+        let delivery = delivery_from_row(&r)?;
+        let org: String = r.get(10);
+        insert_operational_event(tx, &org, &OperationalEvent::delivery_failed(&delivery)).await?;
+    }
+    Ok(())
+}
+
+/// Failure clocks, in the order the attempts started: a success stops the clock, the first
+/// failure after it starts it again. 410 Gone, or failing for too long, disables the endpoint
+/// (and its pending deliveries are failed in the background). Returns the endpoints disabled.
+async fn move_failure_clocks(
+    tx: &Transaction<'_>,
+    rows: &BatchRows,
+    outcomes: &mut HashMap<String, Vec<(i64, bool, bool)>>,
+    policy: &RetryPolicy,
+    now: Timestamp,
+) -> Result<Vec<String>, StoreError> {
+    let mut disabled: Vec<String> = Vec::new();
+    for endpoint in &rows.touched {
+        let (Some((ep_status, since_before)), Some(seen)) =
+            (rows.clocks.get(endpoint), outcomes.get_mut(endpoint))
+        else {
+            continue;
+        };
+        seen.sort_unstable();
+        let started: Vec<(Timestamp, bool)> = seen
+            .iter()
+            .map(|&(at, ok, _)| (Timestamp(at), ok))
+            .collect();
+        let since = failing_since(since_before.map(Timestamp), &started).map(Timestamp::millis);
+        let enabled = ep_status == "enabled";
+        if since != *since_before && (enabled || since.is_none()) {
+            tx.run(
+                "UPDATE endpoints SET failing_since = $2 WHERE id = $1",
+                &[endpoint, &since],
+            )
+            .await
+            .map_err(pg_err)?;
+        }
+        if !enabled {
+            continue;
+        }
+        let gone = seen.iter().any(|&(_, _, gone)| gone);
+        if let Some(reason) = disable_reason(gone, since.map(Timestamp), policy, now) {
+            disable_endpoint(tx, endpoint, &reason, now).await?;
+            disabled.push(endpoint.clone());
+        }
+    }
+    Ok(disabled)
 }
 
 /// The attempts of a batch, column by column, for one `INSERT … SELECT FROM UNNEST`.
