@@ -12,7 +12,7 @@
 
 use std::collections::BTreeSet;
 use std::future::poll_fn;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc};
@@ -35,7 +35,15 @@ const MAX_PAYLOAD: usize = 7000;
 pub struct Announcer {
     outbox: mpsc::Sender<()>,
     due: mpsc::UnboundedSender<String>,
-    freed: mpsc::UnboundedSender<String>,
+    freed: Arc<Freed>,
+}
+
+/// Organizations whose leases were given up and not yet announced: a set (so no bigger than
+/// the number of organizations, however many leases are given up meanwhile) and its signal.
+#[derive(Debug, Default)]
+struct Freed {
+    orgs: Mutex<BTreeSet<String>>,
+    ready: Notify,
 }
 
 /// Sends everything queued on `rx` (after `first`) as one comma-separated announcement on
@@ -63,11 +71,22 @@ impl Announcer {
     pub fn start(store: Store) -> Announcer {
         let (outbox_tx, mut outbox_rx) = mpsc::channel::<()>(1);
         let (due_tx, mut due_rx) = mpsc::unbounded_channel::<String>();
-        let (freed_tx, mut freed_rx) = mpsc::unbounded_channel::<String>();
-        let freed_store = store.clone();
+        let freed = Arc::new(Freed::default());
+        let (freed_store, pending) = (store.clone(), freed.clone());
         tokio::spawn(async move {
-            while let Some(first) = freed_rx.recv().await {
-                announce_set(&freed_store, FREED, first, &mut freed_rx).await;
+            loop {
+                pending.ready.notified().await;
+                let orgs = std::mem::take(&mut *pending.orgs.lock().expect("freed lock"));
+                if orgs.is_empty() {
+                    continue;
+                }
+                let mut payload = orgs.into_iter().collect::<Vec<_>>().join(",");
+                if payload.len() > MAX_PAYLOAD {
+                    payload = "*".to_owned();
+                }
+                if let Err(e) = freed_store.announce(FREED, payload).await {
+                    tracing::warn!(error = %e, "announcing released leases failed");
+                }
                 tokio::time::sleep(FREED_EVERY).await;
             }
         });
@@ -90,7 +109,7 @@ impl Announcer {
         Announcer {
             outbox: outbox_tx,
             due: due_tx,
-            freed: freed_tx,
+            freed,
         }
     }
 
@@ -105,7 +124,13 @@ impl Announcer {
 
     /// A lease of this organization was given up (its attempt recorded).
     pub fn freed(&self, org_id: &str) {
-        let _ = self.freed.send(org_id.to_owned());
+        let mut orgs = self.freed.orgs.lock().expect("freed lock");
+        if !orgs.contains(org_id) {
+            orgs.insert(org_id.to_owned());
+        }
+        drop(orgs);
+        // A permit is kept when the task is busy: nothing is lost.
+        self.freed.ready.notify_one();
     }
 }
 
