@@ -807,11 +807,15 @@ fn spawn_recorder(
                 .map(|t| ((t.delivery_id, t.lease_token, t.result), t.reply))
                 .unzip();
             let results = store.record_attempts(items, policy.clone()).await;
-            if results.iter().flatten().any(|r| r.events) {
-                outbox.committed();
-            }
+            let events = results.iter().flatten().any(|r| r.events);
+            // Answered first: the attempts' slots and in-flight marks go as soon as their
+            // results are committed, not after the numbering below.
             for (reply, result) in replies.into_iter().zip(results) {
                 let _ = reply.send(result);
+            }
+            if events {
+                store.number_written_events().await;
+                outbox.committed();
             }
         }
     });

@@ -504,6 +504,14 @@ impl Store {
         }
     }
 
+    /// Numbers events committed without a number yet (PostgreSQL's commit order; SQLite
+    /// numbers as it writes), so readers and fan-out see them.
+    pub async fn number_written_events(&self) {
+        if let Store::Postgres(s) = self {
+            s.number_written_events().await;
+        }
+    }
+
     /// The PostgreSQL URL, for the listener's own connection.
     pub fn postgres_url(&self) -> Option<&str> {
         match self {
@@ -741,8 +749,8 @@ pub struct Recorded {
     pub next_due: Option<Timestamp>,
     /// The attempt disabled its endpoint (410, or failing for too long).
     pub endpoint_disabled: bool,
-    /// Recording wrote operational events (`endpoint.disabled`, `delivery.failed`): fan-out
-    /// has work.
+    /// Recording wrote operational events (`endpoint.disabled`, `delivery.failed`): they are
+    /// to be numbered ([`Store::number_written_events`]) and fan-out has work.
     pub events: bool,
 }
 

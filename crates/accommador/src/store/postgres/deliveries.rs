@@ -572,6 +572,11 @@ impl PgStore {
         ))
     }
 
+    /// Numbers the events a recording wrote (see [`Recorded::events`]).
+    pub async fn number_written_events(&self) {
+        self.sequence_after_commit().await;
+    }
+
     /// Tells every instance's listener that something happened (after commit, coalesced by
     /// the caller): `outbox` (new events) or `due` with endpoint IDs (`*`: rescan).
     pub async fn announce(&self, channel: &str, payload: String) -> Result<(), StoreError> {
@@ -654,10 +659,9 @@ impl PgStore {
             }
         }
         if !disabled.is_empty() || !exhausted.is_empty() {
-            // Operational events were written: numbered now (the connection goes back first,
-            // sequencing takes one of its own), and fan-out is told through `events`.
-            drop(client);
-            self.sequence_after_commit().await;
+            // Operational events were written: the recorder has them numbered once it has
+            // answered (so a delivery is not shown ended while its attempt still counts as in
+            // flight), then tells fan-out.
             for r in out.iter_mut().flatten() {
                 r.events = true;
             }
