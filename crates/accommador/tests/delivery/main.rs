@@ -114,6 +114,19 @@ async fn deliveries_of(app: &TestApp, t: &Tenant, endpoint_id: &str) -> Vec<Valu
         .clone()
 }
 
+/// `POST /v1/endpoints/{endpoint_id}/recover` from `since`: its counts (answered 202).
+pub(crate) async fn recover(app: &TestApp, t: &Tenant, endpoint_id: &str, since: &str) -> Value {
+    let r = app
+        .post(
+            t,
+            &format!("/v1/endpoints/{endpoint_id}/recover"),
+            &json!({"since": since}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    r.json().await.unwrap()
+}
+
 /// How many deliveries `/v1/deliveries?{query}` lists, following `next_cursor` to the end.
 pub(crate) async fn count_deliveries(app: &TestApp, t: &Tenant, query: &str) -> usize {
     let mut n = 0;
@@ -491,12 +504,10 @@ async fn recover_requeues_failed_deliveries_and_creates_missing_ones() {
     .await;
     app.patch(&t, &path, &json!({"status": "enabled"})).await;
 
-    let r = app
-        .post(&t, &format!("{path}/recover"), &json!({"since": since}))
-        .await;
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let counts: Value = r.json().await.unwrap();
-    assert_eq!(counts, json!({"requeued": 1, "created": 1}));
+    assert_eq!(
+        recover(&app, &t, &ep.id, &since).await,
+        json!({"requeued": 1, "created": 1})
+    );
     let got = rx.wait_for("/rec", 3, WAIT).await;
     let emails: Vec<String> = got[1..]
         .iter()

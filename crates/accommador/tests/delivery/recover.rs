@@ -58,20 +58,15 @@ async fn recover_beyond_one_batch_counts_every_delivery_once() {
     until_count(&app, &t, &format!("endpoint_id={}", observer.id), MANY).await;
     app.patch(&t, &path, &json!({"status": "enabled"})).await;
 
-    let r = app
-        .post(&t, &format!("{path}/recover"), &json!({"since": since}))
-        .await;
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let counts: Value = r.json().await.unwrap();
-    assert_eq!(counts, json!({"requeued": MANY, "created": MANY}));
+    assert_eq!(
+        recover(&app, &t, &ep.id, &since).await,
+        json!({"requeued": MANY, "created": MANY})
+    );
     // Nothing is left to recover: each delivery was counted, and handled, once.
-    let again: Value = app
-        .post(&t, &format!("{path}/recover"), &json!({"since": since}))
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(again, json!({"requeued": 0, "created": 0}));
+    assert_eq!(
+        recover(&app, &t, &ep.id, &since).await,
+        json!({"requeued": 0, "created": 0})
+    );
 
     // Every one of them is delivered.
     until_count(

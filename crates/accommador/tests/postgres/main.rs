@@ -1118,6 +1118,24 @@ async fn a_key_still_running_on_another_instance_is_409_then_free() {
     assert_eq!(users.len(), 1);
 }
 
+/// Two `serve` instances on one new database with `settings` (private targets allowed), a
+/// receiver, and an organization's API key.
+async fn two_instances(
+    settings: &[(&str, &str)],
+) -> (TestDb, receiver::Receiver, [Server; 2], Client, String) {
+    let db = TestDb::new().await;
+    let rx = receiver::Receiver::start().await;
+    let mut envs = vec![PRIVATE];
+    envs.extend_from_slice(settings);
+    let servers = [
+        Server::spawn(&db.url, &["serve"], &envs).await,
+        Server::spawn(&db.url, &["serve"], &envs).await,
+    ];
+    let client = Client::new();
+    let key = create_org(&client, &servers[0]).await;
+    (db, rx, servers, client, key)
+}
+
 #[tokio::test]
 async fn an_organizations_concurrency_cap_holds_across_instances() {
     if !postgres_configured() {
@@ -1127,20 +1145,12 @@ async fn an_organizations_concurrency_cap_holds_across_instances() {
     // each would keep 4 of the noisy organization's attempts open, 8 in all; together they
     // keep at most 4. Each reply is held 2 s, so slots free and are taken again (here and by
     // the other instance, woken by the release) many times over.
-    let db = TestDb::new().await;
-    let rx = receiver::Receiver::start().await;
-    let settings = [
-        PRIVATE,
+    let (_db, rx, servers, client, noisy) = two_instances(&[
         ("ACCOMMADOR_ORG_CONCURRENCY", "4"),
         ("ACCOMMADOR_ENDPOINT_CONCURRENCY", "2"),
         ("ACCOMMADOR_DELIVERY_TIMEOUT", "10s"),
-    ];
-    let servers = [
-        Server::spawn(&db.url, &["serve"], &settings).await,
-        Server::spawn(&db.url, &["serve"], &settings).await,
-    ];
-    let client = Client::new();
-    let noisy = create_org(&client, &servers[0]).await;
+    ])
+    .await;
     rx.watch("/noisy");
     let hold = receiver::Reply::status(204).after(Duration::from_secs(2));
     for i in 0..8 {
@@ -1210,19 +1220,11 @@ async fn an_instance_waits_for_a_release_instead_of_polling_a_saturated_endpoint
     // delivery and one ahead; the other two are due, but the other instance may not lease
     // them while those leases run. It used to look again every 20 ms (a leasing transaction
     // each time, 50 a second); now it waits until a lease is given up.
-    let db = TestDb::new().await;
-    let rx = receiver::Receiver::start().await;
-    let settings = [
-        PRIVATE,
+    let (db, rx, servers, client, key) = two_instances(&[
         ("ACCOMMADOR_ENDPOINT_CONCURRENCY", "1"),
         ("ACCOMMADOR_DELIVERY_TIMEOUT", "30s"),
-    ];
-    let servers = [
-        Server::spawn(&db.url, &["serve"], &settings).await,
-        Server::spawn(&db.url, &["serve"], &settings).await,
-    ];
-    let client = Client::new();
-    let key = create_org(&client, &servers[0]).await;
+    ])
+    .await;
     let held = receiver::Reply::status(204).after(Duration::from_secs(8));
     rx.script("/busy", vec![held]);
     create_endpoint(&client, &servers[0], &key, &rx.url("/busy")).await;
