@@ -27,7 +27,8 @@ use crate::store::{DueDelivery, LaneRequest, Lease, Store};
 /// How often a dispatcher on a shared database reloads its lanes (lost wake-ups).
 const SAFETY_RESCAN: Duration = Duration::from_secs(30);
 
-/// How soon to look again at an endpoint that is at its concurrency bound elsewhere.
+/// How soon to look again at a lane that was due yet got nothing, when the store does not say
+/// what holds it back ([`crate::store::LaneWork::held_until`] does on PostgreSQL).
 const SATURATED_RETRY_MS: i64 = 20;
 
 /// Most lanes served by one step (one read of the database).
@@ -329,9 +330,8 @@ impl Dispatcher {
                             continue;
                         }
                         lane.due_at = match w.next_due {
-                            // Due, yet none handed out: the endpoint is at its bound across
-                            // instances (PostgreSQL). Their attempts finish without telling us,
-                            // so look again shortly instead of spinning.
+                            // Due, yet none handed out, and nothing said to be holding it
+                            // back: look again shortly instead of spinning.
                             Some(at) if w.due.is_empty() && at <= now => {
                                 Some(Timestamp(now.millis() + SATURATED_RETRY_MS))
                             }
