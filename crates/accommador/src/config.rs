@@ -79,7 +79,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Attempts in flight to one endpoint at most.
     pub endpoint_concurrency: usize,
-    /// Attempts in flight for one organization at most (all its endpoints).
+    /// Attempts in flight for one organization at most (all its endpoints; on PostgreSQL
+    /// across all instances).
     pub org_concurrency: usize,
     /// Attempts in flight in this process at most.
     pub delivery_concurrency: usize,

@@ -6,7 +6,10 @@
 //! Ready lanes are served oldest due first, each up to its per-endpoint bound and all within
 //! the global bound, so a slow, failing or backlogged endpoint holds at most its own share.
 //! The loop sleeps until a wake-up (fan-out, manual action), a finished attempt, or the next
-//! due time of a lane; it never polls.
+//! due time of a lane; it never polls. On PostgreSQL a lane whose due work other instances'
+//! leases hold back (the endpoint's or the organization's bound across instances) waits for
+//! one of them to be given up (`Wake::Freed`, announced by the instance that recorded it), or
+//! at the latest until the first of them runs out.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -24,7 +27,8 @@ use crate::store::{DueDelivery, LaneRequest, Lease, Store};
 /// How often a dispatcher on a shared database reloads its lanes (lost wake-ups).
 const SAFETY_RESCAN: Duration = Duration::from_secs(30);
 
-/// How soon to look again at an endpoint that is at its concurrency bound elsewhere.
+/// How soon to look again at a lane that was due yet got nothing, when the store does not say
+/// what holds it back ([`crate::store::LaneWork::held_until`] does on PostgreSQL).
 const SATURATED_RETRY_MS: i64 = 20;
 
 /// Most lanes served by one step (one read of the database).
@@ -46,6 +50,9 @@ struct Lane {
     /// endpoint): started the moment a slot frees, without a round trip to the database. Each
     /// with the moment the read that found it began.
     queued: VecDeque<(DueDelivery, Instant)>,
+    /// Due, but other instances' leases hold it back: waits for a release of its
+    /// organization's (or for `due_at`, when the first of those leases runs out).
+    held: bool,
 }
 
 /// What an attempt task reports: the endpoint answered, then the result was recorded.
@@ -99,6 +106,10 @@ pub struct Dispatcher {
     last_rescan: std::time::Instant,
     /// Fan-out wakes other instances through this (PostgreSQL).
     rescan_pending: bool,
+    /// Tells other instances when this one gives up a lease (PostgreSQL).
+    announcer: Option<super::notify::Announcer>,
+    /// Held lanes by organization: what a release of that organization wakes.
+    held: HashMap<String, HashSet<String>>,
 }
 
 impl Dispatcher {
@@ -125,13 +136,16 @@ impl Dispatcher {
         Dispatcher {
             rescan_every,
             last_rescan: std::time::Instant::now(),
-            recorder: spawn_recorder(store.clone(), policy.clone(), outbox),
+            recorder: spawn_recorder(store.clone(), policy.clone(), outbox.clone()),
             lease: Lease {
                 token: crate::domain::ids::new_id("lease_"),
                 millis: lease_millis,
                 per_endpoint: per_endpoint.max(1),
+                per_org: per_org.max(1),
             },
             rescan_pending: false,
+            announcer: outbox.announcer.clone(),
+            held: HashMap::new(),
             targets: Targets::new(store.clone(), changes),
             store,
             client,
@@ -155,6 +169,29 @@ impl Dispatcher {
         match w {
             Wake::Endpoint { endpoint_id, at } => self.wake(endpoint_id, at),
             Wake::Rescan => self.rescan_pending = true,
+            Wake::Freed { orgs } => {
+                for org in orgs {
+                    self.release_held(&org);
+                }
+            }
+        }
+    }
+
+    /// Lanes of `org` (`*`: of any) that other instances' leases held back are due again.
+    fn release_held(&mut self, org: &str) {
+        let ids: Vec<String> = if org == "*" {
+            self.held.drain().flat_map(|(_, ids)| ids).collect()
+        } else {
+            self.held.remove(org).into_iter().flatten().collect()
+        };
+        let now = Timestamp::now();
+        for id in ids {
+            if let Some(lane) = self.lanes.get_mut(&id)
+                && lane.held
+            {
+                lane.held = false;
+                lane.due_at = Some(now);
+            }
         }
     }
 
@@ -175,6 +212,13 @@ impl Dispatcher {
     }
 
     fn finish(&mut self, done: Done) {
+        // Its lease is given up: lanes of its organization held back here or on other
+        // instances may go on.
+        let org = self.org_key(&done.endpoint_id);
+        if let Some(a) = &self.announcer {
+            a.freed(&org);
+        }
+        self.release_held(&org);
         self.in_flight.remove(&done.delivery_id);
         if let Some(lane) = self.lanes.get_mut(&done.endpoint_id) {
             lane.in_flight.remove(&done.delivery_id);
@@ -277,11 +321,17 @@ impl Dispatcher {
             match self.store.lane_work(requests, now).await {
                 Ok(work) => {
                     for w in work {
+                        let org = self.org_key(&w.endpoint_id);
                         let lane = self.lanes.entry(w.endpoint_id.clone()).or_default();
+                        lane.held = w.held_until.is_some();
+                        if let Some(until) = w.held_until {
+                            self.held.entry(org).or_default().insert(w.endpoint_id);
+                            lane.due_at = Some(until);
+                            continue;
+                        }
                         lane.due_at = match w.next_due {
-                            // Due, yet none handed out: the endpoint is at its bound across
-                            // instances (PostgreSQL). Their attempts finish without telling us,
-                            // so look again shortly instead of spinning.
+                            // Due, yet none handed out, and nothing said to be holding it
+                            // back: look again shortly instead of spinning.
                             Some(at) if w.due.is_empty() && at <= now => {
                                 Some(Timestamp(now.millis() + SATURATED_RETRY_MS))
                             }
@@ -757,11 +807,15 @@ fn spawn_recorder(
                 .map(|t| ((t.delivery_id, t.lease_token, t.result), t.reply))
                 .unzip();
             let results = store.record_attempts(items, policy.clone()).await;
-            if results.iter().flatten().any(|r| r.events) {
-                outbox.committed();
-            }
+            let events = results.iter().flatten().any(|r| r.events);
+            // Answered first: the attempts' slots and in-flight marks go as soon as their
+            // results are committed, not after the numbering below.
             for (reply, result) in replies.into_iter().zip(results) {
                 let _ = reply.send(result);
+            }
+            if events {
+                store.number_written_events().await;
+                outbox.committed();
             }
         }
     });

@@ -117,6 +117,9 @@ pub enum Wake {
     Endpoint { endpoint_id: String, at: Timestamp },
     /// Anything may have changed (a listener reconnected): reload every pending lane.
     Rescan,
+    /// Leases of these organizations were given up (`*`: of any): lanes that other instances'
+    /// leases held back look again.
+    Freed { orgs: Vec<String> },
 }
 
 /// Tells fan-out that new events committed: here, and in other instances' workers

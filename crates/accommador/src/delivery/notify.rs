@@ -2,8 +2,10 @@
 //!
 //! - [`Announcer`]: after a commit (never inside the user's transaction), tells every instance
 //!   with `pg_notify`: `accommador_outbox` when events were written, `accommador_due` with the
-//!   endpoint IDs that got work. Announcements are coalesced: while one is being sent, further
-//!   ones of the same kind fold into the next.
+//!   endpoint IDs that got work, `accommador_freed` with the organizations whose leases were
+//!   given up (an attempt recorded or a lease released): a lane that other instances' leases
+//!   held back looks again then, instead of polling. Announcements are coalesced: while one is
+//!   being sent, further ones of the same kind fold into the next.
 //! - [`listen`]: a worker's own session-mode connection (`LISTEN` does not survive PgBouncer's
 //!   transaction mode) that turns notifications into local wake-ups; after any reconnect it
 //!   rescans, since notifications sent while it was away are lost.
@@ -12,7 +14,7 @@
 
 use std::collections::BTreeSet;
 use std::future::poll_fn;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc};
@@ -24,6 +26,10 @@ use crate::store::Store;
 
 pub const OUTBOX: &str = "accommador_outbox";
 pub const DUE: &str = "accommador_due";
+pub const FREED: &str = "accommador_freed";
+/// Releases are announced at most this often per instance (the ones in between fold into the
+/// next): under load every recording frees a lease, and one notification says it for all.
+const FREED_EVERY: Duration = Duration::from_millis(10);
 /// A notification payload is limited to 8000 bytes; past this, say "rescan".
 const MAX_PAYLOAD: usize = 7000;
 
@@ -31,12 +37,61 @@ const MAX_PAYLOAD: usize = 7000;
 pub struct Announcer {
     outbox: mpsc::Sender<()>,
     due: mpsc::UnboundedSender<String>,
+    freed: Arc<Freed>,
+}
+
+/// Organizations whose leases were given up and not yet announced: a set (so no bigger than
+/// the number of organizations, however many leases are given up meanwhile) and its signal.
+#[derive(Debug, Default)]
+struct Freed {
+    orgs: Mutex<BTreeSet<String>>,
+    ready: Notify,
+}
+
+/// Sends everything queued on `rx` (after `first`) as one comma-separated announcement on
+/// `channel` ("*" when too long for a notification).
+async fn announce_set(
+    store: &Store,
+    channel: &str,
+    first: String,
+    rx: &mut mpsc::UnboundedReceiver<String>,
+) {
+    let mut ids = BTreeSet::from([first]);
+    while let Ok(id) = rx.try_recv() {
+        ids.insert(id);
+    }
+    let mut payload = ids.into_iter().collect::<Vec<_>>().join(",");
+    if payload.len() > MAX_PAYLOAD {
+        payload = "*".to_owned();
+    }
+    if let Err(e) = store.announce(channel, payload).await {
+        tracing::warn!(error = %e, channel, "announcing failed");
+    }
 }
 
 impl Announcer {
     pub fn start(store: Store) -> Announcer {
         let (outbox_tx, mut outbox_rx) = mpsc::channel::<()>(1);
         let (due_tx, mut due_rx) = mpsc::unbounded_channel::<String>();
+        let freed = Arc::new(Freed::default());
+        let (freed_store, pending) = (store.clone(), freed.clone());
+        tokio::spawn(async move {
+            loop {
+                pending.ready.notified().await;
+                let orgs = std::mem::take(&mut *pending.orgs.lock().expect("freed lock"));
+                if orgs.is_empty() {
+                    continue;
+                }
+                let mut payload = orgs.into_iter().collect::<Vec<_>>().join(",");
+                if payload.len() > MAX_PAYLOAD {
+                    payload = "*".to_owned();
+                }
+                if let Err(e) = freed_store.announce(FREED, payload).await {
+                    tracing::warn!(error = %e, "announcing released leases failed");
+                }
+                tokio::time::sleep(FREED_EVERY).await;
+            }
+        });
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -48,17 +103,7 @@ impl Announcer {
                     }
                     first = due_rx.recv() => {
                         let Some(first) = first else { return };
-                        let mut ids = BTreeSet::from([first]);
-                        while let Ok(id) = due_rx.try_recv() {
-                            ids.insert(id);
-                        }
-                        let mut payload = ids.into_iter().collect::<Vec<_>>().join(",");
-                        if payload.len() > MAX_PAYLOAD {
-                            payload = "*".to_owned();
-                        }
-                        if let Err(e) = store.announce(DUE, payload).await {
-                            tracing::warn!(error = %e, "announcing due work failed");
-                        }
+                        announce_set(&store, DUE, first, &mut due_rx).await;
                     }
                 }
             }
@@ -66,6 +111,7 @@ impl Announcer {
         Announcer {
             outbox: outbox_tx,
             due: due_tx,
+            freed,
         }
     }
 
@@ -76,6 +122,17 @@ impl Announcer {
 
     pub fn due(&self, endpoint_id: &str) {
         let _ = self.due.send(endpoint_id.to_owned());
+    }
+
+    /// A lease of this organization was given up (its attempt recorded).
+    pub fn freed(&self, org_id: &str) {
+        let mut orgs = self.freed.orgs.lock().expect("freed lock");
+        if !orgs.contains(org_id) {
+            orgs.insert(org_id.to_owned());
+        }
+        drop(orgs);
+        // A permit is kept when the task is busy: nothing is lost.
+        self.freed.ready.notify_one();
     }
 }
 
@@ -95,6 +152,11 @@ pub async fn listen(
     let on_notice = move |channel: &str, payload: &str| {
         if channel == OUTBOX {
             fanout.notify_one();
+        } else if channel == FREED {
+            let orgs = payload.split(',').filter(|s| !s.is_empty());
+            let _ = wake.send(Wake::Freed {
+                orgs: orgs.map(str::to_owned).collect(),
+            });
         } else if payload == "*" {
             let _ = wake.send(Wake::Rescan);
         } else {
@@ -107,7 +169,7 @@ pub async fn listen(
             }
         }
     };
-    listen_on(connect, &[OUTBOX, DUE], rescan, on_notice).await;
+    listen_on(connect, &[OUTBOX, DUE, FREED], rescan, on_notice).await;
 }
 
 /// One session-mode connection listening on `channels`, reconnecting with backoff:

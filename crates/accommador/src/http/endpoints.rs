@@ -221,7 +221,8 @@ pub async fn rotate_secret(
 ///
 /// Re-queues this endpoint's failed deliveries of events that occurred in `[since, until)`,
 /// and creates the deliveries it never got for events of that window (for example while it
-/// was disabled).
+/// was disabled). The work is done in batches of at most 1,000 deliveries; the counts in the
+/// answer are exact.
 #[utoipa::path(post, path = "/v1/endpoints/{id}/recover", tag = "endpoints",
     params(("id" = String, Path, description = "ep_…", pattern = "^ep_[0-9A-HJKMNP-TV-Z]{26}$")),
     request_body = RecoverRequest,

@@ -517,6 +517,14 @@ impl Store {
         }
     }
 
+    /// Numbers events committed without a number yet (PostgreSQL's commit order; SQLite
+    /// numbers as it writes), so readers and fan-out see them.
+    pub async fn number_written_events(&self) {
+        if let Store::Postgres(s) = self {
+            s.number_written_events().await;
+        }
+    }
+
     /// The PostgreSQL URL (`None` on SQLite).
     pub fn postgres_url(&self) -> Option<&str> {
         match self {
@@ -711,6 +719,9 @@ pub struct Lease {
     pub millis: i64,
     /// Attempts in flight to one endpoint across every instance, at most.
     pub per_endpoint: usize,
+    /// Unexpired leases of one organization across every instance, at most
+    /// (`ACCOMMADOR_ORG_CONCURRENCY`).
+    pub per_org: usize,
 }
 
 impl std::fmt::Debug for DueDelivery {
@@ -750,6 +761,11 @@ pub struct LaneWork {
     pub endpoint_id: String,
     pub due: Vec<DueDelivery>,
     pub next_due: Option<Timestamp>,
+    /// Due work that other instances' leases hold back (the endpoint's bound or its
+    /// organization's is reached across instances; PostgreSQL): the lane waits for a release
+    /// to be announced, and looks again by itself at this moment at the latest (when the
+    /// first of those leases runs out, should its holder have died).
+    pub held_until: Option<Timestamp>,
 }
 
 /// What recording an attempt decided.
@@ -759,8 +775,8 @@ pub struct Recorded {
     pub next_due: Option<Timestamp>,
     /// The attempt disabled its endpoint (410, or failing for too long).
     pub endpoint_disabled: bool,
-    /// Recording wrote operational events (`endpoint.disabled`, `delivery.failed`): fan-out
-    /// has work.
+    /// Recording wrote operational events (`endpoint.disabled`, `delivery.failed`): they are
+    /// to be numbered ([`Store::number_written_events`]) and fan-out has work.
     pub events: bool,
 }
 

@@ -20,6 +20,7 @@ mod cached;
 mod deliveries;
 mod intake;
 mod keys;
+mod leasing;
 mod lifetime;
 #[cfg(test)]
 mod list_plans;
@@ -66,6 +67,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0010_api_key_names.sql"),
     include_str!("../../migrations/postgres/0011_secret_encryption.sql"),
     include_str!("../../migrations/postgres/0012_operational_events.sql"),
+    include_str!("../../migrations/postgres/0013_leasing.sql"),
     include_str!("../../migrations/postgres/0014_ui.sql"),
 ];
 /// Most events numbered by one sequencer step.

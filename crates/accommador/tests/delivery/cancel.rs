@@ -28,21 +28,12 @@ async fn create_users(app: &Arc<TestApp>, t: &Tenant, n: usize) {
 
 /// How many deliveries of `endpoint_id` have `status`, counted over every page.
 async fn count(app: &TestApp, t: &Tenant, endpoint_id: &str, status: &str) -> usize {
-    let mut n = 0;
-    let mut after = String::new();
-    loop {
-        let page = json_of(
-            app,
-            t,
-            &format!("/v1/deliveries?endpoint_id={endpoint_id}&status={status}&limit=500{after}"),
-        )
-        .await;
-        n += page["data"].as_array().unwrap().len();
-        match page["next_cursor"].as_str() {
-            Some(c) => after = format!("&after={c}"),
-            None => return n,
-        }
-    }
+    count_deliveries(
+        app,
+        t,
+        &format!("endpoint_id={endpoint_id}&status={status}"),
+    )
+    .await
 }
 
 /// A store of the test's database opened beside the server, to drive background work by hand.

@@ -14,6 +14,7 @@ mod lifetime;
 mod operational;
 #[allow(dead_code)] // shared with tests/postgres, which uses more of it
 mod receiver;
+mod recover;
 mod secrets;
 #[path = "../common/spawn.rs"]
 #[allow(dead_code)]
@@ -104,6 +105,33 @@ async fn deliveries_of(app: &TestApp, t: &Tenant, endpoint_id: &str) -> Vec<Valu
         .as_array()
         .unwrap()
         .clone()
+}
+
+/// `POST /v1/endpoints/{endpoint_id}/recover` from `since`: its counts (answered 202).
+pub(crate) async fn recover(app: &TestApp, t: &Tenant, endpoint_id: &str, since: &str) -> Value {
+    let r = app
+        .post(
+            t,
+            &format!("/v1/endpoints/{endpoint_id}/recover"),
+            &json!({"since": since}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    r.json().await.unwrap()
+}
+
+/// How many deliveries `/v1/deliveries?{query}` lists, following `next_cursor` to the end.
+pub(crate) async fn count_deliveries(app: &TestApp, t: &Tenant, query: &str) -> usize {
+    let mut n = 0;
+    let mut after = String::new();
+    loop {
+        let page = json_of(app, t, &format!("/v1/deliveries?{query}&limit=500{after}")).await;
+        n += page["data"].as_array().unwrap().len();
+        match page["next_cursor"].as_str() {
+            Some(c) => after = format!("&after={c}"),
+            None => return n,
+        }
+    }
 }
 
 pub(crate) async fn attempts(app: &TestApp, t: &Tenant, delivery_id: &str) -> Vec<Value> {
@@ -385,10 +413,10 @@ async fn an_exhausted_delivery_can_be_retried_by_hand() {
     );
 }
 
-#[tokio::test]
-async fn a_retry_while_an_attempt_is_in_flight_is_409() {
-    // The reply is held far longer than the GET and the POST below can take, however slow the
-    // machine, and the attempt's timeout is longer still: the attempt is in flight throughout.
+/// A server and an organization whose one delivery's first attempt is in flight throughout
+/// the test: the reply is held far longer than a few API calls can take, however slow the
+/// machine, and the attempt's timeout is longer still. Returns the delivery's ID.
+async fn one_attempt_in_flight() -> (TestApp, Tenant, String) {
     let app = spawn_app_with(|s| s.delivery_timeout = Duration::from_secs(120)).await;
     let t = app.create_org("Acme").await;
     let rx = Receiver::start().await;
@@ -399,15 +427,40 @@ async fn a_retry_while_an_attempt_is_in_flight_is_409() {
     let ep = endpoint(&app, &t, &rx.url("/hang"), None).await;
     app.create_user(&t, json!({"email": "a@example.com"})).await;
     rx.wait_for("/hang", 1, WAIT).await;
-    let d = deliveries_of(&app, &t, &ep.id).await;
+    // The receiver goes on serving (and holding the reply) after `rx` is dropped.
+    let id = deliveries_of(&app, &t, &ep.id).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (app, t, id)
+}
+
+#[tokio::test]
+async fn a_retry_while_an_attempt_is_in_flight_is_409() {
+    let (app, t, delivery_id) = one_attempt_in_flight().await;
     let r = app
         .post(
             &t,
-            &format!("/v1/deliveries/{}/retry", d[0]["id"].as_str().unwrap()),
+            &format!("/v1/deliveries/{delivery_id}/retry"),
             &json!({}),
         )
         .await;
     problem(r, StatusCode::CONFLICT).await;
+}
+
+#[tokio::test]
+async fn a_delivery_in_flight_shows_when_it_was_scheduled() {
+    // While its first attempt is in flight, a delivery is pending and its next attempt is the
+    // time it was scheduled for (its creation), on both backends: not the end of the lease
+    // PostgreSQL holds on it (2 × 120 s + 5 s away).
+    let (app, t, delivery_id) = one_attempt_in_flight().await;
+    let shown = json_of(&app, &t, &format!("/v1/deliveries/{delivery_id}")).await;
+    assert_eq!(shown["status"], "pending", "{shown}");
+    assert_eq!(shown["attempt_count"], 0, "{shown}");
+    assert_eq!(
+        shown["next_attempt_at"], shown["created_at"],
+        "an attempt in flight moved the schedule: {shown}"
+    );
 }
 
 #[tokio::test]
@@ -444,12 +497,10 @@ async fn recover_requeues_failed_deliveries_and_creates_missing_ones() {
     .await;
     app.patch(&t, &path, &json!({"status": "enabled"})).await;
 
-    let r = app
-        .post(&t, &format!("{path}/recover"), &json!({"since": since}))
-        .await;
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let counts: Value = r.json().await.unwrap();
-    assert_eq!(counts, json!({"requeued": 1, "created": 1}));
+    assert_eq!(
+        recover(&app, &t, &ep.id, &since).await,
+        json!({"requeued": 1, "created": 1})
+    );
     let got = rx.wait_for("/rec", 3, WAIT).await;
     let emails: Vec<String> = got[1..]
         .iter()

@@ -68,6 +68,24 @@ struct Inner {
     overlaps: usize,
     /// Replies for every path without a script of its own.
     default: Option<Reply>,
+    /// Per watched path prefix: requests open now, and the most ever open at once.
+    watched: HashMap<String, (usize, usize)>,
+}
+
+impl Inner {
+    /// Counts a request to `path` opening (`+1`) or closing (`-1`) in every watched prefix.
+    fn count_open(&mut self, path: &str, opening: bool) {
+        for (prefix, (now, peak)) in &mut self.watched {
+            if path.starts_with(prefix.as_str()) {
+                if opening {
+                    *now += 1;
+                    *peak = (*peak).max(*now);
+                } else {
+                    *now = now.saturating_sub(1);
+                }
+            }
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -133,6 +151,20 @@ impl Receiver {
     /// How many requests arrived while another request for the same delivery was open.
     pub fn overlaps(&self) -> usize {
         self.inner.lock().unwrap().overlaps
+    }
+
+    /// From now on, counts the requests to paths starting with `prefix` that are open at once.
+    pub fn watch(&self, prefix: &str) {
+        self.inner
+            .lock()
+            .unwrap()
+            .watched
+            .insert(prefix.to_owned(), (0, 0));
+    }
+
+    /// The most requests to the watched `prefix` that were open at once.
+    pub fn peak_open(&self, prefix: &str) -> usize {
+        self.inner.lock().unwrap().watched[prefix].1
     }
 
     /// Every request to any path.
@@ -217,6 +249,7 @@ async fn receive(State(r): State<Receiver>, uri: Uri, headers: HeaderMap, body: 
         if *open > 1 {
             inner.overlaps += 1;
         }
+        inner.count_open(&path, true);
         inner.received.push(Received {
             path: path.clone(),
             id: header("webhook-id"),
@@ -271,8 +304,10 @@ struct OpenGuard(Arc<Mutex<Inner>>, (String, String));
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        if let Some(open) = self.0.lock().unwrap().open.get_mut(&self.1) {
+        let mut inner = self.0.lock().unwrap();
+        if let Some(open) = inner.open.get_mut(&self.1) {
             *open -= 1;
         }
+        inner.count_open(&self.1.0, false);
     }
 }

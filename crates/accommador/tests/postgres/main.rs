@@ -1266,3 +1266,140 @@ async fn a_deletion_cut_short_by_sigkill_goes_on_at_the_next_start() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Two `serve` instances on one new database with `settings` (private targets allowed), a
+/// receiver, and an organization's API key.
+async fn two_instances(
+    settings: &[(&str, &str)],
+) -> (TestDb, receiver::Receiver, [Server; 2], Client, String) {
+    let db = TestDb::new().await;
+    let rx = receiver::Receiver::start().await;
+    let mut envs = vec![PRIVATE];
+    envs.extend_from_slice(settings);
+    let servers = [
+        Server::spawn(&db.url, &["serve"], &envs).await,
+        Server::spawn(&db.url, &["serve"], &envs).await,
+    ];
+    let client = Client::new();
+    let key = create_org(&client, &servers[0]).await;
+    (db, rx, servers, client, key)
+}
+
+#[tokio::test]
+async fn an_organizations_concurrency_cap_holds_across_instances() {
+    if !postgres_configured() {
+        return;
+    }
+    // Two instances, each allowed 2 attempts per endpoint and 4 per organization. Alone,
+    // each would keep 4 of the noisy organization's attempts open, 8 in all; together they
+    // keep at most 4. Each reply is held 2 s, so slots free and are taken again (here and by
+    // the other instance, woken by the release) many times over.
+    let (_db, rx, servers, client, noisy) = two_instances(&[
+        ("ACCOMMADOR_ORG_CONCURRENCY", "4"),
+        ("ACCOMMADOR_ENDPOINT_CONCURRENCY", "2"),
+        ("ACCOMMADOR_DELIVERY_TIMEOUT", "10s"),
+    ])
+    .await;
+    rx.watch("/noisy");
+    let hold = receiver::Reply::status(204).after(Duration::from_secs(2));
+    for i in 0..8 {
+        let path = format!("/noisy{i}");
+        rx.script(&path, vec![hold.clone(); 4]);
+        create_endpoint(&client, &servers[i % 2], &noisy, &rx.url(&path)).await;
+    }
+    let refs: Vec<&Server> = servers.iter().collect();
+    create_users(&client, &refs, &noisy, 4, "n").await;
+    wait_distinct(&rx, 4, Duration::from_secs(10)).await;
+
+    // Meanwhile another organization's delivery arrives promptly.
+    let quiet = create_org(&client, &servers[1]).await;
+    create_endpoint(&client, &servers[1], &quiet, &rx.url("/quiet")).await;
+    create_users(&client, &refs[1..], &quiet, 1, "q").await;
+    let answered = std::time::Instant::now();
+    let got = rx.wait_for("/quiet", 1, Duration::from_secs(10)).await;
+    let waited = got[0].at.saturating_duration_since(answered);
+    assert!(
+        waited < Duration::from_secs(3),
+        "the quiet organization waited {waited:?} behind the noisy one"
+    );
+
+    // All 32 arrive: 8 rounds of 2 s at 4 at a time, with room to spare, but not if a lane
+    // held back by the other instance's leases waited for them to run out (25 s each).
+    let started = std::time::Instant::now();
+    wait_distinct(&rx, 33, Duration::from_secs(60)).await;
+    assert_eq!(
+        rx.peak_open("/noisy"),
+        4,
+        "the organization's attempts open at once across both instances"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(40),
+        "the noisy organization's deliveries took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        rx.overlaps(),
+        0,
+        "two instances attempted one delivery at once"
+    );
+}
+
+/// Transactions committed in the test's database so far (as its statistics say).
+async fn commits(db: &TestDb) -> i64 {
+    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .query_one(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn an_instance_waits_for_a_release_instead_of_polling_a_saturated_endpoint() {
+    if !postgres_configured() {
+        return;
+    }
+    // One attempt at a time per endpoint. The first instance to lease takes the first
+    // delivery and one ahead; the other two are due, but the other instance may not lease
+    // them while those leases run. It used to look again every 20 ms (a leasing transaction
+    // each time, 50 a second); now it waits until a lease is given up.
+    let (db, rx, servers, client, key) = two_instances(&[
+        ("ACCOMMADOR_ENDPOINT_CONCURRENCY", "1"),
+        ("ACCOMMADOR_DELIVERY_TIMEOUT", "30s"),
+    ])
+    .await;
+    let held = receiver::Reply::status(204).after(Duration::from_secs(8));
+    rx.script("/busy", vec![held]);
+    create_endpoint(&client, &servers[0], &key, &rx.url("/busy")).await;
+    // What the two instances commit in four seconds with nothing to deliver (their periodic
+    // work). Statistics reach the shared view within a second of a commit: each count waits
+    // for the ones before it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = commits(&db).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let idle = commits(&db).await - before;
+    let refs: Vec<&Server> = servers.iter().collect();
+    create_users(&client, &refs, &key, 4, "b").await;
+    rx.wait_for("/busy", 1, Duration::from_secs(10)).await;
+
+    // The same four seconds while the first attempt is held: polling would add about 200.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = commits(&db).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let during = commits(&db).await - before;
+    assert!(
+        during < idle + 80,
+        "{during} transactions in 4 s while the endpoint was saturated, {idle} when idle"
+    );
+    assert_eq!(rx.received("/busy").len(), 1, "the bound of one was broken");
+
+    // Once the first attempt ends, the rest follow one at a time.
+    wait_distinct(&rx, 4, Duration::from_secs(20)).await;
+    assert_eq!(rx.overlaps(), 0);
+}

@@ -26,15 +26,46 @@ use crate::domain::endpoint::{EndpointStatus, EventTypeFilter};
 use crate::domain::event::{OperationalEvent, fanned_out, reports_failure};
 use crate::domain::{Timestamp, ids};
 use crate::store::{
-    CANCEL_BATCH, CancelStep, DeliveryFilter, DeliveryStats, DeliveryWalk, DueDelivery, FanOut,
-    LIST_SCAN_ROWS, LaneRequest, LaneWork, ListPage, Recorded, SEND_TARGET_SQL, SendTarget,
-    StoreError, cancel_reason, send_target_from,
+    CANCEL_BATCH, CancelStep, DeliveryFilter, DeliveryStats, DeliveryWalk, FanOut, LIST_SCAN_ROWS,
+    ListPage, Recorded, SEND_TARGET_SQL, SendTarget, StoreError, cancel_reason, send_target_from,
 };
 
 const FANOUT_EVENTS: i64 = 256;
 /// Most deliveries one fan-out step writes (one event to many endpoints takes several steps),
 /// so it never holds the cursor's lock, or its endpoints' share locks, long.
 const FANOUT_DELIVERIES: usize = 1_000;
+
+/// Most deliveries one `recover` transaction re-queues or creates.
+const RECOVER_BATCH: usize = 1_000;
+
+/// The event types a live endpoint of `org` takes, under a share lock on its row for the rest
+/// of the transaction (a disable or delete waits for it); `None` when it is no longer enabled.
+/// The first batch of a request says why instead (404, 409).
+async fn recoverable(
+    tx: &Transaction<'_>,
+    org: &str,
+    endpoint_id: &str,
+    first: bool,
+) -> Result<Option<Vec<String>>, StoreError> {
+    let row = tx
+        .fetch_opt(
+            "SELECT status = 'enabled', event_types FROM endpoints
+             WHERE id = $1 AND org_id = $2 AND deleted_at IS NULL FOR SHARE",
+            &[&endpoint_id, &org],
+        )
+        .await
+        .map_err(pg_err)?;
+    match row {
+        Some(r) if r.get::<_, bool>(0) => {
+            let names: Vec<String> =
+                serde_json::from_str(r.get::<_, &str>(1)).map_err(StoreError::database)?;
+            Ok(Some(names))
+        }
+        Some(_) if first => Err(StoreError::EndpointDisabled),
+        None if first => Err(StoreError::NotFound),
+        _ => Ok(None),
+    }
+}
 
 /// Disables an endpoint and writes its `endpoint.disabled` event; its pending deliveries are
 /// then failed in the background, in bounded batches ([`PgStore::cancel_step`]).
@@ -429,229 +460,6 @@ impl PgStore {
             .collect())
     }
 
-    /// Leases the due deliveries of each requested endpoint: `FOR UPDATE SKIP LOCKED`, at most
-    /// the per-endpoint bound in flight across every instance (an advisory lock per endpoint
-    /// serialises the count), lease times by the database clock.
-    ///
-    /// A lease also moves the delivery's `next_attempt_at` to the lease's end: that is when it
-    /// is due again if its holder dies, and the due scan (in `next_attempt_at` order, bounded
-    /// by now) never walks over deliveries in flight, however many there are.
-    ///
-    /// One transaction for all the lanes, its statements pipelined (sent together, answered in
-    /// order), so a step costs three round trips whatever the number of lanes. Its commit is
-    /// not waited for on disk: a lease lost in a database crash only lets the delivery be
-    /// leased again (at-least-once), and every acknowledgement, which is durable, flushes the
-    /// leases written before it.
-    pub async fn lane_work(
-        &self,
-        requests: Vec<LaneRequest>,
-        _now: Timestamp,
-    ) -> Result<Vec<LaneWork>, StoreError> {
-        let mut client = self.background_client().await?;
-        let tx = client.transaction().await.map_err(pg_err)?;
-        let state = tx
-            .prepare_cached(
-                // Re-entrant: the lease statement below takes the same lock again. The live
-                // signing secrets come along (newest first, then the ones being rotated out).
-                "SELECT pg_try_advisory_xact_lock(hashtextextended(id, 7)), status,
-                        disabled_reason, deleted_at IS NOT NULL,
-                        ARRAY(SELECT secret FROM endpoint_secrets
-                              WHERE endpoint_id = $1 AND (expires_at IS NULL OR expires_at > $2)
-                              ORDER BY expires_at IS NOT NULL, created_at DESC)
-                 FROM endpoints WHERE id = $1",
-            )
-            .await
-            .map_err(pg_err)?;
-        // The bound across instances: this instance's open and queued attempts (`active`)
-        // plus the unexpired leases of other instances (through the partial index of leased
-        // rows). Only an instance alone on the endpoint leases ahead (`ahead`, queued until a
-        // slot frees): another instance counts those leases as busy, so the attempts in flight
-        // never exceed the bound. Nothing is leased without the endpoint's advisory lock or
-        // while it is not enabled.
-        let lease_due = tx
-            .prepare_cached(
-                "WITH clock AS (SELECT accommador_now_ms() AS t),
-                 busy AS (
-                     SELECT count(*) AS n FROM deliveries
-                     WHERE endpoint_id = $1 AND status = 'pending'
-                       AND lease_token IS NOT NULL AND lease_until > (SELECT t FROM clock)
-                       AND lease_token <> $4),
-                 picked AS (
-                     -- The clock as a parameter, not a join: the scan's filters then run
-                     -- cheapest first, and only rows whose lease expired meet the ID list.
-                     SELECT d.id FROM deliveries d
-                     WHERE d.endpoint_id = $1 AND d.status = 'pending'
-                       AND d.next_attempt_at <= (SELECT t FROM clock)
-                       AND (d.lease_until IS NULL OR d.lease_until <= (SELECT t FROM clock))
-                       AND d.id <> ALL($6)
-                       AND (SELECT pg_try_advisory_xact_lock(hashtextextended($1, 7)))
-                     ORDER BY d.next_attempt_at
-                     LIMIT GREATEST(0, LEAST($2::bigint,
-                         $3::bigint - $7::bigint - (SELECT n FROM busy)
-                         + CASE WHEN (SELECT n FROM busy) = 0 THEN $8::bigint ELSE 0 END))
-                     FOR UPDATE OF d SKIP LOCKED)
-                 UPDATE deliveries d
-                    SET lease_token = $4, lease_until = (SELECT t FROM clock) + $5,
-                        next_attempt_at = (SELECT t FROM clock) + $5
-                   FROM picked, events e, endpoints ep
-                  WHERE d.id = picked.id AND e.seq = d.event_seq AND ep.id = d.endpoint_id
-                    AND ep.status = 'enabled' AND ep.deleted_at IS NULL
-                    AND NOT EXISTS (SELECT 1 FROM organizations o
-                                    WHERE o.id = ep.org_id AND o.deleted_at IS NOT NULL)
-                 RETURNING d.id, d.event_id, d.manual, d.attempt_count, e.payload,
-                           e.occurred_at, ep.url",
-            )
-            .await
-            .map_err(pg_err)?;
-        // When this lane may next have work: its earliest pending delivery that nobody holds
-        // (in due order through the due index), or the earliest end of a lease that is not
-        // one of this instance's live ones (its holder may have died; through the leased
-        // index, in lease-end order).
-        let next_due = tx
-            .prepare_cached(
-                "SELECT LEAST(
-                     (SELECT next_attempt_at FROM deliveries
-                      WHERE endpoint_id = $1 AND status = 'pending' AND lease_token IS NULL
-                      ORDER BY next_attempt_at LIMIT 1),
-                     (SELECT GREATEST(next_attempt_at, lease_until) FROM deliveries
-                      WHERE endpoint_id = $1 AND status = 'pending' AND lease_token IS NOT NULL
-                        AND NOT (lease_token = $2 AND lease_until > accommador_now_ms())
-                      ORDER BY lease_until LIMIT 1))",
-            )
-            .await
-            .map_err(pg_err)?;
-
-        let now_ms = Timestamp::now().millis();
-        let leases: Vec<crate::store::Lease> = requests
-            .iter()
-            .map(|req| {
-                req.lease.clone().unwrap_or_else(|| crate::store::Lease {
-                    token: ids::new_id("lease_"),
-                    millis: 60_000,
-                    per_endpoint: req.limit,
-                })
-            })
-            .collect();
-        let lanes = requests.iter().zip(&leases).map(|(req, lease)| {
-            let (tx, state, lease_due, next_due) = (&tx, &state, &lease_due, &next_due);
-            async move {
-                let (limit, bound, active, ahead) = (
-                    req.limit as i64,
-                    lease.per_endpoint as i64,
-                    req.active as i64,
-                    req.ahead as i64,
-                );
-                let id: &(dyn tokio_postgres::types::ToSql + Sync) = &req.endpoint_id;
-                let lease_params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
-                    id,
-                    &limit,
-                    &bound,
-                    &lease.token,
-                    &lease.millis,
-                    &req.in_flight,
-                    &active,
-                    &ahead,
-                ];
-                let next_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
-                    [id, &lease.token];
-                let state_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [id, &now_ms];
-                tokio::try_join!(
-                    tx.query_opt(state, &state_params),
-                    tx.query(lease_due, &lease_params),
-                    tx.query_one(next_due, &next_params),
-                )
-            }
-        });
-        // Every statement here reads one endpoint's rows through an index, in index order
-        // where it takes the first few. Bitmap scans are turned off for this transaction:
-        // with statistics that guess a backlogged endpoint has a handful of pending rows, the
-        // planner would otherwise read and sort all of them on every step.
-        let (_, answers) = tokio::try_join!(
-            tx.batch_execute(
-                "SET LOCAL synchronous_commit TO off; SET LOCAL enable_bitmapscan TO off"
-            ),
-            futures_util::future::try_join_all(lanes),
-        )
-        .map_err(pg_err)?;
-
-        let mut out = Vec::with_capacity(requests.len());
-        for ((req, lease), (state, rows, next)) in requests.into_iter().zip(leases).zip(answers) {
-            // Rows mean the lease statement held the lock (it tries again, and another
-            // instance may have committed in between), so they are used whatever `state` saw.
-            if rows.is_empty() && state.as_ref().is_some_and(|r| !r.get::<_, bool>(0)) {
-                // Another instance is leasing this endpoint right now: look again shortly.
-                out.push(LaneWork {
-                    endpoint_id: req.endpoint_id,
-                    due: Vec::new(),
-                    next_due: Some(Timestamp(Timestamp::now().millis() + 10)),
-                });
-                continue;
-            }
-            // Deliveries that slipped past a disable or delete (created concurrently with it)
-            // are failed here rather than sent.
-            let closed = match &state {
-                None => Some("the endpoint was deleted".to_owned()),
-                Some(r) if r.get::<_, bool>(3) => Some("the endpoint was deleted".to_owned()),
-                Some(r) if r.get::<_, String>(1) != "enabled" => Some(
-                    r.get::<_, Option<String>>(2)
-                        .unwrap_or_else(|| "the endpoint is disabled".to_owned()),
-                ),
-                Some(_) => None,
-            };
-            if closed.is_some() {
-                // Failed in the background (`cancel_step`), not here: a bulk write inside the
-                // leasing transaction would hold every lane of this step.
-                tx.run(
-                    "UPDATE endpoints SET cancel_pending = true
-                     WHERE id = $1 AND NOT cancel_pending
-                       AND (status <> 'enabled' OR deleted_at IS NOT NULL)",
-                    &[&req.endpoint_id],
-                )
-                .await
-                .map_err(pg_err)?;
-                out.push(LaneWork {
-                    endpoint_id: req.endpoint_id,
-                    due: Vec::new(),
-                    next_due: None,
-                });
-                continue;
-            }
-            let secrets: Vec<String> = state.as_ref().map(|r| r.get(4)).unwrap_or_default();
-            let due: Vec<DueDelivery> = rows
-                .into_iter()
-                .map(|r| {
-                    let manual: bool = r.get(2);
-                    let attempts: i32 = r.get(3);
-                    let payload: String = r.get(4);
-                    DueDelivery {
-                        id: r.get(0),
-                        event_id: r.get(1),
-                        endpoint_id: req.endpoint_id.clone(),
-                        url: r.get(6),
-                        payload: bytes::Bytes::from(payload),
-                        secrets: secrets.clone(),
-                        trigger: if manual {
-                            Trigger::Manual
-                        } else {
-                            Trigger::Scheduled
-                        },
-                        event_occurred_at: Timestamp(r.get(5)),
-                        first_attempt: attempts == 0,
-                        lease_token: Some(lease.token.clone()),
-                    }
-                })
-                .collect();
-            out.push(LaneWork {
-                endpoint_id: req.endpoint_id,
-                due,
-                next_due: next.get::<_, Option<i64>>(0).map(Timestamp),
-            });
-        }
-        tx.commit().await.map_err(pg_err)?;
-        Ok(out)
-    }
-
-    /// Gives leases back (graceful shutdown): another instance may take them at once.
     /// One bounded step of failing the pending deliveries of disabled or deleted endpoints:
     /// up to [`CANCEL_BATCH`] deliveries of the first such endpoint after `after`, in one
     /// statement, skipping rows locked by an attempt being recorded right now (a later step
@@ -764,18 +572,9 @@ impl PgStore {
         ))
     }
 
-    pub async fn release_leases(&self, token: String, ids: Vec<String>) -> Result<(), StoreError> {
-        let client = self.background_client().await?;
-        client
-            .run(
-                "UPDATE deliveries SET lease_token = NULL, lease_until = NULL,
-                     next_attempt_at = accommador_now_ms()
-                 WHERE id = ANY($1) AND lease_token = $2 AND status = 'pending'",
-                &[&ids, &token],
-            )
-            .await
-            .map_err(pg_err)?;
-        Ok(())
+    /// Numbers the events a recording wrote (see [`Recorded::events`]).
+    pub async fn number_written_events(&self) {
+        self.sequence_after_commit().await;
     }
 
     /// Tells every instance's listener that something happened (after commit, coalesced by
@@ -794,7 +593,7 @@ impl PgStore {
     /// instance, say), each attempt is recorded on its own.
     pub async fn record_attempts(
         &self,
-        batch: Vec<(String, Option<String>, AttemptResult)>,
+        batch: Vec<Attempted>,
         policy: Arc<RetryPolicy>,
     ) -> Vec<Result<Recorded, StoreError>> {
         let distinct: std::collections::HashSet<&str> =
@@ -822,216 +621,36 @@ impl PgStore {
         out
     }
 
-    /// One batch (distinct deliveries): lock what changes (endpoints whose failure clock moves
-    /// first, then the deliveries, each in ID order: the order disabling and deleting use),
-    /// decide each delivery's next step, then write every attempt with one INSERT and every
-    /// delivery with one UPDATE.
+    /// One batch (distinct deliveries): lock what changes ([`lock_batch`]), decide each
+    /// delivery's next step ([`decide`]), then write every attempt with one INSERT and every
+    /// delivery with one UPDATE, tell the schedules used up ([`report_exhausted`]) and move
+    /// the endpoints' failure clocks ([`move_failure_clocks`]), all in one transaction.
     async fn record_batch(
         &self,
-        batch: &[(String, Option<String>, AttemptResult)],
+        batch: &[Attempted],
         policy: &RetryPolicy,
     ) -> Result<Vec<Result<Recorded, StoreError>>, StoreError> {
         let mut client = self.background_client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
         let now = Timestamp::now();
-        let ids: Vec<String> = batch.iter().map(|b| b.0.clone()).collect();
-        let mut endpoint_of: HashMap<String, String> = HashMap::new();
-        let mut clock_set: HashMap<String, bool> = HashMap::new();
-        // The event type of each delivery, for `delivery.failed`.
-        let mut event_type_of: HashMap<String, String> = HashMap::new();
-        for r in tx
-            .fetch(
-                "SELECT d.id, d.endpoint_id, ep.failing_since IS NOT NULL, d.event_type
-                 FROM deliveries d JOIN endpoints ep ON ep.id = d.endpoint_id
-                 WHERE d.id = ANY($1)",
-                &[&ids],
-            )
-            .await
-            .map_err(pg_err)?
-        {
-            endpoint_of.insert(r.get(0), r.get(1));
-            clock_set.insert(r.get(1), r.get(2));
-            event_type_of.insert(r.get(0), r.get(3));
-        }
-        // An endpoint's row is written (and so locked first) when an attempt failed, or when
-        // one succeeded while its failure clock runs. A success racing another instance's
-        // first failure leaves that clock running until the next success.
-        let mut touched: Vec<String> = batch
-            .iter()
-            .filter_map(|(id, _, result)| {
-                let endpoint = endpoint_of.get(id)?;
-                (!result.succeeded() || clock_set.get(endpoint).copied().unwrap_or(false))
-                    .then(|| endpoint.clone())
-            })
-            .collect();
-        touched.sort();
-        touched.dedup();
-        let mut clocks: HashMap<String, (String, Option<i64>)> = HashMap::new();
-        if !touched.is_empty() {
-            for r in tx
-                .fetch(
-                    "SELECT id, status, failing_since FROM endpoints
-                     WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
-                    &[&touched],
-                )
-                .await
-                .map_err(pg_err)?
-            {
-                clocks.insert(r.get(0), (r.get(1), r.get(2)));
-            }
-        }
-        let mut current: HashMap<String, tokio_postgres::Row> = tx
-            .fetch(
-                "SELECT id, status, attempt_count, retries_used, resume_at, lease_token
-                 FROM deliveries WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-                &[&ids],
-            )
-            .await
-            .map_err(pg_err)?
-            .into_iter()
-            .map(|r| (r.get::<_, String>(0), r))
-            .collect();
-
-        let mut attempts = AttemptColumns::default();
-        let mut updates = DeliveryColumns::default();
-        let mut out: Vec<Result<Recorded, StoreError>> = Vec::with_capacity(batch.len());
-        // Per touched endpoint: (started_at, succeeded, gone) of its recorded attempts.
-        let mut outcomes: HashMap<String, Vec<(i64, bool, bool)>> = HashMap::new();
-        // Deliveries of user events whose schedule this batch used up: `delivery.failed`.
-        let mut exhausted: Vec<String> = Vec::new();
-        for (delivery_id, lease_token, result) in batch {
-            let Some(row) = current.remove(delivery_id) else {
-                out.push(Err(StoreError::NotFound));
-                continue;
-            };
-            let status: String = row.get(1);
-            let attempt_count: i32 = row.get(2);
-            let retries_used: i32 = row.get(3);
-            let resume_at: Option<i64> = row.get(4);
-            let holder: Option<String> = row.get(5);
-            let current = DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Failed);
-            if current == DeliveryStatus::Pending
-                && lease_token.is_some()
-                && holder.as_deref() != lease_token.as_deref()
-            {
-                // The lease expired and another instance took the delivery (or it was
-                // released): only the lease holder writes results. A delivery that is no
-                // longer pending was ended while in flight; `settle` keeps it as it is.
-                tracing::warn!(delivery_id = %delivery_id, "lease lost; this attempt's result is discarded");
-                out.push(Ok(Recorded {
-                    next_due: None,
-                    endpoint_disabled: false,
-                    events: false,
-                }));
-                continue;
-            }
-            let number = attempt_count + 1;
-            let facts = DeliveryFacts {
-                retries_used: retries_used as u32,
-                resume_at: resume_at.map(Timestamp),
-            };
-            let jitter = rand::random::<f64>() * 2.0 - 1.0;
-            let settled = settle(current, facts, result, policy, now, jitter);
-            let (new_status, next_at, spent) = (
-                settled.status,
-                settled.next_attempt_at,
-                i32::from(settled.spends_retry),
-            );
-            if event_type_of
-                .get(delivery_id)
-                .is_some_and(|event_type| reports_failure(event_type, &settled))
-            {
-                exhausted.push(delivery_id.clone());
-            }
-            attempts.push(delivery_id, number, result);
-            updates.push(
-                delivery_id,
-                new_status,
-                number,
-                spent,
-                next_at,
-                settled.applies.then_some(result),
-            );
-            // An ended delivery's late attempt is only logged: it does not move the clock.
-            if settled.applies
-                && let Some(endpoint) = endpoint_of.get(delivery_id)
-                && clocks.contains_key(endpoint)
-            {
-                outcomes.entry(endpoint.clone()).or_default().push((
-                    result.started_at.millis(),
-                    result.succeeded(),
-                    result.gone(),
-                ));
-            }
-            out.push(Ok(Recorded {
-                next_due: next_at,
-                endpoint_disabled: false,
-                events: false,
-            }));
-        }
+        let mut rows = lock_batch(&tx, batch).await?;
+        let Decided {
+            attempts,
+            updates,
+            mut out,
+            mut outcomes,
+            exhausted,
+        } = decide(batch, &mut rows, policy, now);
         if !attempts.delivery_id.is_empty() {
             attempts.insert(&tx).await?;
             updates.apply(&tx, now).await?;
         }
-        // Each as `GET /v1/deliveries/{id}` now shows it, in the same transaction.
-        if !exhausted.is_empty() {
-            for r in tx
-                .fetch(
-                    &format!(
-                        "SELECT {DELIVERY_COLUMNS}, org_id FROM deliveries
-                         WHERE id = ANY($1) ORDER BY id"
-                    ),
-                    &[&exhausted],
-                )
-                .await
-                .map_err(pg_err)?
-            {
-                let delivery = delivery_from_row(&r)?;
-                let org: String = r.get(10);
-                insert_operational_event(&tx, &org, &OperationalEvent::delivery_failed(&delivery))
-                    .await?;
-            }
-        }
-
-        // Failure clocks, in the order the attempts started: a success stops the clock, the
-        // first failure after it starts it again. 410 Gone, or failing for too long, disables
-        // the endpoint (and fails what it still has pending).
-        let mut disabled: Vec<String> = Vec::new();
-        for endpoint in &touched {
-            let (Some((ep_status, since_before)), Some(seen)) =
-                (clocks.get(endpoint), outcomes.get_mut(endpoint))
-            else {
-                continue;
-            };
-            seen.sort_unstable();
-            let started: Vec<(Timestamp, bool)> = seen
-                .iter()
-                .map(|&(at, ok, _)| (Timestamp(at), ok))
-                .collect();
-            let since = failing_since(since_before.map(Timestamp), &started).map(Timestamp::millis);
-            let enabled = ep_status == "enabled";
-            if since != *since_before && (enabled || since.is_none()) {
-                tx.run(
-                    "UPDATE endpoints SET failing_since = $2 WHERE id = $1",
-                    &[endpoint, &since],
-                )
-                .await
-                .map_err(pg_err)?;
-            }
-            if !enabled {
-                continue;
-            }
-            let gone = seen.iter().any(|&(_, _, gone)| gone);
-            let reason = disable_reason(gone, since.map(Timestamp), policy, now);
-            if let Some(reason) = reason {
-                disable_endpoint(&tx, endpoint, &reason, now).await?;
-                disabled.push(endpoint.clone());
-            }
-        }
+        report_exhausted(&tx, &exhausted).await?;
+        let disabled = move_failure_clocks(&tx, &rows, &mut outcomes, policy, now).await?;
         tx.commit().await.map_err(pg_err)?;
         if !disabled.is_empty() {
             for ((delivery_id, _, _), recorded) in batch.iter().zip(out.iter_mut()) {
-                if let (Ok(r), Some(endpoint)) = (recorded, endpoint_of.get(delivery_id))
+                if let (Ok(r), Some(endpoint)) = (recorded, rows.endpoint_of.get(delivery_id))
                     && disabled.contains(endpoint)
                 {
                     r.next_due = None;
@@ -1040,16 +659,259 @@ impl PgStore {
             }
         }
         if !disabled.is_empty() || !exhausted.is_empty() {
-            // Operational events were written: numbered now (the connection goes back first,
-            // sequencing takes one of its own), and fan-out is told through `events`.
-            drop(client);
-            self.sequence_after_commit().await;
+            // Operational events were written: the recorder has them numbered once it has
+            // answered (so a delivery is not shown ended while its attempt still counts as in
+            // flight), then tells fan-out.
             for r in out.iter_mut().flatten() {
                 r.events = true;
             }
         }
         Ok(out)
     }
+}
+
+/// One finished attempt to record: the delivery, the lease it was attempted under, the result.
+type Attempted = (String, Option<String>, AttemptResult);
+
+/// What recording a batch reads first, locked.
+struct BatchRows {
+    /// Each delivery's endpoint.
+    endpoint_of: HashMap<String, String>,
+    /// Each delivery's event type, for `delivery.failed`.
+    event_type_of: HashMap<String, String>,
+    /// The endpoints whose row is written, in ID order.
+    touched: Vec<String>,
+    /// Their status and failure clock.
+    clocks: HashMap<String, (String, Option<i64>)>,
+    /// Each delivery's row: id, status, attempt_count, retries_used, resume_at, lease_token.
+    current: HashMap<String, tokio_postgres::Row>,
+}
+
+/// Reads the batch's deliveries and locks what changes: the endpoints whose failure clock
+/// moves first, then the deliveries, each in ID order (the order disabling and deleting use).
+async fn lock_batch(tx: &Transaction<'_>, batch: &[Attempted]) -> Result<BatchRows, StoreError> {
+    let ids: Vec<String> = batch.iter().map(|b| b.0.clone()).collect();
+    let mut endpoint_of: HashMap<String, String> = HashMap::new();
+    let mut clock_set: HashMap<String, bool> = HashMap::new();
+    let mut event_type_of: HashMap<String, String> = HashMap::new();
+    for r in tx
+        .fetch(
+            "SELECT d.id, d.endpoint_id, ep.failing_since IS NOT NULL, d.event_type
+             FROM deliveries d JOIN endpoints ep ON ep.id = d.endpoint_id
+             WHERE d.id = ANY($1)",
+            &[&ids],
+        )
+        .await
+        .map_err(pg_err)?
+    {
+        endpoint_of.insert(r.get(0), r.get(1));
+        clock_set.insert(r.get(1), r.get(2));
+        event_type_of.insert(r.get(0), r.get(3));
+    }
+    // An endpoint's row is written (and so locked first) when an attempt failed, or when
+    // one succeeded while its failure clock runs. A success racing another instance's
+    // first failure leaves that clock running until the next success.
+    let mut touched: Vec<String> = batch
+        .iter()
+        .filter_map(|(id, _, result)| {
+            let endpoint = endpoint_of.get(id)?;
+            (!result.succeeded() || clock_set.get(endpoint).copied().unwrap_or(false))
+                .then(|| endpoint.clone())
+        })
+        .collect();
+    touched.sort();
+    touched.dedup();
+    let mut clocks: HashMap<String, (String, Option<i64>)> = HashMap::new();
+    if !touched.is_empty() {
+        for r in tx
+            .fetch(
+                "SELECT id, status, failing_since FROM endpoints
+                 WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+                &[&touched],
+            )
+            .await
+            .map_err(pg_err)?
+        {
+            clocks.insert(r.get(0), (r.get(1), r.get(2)));
+        }
+    }
+    let current = tx
+        .fetch(
+            "SELECT id, status, attempt_count, retries_used, resume_at, lease_token
+             FROM deliveries WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+            &[&ids],
+        )
+        .await
+        .map_err(pg_err)?
+        .into_iter()
+        .map(|r| (r.get::<_, String>(0), r))
+        .collect();
+    Ok(BatchRows {
+        endpoint_of,
+        event_type_of,
+        touched,
+        clocks,
+        current,
+    })
+}
+
+/// What a batch's attempts decided, ready to write.
+#[derive(Default)]
+struct Decided {
+    attempts: AttemptColumns,
+    updates: DeliveryColumns,
+    /// The answer for each attempt, in batch order.
+    out: Vec<Result<Recorded, StoreError>>,
+    /// Per touched endpoint: (started_at, succeeded, gone) of its recorded attempts.
+    outcomes: HashMap<String, Vec<(i64, bool, bool)>>,
+    /// Deliveries of user events whose schedule this batch used up: `delivery.failed`.
+    exhausted: Vec<String>,
+}
+
+/// Each attempt's outcome by the domain's rules ([`settle`]); only the lease holder's result
+/// is written.
+fn decide(
+    batch: &[Attempted],
+    rows: &mut BatchRows,
+    policy: &RetryPolicy,
+    now: Timestamp,
+) -> Decided {
+    let mut d = Decided::default();
+    for (delivery_id, lease_token, result) in batch {
+        let Some(row) = rows.current.remove(delivery_id) else {
+            d.out.push(Err(StoreError::NotFound));
+            continue;
+        };
+        let status: String = row.get(1);
+        let attempt_count: i32 = row.get(2);
+        let retries_used: i32 = row.get(3);
+        let resume_at: Option<i64> = row.get(4);
+        let holder: Option<String> = row.get(5);
+        let current = DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Failed);
+        if current == DeliveryStatus::Pending
+            && lease_token.is_some()
+            && holder.as_deref() != lease_token.as_deref()
+        {
+            // The lease expired and another instance took the delivery (or it was
+            // released): only the lease holder writes results. A delivery that is no
+            // longer pending was ended while in flight; `settle` keeps it as it is.
+            tracing::warn!(delivery_id = %delivery_id, "lease lost; this attempt's result is discarded");
+            d.out.push(Ok(Recorded {
+                next_due: None,
+                endpoint_disabled: false,
+                events: false,
+            }));
+            continue;
+        }
+        let number = attempt_count + 1;
+        let facts = DeliveryFacts {
+            retries_used: retries_used as u32,
+            resume_at: resume_at.map(Timestamp),
+        };
+        let jitter = rand::random::<f64>() * 2.0 - 1.0;
+        let settled = settle(current, facts, result, policy, now, jitter);
+        if rows
+            .event_type_of
+            .get(delivery_id)
+            .is_some_and(|event_type| reports_failure(event_type, &settled))
+        {
+            d.exhausted.push(delivery_id.clone());
+        }
+        d.attempts.push(delivery_id, number, result);
+        d.updates.push(
+            delivery_id,
+            settled.status,
+            number,
+            i32::from(settled.spends_retry),
+            settled.next_attempt_at,
+            settled.applies.then_some(result),
+        );
+        // An ended delivery's late attempt is only logged: it does not move the clock.
+        if settled.applies
+            && let Some(endpoint) = rows.endpoint_of.get(delivery_id)
+            && rows.clocks.contains_key(endpoint)
+        {
+            d.outcomes.entry(endpoint.clone()).or_default().push((
+                result.started_at.millis(),
+                result.succeeded(),
+                result.gone(),
+            ));
+        }
+        d.out.push(Ok(Recorded {
+            next_due: settled.next_attempt_at,
+            endpoint_disabled: false,
+            events: false,
+        }));
+    }
+    d
+}
+
+/// Writes `delivery.failed` for each delivery whose schedule was used up, each as
+/// `GET /v1/deliveries/{id}` now shows it, in the recording's transaction.
+async fn report_exhausted(tx: &Transaction<'_>, exhausted: &[String]) -> Result<(), StoreError> {
+    if exhausted.is_empty() {
+        return Ok(());
+    }
+    for r in tx
+        .fetch(
+            &format!(
+                "SELECT {DELIVERY_COLUMNS}, org_id FROM deliveries
+                 WHERE id = ANY($1) ORDER BY id"
+            ),
+            &[&exhausted],
+        )
+        .await
+        .map_err(pg_err)?
+    {
+        let delivery = delivery_from_row(&r)?;
+        let org: String = r.get(10);
+        insert_operational_event(tx, &org, &OperationalEvent::delivery_failed(&delivery)).await?;
+    }
+    Ok(())
+}
+
+/// Failure clocks, in the order the attempts started: a success stops the clock, the first
+/// failure after it starts it again. 410 Gone, or failing for too long, disables the endpoint
+/// (and its pending deliveries are failed in the background). Returns the endpoints disabled.
+async fn move_failure_clocks(
+    tx: &Transaction<'_>,
+    rows: &BatchRows,
+    outcomes: &mut HashMap<String, Vec<(i64, bool, bool)>>,
+    policy: &RetryPolicy,
+    now: Timestamp,
+) -> Result<Vec<String>, StoreError> {
+    let mut disabled: Vec<String> = Vec::new();
+    for endpoint in &rows.touched {
+        let (Some((ep_status, since_before)), Some(seen)) =
+            (rows.clocks.get(endpoint), outcomes.get_mut(endpoint))
+        else {
+            continue;
+        };
+        seen.sort_unstable();
+        let started: Vec<(Timestamp, bool)> = seen
+            .iter()
+            .map(|&(at, ok, _)| (Timestamp(at), ok))
+            .collect();
+        let since = failing_since(since_before.map(Timestamp), &started).map(Timestamp::millis);
+        let enabled = ep_status == "enabled";
+        if since != *since_before && (enabled || since.is_none()) {
+            tx.run(
+                "UPDATE endpoints SET failing_since = $2 WHERE id = $1",
+                &[endpoint, &since],
+            )
+            .await
+            .map_err(pg_err)?;
+        }
+        if !enabled {
+            continue;
+        }
+        let gone = seen.iter().any(|&(_, _, gone)| gone);
+        if let Some(reason) = disable_reason(gone, since.map(Timestamp), policy, now) {
+            disable_endpoint(tx, endpoint, &reason, now).await?;
+            disabled.push(endpoint.clone());
+        }
+    }
+    Ok(disabled)
 }
 
 /// The attempts of a batch, column by column, for one `INSERT … SELECT FROM UNNEST`.
@@ -1358,6 +1220,12 @@ impl PgStore {
         Ok(d)
     }
 
+    /// Re-queues the endpoint's failed deliveries of events that occurred in `[since,
+    /// until)` and creates the ones it never got for events of that window, in bounded
+    /// batches: each transaction re-queues or creates at most [`RECOVER_BATCH`] deliveries
+    /// (one set-based statement each) under a share lock on the endpoint row, and nothing is
+    /// held between batches. Each walk moves forward by a cursor (delivery `seq`, event
+    /// `commit_seq`), so every delivery is counted once.
     pub async fn recover(
         &self,
         org: String,
@@ -1365,79 +1233,96 @@ impl PgStore {
         since: Timestamp,
         until: Option<Timestamp>,
     ) -> Result<(usize, usize), StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg_err)?;
-        let endpoint = live_endpoint(&tx, &org, &endpoint_id, true)
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        if endpoint.status != EndpointStatus::Enabled {
-            return Err(StoreError::EndpointDisabled);
-        }
-        let now = Timestamp::now();
         let until = until.unwrap_or(Timestamp(i64::MAX));
-        let requeued = tx
-            .run(
-                "UPDATE deliveries d SET status = 'pending', next_attempt_at = $4,
-                     retries_used = 0, manual = false, resume_at = NULL, updated_at = $4
-                 FROM events e
-                 WHERE d.endpoint_id = $1 AND d.status = 'failed' AND e.seq = d.event_seq
-                   AND e.occurred_at >= $2 AND e.occurred_at < $3",
-                &[
-                    &endpoint_id,
-                    &since.millis(),
-                    &until.millis(),
-                    &now.millis(),
-                ],
-            )
-            .await
-            .map_err(pg_err)?;
-        let missing = tx
-            .fetch(
-                "SELECT e.seq, e.id, e.type FROM events e, endpoints ep
-                 WHERE ep.id = $5 AND e.org_id = $1
-                   AND NOT pg_visible_in_snapshot(e.xid, ep.created_snapshot)
-                   AND e.occurred_at >= $2 AND e.occurred_at < $3
-                   AND e.type <> 'webhook.test'
-                   AND e.about_endpoint IS DISTINCT FROM $4
-                   AND e.commit_seq IS NOT NULL
-                   AND NOT EXISTS (SELECT 1 FROM deliveries d
-                                   WHERE d.event_id = e.id AND d.endpoint_id = $4)
-                 ORDER BY e.commit_seq",
-                &[
-                    &org,
-                    &since.millis(),
-                    &until.millis(),
-                    &endpoint_id,
-                    &endpoint_id,
-                ],
-            )
-            .await
-            .map_err(pg_err)?;
-        let mut created = 0;
-        for r in missing {
-            let event_type: String = r.get(2);
-            let wanted =
-                EventType::parse(&event_type).is_some_and(|t| endpoint.event_types.contains(t));
-            if wanted {
-                let event_id: String = r.get(1);
-                if insert_delivery(
-                    &tx,
-                    &org,
-                    r.get(0),
-                    &event_id,
-                    &event_type,
-                    &endpoint_id,
-                    now,
+        let now = Timestamp::now();
+        let mut requeued = 0;
+        let mut after: i64 = 0;
+        let mut first = true;
+        let types = loop {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(pg_err)?;
+            let Some(types) = recoverable(&tx, &org, &endpoint_id, first).await? else {
+                return Ok((requeued, 0));
+            };
+            first = false;
+            let done = tx
+                .fetch_one(
+                    "WITH batch AS (
+                         SELECT d.seq FROM deliveries d JOIN events e ON e.seq = d.event_seq
+                         WHERE d.endpoint_id = $1 AND d.status = 'failed' AND d.seq > $5
+                           AND e.occurred_at >= $2 AND e.occurred_at < $3
+                         ORDER BY d.seq LIMIT $6
+                         FOR UPDATE OF d),
+                     done AS (
+                         UPDATE deliveries d SET status = 'pending', next_attempt_at = $4,
+                             retries_used = 0, manual = false, resume_at = NULL, updated_at = $4
+                         FROM batch WHERE d.seq = batch.seq
+                         RETURNING d.seq)
+                     SELECT count(*), max(seq) FROM done",
+                    &[
+                        &endpoint_id,
+                        &since.millis(),
+                        &until.millis(),
+                        &now.millis(),
+                        &after,
+                        &(RECOVER_BATCH as i64),
+                    ],
                 )
-                .await?
-                .is_some()
-                {
-                    created += 1;
-                }
+                .await
+                .map_err(pg_err)?;
+            tx.commit().await.map_err(pg_err)?;
+            let n = done.get::<_, i64>(0) as usize;
+            requeued += n;
+            match done.get::<_, Option<i64>>(1) {
+                Some(last) if n == RECOVER_BATCH => after = last,
+                _ => break types,
+            }
+        };
+        let mut created = 0;
+        let mut after: i64 = 0;
+        loop {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(pg_err)?;
+            if recoverable(&tx, &org, &endpoint_id, false).await?.is_none() {
+                break;
+            }
+            // Events of the window that the endpoint's creation did not see (they are its
+            // own), of the types it takes, that it has no delivery of yet.
+            let missing = tx
+                .fetch(
+                    "SELECT e.seq, e.id, e.type, e.commit_seq FROM events e, endpoints ep
+                     WHERE ep.id = $4 AND e.org_id = $1 AND e.commit_seq > $5
+                       AND NOT pg_visible_in_snapshot(e.xid, ep.created_snapshot)
+                       AND e.occurred_at >= $2 AND e.occurred_at < $3
+                       AND e.type <> 'webhook.test' AND e.type = ANY($6)
+                       AND e.about_endpoint IS DISTINCT FROM $4
+                       AND NOT EXISTS (SELECT 1 FROM deliveries d
+                                       WHERE d.event_id = e.id AND d.endpoint_id = $4)
+                     ORDER BY e.commit_seq LIMIT $7",
+                    &[
+                        &org,
+                        &since.millis(),
+                        &until.millis(),
+                        &endpoint_id,
+                        &after,
+                        &types,
+                        &(RECOVER_BATCH as i64),
+                    ],
+                )
+                .await
+                .map_err(pg_err)?;
+            let mut rows = NewDeliveries::default();
+            for r in &missing {
+                rows.push(&org, r.get(0), r.get(1), r.get(2), &endpoint_id);
+            }
+            created += rows.insert(&tx, now).await? as usize;
+            tx.commit().await.map_err(pg_err)?;
+            match missing.last() {
+                Some(last) if missing.len() == RECOVER_BATCH => after = last.get(3),
+                _ => break,
             }
         }
-        tx.commit().await.map_err(pg_err)?;
-        Ok((requeued as usize, created))
+        Ok((requeued, created))
     }
 
     pub async fn send_test(

@@ -100,6 +100,25 @@ fn disable_endpoint(
     Ok(())
 }
 
+/// Most deliveries one `recover` write re-queues or creates.
+const RECOVER_BATCH: usize = 1_000;
+
+/// The endpoint when it is live and enabled; `None` when it no longer is. The first batch of a
+/// request says why instead (404, 409).
+fn recoverable(
+    c: &Connection,
+    org: &str,
+    endpoint_id: &str,
+    first: bool,
+) -> Result<Option<crate::domain::endpoint::EndpointRecord>, StoreError> {
+    match live_endpoint(c, org, endpoint_id)? {
+        Some(e) if e.status == EndpointStatus::Enabled => Ok(Some(e)),
+        Some(_) if first => Err(StoreError::EndpointDisabled),
+        None if first => Err(StoreError::NotFound),
+        _ => Ok(None),
+    }
+}
+
 fn insert_delivery(
     c: &Connection,
     org: &str,
@@ -725,8 +744,11 @@ impl SqliteStore {
         .await
     }
 
-    /// Re-queues the endpoint's failed deliveries created in `[since, until)` and creates the
-    /// ones it never got for events of that window (e.g. while it was disabled).
+    /// Re-queues the endpoint's failed deliveries of events that occurred in `[since,
+    /// until)` and creates the ones it never got for events of that window (e.g. while it was
+    /// disabled), in bounded batches: each write re-queues or creates at most
+    /// [`RECOVER_BATCH`] deliveries, so the writer is never held longer, and each walk moves
+    /// forward by a cursor (delivery `seq`, event `seq`), so every delivery is counted once.
     pub async fn recover(
         &self,
         org: String,
@@ -734,67 +756,128 @@ impl SqliteStore {
         since: Timestamp,
         until: Option<Timestamp>,
     ) -> Result<(usize, usize), StoreError> {
-        self.write(move |c| {
-            let endpoint = live_endpoint(c, &org, &endpoint_id)?.ok_or(StoreError::NotFound)?;
-            if endpoint.status != EndpointStatus::Enabled {
-                return Err(StoreError::EndpointDisabled);
-            }
-            let now = Timestamp::now();
-            let until = until.unwrap_or(Timestamp(i64::MAX));
-            let requeued = c
-                .prepare_cached(
-                    "UPDATE deliveries SET status = 'pending', next_attempt_at = ?4,
-                         retries_used = 0, manual = 0, resume_at = NULL, updated_at = ?4
-                     WHERE endpoint_id = ?1 AND status = 'failed'
-                       AND (SELECT occurred_at FROM events WHERE seq = deliveries.event_seq)
-                           BETWEEN ?2 AND ?3 - 1",
-                )
-                .and_then(|mut s| {
-                    s.execute(params![
-                        endpoint_id,
-                        since.millis(),
-                        until.millis(),
-                        now.millis()
-                    ])
+        let now = Timestamp::now();
+        let until = until.unwrap_or(Timestamp(i64::MAX));
+        let mut requeued = 0;
+        let mut after: i64 = 0;
+        let mut first = true;
+        loop {
+            let (org, endpoint_id) = (org.clone(), endpoint_id.clone());
+            let step = self
+                .write(move |c| {
+                    if recoverable(c, &org, &endpoint_id, first)?.is_none() {
+                        return Ok(None);
+                    }
+                    let seqs: Vec<i64> = c
+                        .prepare_cached(
+                            "UPDATE deliveries SET status = 'pending', next_attempt_at = ?4,
+                                 retries_used = 0, manual = 0, resume_at = NULL,
+                                 updated_at = ?4
+                             WHERE seq IN (
+                                 SELECT d.seq FROM deliveries d
+                                 WHERE d.endpoint_id = ?1 AND d.status = 'failed'
+                                   AND d.seq > ?5
+                                   AND (SELECT occurred_at FROM events WHERE seq = d.event_seq)
+                                       BETWEEN ?2 AND ?3 - 1
+                                 ORDER BY d.seq LIMIT ?6)
+                             RETURNING seq",
+                        )
+                        .and_then(|mut s| {
+                            s.query_map(
+                                params![
+                                    endpoint_id,
+                                    since.millis(),
+                                    until.millis(),
+                                    now.millis(),
+                                    after,
+                                    RECOVER_BATCH as i64
+                                ],
+                                |r| r.get(0),
+                            )?
+                            .collect()
+                        })
+                        .map_err(db_err)?;
+                    Ok(Some(seqs))
                 })
-                .map_err(db_err)?;
-            let after_seq: i64 = c
-                .prepare_cached("SELECT after_event_seq FROM endpoints WHERE id = ?1")
-                .and_then(|mut s| s.query_row([&endpoint_id], |r| r.get(0)))
-                .map_err(db_err)?;
-            let missing: Vec<(i64, String, String)> = c
-                .prepare_cached(
-                    "SELECT e.seq, e.id, e.type FROM events e
-                     WHERE e.org_id = ?1 AND e.seq > ?2
-                       AND e.occurred_at >= ?3 AND e.occurred_at < ?4
-                       AND e.type <> 'webhook.test'
-                       AND (e.about_endpoint IS NULL OR e.about_endpoint <> ?5)
-                       AND NOT EXISTS (SELECT 1 FROM deliveries d
-                                       WHERE d.event_id = e.id AND d.endpoint_id = ?5)
-                     ORDER BY e.seq",
-                )
-                .and_then(|mut s| {
-                    s.query_map(
-                        params![org, after_seq, since.millis(), until.millis(), endpoint_id],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                    )?
-                    .collect()
-                })
-                .map_err(db_err)?;
-            let mut created = 0;
-            for (seq, event_id, event_type) in missing {
-                let wanted =
-                    EventType::parse(&event_type).is_some_and(|t| endpoint.event_types.contains(t));
-                if wanted
-                    && insert_delivery(c, &org, seq, &event_id, &event_type, &endpoint_id, now)?
-                        .is_some()
-                {
-                    created += 1;
-                }
+                .await?;
+            first = false;
+            let Some(seqs) = step else {
+                return Ok((requeued, 0));
+            };
+            requeued += seqs.len();
+            match seqs.iter().max() {
+                Some(&last) if seqs.len() == RECOVER_BATCH => after = last,
+                _ => break,
             }
-            Ok((requeued, created))
-        })
-        .await
+        }
+        let mut created = 0;
+        let mut after: i64 = 0;
+        loop {
+            let (org, endpoint_id) = (org.clone(), endpoint_id.clone());
+            let step = self
+                .write(move |c| {
+                    let Some(endpoint) = recoverable(c, &org, &endpoint_id, false)? else {
+                        return Ok(None);
+                    };
+                    let after_seq: i64 = c
+                        .prepare_cached("SELECT after_event_seq FROM endpoints WHERE id = ?1")
+                        .and_then(|mut s| s.query_row([&endpoint_id], |r| r.get(0)))
+                        .map_err(db_err)?;
+                    let types = serde_json::to_string(&endpoint.event_types.names())
+                        .map_err(StoreError::database)?;
+                    // Events of the window after the endpoint's creation, of the types it
+                    // takes, that it has no delivery of yet.
+                    let missing: Vec<(i64, String, String)> = c
+                        .prepare_cached(
+                            "SELECT e.seq, e.id, e.type FROM events e
+                             WHERE e.org_id = ?1 AND e.seq > max(?2, ?6)
+                               AND e.occurred_at >= ?3 AND e.occurred_at < ?4
+                               AND e.type <> 'webhook.test'
+                               AND e.type IN (SELECT value FROM json_each(?7))
+                               AND (e.about_endpoint IS NULL OR e.about_endpoint <> ?5)
+                               AND NOT EXISTS (SELECT 1 FROM deliveries d
+                                               WHERE d.event_id = e.id AND d.endpoint_id = ?5)
+                             ORDER BY e.seq LIMIT ?8",
+                        )
+                        .and_then(|mut s| {
+                            s.query_map(
+                                params![
+                                    org,
+                                    after_seq,
+                                    since.millis(),
+                                    until.millis(),
+                                    endpoint_id,
+                                    after,
+                                    types,
+                                    RECOVER_BATCH as i64
+                                ],
+                                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                            )?
+                            .collect()
+                        })
+                        .map_err(db_err)?;
+                    let mut created = 0;
+                    for (seq, event_id, event_type) in &missing {
+                        if insert_delivery(c, &org, *seq, event_id, event_type, &endpoint_id, now)?
+                            .is_some()
+                        {
+                            created += 1;
+                        }
+                    }
+                    let last = (missing.len() == RECOVER_BATCH)
+                        .then(|| missing.last().map(|m| m.0))
+                        .flatten();
+                    Ok(Some((created, last)))
+                })
+                .await?;
+            let Some((n, last)) = step else { break };
+            created += n;
+            match last {
+                Some(last) => after = last,
+                None => break,
+            }
+        }
+        Ok((requeued, created))
     }
 
     /// Writes a `webhook.test` event (not listed in `/v1/events`) and its one delivery to this
@@ -936,6 +1019,8 @@ fn lane_work_one(c: &Connection, req: LaneRequest, now: Timestamp) -> Result<Lan
         endpoint_id: req.endpoint_id,
         due,
         next_due,
+        // One process owns the database: nothing else holds its deliveries.
+        held_until: None,
     })
 }
 
