@@ -14,6 +14,11 @@ use crate::store::lifetime::{
     ERASE_MARK, EraseStep, PURGE_EVENTS, PURGE_ROWS, PURGE_STEP_SECONDS, PurgeStep,
 };
 
+/// Events one purge step looks at on SQLite: fewer than [`PURGE_EVENTS`], so a step holds the
+/// single writer for about a millisecond and a request that arrives meanwhile hardly waits (the
+/// purge bench's p99 beside a catch-up purge went from 3.3x its baseline with 100).
+const STEP_EVENTS: usize = 25;
+
 impl SqliteStore {
     pub async fn purge_step(&self, after: i64, retention_ms: i64) -> Result<PurgeStep, StoreError> {
         self.write(move |c| {
@@ -35,7 +40,7 @@ fn purge_batch(c: &Connection, after: i64, retention_ms: i64) -> Result<PurgeSte
             "SELECT seq, id, occurred_at FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )
         .and_then(|mut s| {
-            s.query_map(params![after, PURGE_EVENTS as i64], |r| {
+            s.query_map(params![after, STEP_EVENTS as i64], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })?
             .collect()
@@ -43,7 +48,7 @@ fn purge_batch(c: &Connection, after: i64, retention_ms: i64) -> Result<PurgeSte
         .map_err(db_err)?;
     let mut step = PurgeStep {
         next_after: after,
-        done: events.len() < PURGE_EVENTS,
+        done: events.len() < STEP_EVENTS,
         ..PurgeStep::default()
     };
     for (seq, id, occurred_at) in events {
