@@ -107,6 +107,15 @@ async fn use_the_ui(server: &Server, key: &str) -> Vec<String> {
     tokens
 }
 
+/// `POST path` with `bearer` and an optional JSON body; the JSON answer.
+async fn post_json(server: &Server, bearer: &str, path: &str, body: Option<Value>) -> Value {
+    let mut request = server.client.post(server.url(path)).bearer_auth(bearer);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 /// Runs the scenario against a server on `database` and returns every secret it handed out
 /// with what the server printed and `/metrics`.
 async fn scenario(database: &str, extra_secrets: &[String]) {
@@ -120,21 +129,11 @@ async fn scenario(database: &str, extra_secrets: &[String]) {
         .await
         .unwrap_or_else(|log| panic!("serve did not start:\n{log}"));
     let (hooks, got) = receiver().await;
-    let (_, key) = server.create_org("Acme").await;
+    let (org_id, key) = server.create_org("Acme").await;
     let mut secrets = vec![ADMIN_TOKEN.to_owned(), key.clone()];
     secrets.extend(extra_secrets.iter().cloned());
     // A second key made by the organization, then revoked; and one the operator issues.
-    let second: Value = server
-        .client
-        .post(server.url("/v1/api-keys"))
-        .bearer_auth(&key)
-        .json(&json!({"name": "ci"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let second = post_json(&server, &key, "/v1/api-keys", Some(json!({"name": "ci"}))).await;
     secrets.push(second["api_key"].as_str().unwrap().to_owned());
     let revoked = server
         .client
@@ -144,62 +143,32 @@ async fn scenario(database: &str, extra_secrets: &[String]) {
         .await
         .unwrap();
     assert_eq!(revoked.status(), 204);
-    let orgs: Value = server
-        .client
-        .get(server.url("/v1/organizations"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let org_id = orgs["data"][0]["id"].as_str().unwrap().to_owned();
-    let issued: Value = server
-        .client
-        .post(server.url(&format!("/v1/organizations/{org_id}/api-keys")))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"name": "rescue"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, orgs) = server.get(ADMIN_TOKEN, "/v1/organizations").await;
+    assert_eq!((status, &orgs["data"][0]["id"]), (200, &json!(org_id)));
+    let issued = post_json(
+        &server,
+        ADMIN_TOKEN,
+        &format!("/v1/organizations/{org_id}/api-keys"),
+        Some(json!({"name": "rescue"})),
+    )
+    .await;
     secrets.push(issued["api_key"].as_str().unwrap().to_owned());
     // The revoked key, presented again.
-    let r = server
-        .client
-        .get(server.url("/v1/users"))
-        .bearer_auth(second["api_key"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
+    let (status, _) = server
+        .get(second["api_key"].as_str().unwrap(), "/v1/users")
+        .await;
+    assert_eq!(status, 401);
 
-    let created: Value = server
-        .client
-        .post(server.url("/v1/endpoints"))
-        .bearer_auth(&key)
-        .json(&json!({"url": hooks}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = post_json(&server, &key, "/v1/endpoints", Some(json!({"url": hooks}))).await;
     let endpoint = created["id"].as_str().unwrap().to_owned();
     secrets.push(created["secret"].as_str().unwrap().to_owned());
-    let rotated: Value = server
-        .client
-        .post(server.url(&format!("/v1/endpoints/{endpoint}/secret/rotate")))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rotated = post_json(
+        &server,
+        &key,
+        &format!("/v1/endpoints/{endpoint}/secret/rotate"),
+        None,
+    )
+    .await;
     secrets.push(rotated["secret"].as_str().unwrap().to_owned());
     let (status, shown) = server
         .get(&key, &format!("/v1/endpoints/{endpoint}/secret"))
@@ -221,14 +190,7 @@ async fn scenario(database: &str, extra_secrets: &[String]) {
     assert_eq!(test.status(), 202);
     // Refused keys: a wrong one shaped like a real one, and the admin token used as an API key.
     for wrong in [format!("{key}x"), ADMIN_TOKEN.to_owned()] {
-        let r = server
-            .client
-            .get(server.url("/v1/users"))
-            .bearer_auth(&wrong)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 401);
+        assert_eq!(server.get(&wrong, "/v1/users").await.0, 401);
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     while *got.lock().unwrap() < 6 {
