@@ -24,7 +24,7 @@ mod ui;
 
 use keys::KeyCache;
 pub use keys::{Forget, KEYS_CHANNEL, listen_keys, name_body};
-pub use ui::{PortalLink, SignedIn};
+pub use ui::{Outcomes, Overview, PortalLink, SignedIn};
 
 /// Default and largest page sizes of list routes.
 pub const DEFAULT_LIMIT: usize = 50;

@@ -201,3 +201,101 @@ impl Service {
         }))
     }
 }
+
+/// How many due deliveries the overview counts before it shows "N+".
+pub const BACKLOG_CAP: usize = 10_000;
+
+/// Deliveries that ended, by outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Outcomes {
+    pub succeeded: u64,
+    pub failed: u64,
+}
+
+impl Outcomes {
+    pub fn ended(&self) -> u64 {
+        self.succeeded + self.failed
+    }
+
+    /// Whole percent of ended deliveries that succeeded; `None` when none ended.
+    pub fn success_percent(&self) -> Option<u64> {
+        (self.ended() > 0).then(|| self.succeeded * 100 / self.ended())
+    }
+
+    fn add(&mut self, succeeded: u64, failed: u64) {
+        self.succeeded += succeeded;
+        self.failed += failed;
+    }
+}
+
+/// The overview page's numbers, from the rollup counters ([`crate::store::rollups`]): reads of
+/// at most 25 counter rows per endpoint and one bounded walk of the due index, never a count
+/// over the deliveries, however many there are.
+#[derive(Debug, Clone)]
+pub struct Overview {
+    /// The start of the current hour: "this hour" counts from here.
+    pub hour_start: Timestamp,
+    pub hour: Outcomes,
+    /// The start of the hour 23 hours before the current one: "the last 24 hours".
+    pub day_start: Timestamp,
+    pub day: Outcomes,
+    /// Per endpoint, over the last 24 hours.
+    pub by_endpoint: std::collections::HashMap<String, Outcomes>,
+    pub backlog: crate::store::rollups::DueBacklog,
+}
+
+impl Service {
+    /// Each endpoint's deliveries ended in the last 24 hours (as [`Overview::by_endpoint`]).
+    pub async fn endpoint_outcomes(
+        &self,
+        org: &str,
+        now: Timestamp,
+    ) -> Result<std::collections::HashMap<String, Outcomes>, ServiceError> {
+        let (_, day_start) = overview_windows(now);
+        let mut by_endpoint = std::collections::HashMap::<String, Outcomes>::new();
+        for h in self.store.delivery_hours(org.to_owned(), day_start).await? {
+            by_endpoint
+                .entry(h.endpoint_id)
+                .or_default()
+                .add(h.succeeded, h.failed);
+        }
+        Ok(by_endpoint)
+    }
+
+    /// The overview's counts for an organization at `now`.
+    pub async fn overview(&self, org: &str, now: Timestamp) -> Result<Overview, ServiceError> {
+        let (hour_start, day_start) = overview_windows(now);
+        let hours = self.store.delivery_hours(org.to_owned(), day_start).await?;
+        let backlog = self
+            .store
+            .due_backlog(org.to_owned(), now, BACKLOG_CAP)
+            .await?;
+        let mut overview = Overview {
+            hour_start,
+            hour: Outcomes::default(),
+            day_start,
+            day: Outcomes::default(),
+            by_endpoint: Default::default(),
+            backlog,
+        };
+        for h in hours {
+            overview.day.add(h.succeeded, h.failed);
+            if h.hour >= hour_start {
+                overview.hour.add(h.succeeded, h.failed);
+            }
+            overview
+                .by_endpoint
+                .entry(h.endpoint_id)
+                .or_default()
+                .add(h.succeeded, h.failed);
+        }
+        Ok(overview)
+    }
+}
+
+/// The starts of "this hour" and of "the last 24 hours" (the 23 hours before this one and it).
+fn overview_windows(now: Timestamp) -> (Timestamp, Timestamp) {
+    use crate::store::rollups::{HOUR_MS, hour_of};
+    let hour_start = Timestamp(hour_of(now));
+    (hour_start, Timestamp(hour_start.millis() - 23 * HOUR_MS))
+}

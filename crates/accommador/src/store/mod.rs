@@ -7,6 +7,7 @@
 pub mod keys;
 pub mod lifetime;
 pub mod postgres;
+pub mod rollups;
 mod secrets;
 pub mod sqlite;
 pub mod ui;

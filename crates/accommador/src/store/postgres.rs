@@ -24,6 +24,7 @@ mod leasing;
 mod lifetime;
 #[cfg(test)]
 mod list_plans;
+mod rollups;
 mod secrets;
 #[cfg(test)]
 mod test_db;
@@ -69,6 +70,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0012_operational_events.sql"),
     include_str!("../../migrations/postgres/0013_leasing.sql"),
     include_str!("../../migrations/postgres/0014_ui.sql"),
+    include_str!("../../migrations/postgres/0017_rollups.sql"),
 ];
 /// Most events numbered by one sequencer step.
 const SEQUENCE_STEP: i64 = 1000;
@@ -125,6 +127,9 @@ fn conversion(what: impl Into<String>) -> StoreError {
     StoreError::database(std::io::Error::other(what.into()))
 }
 
+/// Session settings of the background pool's connections (see [`PgStore::open`]).
+const BACKGROUND_OPTIONS: &str = "-c plan_cache_mode=force_custom_plan -c jit=off";
+
 impl PgStore {
     /// Connects (`pool_size` connections for the API, a few more for the delivery side, both
     /// opened on demand) and applies the migrations this database has not seen.
@@ -147,10 +152,12 @@ impl PgStore {
         // stay, so they are planned for the current table sizes each time (parsing is still
         // cached).
         let mut background_config = config.clone();
+        // No JIT either: a bounded step's estimate can be far above its cost (no statistics
+        // yet, say), and compiling its expressions then took longer than running them.
         // Added to any options the URL sets (a search_path, say), not in their place.
         let options = match config.get_options() {
-            Some(given) => format!("{given} -c plan_cache_mode=force_custom_plan"),
-            None => "-c plan_cache_mode=force_custom_plan".to_owned(),
+            Some(given) => format!("{given} {BACKGROUND_OPTIONS}"),
+            None => BACKGROUND_OPTIONS.to_owned(),
         };
         background_config.options(&options);
         let pool = |config: &tokio_postgres::Config, size: usize| {

@@ -65,6 +65,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0009_secret_encryption.sql"),
     include_str!("../../migrations/sqlite/0010_operational_events.sql"),
     include_str!("../../migrations/sqlite/0012_ui.sql"),
+    include_str!("../../migrations/sqlite/0015_rollups.sql"),
 ];
 
 pub mod backup;
@@ -73,6 +74,7 @@ mod keys;
 mod lifetime;
 #[cfg(test)]
 mod list_plans;
+mod rollups;
 mod secrets;
 mod ui;
 

@@ -78,8 +78,9 @@ impl Store {
         both!(self, s => s.consume_portal_link(id, now, session_id, session_expires).await)
     }
 
-    /// Removes at most [`UI_PURGE_BATCH`] expired sessions and as many expired or used links;
-    /// returns how many rows went.
+    /// Removes at most [`UI_PURGE_BATCH`] expired sessions, as many expired or used links and
+    /// as many rollup counters older than [`super::rollups::ROLLUP_KEEP_MS`]; returns how many
+    /// rows went.
     pub async fn purge_ui(&self, now: Timestamp) -> Result<usize, StoreError> {
         both!(self, s => s.purge_ui(now).await)
     }

@@ -349,7 +349,16 @@ async fn a_failing_delivery_is_shown_explained_and_retried_with_the_csrf_token()
     assert_eq!(r.status(), StatusCode::FORBIDDEN, "no CSRF token");
     let r = b.post(&path, &[("csrf", &"0".repeat(64))]).await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN, "a wrong CSRF token");
-    let before: Value = api_json(&app, &acme, &format!("/v1/deliveries/{delivery}")).await;
+    // Once its schedule is used up (no scheduled attempt can then take the next number).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let before = loop {
+        let d: Value = api_json(&app, &acme, &format!("/v1/deliveries/{delivery}")).await;
+        if d["status"] == "failed" {
+            break d;
+        }
+        assert!(Instant::now() < deadline, "the delivery never failed: {d}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let csrf = b.csrf().await;
     let r = b.post(&path, &[("csrf", &csrf)]).await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
@@ -799,4 +808,114 @@ async fn endpoint_forms_show_the_apis_validation_messages() {
         .await;
     assert_eq!(r.status(), StatusCode::OK);
     assert!(r.text().await.unwrap().contains("whsec_"));
+}
+
+/// A receiver on a real local socket: `/ok` answers 200, `/gone` 410 Gone.
+async fn ok_and_gone_receiver() -> String {
+    use axum::routing::post;
+    let app = axum::Router::new()
+        .route("/ok", post(|| async { StatusCode::OK }))
+        .route("/gone", post(|| async { StatusCode::GONE }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
+}
+
+/// The numbers in the overview's "Ended …" stat whose label starts with `label`:
+/// (ended, succeeded, failed).
+fn overview_stat(html: &str, label: &str) -> (u64, u64, u64) {
+    let at = html
+        .find(label)
+        .unwrap_or_else(|| panic!("{label} in {html}"));
+    let rest = &html[at..];
+    let number_after = |marker: &str, before: bool| -> u64 {
+        let i = rest.find(marker).unwrap();
+        let s = if before {
+            let head = &rest[..i];
+            let start = head
+                .rfind(|c: char| !c.is_ascii_digit())
+                .map_or(0, |p| p + 1);
+            &head[start..]
+        } else {
+            let tail = &rest[i + marker.len()..];
+            &tail[..tail.find(|c: char| !c.is_ascii_digit()).unwrap()]
+        };
+        s.parse().unwrap()
+    };
+    (
+        number_after(r#"<div class="n">"#, false),
+        number_after(" succeeded", true),
+        number_after(" failed", true),
+    )
+}
+
+#[tokio::test]
+async fn the_overview_counts_endings_by_outcome_from_the_rollups_per_organization() {
+    let app = spawn_app().await;
+    let acme = app.create_org("Acme").await;
+    let globex = app.create_org("Globex").await;
+    let receiver = ok_and_gone_receiver().await;
+    for (t, path) in [(&acme, "/ok"), (&acme, "/gone"), (&globex, "/ok")] {
+        let r = app
+            .post(
+                t,
+                "/v1/endpoints",
+                &json!({ "url": format!("{receiver}{path}") }),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    for i in 0..3 {
+        app.create_user(&acme, json!({ "email": format!("a{i}@example.com") }))
+            .await;
+    }
+    app.create_user(&globex, json!({ "email": "g@example.com" }))
+        .await;
+    // Acme: three deliveries succeed at /ok; at /gone the first 410 disables the endpoint and
+    // the rest fail with it. Wait until none is pending.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = api_json(&app, &acme, "/v1/deliveries?limit=100").await;
+        let items = list["data"].as_array().unwrap();
+        if items.len() == 6 && items.iter().all(|d| d["status"] != "pending") {
+            let ok = items.iter().filter(|d| d["status"] == "succeeded").count();
+            assert_eq!(ok, 3, "{list}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deliveries still pending: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut b = Browser::new(&app);
+    b.sign_in(&acme.key).await;
+    let (status, html) = b.page("/ui/").await;
+    assert_eq!(status, StatusCode::OK);
+    // Globex's delivery is not counted in Acme's overview.
+    assert_eq!(overview_stat(&html, "Ended this hour"), (6, 3, 3), "{html}");
+    assert_eq!(
+        overview_stat(&html, "Ended in the last 24 hours"),
+        (6, 3, 3)
+    );
+    assert!(html.contains("Success rate 50 %"), "{html}");
+    // The disabled endpoint is listed with why, and its 24-hour outcome.
+    assert!(html.contains("Failing and disabled endpoints"));
+    assert!(html.contains("410"), "the disable reason: {html}");
+    assert!(html.contains("3 of 3 failed"), "{html}");
+    let (_, endpoints) = b.page("/ui/endpoints").await;
+    assert!(
+        endpoints.contains("100 %"),
+        "the healthy endpoint: {endpoints}"
+    );
+    assert!(endpoints.contains("0 of 3 failed"));
+
+    // Globex sees only its own.
+    let mut g = Browser::new(&app);
+    g.sign_in(&globex.key).await;
+    let (_, html) = g.page("/ui/").await;
+    assert_eq!(overview_stat(&html, "Ended this hour"), (1, 1, 0));
+    assert!(html.contains("Success rate 100 %"));
 }

@@ -17,6 +17,7 @@ use crate::domain::{FieldError, Timestamp};
 use crate::http::AppState;
 use crate::http::deliveries::{FILTERS, delivery_filter};
 use crate::http::extract::QueryParams;
+use crate::service::Outcomes;
 use crate::service::{PageRequest, ServiceError};
 use crate::store::{DeliveryFilter, EventFilter};
 
@@ -90,95 +91,82 @@ fn next_href(
 }
 
 pub async fn overview(State(state): State<AppState>, ui: Ui) -> Page {
-    let now = Timestamp::now();
-    let window = |ms: i64| DeliveryFilter {
-        since: Some(Timestamp(now.0 - ms)),
-        ..DeliveryFilter::default()
-    };
+    let f = frame(&ui);
     let svc = &state.service;
-    let hour = svc
-        .list_deliveries(ui.org(), window(3_600_000), page_of(None, RECENT))
-        .await?;
-    let day = svc
-        .list_deliveries(ui.org(), window(86_400_000), page_of(None, RECENT))
-        .await?;
-    let pending = svc
+    // Counts from the rollup counters: the page costs the same over a million deliveries.
+    let o = svc.overview(ui.org(), f.now).await?;
+    let failed = svc
         .list_deliveries(
             ui.org(),
             DeliveryFilter {
-                status: Some(DeliveryStatus::Pending),
+                status: Some(DeliveryStatus::Failed),
+                since: Some(o.day_start),
                 ..DeliveryFilter::default()
             },
-            page_of(None, RECENT),
+            page_of(None, 10),
         )
         .await?;
     let endpoints = svc.list_endpoints(ui.org(), page_of(None, RECENT)).await?;
-    let count = |items: &[crate::domain::delivery::DeliveryRecord], s: DeliveryStatus| {
-        items.iter().filter(|d| d.status == s).count()
-    };
-    let oldest_due = pending
+    // Disabled (with why), then enabled ones with failures in the last 24 hours, worst first.
+    let mut troubled: Vec<_> = endpoints
         .items
         .iter()
-        .filter(|d| d.next_attempt_at.is_some_and(|t| t <= now))
-        .map(|d| d.created_at)
-        .min();
-    let due = pending
-        .items
+        .filter(|e| {
+            e.status == EndpointStatus::Disabled
+                || o.by_endpoint.get(&e.id).is_some_and(|c| c.failed > 0)
+        })
+        .cloned()
+        .collect();
+    troubled.sort_by_key(|e| {
+        let rate = o.by_endpoint.get(&e.id).and_then(|c| c.success_percent());
+        (e.status != EndpointStatus::Disabled, rate.unwrap_or(0))
+    });
+    let disabled = troubled
         .iter()
-        .filter(|d| d.next_attempt_at.is_some_and(|t| t <= now))
+        .filter(|e| e.status == EndpointStatus::Disabled)
         .count();
-    let f = frame(&ui);
-    let stat = |label: &str, items: &[crate::domain::delivery::DeliveryRecord], more: bool| {
-        let ok = count(items, DeliveryStatus::Succeeded);
-        let failed = count(items, DeliveryStatus::Failed);
-        let finished = ok + failed;
+    let stat = |label: Markup, c: &Outcomes| {
         html! {
             div.stat {
                 div.muted { (label) }
-                div.n { (items.len()) @if more { "+" } }
+                div.n { (c.ended()) }
                 div {
-                    span.badge.s-succeeded { (ok) " succeeded" } " "
-                    span.badge.s-failed { (failed) " failed" } " "
-                    span.badge.s-pending { (count(items, DeliveryStatus::Pending)) " pending" }
+                    span.badge.s-succeeded { (c.succeeded) " succeeded" } " "
+                    span.badge.s-failed { (c.failed) " failed" }
                 }
                 div.muted {
-                    @if finished > 0 { "Success rate " (ok * 100 / finished) " %" }
-                    @else { "No finished delivery" }
+                    @match c.success_percent() {
+                        Some(p) => { "Success rate " (p) " %" },
+                        None => "No delivery ended",
+                    }
                 }
             }
         }
     };
-    let troubled: Vec<_> = endpoints
-        .items
-        .iter()
-        .filter(|e| e.status == EndpointStatus::Disabled)
-        .cloned()
-        .collect();
     let body = html! {
         div.stats {
-            (stat("Deliveries, last hour", &hour.items, hour.next_cursor.is_some()))
-            (stat("Deliveries, last 24 hours", &day.items, day.next_cursor.is_some()))
+            (stat(html! { "Ended this hour (since " (views::clock(o.hour_start)) ")" }, &o.hour))
+            (stat(html! { "Ended in the last 24 hours (since " (views::clock(o.day_start)) ")" }, &o.day))
             div.stat {
                 div.muted { "Due now (backlog)" }
-                div.n { (due) @if pending.next_cursor.is_some() { "+" } }
+                div.n { (o.backlog.due) @if o.backlog.more { "+" } }
                 div.muted {
-                    "Oldest: "
-                    @match oldest_due { Some(t) => (views::when(t, f.now)), None => "none" }
+                    "Oldest due: "
+                    @match o.backlog.due_since { Some(t) => (views::when(t, f.now)), None => "none" }
                 }
             }
             div.stat {
                 div.muted { "Endpoints" }
-                div.n { (endpoints.items.len()) }
-                div { span.badge.s-disabled { (troubled.len()) " disabled" } }
+                div.n { (endpoints.items.len()) @if endpoints.has_more { "+" } }
+                div { span.badge.s-disabled { (disabled) " disabled" } " "
+                      span.badge.s-failed { (troubled.len() - disabled) " failing" } }
             }
         }
-        p.muted { "Counts read at most the newest " (RECENT) " deliveries of each window (shown with +)." }
-        h2 { "Disabled endpoints" }
-        @if troubled.is_empty() { p.muted { "None: every endpoint is enabled." } }
-        @else { (views::endpoints_table(&troubled, f.now)) }
+        h2 { "Failing and disabled endpoints" }
+        @if troubled.is_empty() { p.muted { "None: every endpoint is enabled and nothing failed in the last 24 hours." } }
+        @else { (views::endpoints_table(&troubled, &o.by_endpoint, f.now)) }
         h2 { "Latest failed deliveries" }
-        @let failed: Vec<_> = day.items.iter().filter(|d| d.status == DeliveryStatus::Failed).take(10).cloned().collect();
-        (views::deliveries_table(&failed, f.now))
+        (views::deliveries_table(&failed.items, f.now))
     };
     Ok(views::layout(&f, Nav::Overview, "Overview", body).into_response())
 }
@@ -277,10 +265,11 @@ pub async fn endpoints(State(state): State<AppState>, ui: Ui, query: QueryParams
     let page = list_page(&query);
     let list = state.service.list_endpoints(ui.org(), page).await?;
     let f = frame(&ui);
+    let counts = state.service.endpoint_outcomes(ui.org(), f.now).await?;
     let next = next_of(&list, |e| &e.id);
     let body = html! {
         @if f.can_act() { p { a.button href="/ui/endpoints/new" { "New endpoint" } } }
-        (views::endpoints_table(&list.items, f.now))
+        (views::endpoints_table(&list.items, &counts, f.now))
         (views::pager(next_href("/ui/endpoints", &query, &[], next)))
     };
     Ok(views::layout(&f, Nav::Endpoints, "Endpoints", body).into_response())

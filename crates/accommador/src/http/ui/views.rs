@@ -2,6 +2,8 @@
 //! `PreEscaped`, which this module never does with data). Functions here take plain values and
 //! return markup; they read nothing and decide nothing about access beyond what they are told.
 
+use std::collections::HashMap;
+
 use maud::{DOCTYPE, Markup, html};
 use serde_json::Value;
 
@@ -9,6 +11,7 @@ use crate::domain::Timestamp;
 use crate::domain::delivery::{AttemptRecord, DeliveryRecord, ErrorClass, webhook_timestamp};
 use crate::domain::endpoint::{EndpointRecord, EndpointStatus};
 use crate::domain::user::UserRecord;
+use crate::service::Outcomes;
 use crate::store::ui::SessionRecord;
 
 /// Which page the navigation marks as current.
@@ -108,6 +111,13 @@ pub fn when(t: Timestamp, now: Timestamp) -> Markup {
         format!("{n} {unit} ago")
     };
     html! { time datetime=(t.to_rfc3339()) title=(t.to_rfc3339()) { (text) } }
+}
+
+/// The hour and minute of `t` (UTC), for "since 05:00".
+pub fn clock(t: Timestamp) -> Markup {
+    let rfc = t.to_rfc3339();
+    let hm = rfc.get(11..16).unwrap_or(&rfc).to_owned();
+    html! { time datetime=(rfc) title=(rfc) { (hm) " UTC" } }
 }
 
 pub fn status_badge(status: &str) -> Markup {
@@ -356,12 +366,17 @@ pub fn pretty(text: &str) -> String {
         .unwrap_or_else(|| text.to_owned())
 }
 
-pub fn endpoints_table(items: &[EndpointRecord], now: Timestamp) -> Markup {
+/// Endpoints with their last 24 hours' outcomes (from the rollup counters).
+pub fn endpoints_table(
+    items: &[EndpointRecord],
+    counts: &HashMap<String, Outcomes>,
+    now: Timestamp,
+) -> Markup {
     html! {
         div.table-wrap { table {
-            thead { tr { th { "Endpoint" } th { "URL" } th { "Status" } th.optional { "Event types" } th.optional { "Updated" } } }
+            thead { tr { th { "Endpoint" } th { "URL" } th { "Status" } th { "Success, 24 h" } th.optional { "Event types" } th.optional { "Updated" } } }
             tbody {
-                @if items.is_empty() { tr { td colspan="5" .muted { "No endpoints yet." } } }
+                @if items.is_empty() { tr { td colspan="6" .muted { "No endpoints yet." } } }
                 @for e in items {
                     tr {
                         td { a.mono href={ "/ui/endpoints/" (e.id) } { (e.id) } }
@@ -369,6 +384,16 @@ pub fn endpoints_table(items: &[EndpointRecord], now: Timestamp) -> Markup {
                         td {
                             (status_badge(e.status.as_str()))
                             @if let Some(r) = &e.disabled_reason { br; span.muted { (r) } }
+                        }
+                        td {
+                            @match counts.get(&e.id).copied().unwrap_or_default() {
+                                c if c.ended() == 0 => span.muted { "none ended" },
+                                c => {
+                                    (c.success_percent().unwrap_or(0)) " %"
+                                    br;
+                                    span.muted { (c.failed) " of " (c.ended()) " failed" }
+                                },
+                            }
                         }
                         td.optional { (e.event_types.names().join(", ")) }
                         td.optional { (when(e.updated_at, now)) }

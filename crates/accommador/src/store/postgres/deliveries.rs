@@ -14,6 +14,7 @@ use std::sync::Arc;
 use accommador_webhooks::EventType;
 use deadpool_postgres::Transaction;
 
+use super::rollups::{self, add_counts_sql};
 use super::{
     Cached, ENDPOINT_COLUMNS, PgStore, conversion, endpoint_from_row, insert_operational_event,
     live_endpoint, pg_err, walk_rows,
@@ -25,6 +26,7 @@ use crate::domain::delivery::{
 use crate::domain::endpoint::{EndpointStatus, EventTypeFilter};
 use crate::domain::event::{OperationalEvent, fanned_out, reports_failure};
 use crate::domain::{Timestamp, ids};
+use crate::store::rollups::hour_of;
 use crate::store::{
     CANCEL_BATCH, CancelStep, DeliveryFilter, DeliveryStats, DeliveryWalk, FanOut, LIST_SCAN_ROWS,
     ListPage, Recorded, SEND_TARGET_SQL, SendTarget, StoreError, cancel_reason, send_target_from,
@@ -504,7 +506,8 @@ impl PgStore {
         // Only while the endpoint is still marked: a re-enabled one keeps its deliveries.
         let failed = client
             .run(
-                "WITH batch AS (
+                &format!(
+                    "WITH batch AS (
                      SELECT d.id FROM deliveries d
                      WHERE d.endpoint_id = $1 AND d.status = 'pending'
                        AND EXISTS (SELECT 1 FROM endpoints WHERE id = $1 AND cancel_pending
@@ -516,14 +519,27 @@ impl PgStore {
                          manual = false, resume_at = NULL, updated_at = $2,
                          lease_token = NULL, lease_until = NULL
                      FROM batch WHERE d.id = batch.id
-                     RETURNING d.id, d.attempt_count)
+                     RETURNING d.id, d.attempt_count, d.org_id),
+                 counted AS ({})
                  INSERT INTO attempts (delivery_id, number, trigger, started_at, duration_ms,
                                        status_code, error_class, error, response_headers,
                                        response_body)
                  SELECT id, attempt_count, 'scheduled', $2, 0, NULL, 'endpoint_disabled', $3,
-                        '{}', ''
+                        '{{}}', ''
                  FROM failed",
-                &[&id, &now, &reason, &(CANCEL_BATCH as i64)],
+                    add_counts_sql(
+                        "(SELECT org_id, $1 AS endpoint_id, $5::int8 AS hour, 0::int8 AS succeeded,
+                                 count(*) AS failed
+                          FROM failed GROUP BY org_id) AS c"
+                    )
+                ),
+                &[
+                    &id,
+                    &now,
+                    &reason,
+                    &(CANCEL_BATCH as i64),
+                    &hour_of(Timestamp(now)),
+                ],
             )
             .await
             .map_err(pg_err)?;
@@ -640,11 +656,13 @@ impl PgStore {
             mut out,
             mut outcomes,
             exhausted,
+            endings,
         } = decide(batch, &mut rows, policy, now);
         if !attempts.delivery_id.is_empty() {
             attempts.insert(&tx).await?;
             updates.apply(&tx, now).await?;
         }
+        rollups::add_endings(&tx, &endings, now).await?;
         report_exhausted(&tx, &exhausted).await?;
         let disabled = move_failure_clocks(&tx, &rows, &mut outcomes, policy, now).await?;
         tx.commit().await.map_err(pg_err)?;
@@ -766,6 +784,8 @@ struct Decided {
     outcomes: HashMap<String, Vec<(i64, bool, bool)>>,
     /// Deliveries of user events whose schedule this batch used up: `delivery.failed`.
     exhausted: Vec<String>,
+    /// (endpoint, succeeded) of each delivery this batch ends: the rollup counters.
+    endings: Vec<(String, bool)>,
 }
 
 /// Each attempt's outcome by the domain's rules ([`settle`]); only the lease holder's result
@@ -826,6 +846,15 @@ fn decide(
             settled.next_attempt_at,
             settled.applies.then_some(result),
         );
+        if current == DeliveryStatus::Pending
+            && settled.status != DeliveryStatus::Pending
+            && let Some(endpoint) = rows.endpoint_of.get(delivery_id)
+        {
+            d.endings.push((
+                endpoint.clone(),
+                settled.status == DeliveryStatus::Succeeded,
+            ));
+        }
         // An ended delivery's late attempt is only logged: it does not move the clock.
         if settled.applies
             && let Some(endpoint) = rows.endpoint_of.get(delivery_id)

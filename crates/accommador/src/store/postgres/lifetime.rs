@@ -5,6 +5,7 @@
 
 use deadpool_postgres::Transaction;
 
+use super::rollups::add_counts_sql;
 use super::{Cached, PgStore, insert_event, live_user, pg_err};
 use crate::domain::Timestamp;
 use crate::domain::delivery::ErrorClass;
@@ -14,6 +15,7 @@ use crate::store::StoreError;
 use crate::store::lifetime::{
     ERASE_MARK, EraseStep, PURGE_EVENTS, PURGE_ROWS, PURGE_STEP_SECONDS, PurgeStep,
 };
+use crate::store::rollups::hour_of;
 
 /// The advisory lock key of the retention purge (any constant of ours).
 const PURGE_LOCK: i64 = 0x6163_635f_7075_7267; // "acc_purg"
@@ -73,11 +75,18 @@ impl PgStore {
         }
         // Set-based, a few statements per step whatever the number of events: their deliveries
         // by event (the unique (event_id, endpoint_id) index), pending ones keeping the event.
+        // Lookups by a column that is not unique are written as one index probe per key (a
+        // LATERAL subquery the planner cannot flatten): without table statistics, `= ANY` of
+        // 100 keys is estimated at half the table and planned as a scan of all of it, which made
+        // each step cost as much as the table is large.
         let ids: Vec<&str> = expired.iter().map(|(_, id)| id.as_str()).collect();
         let counts = tx
             .fetch(
-                "SELECT event_id, count(*), bool_or(status = 'pending') FROM deliveries
-                 WHERE event_id = ANY($1) GROUP BY event_id",
+                "SELECT u.id, count(*), bool_or(d.status = 'pending')
+                 FROM UNNEST($1::text[]) AS u(id)
+                 CROSS JOIN LATERAL (SELECT status FROM deliveries WHERE event_id = u.id
+                                     OFFSET 0) AS d
+                 GROUP BY u.id",
                 &[&ids],
             )
             .await
@@ -123,8 +132,10 @@ impl PgStore {
                 .collect(),
             None => tx
                 .fetch(
-                    "SELECT id FROM deliveries WHERE event_id = ANY($1) AND status <> 'pending'
-                     FOR UPDATE",
+                    "SELECT d.id FROM UNNEST($1::text[]) AS u(id)
+                     CROSS JOIN LATERAL (SELECT id FROM deliveries
+                                         WHERE event_id = u.id AND status <> 'pending'
+                                         FOR UPDATE) AS d",
                     &[&take],
                 )
                 .await
@@ -136,7 +147,11 @@ impl PgStore {
         if !doomed.is_empty() {
             step.attempts += tx
                 .run(
-                    "DELETE FROM attempts WHERE delivery_id = ANY($1)",
+                    "DELETE FROM attempts a USING (
+                         SELECT x.delivery_id, x.number FROM UNNEST($1::text[]) AS u(id)
+                         CROSS JOIN LATERAL (SELECT delivery_id, number FROM attempts
+                                             WHERE delivery_id = u.id OFFSET 0) AS x) AS gone
+                     WHERE a.delivery_id = gone.delivery_id AND a.number = gone.number",
                     &[&doomed],
                 )
                 .await
@@ -155,7 +170,8 @@ impl PgStore {
             step.events += tx
                 .run(
                     "DELETE FROM events e WHERE e.commit_seq = ANY($1)
-                     AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id)",
+                     AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id
+                                     OFFSET 0)",
                     &[&seqs],
                 )
                 .await
@@ -352,7 +368,8 @@ async fn erase_deliveries(
 ) -> Result<(usize, usize), StoreError> {
     let failed = tx
         .run(
-            "WITH batch AS (
+            &format!(
+                "WITH batch AS (
                  SELECT id FROM deliveries WHERE event_id = $1 AND status = 'pending'
                  FOR UPDATE),
              failed AS (
@@ -361,14 +378,26 @@ async fn erase_deliveries(
                      manual = false, resume_at = NULL, updated_at = $2,
                      lease_token = NULL, lease_until = NULL
                  FROM batch WHERE d.id = batch.id
-                 RETURNING d.id, d.attempt_count)
+                 RETURNING d.id, d.attempt_count, d.org_id, d.endpoint_id),
+             counted AS ({})
              INSERT INTO attempts (delivery_id, number, trigger, started_at, duration_ms,
                                    status_code, error_class, error, response_headers,
                                    response_body)
              SELECT id, attempt_count, 'scheduled', $2, 0, NULL, $3, 'the user was erased',
-                    '{}', ''
+                    '{{}}', ''
              FROM failed",
-            &[&event_id, &now.millis(), &ErrorClass::Erased.as_str()],
+                add_counts_sql(
+                    "(SELECT org_id, endpoint_id, $4::int8 AS hour, 0::int8 AS succeeded,
+                             count(*) AS failed
+                      FROM failed GROUP BY org_id, endpoint_id ORDER BY endpoint_id) AS c"
+                )
+            ),
+            &[
+                &event_id,
+                &now.millis(),
+                &ErrorClass::Erased.as_str(),
+                &hour_of(now),
+            ],
         )
         .await
         .map_err(pg_err)?;

@@ -8,6 +8,7 @@ use super::cached::Cached;
 use super::{PgStore, pg_err};
 use crate::domain::Timestamp;
 use crate::store::StoreError;
+use crate::store::rollups::ROLLUP_KEEP_MS;
 use crate::store::ui::{NewGrant, SessionRecord, UI_PURGE_BATCH};
 
 /// The key and organization of a grant are live.
@@ -178,6 +179,15 @@ impl PgStore {
                 .await
                 .map_err(pg_err)?;
         }
+        // Rollup counters past what the overview shows.
+        removed += client
+            .run(
+                "DELETE FROM delivery_rollups WHERE seq IN
+                   (SELECT seq FROM delivery_rollups WHERE hour < $1 LIMIT $2)",
+                &[&(now.millis() - ROLLUP_KEEP_MS), &(UI_PURGE_BATCH as i64)],
+            )
+            .await
+            .map_err(pg_err)?;
         Ok(removed as usize)
     }
 }

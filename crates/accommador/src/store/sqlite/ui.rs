@@ -5,6 +5,7 @@ use rusqlite::{OptionalExtension, params};
 use super::{SqliteStore, db_err};
 use crate::domain::Timestamp;
 use crate::store::StoreError;
+use crate::store::rollups::ROLLUP_KEEP_MS;
 use crate::store::ui::{NewGrant, SessionRecord, UI_PURGE_BATCH};
 
 /// The key and organization of a grant are live (`?` is the grant's key ID).
@@ -172,6 +173,19 @@ impl SqliteStore {
                     .and_then(|mut st| st.execute(params![now.millis(), UI_PURGE_BATCH as i64]))
                     .map_err(db_err)?;
             }
+            // Rollup counters past what the overview shows.
+            removed += c
+                .prepare_cached(
+                    "DELETE FROM delivery_rollups WHERE seq IN
+                       (SELECT seq FROM delivery_rollups WHERE hour < ?1 LIMIT ?2)",
+                )
+                .and_then(|mut st| {
+                    st.execute(params![
+                        now.millis() - ROLLUP_KEEP_MS,
+                        UI_PURGE_BATCH as i64
+                    ])
+                })
+                .map_err(db_err)?;
             Ok(removed)
         })
         .await
