@@ -92,3 +92,38 @@ pub fn log_path(dir: &Path, name: &str) -> PathBuf {
         SEQ.fetch_add(1, Ordering::Relaxed)
     ))
 }
+
+/// A spawned `accommador serve` on port 0, killed and reaped when dropped.
+pub struct Server(pub Child, pub SocketAddr);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Server {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.1)
+    }
+}
+
+/// Starts `accommador serve` on SQLite file `db` with only the `ACCOMMADOR_*` settings in `env`
+/// (none inherited from the test's environment), logging under `logs`.
+pub async fn serve(db: &Path, logs: &Path, env: &[(&str, &str)]) -> Server {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_accommador"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("ACCOMMADOR_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.args(["serve", "--listen", "127.0.0.1:0"])
+        .arg("--database")
+        .arg(format!("sqlite://{}", db.display()))
+        .envs(env.iter().copied());
+    let (child, addr) = spawn_listening(cmd, &log_path(logs, "serve"))
+        .await
+        .unwrap_or_else(|e| panic!("accommador serve did not start: {e}"));
+    Server(child, addr)
+}

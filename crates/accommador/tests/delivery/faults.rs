@@ -98,6 +98,30 @@ async fn fault(
     rx
 }
 
+/// A 127.0.0.1 port whose accept queue is full: the kernel drops further SYNs, so a connection
+/// attempt times out as behind a firewall that drops packets, without leaving the machine.
+/// Keep the returned value alive as long as the port must stay full.
+async fn full_backlog() -> (tokio::net::TcpListener, Vec<tokio::net::TcpStream>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        match tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => held.push(stream),
+            Ok(Err(e)) => panic!("connecting to fill the backlog: {e}"),
+            Err(_) => return (listener, held),
+        }
+    }
+    panic!("the accept queue of {addr} never filled");
+}
+
 fn millis_of(rfc3339: &Value) -> i128 {
     OffsetDateTime::parse(rfc3339.as_str().unwrap(), &Rfc3339)
         .unwrap()
@@ -331,6 +355,16 @@ async fn every_receiver_fault_is_logged_and_scheduled_as_a_user_would_expect() {
         },
     )
     .await;
+    let (dropping, _held) = full_backlog().await;
+    cases.push(Case {
+        name: "connect timeout (SYN dropped)",
+        url: format!("http://{}/dropped", dropping.local_addr().unwrap()),
+        expect: Expect {
+            duration: about_the_timeout(),
+            ..failure(None, "timeout", Next::Schedule)
+        },
+        fault: None,
+    });
     let refused = Receiver::reserve();
     cases.push(Case {
         name: "connection refused",

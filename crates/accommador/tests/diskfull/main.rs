@@ -16,12 +16,13 @@ mod spawn;
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::Duration;
 
 use receiver::Receiver;
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
+use spawn::Server;
 
 const ADMIN: &str = "diskfull-admin-token";
 const WAIT: Duration = Duration::from_secs(30);
@@ -49,35 +50,20 @@ impl Drop for Tmpfs {
     }
 }
 
-struct Server(Child, std::net::SocketAddr);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 async fn start(db: &Path, logs: &Path) -> Server {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_accommador"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("ACCOMMADOR_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.args(["serve", "--listen", "127.0.0.1:0"])
-        .arg("--database")
-        .arg(format!("sqlite://{}", db.display()))
-        .env("ACCOMMADOR_ADMIN_TOKEN", ADMIN)
-        .env("ACCOMMADOR_ALLOW_PRIVATE_TARGETS", "true")
-        .env(
-            "ACCOMMADOR_RETRY_SCHEDULE",
-            "100ms,200ms,500ms,1s,1s,1s,1s,1s",
-        );
-    let (child, addr) = spawn::spawn_listening(cmd, &spawn::log_path(logs, "serve"))
-        .await
-        .unwrap_or_else(|e| panic!("accommador serve did not start: {e}"));
-    Server(child, addr)
+    spawn::serve(
+        db,
+        logs,
+        &[
+            ("ACCOMMADOR_ADMIN_TOKEN", ADMIN),
+            ("ACCOMMADOR_ALLOW_PRIVATE_TARGETS", "true"),
+            (
+                "ACCOMMADOR_RETRY_SCHEDULE",
+                "100ms,200ms,500ms,1s,1s,1s,1s,1s",
+            ),
+        ],
+    )
+    .await
 }
 
 /// Writes `path` until the file system says it is full.
