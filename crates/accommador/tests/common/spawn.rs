@@ -107,6 +107,29 @@ impl Server {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.1)
     }
+
+    /// `POST path` as `key` (an API key or the admin token) with a JSON body.
+    pub async fn post(&self, key: &str, path: &str, body: serde_json::Value) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(self.url(path))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+    }
+
+    /// `GET path` as `key`: its JSON body, which must come with a 200.
+    pub async fn get_json(&self, key: &str, path: &str) -> serde_json::Value {
+        let r = reqwest::Client::new()
+            .get(self.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        assert_eq!(r.status(), 200, "GET {path}");
+        r.json().await.unwrap()
+    }
 }
 
 /// Starts `accommador serve` on SQLite file `db` with only the `ACCOMMADOR_*` settings in `env`

@@ -129,9 +129,7 @@ impl FaultReceiver {
             conns.len() - 1
         };
         let mut conn = Conn::default();
-        let head = read_head(&mut socket, &mut conn).await;
-        if let Some(leftover) = head {
-            conn.body_read = leftover;
+        if read_head(&mut socket, &mut conn).await {
             if !matches!(fault, Fault::AnswerBeforeBody(_)) {
                 read_body(&mut socket, &mut conn).await;
             }
@@ -145,14 +143,16 @@ impl FaultReceiver {
     }
 }
 
-/// Reads the request head, byte by byte so that no body byte is taken with it; `Some(0)`, or
-/// `None` if the sender closed first.
-async fn read_head(socket: &mut TcpStream, conn: &mut Conn) -> Option<usize> {
+/// Reads the request head, byte by byte so that no body byte is taken with it; `false` if the
+/// sender closed first.
+async fn read_head(socket: &mut TcpStream, conn: &mut Conn) -> bool {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     loop {
-        let n = socket.read(&mut byte).await.ok().filter(|n| *n > 0)?;
-        buf.extend_from_slice(&byte[..n]);
+        if !matches!(socket.read(&mut byte).await, Ok(1)) {
+            return false;
+        }
+        buf.push(byte[0]);
         if let Some(end) = buf.ends_with(b"\r\n\r\n").then(|| buf.len() - 4) {
             let head = String::from_utf8_lossy(&buf[..end]).into_owned();
             conn.request_line = head.lines().next().unwrap_or_default().to_owned();
@@ -162,7 +162,7 @@ async fn read_head(socket: &mut TcpStream, conn: &mut Conn) -> Option<usize> {
                 .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
                 .and_then(|(_, v)| v.trim().parse().ok())
                 .unwrap_or(0);
-            return Some(buf.len() - end - 4);
+            return true;
         }
     }
 }

@@ -536,46 +536,42 @@ async fn fifty_megabyte_answers_leave_the_servers_memory_flat() {
     const RECEIVERS: usize = 4;
     let dir = tempfile::tempdir().unwrap();
     let server = crate::crash::start(dir.path()).await;
-    let client = reqwest::Client::new();
-    let post = |path: &str, key: &str, body: Value| {
-        client
-            .post(server.url(path))
-            .bearer_auth(key)
-            .json(&body)
-            .send()
-    };
-    let org: Value = post(
-        "/v1/organizations",
-        crate::crash::ADMIN,
-        json!({"name": "Big"}),
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let org: Value = server
+        .post(
+            crate::crash::ADMIN,
+            "/v1/organizations",
+            json!({"name": "Big"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
     let key = org["api_key"].as_str().unwrap().to_owned();
     // Warm up first (client, pools, caches) with an ordinary delivery.
     let rx = Receiver::start().await;
-    let r = post("/v1/endpoints", &key, json!({"url": rx.url("/warm")})).await;
-    assert_eq!(r.unwrap().status(), 201);
-    let r = post("/v1/users", &key, json!({"email": "warm@example.com"})).await;
-    assert_eq!(r.unwrap().status(), 201);
+    let r = server
+        .post(&key, "/v1/endpoints", json!({"url": rx.url("/warm")}))
+        .await;
+    assert_eq!(r.status(), 201);
+    let r = server
+        .post(&key, "/v1/users", json!({"email": "warm@example.com"}))
+        .await;
+    assert_eq!(r.status(), 201);
     rx.wait_for("/warm", 1, WAIT).await;
     let before = peak_rss(server.0.id());
 
     let huge = FaultReceiver::start(Fault::Huge { len: 50 * MB }).await;
     for i in 0..RECEIVERS {
-        let r = post(
-            "/v1/endpoints",
-            &key,
-            json!({"url": huge.url(&format!("/huge{i}"))}),
-        )
-        .await;
-        assert_eq!(r.unwrap().status(), 201);
+        let url = huge.url(&format!("/huge{i}"));
+        let r = server
+            .post(&key, "/v1/endpoints", json!({ "url": url }))
+            .await;
+        assert_eq!(r.status(), 201);
     }
-    let r = post("/v1/users", &key, json!({"email": "big@example.com"})).await;
-    assert_eq!(r.unwrap().status(), 201);
+    let r = server
+        .post(&key, "/v1/users", json!({"email": "big@example.com"}))
+        .await;
+    assert_eq!(r.status(), 201);
     let conns = huge.wait_finished(RECEIVERS, WAIT).await;
     let after = peak_rss(server.0.id());
     for c in &conns {
@@ -590,15 +586,11 @@ async fn fifty_megabyte_answers_leave_the_servers_memory_flat() {
         before / MB
     );
     // Each logged as a success keeping 4 KiB (the warm-up endpoint has two deliveries).
-    let get = |path: String| client.get(server.url(&path)).bearer_auth(&key).send();
     let deadline = tokio::time::Instant::now() + WAIT;
     let done = loop {
-        let list: Value = get("/v1/deliveries?status=succeeded&limit=500".into())
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list = server
+            .get_json(&key, "/v1/deliveries?status=succeeded&limit=500")
+            .await;
         let data = list["data"].as_array().unwrap().clone();
         if data.len() == RECEIVERS + 2 {
             break data;
@@ -608,15 +600,8 @@ async fn fifty_megabyte_answers_leave_the_servers_memory_flat() {
     };
     let mut kept = Vec::new();
     for d in &done {
-        let log: Value = get(format!(
-            "/v1/deliveries/{}/attempts",
-            d["id"].as_str().unwrap()
-        ))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        let path = format!("/v1/deliveries/{}/attempts", d["id"].as_str().unwrap());
+        let log = server.get_json(&key, &path).await;
         kept.push(log["data"][0]["response_body"].as_str().unwrap().len());
     }
     kept.sort();

@@ -20,7 +20,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use receiver::Receiver;
-use reqwest::{Client, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 use spawn::Server;
 
@@ -86,41 +86,27 @@ async fn a_full_disk_answers_503_loses_nothing_acknowledged_and_recovers_by_itse
     let tmpfs = Tmpfs::mount("24m");
     let logs = tempfile::tempdir().unwrap();
     let mut server = start(&tmpfs.0.join("full.db"), logs.path()).await;
-    let addr = server.1;
-    let url = |path: &str| format!("http://{addr}{path}");
-    let client = Client::new();
-    let org: Value = client
-        .post(url("/v1/organizations"))
-        .bearer_auth(ADMIN)
-        .json(&json!({"name": "Full"}))
-        .send()
+    let org: Value = server
+        .post(ADMIN, "/v1/organizations", json!({"name": "Full"}))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     let key = org["api_key"].as_str().unwrap().to_owned();
     let rx = Receiver::start().await;
-    let r = client
-        .post(url("/v1/endpoints"))
-        .bearer_auth(&key)
-        .json(&json!({"url": rx.url("/full")}))
-        .send()
-        .await
-        .unwrap();
+    let r = server
+        .post(&key, "/v1/endpoints", json!({"url": rx.url("/full")}))
+        .await;
     assert_eq!(r.status(), StatusCode::CREATED);
 
     let padding = "p".repeat(12_000);
     let mut acknowledged: Vec<(String, String)> = Vec::new();
     let create = |i: usize| {
-        client
-            .post(url("/v1/users"))
-            .bearer_auth(&key)
-            .json(&json!({"email": format!("u{i}@example.com"), "attributes": {"pad": padding}}))
-            .send()
+        let user = json!({"email": format!("u{i}@example.com"), "attributes": {"pad": padding}});
+        server.post(&key, "/v1/users", user)
     };
     for i in 0..20 {
-        let r = create(i).await.unwrap();
+        let r = create(i).await;
         assert_eq!(r.status(), StatusCode::CREATED);
         let u: Value = r.json().await.unwrap();
         acknowledged.push((
@@ -137,7 +123,7 @@ async fn a_full_disk_answers_503_loses_nothing_acknowledged_and_recovers_by_itse
     let mut i = 20;
     while refused < 5 {
         assert!(i < 2_000, "the full disk never refused a write");
-        let r = create(i).await.expect("the server answers on a full disk");
+        let r = create(i).await;
         match r.status() {
             StatusCode::CREATED => {
                 let u: Value = r.json().await.unwrap();
@@ -168,15 +154,7 @@ async fn a_full_disk_answers_503_loses_nothing_acknowledged_and_recovers_by_itse
     }
     // Reads still work, and what was acknowledged is there.
     for (id, email) in &acknowledged {
-        let u: Value = client
-            .get(url(&format!("/v1/users/{id}")))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let u = server.get_json(&key, &format!("/v1/users/{id}")).await;
         assert_eq!(u["email"], email.as_str(), "{u}");
     }
 
@@ -184,7 +162,7 @@ async fn a_full_disk_answers_503_loses_nothing_acknowledged_and_recovers_by_itse
     std::fs::remove_file(&filler).unwrap();
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let r = create(i).await.unwrap();
+        let r = create(i).await;
         if r.status() == StatusCode::CREATED {
             let u: Value = r.json().await.unwrap();
             acknowledged.push((
@@ -204,15 +182,9 @@ async fn a_full_disk_answers_503_loses_nothing_acknowledged_and_recovers_by_itse
     assert!(server.0.try_wait().unwrap().is_none(), "the server exited");
 
     // Every acknowledged user has its event, and every event reaches the endpoint.
-    let events: Value = client
-        .get(url("/v1/events?type=user.created&limit=500"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let events = server
+        .get_json(&key, "/v1/events?type=user.created&limit=500")
+        .await;
     let about: HashSet<String> = events["data"]
         .as_array()
         .unwrap()
