@@ -119,6 +119,20 @@ impl Server {
             .unwrap_or_else(|e| panic!("POST {path}: {e}"))
     }
 
+    /// A new organization, created with the operator's `admin` token: its API key.
+    pub async fn create_org(&self, admin: &str, name: &str) -> String {
+        let r = self
+            .post(
+                admin,
+                "/v1/organizations",
+                serde_json::json!({ "name": name }),
+            )
+            .await;
+        assert_eq!(r.status(), 201, "creating organization {name}");
+        let org: serde_json::Value = r.json().await.unwrap();
+        org["api_key"].as_str().unwrap().to_owned()
+    }
+
     /// `GET path` as `key`: its JSON body, which must come with a 200.
     pub async fn get_json(&self, key: &str, path: &str) -> serde_json::Value {
         let r = reqwest::Client::new()

@@ -536,17 +536,7 @@ async fn fifty_megabyte_answers_leave_the_servers_memory_flat() {
     const RECEIVERS: usize = 4;
     let dir = tempfile::tempdir().unwrap();
     let server = crate::crash::start(dir.path()).await;
-    let org: Value = server
-        .post(
-            crate::crash::ADMIN,
-            "/v1/organizations",
-            json!({"name": "Big"}),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    let key = org["api_key"].as_str().unwrap().to_owned();
+    let key = server.create_org(crate::crash::ADMIN, "Big").await;
     // Warm up first (client, pools, caches) with an ordinary delivery.
     let rx = Receiver::start().await;
     let r = server

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, error_fields, problem, spawn_app_with};
+use crate::helpers::{Tenant, TestApp, error_fields, problem, spawn_app_with};
 use crate::receiver::{Receiver, Reply};
 use crate::{WAIT, attempts, endpoint, eventually};
 
@@ -262,6 +262,25 @@ async fn blocked_targets_are_refused_at_creation_in_every_spelling() {
     }
 }
 
+/// Waits for the delivery to `endpoint_id` to fail, and checks that it made one attempt, refused
+/// as `blocked_address` (`what` names the case in a failure).
+async fn assert_blocked_once(app: &TestApp, t: &Tenant, endpoint_id: &str, what: &str) {
+    let v = eventually(
+        app,
+        t,
+        &format!("/v1/deliveries?endpoint_id={endpoint_id}"),
+        |v| v["data"][0]["status"] == "failed",
+    )
+    .await;
+    let log = attempts(app, t, v["data"][0]["id"].as_str().unwrap()).await;
+    assert_eq!(log.len(), 1, "{what}: {log:?}");
+    assert_eq!(log[0]["error_class"], "blocked_address", "{what}: {log:?}");
+    assert!(
+        log[0]["error"].as_str().unwrap().contains("blocked"),
+        "{what}: {log:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_name_that_rebinds_to_an_inner_address_is_blocked_at_delivery() {
     let app = strict_app().await;
@@ -279,19 +298,7 @@ async fn a_name_that_rebinds_to_an_inner_address_is_blocked_at_delivery() {
     }
     app.create_user(&t, json!({"email": "a@example.com"})).await;
     for e in &endpoints {
-        let v = eventually(
-            &app,
-            &t,
-            &format!("/v1/deliveries?endpoint_id={}", e.id),
-            |v| v["data"][0]["status"] == "failed",
-        )
-        .await;
-        let log = attempts(&app, &t, v["data"][0]["id"].as_str().unwrap()).await;
-        assert_eq!(log[0]["error_class"], "blocked_address", "{log:?}");
-        assert!(
-            log[0]["error"].as_str().unwrap().contains("blocked"),
-            "{log:?}"
-        );
+        assert_blocked_once(&app, &t, &e.id, "a rebinding name").await;
     }
     assert!(
         rx.received("/rebind").is_empty(),
@@ -336,20 +343,7 @@ async fn every_blocked_spelling_is_blocked_at_delivery_too() {
     }
     app.create_user(&t, json!({"email": "a@example.com"})).await;
     for (url, e) in &endpoints {
-        let v = eventually(
-            &app,
-            &t,
-            &format!("/v1/deliveries?endpoint_id={}", e.id),
-            |v| v["data"][0]["status"] == "failed",
-        )
-        .await;
-        let log = attempts(&app, &t, v["data"][0]["id"].as_str().unwrap()).await;
-        assert_eq!(log.len(), 1, "{url}: {log:?}");
-        assert_eq!(log[0]["error_class"], "blocked_address", "{url}: {log:?}");
-        assert!(
-            log[0]["error"].as_str().unwrap().contains("blocked"),
-            "{url}: {log:?}"
-        );
+        assert_blocked_once(&app, &t, &e.id, url).await;
     }
     assert!(
         rx.all().is_empty(),

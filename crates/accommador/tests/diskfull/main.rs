@@ -86,13 +86,7 @@ async fn a_full_disk_answers_503_loses_nothing_acknowledged_and_recovers_by_itse
     let tmpfs = Tmpfs::mount("24m");
     let logs = tempfile::tempdir().unwrap();
     let mut server = start(&tmpfs.0.join("full.db"), logs.path()).await;
-    let org: Value = server
-        .post(ADMIN, "/v1/organizations", json!({"name": "Full"}))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let key = org["api_key"].as_str().unwrap().to_owned();
+    let key = server.create_org(ADMIN, "Full").await;
     let rx = Receiver::start().await;
     let r = server
         .post(&key, "/v1/endpoints", json!({"url": rx.url("/full")}))
