@@ -14,7 +14,9 @@ use serde_json::{Map, Value};
 
 use super::guard::{AddressGuard, BlockedAddress, ResolveError};
 use crate::domain::Timestamp;
-use crate::domain::delivery::{AttemptResult, ErrorClass, MAX_LOGGED_BODY, parse_retry_after};
+use crate::domain::delivery::{
+    AttemptResult, ErrorClass, MAX_LOGGED_BODY, logged_body, parse_retry_after,
+};
 use crate::store::DueDelivery;
 
 pub const USER_AGENT: &str = concat!("Accommador-Webhooks/", env!("CARGO_PKG_VERSION"));
@@ -112,15 +114,18 @@ impl WebhookClient {
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| parse_retry_after(v, SystemTime::now()));
                 }
+                // The status line decides the outcome; of the body only the first 4 KiB are
+                // read (one byte more tells whether the cut splits a character), then the
+                // connection is dropped. A body cut short (reset, or still trickling at the
+                // timeout) keeps what arrived.
                 let mut body = Vec::new();
-                while body.len() < MAX_LOGGED_BODY {
+                while body.len() <= MAX_LOGGED_BODY {
                     match response.chunk().await {
                         Ok(Some(chunk)) => body.extend_from_slice(&chunk),
                         _ => break,
                     }
                 }
-                body.truncate(MAX_LOGGED_BODY);
-                result.response_body = String::from_utf8_lossy(&body).into_owned();
+                result.response_body = logged_body(&body);
                 if !(200..300).contains(&status) {
                     result.error_class = Some(ErrorClass::HttpStatus);
                     result.error = Some(if (300..400).contains(&status) {

@@ -111,11 +111,16 @@ pub fn classify_v6(ip: Ipv6Addr) -> Option<Blocked> {
     if ip == Ipv6Addr::UNSPECIFIED {
         return Some(Blocked::Special("unspecified"));
     }
-    let table: [([u16; 8], u32, Blocked); 11] = [
+    let table: [([u16; 8], u32, Blocked); 12] = [
         (
             [0, 0, 0, 0, 0, 0, 0, 0],
             96,
             Blocked::Special("IPv4-compatible"),
+        ),
+        (
+            [0, 0, 0, 0, 0xffff, 0, 0, 0],
+            96,
+            Blocked::Special("IPv4-translated"),
         ),
         (
             [0x64, 0xff9b, 0, 0, 0, 0, 0, 0],
@@ -168,6 +173,11 @@ pub fn classify_v6(ip: Ipv6Addr) -> Option<Blocked> {
         .iter()
         .find(|(net, bits, _)| in_v6(ip, *net, *bits))
         .map(|(_, _, b)| *b)
+        // Global unicast is 2000::/3 only; the rest of the space is reserved by the IETF
+        // (e.g. `64:ff9c::1` routes nowhere a webhook should go).
+        .or_else(|| {
+            (!in_v6(ip, [0x2000, 0, 0, 0, 0, 0, 0, 0], 3)).then_some(Blocked::Special("reserved"))
+        })
 }
 
 pub fn classify(ip: IpAddr) -> Option<Blocked> {
@@ -239,6 +249,11 @@ mod tests {
             "fec0::1",
             "ff02::1",
             "100::1",
+            "::ffff:0:7f00:1",
+            "::ffff:0:a00:1",
+            "64:ff9c::1",
+            "4000::1",
+            "e000::1",
         ];
         for s in blocked {
             assert!(check(ip(s), false).is_err(), "{s} must be blocked");

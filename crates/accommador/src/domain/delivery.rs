@@ -314,6 +314,57 @@ pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Dura
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
+/// What the delivery log keeps of a response body: its first [`MAX_LOGGED_BODY`] bytes, cut
+/// back to a whole character when the cut splits one, as text. Bytes that are not UTF-8 become
+/// U+FFFD, and so does NUL, which PostgreSQL's `text` cannot hold (a receiver answering
+/// binary must not make its attempt impossible to record).
+pub fn logged_body(body: &[u8]) -> String {
+    let mut kept = &body[..body.len().min(MAX_LOGGED_BODY)];
+    if kept.len() < body.len()
+        && let Some(lead) = (kept.len().saturating_sub(4)..kept.len())
+            .rev()
+            .find(|&i| kept[i] & 0xC0 != 0x80)
+    {
+        let width = match kept[lead] {
+            b if b >= 0xF0 => 4,
+            b if b >= 0xE0 => 3,
+            b if b >= 0xC0 => 2,
+            _ => 1,
+        };
+        if lead + width > kept.len() {
+            kept = &kept[..lead];
+        }
+    }
+    String::from_utf8_lossy(kept).replace('\0', "\u{FFFD}")
+}
+
+#[cfg(test)]
+mod logged_body_tests {
+    use super::*;
+
+    #[test]
+    fn the_log_keeps_4_kib_of_whole_characters_and_no_nul() {
+        assert_eq!(logged_body(b"ok"), "ok");
+        assert_eq!(logged_body(&[b'y'; 50_000]), "y".repeat(MAX_LOGGED_BODY));
+        let mut split = vec![b'a'; MAX_LOGGED_BODY - 1];
+        split.extend_from_slice("é…".as_bytes());
+        assert_eq!(logged_body(&split), "a".repeat(MAX_LOGGED_BODY - 1));
+        let mut three = vec![b'a'; MAX_LOGGED_BODY - 2];
+        three.extend_from_slice("…".as_bytes());
+        assert_eq!(logged_body(&three), "a".repeat(MAX_LOGGED_BODY - 2));
+        let mut whole = vec![b'a'; MAX_LOGGED_BODY - 2];
+        whole.extend_from_slice("é and more".as_bytes());
+        assert_eq!(
+            logged_body(&whole),
+            format!("{}é", "a".repeat(MAX_LOGGED_BODY - 2))
+        );
+        assert_eq!(
+            logged_body(b"\x00bin\xff\xfe\x00ary"),
+            "\u{FFFD}bin\u{FFFD}\u{FFFD}\u{FFFD}ary"
+        );
+    }
+}
+
 #[cfg(test)]
 mod webhook_timestamp_tests {
     use super::*;

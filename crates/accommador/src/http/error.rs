@@ -13,6 +13,8 @@ use crate::service::ServiceError;
 use crate::store::StoreError;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
+/// The `Retry-After` of a 503 for a full disk: soon enough to notice space coming back.
+const STORAGE_FULL_RETRY_SECS: u64 = 5;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -169,6 +171,22 @@ impl ApiError {
         )
     }
 
+    /// The database's disk is full: a 503 the client may retry (nothing was saved), logged
+    /// once with its cause so the operator learns of it.
+    pub fn storage_full(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> ApiError {
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage-full",
+            "Storage full",
+            "the server's database is out of disk space: nothing of this request was saved; \
+             retry later"
+                .into(),
+        );
+        e.cause = Some(cause.into());
+        e.retry_after_secs = Some(STORAGE_FULL_RETRY_SECS);
+        e
+    }
+
     pub fn internal(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> ApiError {
         let mut e = ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -226,6 +244,7 @@ impl From<StoreError> for ApiError {
                 "attempt-in-flight",
                 "an attempt of this delivery is in flight; retry when it has finished".into(),
             ),
+            e @ StoreError::StorageFull(_) => ApiError::storage_full(e),
             e @ (StoreError::Database(_) | StoreError::SecretUnreadable { .. }) => {
                 ApiError::internal(e)
             }

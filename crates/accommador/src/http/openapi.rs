@@ -621,7 +621,8 @@ pub struct Health {
 #[derive(Debug)]
 struct Security;
 
-/// Every operation can fail with an opaque 500 problem; say so once for all of them.
+/// Every operation can fail with an opaque 500 problem, and every write with a 503 for a full
+/// disk; say so once for all of them.
 fn add_server_errors(openapi: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::ResponseBuilder;
     let response = ResponseBuilder::new()
@@ -633,6 +634,36 @@ fn add_server_errors(openapi: &mut utoipa::openapi::OpenApi) {
             .responses
             .entry("500".to_owned())
             .or_insert_with(|| response.clone().into());
+    }
+    // Every write can meet a full disk: a 503 `storage-full` with `Retry-After`, nothing saved.
+    let full = ResponseBuilder::new()
+        .description(
+            "Storage full (`urn:accommador:problem:storage-full`): the database is out of disk \
+             space and nothing of the request was saved; retry after `Retry-After` seconds",
+        )
+        .header(
+            "Retry-After",
+            utoipa::openapi::header::HeaderBuilder::new()
+                .schema(Some(
+                    utoipa::openapi::Object::builder()
+                        .schema_type(utoipa::openapi::Type::Integer)
+                        .minimum(Some(1)),
+                ))
+                .description(Some("Seconds to wait before retrying"))
+                .build(),
+        )
+        .content("application/problem+json", problem_content())
+        .build();
+    for item in openapi.paths.paths.values_mut() {
+        for op in [&mut item.post, &mut item.patch, &mut item.delete]
+            .into_iter()
+            .flatten()
+        {
+            op.responses
+                .responses
+                .entry("503".to_owned())
+                .or_insert_with(|| full.clone().into());
+        }
     }
 }
 

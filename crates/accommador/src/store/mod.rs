@@ -51,15 +51,50 @@ pub enum StoreError {
         endpoint_id: String,
         reason: crate::domain::secret_box::OpenError,
     },
+    /// The database's disk (or its size limit) is full: nothing of the write was committed,
+    /// and writes work again once space is freed. The cause is in the message.
+    #[error("the database is out of disk space: {0}")]
+    StorageFull(Box<dyn std::error::Error + Send + Sync>),
     /// The cause is in the message (not a `source`), so every log line of it says why.
     #[error("database error: {0}")]
     Database(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl StoreError {
+    /// A database error; one that says the disk is full becomes [`StoreError::StorageFull`].
     pub fn database(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
-        StoreError::Database(Box::new(e))
+        if disk_full(&e) {
+            StoreError::StorageFull(Box::new(e))
+        } else {
+            StoreError::Database(Box::new(e))
+        }
     }
+}
+
+/// Whether `e`, or an error in its chain, is SQLite's `SQLITE_FULL` or PostgreSQL's
+/// `disk_full` (53100).
+fn disk_full(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(rusqlite::Error::SqliteFailure(f, _)) = e.downcast_ref::<rusqlite::Error>()
+            && f.code == rusqlite::ErrorCode::DiskFull
+        {
+            return true;
+        }
+        // What a wrapper forwarding `source()` past the `rusqlite::Error` shows.
+        if let Some(f) = e.downcast_ref::<rusqlite::ffi::Error>()
+            && f.code == rusqlite::ErrorCode::DiskFull
+        {
+            return true;
+        }
+        if let Some(pg) = e.downcast_ref::<tokio_postgres::Error>()
+            && pg.code() == Some(&tokio_postgres::error::SqlState::DISK_FULL)
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// Where the database lives, parsed from `ACCOMMADOR_DATABASE_URL`. `Debug` and `Display` show

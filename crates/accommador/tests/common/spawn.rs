@@ -92,3 +92,75 @@ pub fn log_path(dir: &Path, name: &str) -> PathBuf {
         SEQ.fetch_add(1, Ordering::Relaxed)
     ))
 }
+
+/// A spawned `accommador serve` on port 0, killed and reaped when dropped.
+pub struct Server(pub Child, pub SocketAddr);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Server {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.1)
+    }
+
+    /// `POST path` as `key` (an API key or the admin token) with a JSON body.
+    pub async fn post(&self, key: &str, path: &str, body: serde_json::Value) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(self.url(path))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+    }
+
+    /// A new organization, created with the operator's `admin` token: its API key.
+    pub async fn create_org(&self, admin: &str, name: &str) -> String {
+        let r = self
+            .post(
+                admin,
+                "/v1/organizations",
+                serde_json::json!({ "name": name }),
+            )
+            .await;
+        assert_eq!(r.status(), 201, "creating organization {name}");
+        let org: serde_json::Value = r.json().await.unwrap();
+        org["api_key"].as_str().unwrap().to_owned()
+    }
+
+    /// `GET path` as `key`: its JSON body, which must come with a 200.
+    pub async fn get_json(&self, key: &str, path: &str) -> serde_json::Value {
+        let r = reqwest::Client::new()
+            .get(self.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        assert_eq!(r.status(), 200, "GET {path}");
+        r.json().await.unwrap()
+    }
+}
+
+/// Starts `accommador serve` on SQLite file `db` with only the `ACCOMMADOR_*` settings in `env`
+/// (none inherited from the test's environment), logging under `logs`.
+pub async fn serve(db: &Path, logs: &Path, env: &[(&str, &str)]) -> Server {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_accommador"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("ACCOMMADOR_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.args(["serve", "--listen", "127.0.0.1:0"])
+        .arg("--database")
+        .arg(format!("sqlite://{}", db.display()))
+        .envs(env.iter().copied());
+    let (child, addr) = spawn_listening(cmd, &log_path(logs, "serve"))
+        .await
+        .unwrap_or_else(|e| panic!("accommador serve did not start: {e}"));
+    Server(child, addr)
+}

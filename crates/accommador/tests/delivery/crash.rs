@@ -2,7 +2,6 @@
 //! restart every event still reaches the endpoint at least once.
 
 use std::collections::HashSet;
-use std::process::{Child, Command};
 use std::time::Duration;
 
 use reqwest::Client;
@@ -13,38 +12,19 @@ use crate::spawn;
 
 pub(crate) const ADMIN: &str = "crash-admin-token";
 
-pub(crate) struct Server(pub(crate) Child, std::net::SocketAddr);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+pub(crate) use crate::spawn::Server;
 
 pub(crate) async fn start(dir: &std::path::Path) -> Server {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_accommador"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("ACCOMMADOR_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.args(["serve", "--listen", "127.0.0.1:0"])
-        .arg("--database")
-        .arg(format!("sqlite://{}", dir.join("crash.db").display()))
-        .env("ACCOMMADOR_ADMIN_TOKEN", ADMIN)
-        .env("ACCOMMADOR_ALLOW_PRIVATE_TARGETS", "true")
-        .env("ACCOMMADOR_RETRY_SCHEDULE", "100ms,100ms,100ms");
-    let (child, addr) = spawn::spawn_listening(cmd, &spawn::log_path(dir, "serve"))
-        .await
-        .unwrap_or_else(|e| panic!("accommador serve did not start: {e}"));
-    Server(child, addr)
-}
-
-impl Server {
-    pub(crate) fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.1)
-    }
+    spawn::serve(
+        &dir.join("crash.db"),
+        dir,
+        &[
+            ("ACCOMMADOR_ADMIN_TOKEN", ADMIN),
+            ("ACCOMMADOR_ALLOW_PRIVATE_TARGETS", "true"),
+            ("ACCOMMADOR_RETRY_SCHEDULE", "100ms,100ms,100ms"),
+        ],
+    )
+    .await
 }
 
 #[tokio::test]

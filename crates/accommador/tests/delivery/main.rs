@@ -6,6 +6,8 @@ mod contract;
 mod crash;
 mod deleted_org;
 mod fanout;
+mod fault_receiver;
+mod faults;
 mod guard;
 #[path = "../api/helpers.rs"]
 #[allow(dead_code)]
