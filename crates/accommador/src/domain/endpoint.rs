@@ -1,5 +1,6 @@
 //! Webhook endpoints: the parsed shapes of create and update requests, the stored record, the
-//! event-type filter, and the URL rules (http or https with a host, no credentials).
+//! event-type filter, the delivery ordering policy, and the URL rules (http or https with a
+//! host, no credentials).
 
 use accommador_webhooks::EventType;
 use serde_json::{Map, Value};

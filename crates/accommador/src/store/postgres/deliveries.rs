@@ -5,6 +5,9 @@
 //!   fanned out exactly once across instances.
 //! - Leases (`lease_token`, `lease_until` by the database clock) say which instance attempts
 //!   a delivery; only the holder records its result.
+//! - Per-user ordering is enforced where leases are taken (`leasing.rs`); the waiting mark and
+//!   its release are migration 0015's triggers, and recording a delivery that ends on a
+//!   `per_user` endpoint makes its lane due at once, for the delivery it released.
 //! - The hot paths (fan-out, leasing, recording) run a fixed number of statements per step,
 //!   whatever the batch size: `UNNEST` inserts and updates, pipelined per-lane statements.
 

@@ -4,6 +4,12 @@
 //! SQLite has one server process, so nothing here leases rows in the database: the dispatcher
 //! keeps the set of deliveries in flight in memory and passes it in, and after a restart every
 //! pending delivery is simply due again (at-least-once).
+//!
+//! Per-user ordering ([`lane_sql`]): a `per_user` endpoint's lane hands out a delivery only
+//! when no earlier one of its user is pending (one in flight is pending too, so the in-memory
+//! set needs no rule of its own). Deliveries that wait have no `next_attempt_at`, kept so by
+//! the triggers of migration 0013, and a delivery that ends wakes its lane
+//! ([`Recorded::next_due`]) so the one it released goes out at once.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
