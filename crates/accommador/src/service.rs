@@ -276,10 +276,16 @@ impl Service {
         if let Some(url) = &patch.url {
             self.check_target(url).await?;
         }
+        let unordered = patch.ordering == Some(crate::domain::endpoint::DeliveryOrder::None);
         let (updated, events) = self
             .store
             .update_endpoint(org.to_owned(), id.to_owned(), patch)
             .await?;
+        if unordered {
+            // Back to `none`: what waited behind an earlier delivery of its user is due now
+            // (in bounded batches), before the answer, so the wake-up below finds it.
+            self.store.release_waiting(id.to_owned()).await?;
+        }
         self.delivery.endpoint_changed(id);
         if events {
             // `endpoint.disabled` / `endpoint.enabled` committed with the change.

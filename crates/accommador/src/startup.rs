@@ -287,6 +287,8 @@ fn start_workers(
                         metrics::gauge!("webhook_oldest_due_age_seconds").set(age as f64 / 1000.0);
                         metrics::gauge!("webhook_disabled_endpoints")
                             .set(s.disabled_endpoints as f64);
+                        metrics::gauge!("webhook_deliveries_ordered_waiting")
+                            .set(s.ordered_waiting as f64);
                     }
                     Err(e) => tracing::warn!(error = %e, "reading delivery gauges failed"),
                 }

@@ -120,6 +120,30 @@ impl Api {
         Ok(response.json().await?)
     }
 
+    /// Sets an endpoint's `ordering` (`none` or `per_user`).
+    pub async fn set_ordering(
+        &self,
+        key: &str,
+        endpoint_id: &str,
+        ordering: &str,
+    ) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .patch(format!("{}/v1/endpoints/{endpoint_id}", self.base))
+            .bearer_auth(key)
+            .json(&serde_json::json!({ "ordering": ordering }))
+            .send()
+            .await
+            .context("PATCH /v1/endpoints/{id}")?;
+        expect_status(
+            response,
+            reqwest::StatusCode::OK,
+            "PATCH /v1/endpoints/{id}",
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Every `user.created` event of the key's organization, in commit order.
     pub async fn created_events(&self, key: &str) -> anyhow::Result<Vec<EventRef>> {
         let mut events = Vec::new();

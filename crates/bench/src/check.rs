@@ -150,6 +150,7 @@ mod tests {
             endpoint,
             event_id: event_id.into(),
             user_id: user_id.into(),
+            version: 1,
             at: Instant::now(),
         }
     }

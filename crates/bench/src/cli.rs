@@ -40,8 +40,13 @@ everything is expired, and the same load while the purge runs, until it has caug
 --purge-tail seconds more: rows purged per second (/metrics), API latency against the \
 baseline, the longest create as the writer-pause estimate, and on SQLite the file size and free \
 pages every half second (the file must stop growing once the purge has caught up)
+  8 ordering   per-user ordering (not part of `all`): 1,000 users, then PATCHes of them \
+round-robin for --seconds to one endpoint with ordering none and again with per_user \
+(flat out; end-to-end rate, target per_user ≥ 80 % of none), then at 300/s unordered and \
+per_user while the receiver fails every event of one user (the others' p99, target ≤ 1.2× \
+unordered)
 `all` runs them in the order 6, 1, 2, 5, 3, 4: the ceiling right before the sustained run it \
-is compared with, isolation after the latency run it refers to; 7 only when named.
+is compared with, isolation after the latency run it refers to; 7 and 8 only when named.
 
 Every scenario gets a fresh server; without --database, a fresh SQLite file in a temporary \
 directory. A postgres:// URL is passed through as is; if the server refuses it (no \
@@ -56,8 +61,8 @@ performance targets do not change the exit status; they are in the summary.";
 #[derive(Debug, Parser)]
 #[command(name = "accommador-bench", version, about = ABOUT, long_about = LONG_ABOUT)]
 pub struct Cli {
-    /// Scenarios to run: `all` (1-6), or a comma list of numbers (1-7) or names (sustained,
-    /// latency, fanout, backlog, isolation, ceiling, purge).
+    /// Scenarios to run: `all` (1-6), or a comma list of numbers (1-8) or names (sustained,
+    /// latency, fanout, backlog, isolation, ceiling, purge, ordering).
     #[arg(long, default_value = "all", value_name = "LIST")]
     pub scenario: String,
 
@@ -182,6 +187,7 @@ pub enum Scenario {
     Fanout,
     Backlog,
     Purge,
+    Ordering,
 }
 
 impl Scenario {
@@ -196,7 +202,7 @@ impl Scenario {
     ];
 
     /// Every scenario, for naming one.
-    const EVERY: [Scenario; 7] = [
+    const EVERY: [Scenario; 8] = [
         Scenario::Ceiling,
         Scenario::Sustained,
         Scenario::Latency,
@@ -204,6 +210,7 @@ impl Scenario {
         Scenario::Fanout,
         Scenario::Backlog,
         Scenario::Purge,
+        Scenario::Ordering,
     ];
 
     pub fn name(self) -> &'static str {
@@ -215,6 +222,7 @@ impl Scenario {
             Scenario::Isolation => "isolation",
             Scenario::Ceiling => "ceiling",
             Scenario::Purge => "purge",
+            Scenario::Ordering => "ordering",
         }
     }
 
@@ -227,6 +235,7 @@ impl Scenario {
             Scenario::Isolation => 5,
             Scenario::Ceiling => 6,
             Scenario::Purge => 7,
+            Scenario::Ordering => 8,
         }
     }
 
@@ -246,7 +255,7 @@ pub fn parse_scenarios(list: &str) -> Result<Vec<Scenario>, String> {
     let mut picked = Vec::new();
     for word in list.split(',').filter(|w| !w.trim().is_empty()) {
         let s = Scenario::parse(word).ok_or_else(|| {
-            format!("unknown scenario {word:?}: use 1-7, sustained, latency, fanout, backlog, isolation, ceiling, purge or all")
+            format!("unknown scenario {word:?}: use 1-8, sustained, latency, fanout, backlog, isolation, ceiling, purge, ordering or all")
         })?;
         if !picked.contains(&s) {
             picked.push(s);

@@ -44,6 +44,8 @@ pub struct Plan {
 #[derive(Debug, Clone)]
 pub struct Acked {
     pub user_id: Box<str>,
+    /// The user's version after the request (absent on the ceiling's direct posts).
+    pub version: Option<u64>,
     pub sent: Instant,
     pub acked: Instant,
 }
@@ -77,6 +79,7 @@ struct WorkerLog {
 #[derive(Deserialize)]
 struct CreatedUser {
     id: String,
+    version: Option<u64>,
 }
 
 /// What one request of a load phase is.
@@ -84,6 +87,13 @@ struct CreatedUser {
 pub enum Target {
     /// `POST {base}/v1/users` with a unique email, as the organization of `key`.
     CreateUsers { base: String, key: String },
+    /// `PATCH {base}/v1/users/{id}` of `ids[i % len]` (a new name each time): one
+    /// `user.updated` event per request, spread over these users.
+    UpdateUsers {
+        base: String,
+        key: String,
+        ids: Arc<Vec<String>>,
+    },
     /// The ceiling: `POST url` of a webhook-like body signed with `secret`, straight to a
     /// receiver, with no server in between.
     Direct { url: String, secret: Secret },
@@ -191,6 +201,14 @@ async fn send(
                 )),
             None,
         ),
+        Target::UpdateUsers { base, key, ids } => (
+            client
+                .patch(format!("{base}/v1/users/{}", ids[i as usize % ids.len()]))
+                .bearer_auth(key)
+                .header("content-type", "application/json")
+                .body(format!(r#"{{"name":"Bench {phase}-{i}"}}"#)),
+            None,
+        ),
         Target::Direct { url, secret } => {
             // Shaped and signed like a real delivery, so the receiver does the same work.
             let event_id = format!("evt_ceiling{i:015}");
@@ -240,10 +258,10 @@ async fn send(
         });
         return false;
     }
-    let user_id = match synthetic_id {
-        Some(id) => id,
+    let (user_id, version) = match synthetic_id {
+        Some(id) => (id, None),
         None => match serde_json::from_slice::<CreatedUser>(&body) {
-            Ok(u) => u.id,
+            Ok(u) => (u.id, u.version),
             Err(e) => {
                 log.transport_errors += 1;
                 log.first_error
@@ -254,6 +272,7 @@ async fn send(
     };
     log.acked.push(Acked {
         user_id: user_id.into(),
+        version,
         sent,
         acked,
     });

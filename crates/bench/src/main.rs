@@ -161,6 +161,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Scenario::Purge => scenarios::purge(&bench)
                     .await
                     .map(|r| results.purge = Some(r)),
+                Scenario::Ordering => scenarios::ordering(&bench)
+                    .await
+                    .map(|r| results.ordering = Some(r)),
             };
             if let Err(e) = outcome {
                 bench

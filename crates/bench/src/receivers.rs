@@ -41,6 +41,8 @@ pub struct Receipt {
     pub event_id: Box<str>,
     /// `data.user.id` of the body.
     pub user_id: Box<str>,
+    /// `data.user.version` of the body.
+    pub version: u64,
     pub at: Instant,
 }
 
@@ -63,6 +65,8 @@ pub struct Recorder {
     bad_bodies: AtomicU64,
     hung: AtomicU64,
     unknown_paths: AtomicU64,
+    /// Requests refused (500) because they are about the refused user.
+    refused: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -81,6 +85,7 @@ pub struct Counts {
     pub bad_bodies: u64,
     pub hung_requests: u64,
     pub unknown_paths: u64,
+    pub refused_for_user: u64,
 }
 
 impl Recorder {
@@ -92,6 +97,7 @@ impl Recorder {
             bad_bodies: self.bad_bodies.load(Ordering::Relaxed),
             hung_requests: self.hung.load(Ordering::Relaxed),
             unknown_paths: self.unknown_paths.load(Ordering::Relaxed),
+            refused_for_user: self.refused.load(Ordering::Relaxed),
         }
     }
 
@@ -131,6 +137,9 @@ struct Shared {
     slots: RwLock<Vec<Option<Arc<Slot>>>>,
     recorder: Arc<Recorder>,
     shutdown: CancellationToken,
+    /// Every endpoint answers 500 to events about this user (the ordering scenario's blocked
+    /// user); nothing is recorded for them.
+    refused_user: RwLock<Option<Box<str>>>,
 }
 
 /// A set of listeners and the endpoints they serve. Dropping it stops them.
@@ -147,6 +156,7 @@ impl Receivers {
             slots: RwLock::new(Vec::new()),
             recorder: Arc::new(Recorder::default()),
             shutdown: CancellationToken::new(),
+            refused_user: RwLock::new(None),
         });
         let mut addrs = Vec::new();
         for _ in 0..listeners.max(1) {
@@ -180,6 +190,20 @@ impl Receivers {
 
     pub fn recorder(&self) -> &Arc<Recorder> {
         &self.shared.recorder
+    }
+
+    /// From now on every endpoint answers 500 to events about `user` (`None`: to nobody).
+    pub fn refuse_user(&self, user: Option<&str>) {
+        *self.shared.refused_user.write().expect("refused user lock") = user.map(Into::into);
+    }
+
+    /// Whether some user's events are refused ([`Receivers::refuse_user`]).
+    pub fn refusing(&self) -> bool {
+        self.shared
+            .refused_user
+            .read()
+            .expect("refused user lock")
+            .is_some()
     }
 
     /// Makes room for an endpoint and returns its number and the URL to register with the
@@ -227,6 +251,8 @@ struct WireData<'a> {
 struct WireUser<'a> {
     #[serde(borrow)]
     id: &'a str,
+    #[serde(default)]
+    version: u64,
 }
 
 fn endpoint_of(path: &str) -> Option<u32> {
@@ -268,10 +294,21 @@ async fn receive(
     }
     match serde_json::from_slice::<WireEvent<'_>>(&body) {
         Ok(event) if event.id == webhook_id => {
+            let refused = shared
+                .refused_user
+                .read()
+                .expect("refused user lock")
+                .as_deref()
+                == Some(event.data.user.id);
+            if refused {
+                recorder.refused.fetch_add(1, Ordering::Relaxed);
+                return StatusCode::INTERNAL_SERVER_ERROR;
+            }
             recorder.record(Receipt {
                 endpoint: n,
                 event_id: webhook_id.into(),
                 user_id: event.data.user.id.into(),
+                version: event.data.user.version,
                 at,
             });
         }

@@ -10,7 +10,9 @@ use crate::check::{ReceiptTally, Tally};
 use crate::meter::Usage;
 use crate::procfs::{CpuTime, Machine};
 use crate::receivers::Counts;
-use crate::scenarios::{Backlog, Ceiling, Fanout, Isolation, LatencyScenario, Purge, Sustained};
+use crate::scenarios::{
+    Backlog, Ceiling, Fanout, Isolation, LatencyScenario, OrderingScenario, Purge, Sustained,
+};
 use crate::stats::{Goal, LatencySummary, TargetCheck, check, fmt_num};
 
 #[derive(Debug, Default, Serialize)]
@@ -22,6 +24,7 @@ pub struct Results {
     pub fanout: Option<Fanout>,
     pub backlog: Option<Backlog>,
     pub purge: Option<Purge>,
+    pub ordering: Option<OrderingScenario>,
     /// Scenarios that could not run, and why.
     pub errors: BTreeMap<String, String>,
 }
@@ -179,6 +182,22 @@ pub fn targets(r: &Results, postgres: bool) -> Vec<TargetCheck> {
     ));
     if let Some(p) = &r.purge {
         purge_targets(p, &mut t);
+    }
+    if let Some(o) = &r.ordering {
+        t.push(check(
+            "per_user ordering, 1,000 users: end to end ≥ 80 % of unordered",
+            Goal::AtLeast(80.0),
+            "%",
+            o.throughput_ratio.map(|r| r * 100.0),
+            None,
+        ));
+        t.push(check(
+            "one user's receiver failing: the others' p99 ≤ 1.2× unordered",
+            Goal::AtMost(1.2),
+            "×",
+            o.p99_ratio,
+            None,
+        ));
     }
     if !postgres {
         t.push(TargetCheck {
@@ -460,6 +479,55 @@ fn refused(l: &crate::scenarios::LoadSummary) -> String {
         l.transport_errors,
         l.first_error.as_deref().unwrap_or("?")
     )
+}
+
+fn ordering_human(s: &OrderingScenario, o: &mut String) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        o,
+        "8 ordering   {} users, one endpoint, {} connections, {} s per phase",
+        s.users, s.connections, s.seconds
+    );
+    for p in [
+        &s.none,
+        &s.per_user,
+        &s.none_steady,
+        &s.per_user_one_blocked,
+    ] {
+        let lat = p.latency.as_ref().map_or("no receipts".to_owned(), |l| {
+            format!(
+                "p50 {} ms, p99 {} ms, max {} ms",
+                fmt_num(l.p50_ms),
+                fmt_num(l.p99_ms),
+                fmt_num(l.max_ms)
+            )
+        });
+        let _ = writeln!(
+            o,
+            "             {:<8} {:<9} {} PATCHes ({}/s), {} deliveries{}: end to end {}/s; {}{}",
+            p.ordering,
+            p.rate.map_or("flat out".to_owned(), |r| format!("{r}/s")),
+            p.load.ok,
+            fmt_num(p.load.ok_per_s),
+            p.expected,
+            if p.drained { "" } else { " (not drained)" },
+            fmt_num(p.end_to_end_per_s),
+            lat,
+            if p.refused > 0 {
+                format!("; {} refused for the failing user", p.refused)
+            } else {
+                String::new()
+            }
+        );
+    }
+    let _ = writeln!(
+        o,
+        "             per_user ÷ none: {} (throughput); failing user's neighbours' p99 ÷ unordered: {}",
+        s.throughput_ratio
+            .map_or("?".into(), |r| format!("{} %", fmt_num(r * 100.0))),
+        s.p99_ratio
+            .map_or("?".into(), |r| format!("{}×", fmt_num(r)))
+    );
 }
 
 fn purge_human(p: &Purge, o: &mut String) {
@@ -821,6 +889,9 @@ pub fn human(report: &Report) -> String {
     }
     if let Some(p) = &r.purge {
         purge_human(p, &mut o);
+    }
+    if let Some(s) = &r.ordering {
+        ordering_human(s, &mut o);
     }
     for (scenario, error) in &r.errors {
         let _ = writeln!(o, "{scenario}: DID NOT RUN: {error}");

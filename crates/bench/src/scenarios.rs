@@ -3,8 +3,10 @@
 //! waits (bounded) for the deliveries, checks them against the outbox, and stops the server
 //! with SIGTERM.
 
+mod ordering;
 mod purge;
 
+pub use ordering::{OrderingScenario, ordering};
 pub use purge::{Purge, PurgeMetrics, purge};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -999,11 +1001,13 @@ mod tests {
         let acked = vec![
             Acked {
                 user_id: "u1".into(),
+                version: Some(1),
                 sent: t0,
                 acked: t0 + Duration::from_millis(10),
             },
             Acked {
                 user_id: "u2".into(),
+                version: Some(1),
                 sent: t0,
                 acked: t0 + Duration::from_millis(20),
             },
@@ -1012,6 +1016,7 @@ mod tests {
             endpoint,
             event_id: event.into(),
             user_id: user.into(),
+            version: 1,
             at: t0 + Duration::from_millis(after_ms),
         };
         let receipts = vec![

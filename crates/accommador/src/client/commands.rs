@@ -82,6 +82,9 @@ pub enum EndpointsCommand {
         event_types: Option<Vec<String>>,
         #[arg(long)]
         description: Option<String>,
+        /// `per_user`: each user's events arrive in commit order; absent: `none`.
+        #[arg(long, value_parser = ["none", "per_user"])]
+        ordering: Option<String>,
     },
     /// Show one endpoint.
     Get { id: String },
@@ -90,7 +93,7 @@ pub enum EndpointsCommand {
         #[command(flatten)]
         paging: Paging,
     },
-    /// Change an endpoint's URL, event types, description or status.
+    /// Change an endpoint's URL, event types, description, status or ordering.
     Update {
         id: String,
         #[arg(long)]
@@ -103,6 +106,9 @@ pub enum EndpointsCommand {
         /// `enabled` or `disabled`.
         #[arg(long, value_parser = ["enabled", "disabled"])]
         status: Option<String>,
+        /// `none` or `per_user` (each user's events in commit order).
+        #[arg(long, value_parser = ["none", "per_user"])]
+        ordering: Option<String>,
     },
     /// Delete an endpoint (its pending deliveries are cancelled).
     Delete { id: String },
@@ -194,6 +200,7 @@ const ENDPOINT_COLUMNS: &[Column] = &[
     ("URL", "/url"),
     ("STATUS", "/status"),
     ("EVENT TYPES", "/event_types"),
+    ("ORDERING", "/ordering"),
     ("DESCRIPTION", "/description"),
 ];
 const DELIVERY_COLUMNS: &[Column] = &[
@@ -291,11 +298,13 @@ pub async fn endpoints(r: Resource<EndpointsCommand>) -> anyhow::Result<()> {
             url,
             event_types,
             description,
+            ordering,
         } => {
             let body = object(vec![
                 ("url", text(Some(url))),
                 ("event_types", event_types.map(|t| json!(t))),
                 ("description", text(description)),
+                ("ordering", text(ordering)),
             ]);
             show(json, &c.post("/v1/endpoints", Some(&body)).await?)
         }
@@ -309,6 +318,7 @@ pub async fn endpoints(r: Resource<EndpointsCommand>) -> anyhow::Result<()> {
             event_types,
             description,
             status,
+            ordering,
         } => {
             let body = changes(
                 vec![
@@ -316,8 +326,9 @@ pub async fn endpoints(r: Resource<EndpointsCommand>) -> anyhow::Result<()> {
                     ("event_types", event_types.map(|t| json!(t))),
                     ("description", text(description)),
                     ("status", text(status)),
+                    ("ordering", text(ordering)),
                 ],
-                "--url, --event-types, --description or --status",
+                "--url, --event-types, --description, --status or --ordering",
             )?;
             show(json, &c.patch(&path(&id, ""), &body).await?)
         }

@@ -707,6 +707,9 @@ impl DeliveryRecord {
 pub struct AttemptRecord {
     pub number: u32,
     pub result: AttemptResult,
+    /// Sent after a later delivery of the same user to the same endpoint had already been
+    /// sent (a manual retry or `recover` of an overtaken delivery on a `per_user` endpoint).
+    pub out_of_order: bool,
 }
 
 impl AttemptRecord {
@@ -722,6 +725,7 @@ impl AttemptRecord {
             "error": r.error,
             "response_headers": r.response_headers,
             "response_body": r.response_body,
+            "out_of_order": self.out_of_order,
         })
     }
 }

@@ -1,5 +1,6 @@
 //! Webhook endpoints: the parsed shapes of create and update requests, the stored record, the
-//! event-type filter, and the URL rules (http or https with a host, no credentials).
+//! event-type filter, the delivery ordering policy, and the URL rules (http or https with a
+//! host, no credentials).
 
 use accommador_webhooks::EventType;
 use serde_json::{Map, Value};
@@ -138,6 +139,47 @@ impl EndpointStatus {
     }
 }
 
+/// The order an endpoint receives one user's events in (`"ordering"`).
+///
+/// `PerUser`: a delivery waits while an earlier one (by the events' commit order) of the same
+/// user to the same endpoint is pending, retries and attempts in flight included; other users'
+/// deliveries are not held back. A delivery that ends (`succeeded` or `failed`) releases the
+/// next one of its user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeliveryOrder {
+    #[default]
+    None,
+    PerUser,
+}
+
+impl DeliveryOrder {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryOrder::None => "none",
+            DeliveryOrder::PerUser => "per_user",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<DeliveryOrder> {
+        match s {
+            "none" => Some(DeliveryOrder::None),
+            "per_user" => Some(DeliveryOrder::PerUser),
+            _ => None,
+        }
+    }
+
+    fn from_json(v: &Value, errors: &mut Vec<FieldError>) -> Option<DeliveryOrder> {
+        let parsed = v.as_str().and_then(DeliveryOrder::parse);
+        if parsed.is_none() {
+            errors.push(FieldError::new(
+                "ordering",
+                "must be \"none\" or \"per_user\"",
+            ));
+        }
+        parsed
+    }
+}
+
 /// Why an endpoint was disabled through the API.
 pub const DISABLED_BY_API: &str = "disabled through the API";
 
@@ -150,6 +192,7 @@ pub struct EndpointRecord {
     pub description: String,
     pub status: EndpointStatus,
     pub disabled_reason: Option<String>,
+    pub ordering: DeliveryOrder,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }
@@ -164,6 +207,7 @@ impl EndpointRecord {
             "description": self.description,
             "status": self.status.as_str(),
             "disabled_reason": self.disabled_reason,
+            "ordering": self.ordering.as_str(),
             "created_at": self.created_at.to_rfc3339(),
             "updated_at": self.updated_at.to_rfc3339(),
         })
@@ -176,12 +220,17 @@ pub struct NewEndpoint {
     pub url: EndpointUrl,
     pub event_types: EventTypeFilter,
     pub description: String,
+    pub ordering: DeliveryOrder,
 }
 
 impl NewEndpoint {
     pub fn from_json(body: &Map<String, Value>) -> Result<NewEndpoint, Vec<FieldError>> {
         let mut errors = Vec::new();
-        reject_unknown_fields(body, &["url", "event_types", "description"], &mut errors);
+        reject_unknown_fields(
+            body,
+            &["url", "event_types", "description", "ordering"],
+            &mut errors,
+        );
         let url = match body.get("url") {
             None => {
                 errors.push(FieldError::new("url", "is required"));
@@ -197,12 +246,19 @@ impl NewEndpoint {
             None | Some(Value::Null) => Some(String::new()),
             Some(v) => parse_description(v, &mut errors),
         };
-        match (url, event_types, description) {
-            (Some(url), Some(event_types), Some(description)) if errors.is_empty() => {
+        let ordering = match body.get("ordering") {
+            None | Some(Value::Null) => Some(DeliveryOrder::None),
+            Some(v) => DeliveryOrder::from_json(v, &mut errors),
+        };
+        match (url, event_types, description, ordering) {
+            (Some(url), Some(event_types), Some(description), Some(ordering))
+                if errors.is_empty() =>
+            {
                 Ok(NewEndpoint {
                     url,
                     event_types,
                     description,
+                    ordering,
                 })
             }
             _ => Err(errors),
@@ -217,6 +273,7 @@ impl NewEndpoint {
             description: self.description,
             status: EndpointStatus::Enabled,
             disabled_reason: None,
+            ordering: self.ordering,
             created_at: now,
             updated_at: now,
         }
@@ -230,6 +287,7 @@ pub struct EndpointPatch {
     pub event_types: Option<EventTypeFilter>,
     pub description: Option<String>,
     pub status: Option<EndpointStatus>,
+    pub ordering: Option<DeliveryOrder>,
 }
 
 impl EndpointPatch {
@@ -237,7 +295,7 @@ impl EndpointPatch {
         let mut errors = Vec::new();
         reject_unknown_fields(
             body,
-            &["url", "event_types", "description", "status"],
+            &["url", "event_types", "description", "status", "ordering"],
             &mut errors,
         );
         let mut patch = EndpointPatch::default();
@@ -265,6 +323,12 @@ impl EndpointPatch {
                 )),
             }
         }
+        if let Some(v) = body.get("ordering") {
+            patch.ordering = match v {
+                Value::Null => Some(DeliveryOrder::None),
+                v => DeliveryOrder::from_json(v, &mut errors),
+            };
+        }
         if errors.is_empty() {
             Ok(patch)
         } else {
@@ -283,6 +347,9 @@ impl EndpointPatch {
         }
         if let Some(d) = &self.description {
             next.description = d.clone();
+        }
+        if let Some(o) = self.ordering {
+            next.ordering = o;
         }
         match self.status {
             Some(EndpointStatus::Enabled) => {
@@ -423,5 +490,32 @@ mod tests {
         assert_eq!(on.disabled_reason, None);
         let same = EndpointPatch::from_json(&obj(json!({"url": "https://a.example/h"}))).unwrap();
         assert_eq!(same.apply(&e, Timestamp(4)), None);
+    }
+
+    #[test]
+    fn ordering_defaults_to_none_and_takes_per_user() {
+        let e = NewEndpoint::from_json(&obj(json!({"url": "https://a.example/h"}))).unwrap();
+        assert_eq!(e.ordering, DeliveryOrder::None);
+        let e = NewEndpoint::from_json(&obj(
+            json!({"url": "https://a.example/h", "ordering": "per_user"}),
+        ))
+        .unwrap();
+        assert_eq!(e.ordering, DeliveryOrder::PerUser);
+        let record = e.into_record("ep_1".into(), Timestamp(1));
+        assert_eq!(record.to_json()["ordering"], "per_user");
+        let back = EndpointPatch::from_json(&obj(json!({"ordering": "none"})))
+            .unwrap()
+            .apply(&record, Timestamp(2))
+            .unwrap();
+        assert_eq!(back.ordering, DeliveryOrder::None);
+        for bad in [json!("fifo"), json!(1), json!(true)] {
+            let errors = EndpointPatch::from_json(&obj(json!({"ordering": bad}))).unwrap_err();
+            assert_eq!(errors[0].field, "ordering");
+            let errors = NewEndpoint::from_json(&obj(
+                json!({"url": "https://a.example/h", "ordering": bad}),
+            ))
+            .unwrap_err();
+            assert_eq!(errors[0].field, "ordering");
+        }
     }
 }

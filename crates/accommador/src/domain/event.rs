@@ -316,6 +316,7 @@ mod tests {
             description: "secret plans".into(),
             status,
             disabled_reason: (status == EndpointStatus::Disabled).then(|| "gone".into()),
+            ordering: Default::default(),
             created_at: Timestamp(1),
             updated_at: Timestamp(1_795_741_323_456),
         }

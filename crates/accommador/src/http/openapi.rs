@@ -64,6 +64,18 @@ pub enum EndpointStatus {
     Disabled,
 }
 
+/// The order an endpoint receives one user's events in. `none`: as soon as each is due.
+/// `per_user`: strictly in commit order per user; a delivery waits while an earlier one of
+/// the same user to this endpoint is pending (retries included), other users are not held
+/// back, and a delivery that ends (succeeded or failed) releases the next.
+#[derive(Debug, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum Ordering {
+    None,
+    PerUser,
+}
+
 #[derive(Debug, ToSchema)]
 #[serde(rename_all = "snake_case")]
 #[allow(dead_code)]
@@ -425,6 +437,7 @@ pub struct EndpointSchema {
     status: EndpointStatus,
     /// Why it was disabled; null while enabled.
     disabled_reason: Option<String>,
+    ordering: Ordering,
     #[schema(format = DateTime)]
     created_at: String,
     #[schema(format = DateTime)]
@@ -443,6 +456,7 @@ pub struct EndpointCreated {
     description: String,
     status: EndpointStatus,
     disabled_reason: Option<String>,
+    ordering: Ordering,
     #[schema(format = DateTime)]
     created_at: String,
     #[schema(format = DateTime)]
@@ -474,6 +488,8 @@ pub struct CreateEndpointRequest {
     /// At most 1024 characters, without U+0000; absent or null: empty.
     #[schema(max_length = 1024, pattern = "^[^\\u0000]*$")]
     description: Option<String>,
+    /// Absent or null: `none`.
+    ordering: Option<Ordering>,
 }
 
 /// Any subset of the fields. Unknown fields are refused (422).
@@ -498,6 +514,9 @@ pub struct UpdateEndpointRequest {
     /// `enabled` clears `disabled_reason`.
     #[schema(nullable = false)]
     status: Option<EndpointStatus>,
+    /// Null: `none`. Back to `none`, the deliveries that waited behind an earlier one are
+    /// due at once.
+    ordering: Option<Ordering>,
 }
 
 #[derive(Debug, ToSchema)]
@@ -602,6 +621,9 @@ pub struct AttemptSchema {
     response_headers: Map<String, Value>,
     /// The first 4 KiB of the response body.
     response_body: String,
+    /// Sent after a later delivery of the same user to this `per_user` endpoint had already
+    /// been sent: a manual retry or `recover` of a delivery that was overtaken.
+    out_of_order: bool,
 }
 
 #[derive(Debug, ToSchema)]

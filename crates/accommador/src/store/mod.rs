@@ -650,6 +650,23 @@ impl Store {
         }
     }
 
+    /// After an endpoint's ordering went back to `none`: its deliveries that waited behind an
+    /// earlier one are due now, released in batches of at most [`CANCEL_BATCH`] rows (each
+    /// its own short write). Returns how many.
+    pub async fn release_waiting(&self, endpoint_id: String) -> Result<usize, StoreError> {
+        let mut released = 0;
+        loop {
+            let n = match self {
+                Store::Sqlite(s) => s.release_waiting_batch(endpoint_id.clone()).await?,
+                Store::Postgres(s) => s.release_waiting_batch(endpoint_id.clone()).await?,
+            };
+            released += n;
+            if n < CANCEL_BATCH {
+                return Ok(released);
+            }
+        }
+    }
+
     pub async fn delivery_stats(&self, now: Timestamp) -> Result<DeliveryStats, StoreError> {
         match self {
             Store::Sqlite(s) => s.delivery_stats(now).await,
@@ -708,6 +725,27 @@ pub struct CancelStep {
     /// were locked by an attempt being recorded).
     pub failed: usize,
 }
+
+/// Whether the delivery row `{row}` (a table name or alias) is being brought back after a
+/// later delivery of the same user to the same `per_user` endpoint was already attempted: its
+/// attempts then carry `out_of_order` (DESIGN §10). Both backends set it with this expression
+/// when a manual retry or `recover` re-queues a delivery; it walks the user's deliveries
+/// (`deliveries_user_list`), which only these rare requests pay for.
+fn overtaken_sql(row: &str) -> String {
+    format!(
+        "(EXISTS (SELECT 1 FROM endpoints oe
+                  WHERE oe.id = {row}.endpoint_id AND oe.ordering = 'per_user')
+          AND {row}.user_id IS NOT NULL
+          AND EXISTS (SELECT 1 FROM deliveries ol
+                      WHERE ol.org_id = {row}.org_id AND ol.user_id = {row}.user_id
+                        AND ol.endpoint_id = {row}.endpoint_id
+                        AND ol.event_seq > {row}.event_seq AND ol.attempt_count > 0))"
+    )
+}
+
+/// Most deliveries waiting behind an earlier one that the metric counts (a bounded read of
+/// the `next_attempt_at IS NULL` end of the due index).
+pub const ORDERED_WAITING_COUNTED: i64 = 100_000;
 
 /// Why the pending deliveries of a disabled or deleted endpoint are failed.
 fn cancel_reason(disabled_reason: Option<String>, deleted: bool) -> String {
@@ -1044,4 +1082,7 @@ pub struct DeliveryStats {
     pub due: u64,
     pub oldest_due: Option<Timestamp>,
     pub disabled_endpoints: u64,
+    /// Pending deliveries of `per_user` endpoints waiting behind an earlier one of their user
+    /// (counted up to [`ORDERED_WAITING_COUNTED`]).
+    pub ordered_waiting: u64,
 }

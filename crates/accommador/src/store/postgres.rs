@@ -47,7 +47,8 @@ use super::{
 };
 use crate::domain::Timestamp;
 use crate::domain::endpoint::{
-    EndpointPatch, EndpointRecord, EndpointStatus, EventTypeFilter, NewEndpoint, SECRET_OVERLAP_MS,
+    DeliveryOrder, EndpointPatch, EndpointRecord, EndpointStatus, EventTypeFilter, NewEndpoint,
+    SECRET_OVERLAP_MS,
 };
 use crate::domain::event::{NewEvent, OperationalEvent};
 use crate::domain::ids;
@@ -70,6 +71,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0012_operational_events.sql"),
     include_str!("../../migrations/postgres/0013_leasing.sql"),
     include_str!("../../migrations/postgres/0014_ui.sql"),
+    include_str!("../../migrations/postgres/0015_ordering.sql"),
     include_str!("../../migrations/postgres/0017_rollups.sql"),
 ];
 /// Most events numbered by one sequencer step.
@@ -679,8 +681,8 @@ impl PgStore {
         let e = new.into_record(id, now);
         tx.run(
             "INSERT INTO endpoints (id, org_id, url, event_types, description, status,
-                                    created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+                                    created_at, updated_at, ordering)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)",
             &[
                 &e.id,
                 &org,
@@ -689,6 +691,7 @@ impl PgStore {
                 &e.description,
                 &e.status.as_str(),
                 &now.millis(),
+                &e.ordering.as_str(),
             ],
         )
         .await
@@ -763,7 +766,7 @@ impl PgStore {
             "UPDATE endpoints SET url = $1, event_types = $2, description = $3, status = $4,
                  disabled_reason = $5,
                  failing_since = CASE WHEN $4 = 'enabled' THEN NULL ELSE failing_since END,
-                 cancel_pending = ($4 = 'disabled'), updated_at = $6
+                 cancel_pending = ($4 = 'disabled'), updated_at = $6, ordering = $9
              WHERE id = $7 AND org_id = $8",
             &[
                 &next.url,
@@ -774,6 +777,7 @@ impl PgStore {
                 &next.updated_at.millis(),
                 &next.id,
                 &org,
+                &next.ordering.as_str(),
             ],
         )
         .await
@@ -1143,7 +1147,7 @@ pub(super) async fn insert_operational_event(
 }
 
 pub(super) const ENDPOINT_COLUMNS: &str =
-    "id, url, event_types, description, status, disabled_reason, created_at, updated_at";
+    "id, url, event_types, description, status, disabled_reason, created_at, updated_at, ordering";
 
 fn event_types_json(f: &EventTypeFilter) -> String {
     serde_json::to_string(&f.names()).expect("names serialise")
@@ -1162,6 +1166,11 @@ pub(super) fn endpoint_from_row(r: &Row) -> Result<EndpointRecord, StoreError> {
         status: EndpointStatus::parse(&status)
             .ok_or_else(|| conversion(format!("unknown endpoint status {status:?}")))?,
         disabled_reason: r.get(5),
+        ordering: {
+            let ordering: &str = r.get(8);
+            DeliveryOrder::parse(ordering)
+                .ok_or_else(|| conversion(format!("unknown ordering {ordering:?}")))?
+        },
         created_at: Timestamp(r.get(6)),
         updated_at: Timestamp(r.get(7)),
     })

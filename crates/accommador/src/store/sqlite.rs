@@ -38,7 +38,8 @@ use super::{
 };
 use crate::domain::Timestamp;
 use crate::domain::endpoint::{
-    EndpointPatch, EndpointRecord, EndpointStatus, EventTypeFilter, NewEndpoint, SECRET_OVERLAP_MS,
+    DeliveryOrder, EndpointPatch, EndpointRecord, EndpointStatus, EventTypeFilter, NewEndpoint,
+    SECRET_OVERLAP_MS,
 };
 use crate::domain::event::{NewEvent, OperationalEvent};
 use crate::domain::ids;
@@ -65,6 +66,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0009_secret_encryption.sql"),
     include_str!("../../migrations/sqlite/0010_operational_events.sql"),
     include_str!("../../migrations/sqlite/0012_ui.sql"),
+    include_str!("../../migrations/sqlite/0013_ordering.sql"),
     include_str!("../../migrations/sqlite/0015_rollups.sql"),
 ];
 
@@ -492,9 +494,9 @@ impl SqliteStore {
             let e = new.into_record(id, now);
             c.prepare_cached(
                 "INSERT INTO endpoints (id, org_id, url, event_types, description, status,
-                                        created_at, updated_at, after_event_seq)
+                                        created_at, updated_at, after_event_seq, ordering)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7,
-                         (SELECT COALESCE(MAX(seq), 0) FROM events))",
+                         (SELECT COALESCE(MAX(seq), 0) FROM events), ?8)",
             )
             .and_then(|mut s| {
                 s.execute(params![
@@ -504,7 +506,8 @@ impl SqliteStore {
                     event_types_json(&e.event_types),
                     e.description,
                     e.status.as_str(),
-                    now.millis()
+                    now.millis(),
+                    e.ordering.as_str()
                 ])
             })
             .map_err(db_err)?;
@@ -570,7 +573,7 @@ impl SqliteStore {
                 "UPDATE endpoints SET url = ?1, event_types = ?2, description = ?3, status = ?4,
                     disabled_reason = ?5,
                     failing_since = CASE WHEN ?4 = 'enabled' THEN NULL ELSE failing_since END,
-                    cancel_pending = (?4 = 'disabled'), updated_at = ?6
+                    cancel_pending = (?4 = 'disabled'), updated_at = ?6, ordering = ?9
                  WHERE id = ?7 AND org_id = ?8",
             )
             .and_then(|mut s| {
@@ -582,7 +585,8 @@ impl SqliteStore {
                     next.disabled_reason,
                     next.updated_at.millis(),
                     next.id,
-                    org
+                    org,
+                    next.ordering.as_str()
                 ])
             })
             .map_err(db_err)?;
@@ -897,7 +901,7 @@ fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRecord> {
 }
 
 const ENDPOINT_COLUMNS: &str =
-    "id, url, event_types, description, status, disabled_reason, created_at, updated_at";
+    "id, url, event_types, description, status, disabled_reason, created_at, updated_at, ordering";
 
 fn event_types_json(f: &EventTypeFilter) -> String {
     serde_json::to_string(&f.names()).expect("names serialise")
@@ -921,6 +925,11 @@ fn endpoint_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EndpointRecord> 
         status: EndpointStatus::parse(&status)
             .ok_or_else(|| conversion(4, format!("unknown status {status:?}")))?,
         disabled_reason: r.get(5)?,
+        ordering: {
+            let ordering: String = r.get(8)?;
+            DeliveryOrder::parse(&ordering)
+                .ok_or_else(|| conversion(8, format!("unknown ordering {ordering:?}")))?
+        },
         created_at: Timestamp(r.get(6)?),
         updated_at: Timestamp(r.get(7)?),
     })

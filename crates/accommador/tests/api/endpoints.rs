@@ -371,3 +371,64 @@ async fn operational_event_types_are_taken_only_when_listed() {
     .await;
     assert_eq!(error_fields(&p), ["type"]);
 }
+
+#[tokio::test]
+async fn ordering_is_none_by_default_per_user_on_request_and_checked() {
+    let app = spawn_app().await;
+    let t = app.create_org("Acme").await;
+    let url = "https://hooks.example.com/ordered";
+    let plain: Value = app
+        .post(&t, "/v1/endpoints", &json!({"url": url}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(plain["ordering"], "none");
+    let r = app
+        .post(
+            &t,
+            "/v1/endpoints",
+            &json!({"url": url, "ordering": "per_user"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let ordered: Value = r.json().await.unwrap();
+    assert_eq!(ordered["ordering"], "per_user");
+    let path = format!("/v1/endpoints/{}", ordered["id"].as_str().unwrap());
+    let got: Value = app.get(&t, &path).await.json().await.unwrap();
+    assert_eq!(got["ordering"], "per_user");
+    let listed: Value = app.get(&t, "/v1/endpoints").await.json().await.unwrap();
+    let orderings: Vec<&Value> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["ordering"])
+        .collect();
+    assert_eq!(orderings, [&json!("none"), &json!("per_user")]);
+
+    // PATCH changes it both ways.
+    let r = app.patch(&t, &path, &json!({"ordering": "none"})).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap()["ordering"], "none");
+    let r = app.patch(&t, &path, &json!({"ordering": "per_user"})).await;
+    assert_eq!(r.json::<Value>().await.unwrap()["ordering"], "per_user");
+
+    // Anything else is a 422 naming the field, on create and on PATCH, and changes nothing.
+    for bad in [
+        json!("fifo"),
+        json!("PER_USER"),
+        json!(1),
+        json!(["per_user"]),
+    ] {
+        let r = app
+            .post(&t, "/v1/endpoints", &json!({"url": url, "ordering": bad}))
+            .await;
+        let p = problem(r, StatusCode::UNPROCESSABLE_ENTITY).await;
+        assert_eq!(error_fields(&p), ["ordering"], "{bad}");
+        let r = app.patch(&t, &path, &json!({"ordering": bad})).await;
+        let p = problem(r, StatusCode::UNPROCESSABLE_ENTITY).await;
+        assert_eq!(error_fields(&p), ["ordering"], "{bad}");
+    }
+    let got: Value = app.get(&t, &path).await.json().await.unwrap();
+    assert_eq!(got["ordering"], "per_user");
+}

@@ -88,7 +88,7 @@ async fn set_status(app: &TestApp, t: &Tenant, endpoint_id: &str, status: &str) 
 
 /// Asks for a manual attempt. The failed attempt just read may not have left the dispatcher
 /// yet, which answers 409 for that moment: asked again then (bounded).
-async fn retry_by_hand(app: &TestApp, t: &Tenant, delivery_id: &str) {
+pub(crate) async fn retry_by_hand(app: &TestApp, t: &Tenant, delivery_id: &str) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let r = app

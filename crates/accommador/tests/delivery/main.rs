@@ -14,6 +14,7 @@ mod guard;
 mod helpers;
 mod lifetime;
 mod operational;
+mod ordering;
 #[allow(dead_code)] // shared with tests/postgres, which uses more of it
 mod receiver;
 mod recover;

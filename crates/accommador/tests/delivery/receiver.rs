@@ -66,8 +66,14 @@ struct Inner {
     open: HashMap<(String, String), usize>,
     /// Requests that arrived while another one of the same delivery was still open.
     overlaps: usize,
+    /// Replies for requests whose body contains a needle (a user's email, say), before any
+    /// script of their path.
+    body_script: Vec<(String, VecDeque<Reply>)>,
     /// Replies for every path without a script of its own.
     default: Option<Reply>,
+    /// Each delivery (`webhook-id`) fails its first 0 to this many requests with a 500, a
+    /// number drawn from its ID (so the same on every run of it).
+    flaky: Option<u64>,
     /// Per watched path prefix: requests open now, and the most ever open at once.
     watched: HashMap<String, (usize, usize)>,
 }
@@ -138,9 +144,25 @@ impl Receiver {
             .extend(replies);
     }
 
+    /// The next requests whose body contains `needle` get these replies, in order (whatever
+    /// their path); then their path's script or 204 again.
+    pub fn script_body(&self, needle: &str, replies: Vec<Reply>) {
+        self.inner
+            .lock()
+            .unwrap()
+            .body_script
+            .push((needle.to_owned(), replies.into()));
+    }
+
     /// Drops what is left of `path`'s script: it answers 204 (or the default reply) again.
     pub fn clear_script(&self, path: &str) {
         self.inner.lock().unwrap().script.remove(path);
+    }
+
+    /// From now on each delivery without a script fails its first few requests (0 to `max`,
+    /// drawn from its `webhook-id`) with a 500, then gets 204.
+    pub fn flaky(&self, max: u64) {
+        self.inner.lock().unwrap().flaky = Some(max);
     }
 
     /// Every path without a script answers this (instead of 204).
@@ -261,8 +283,24 @@ async fn receive(State(r): State<Receiver>, uri: Uri, headers: HeaderMap, body: 
             at: Instant::now(),
             wall: SystemTime::now(),
         });
-        let scripted = inner.script.get_mut(&path).and_then(VecDeque::pop_front);
-        scripted.or_else(|| inner.default.clone())
+        let text = String::from_utf8_lossy(&inner.received.last().unwrap().body).into_owned();
+        let by_body = inner
+            .body_script
+            .iter_mut()
+            .find(|(needle, replies)| !replies.is_empty() && text.contains(needle.as_str()))
+            .and_then(|(_, replies)| replies.pop_front());
+        let scripted =
+            by_body.or_else(|| inner.script.get_mut(&path).and_then(VecDeque::pop_front));
+        let flaky = inner.flaky.and_then(|max| {
+            let id = &key.1;
+            // FNV-1a of the ID: fixed per delivery, spread over 0..=max.
+            let failures = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            }) % (max + 1);
+            let before = inner.received.iter().filter(|r| &r.id == id).count() as u64 - 1;
+            (before < failures).then(|| Reply::status(500))
+        });
+        scripted.or(flaky).or_else(|| inner.default.clone())
     };
     // Closed when the reply is sent, or when the sender gives up on it (timeout).
     let _open = OpenGuard(r.inner.clone(), key);

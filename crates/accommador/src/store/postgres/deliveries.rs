@@ -5,6 +5,9 @@
 //!   fanned out exactly once across instances.
 //! - Leases (`lease_token`, `lease_until` by the database clock) say which instance attempts
 //!   a delivery; only the holder records its result.
+//! - Per-user ordering is enforced where leases are taken (`leasing.rs`); the waiting mark and
+//!   its release are migration 0015's triggers, and recording a delivery that ends on a
+//!   `per_user` endpoint makes its lane due at once, for the delivery it released.
 //! - The hot paths (fan-out, leasing, recording) run a fixed number of statements per step,
 //!   whatever the batch size: `UNNEST` inserts and updates, pipelined per-lane statements.
 
@@ -29,7 +32,8 @@ use crate::domain::{Timestamp, ids};
 use crate::store::rollups::hour_of;
 use crate::store::{
     CANCEL_BATCH, CancelStep, DeliveryFilter, DeliveryStats, DeliveryWalk, FanOut, LIST_SCAN_ROWS,
-    ListPage, Recorded, SEND_TARGET_SQL, SendTarget, StoreError, cancel_reason, send_target_from,
+    ListPage, ORDERED_WAITING_COUNTED, Recorded, SEND_TARGET_SQL, SendTarget, StoreError,
+    cancel_reason, overtaken_sql, send_target_from,
 };
 
 const FANOUT_EVENTS: i64 = 256;
@@ -90,11 +94,11 @@ async fn disable_endpoint(
         .await
         .map_err(pg_err)?;
     // A deleted endpoint (an attempt that was in flight when it went) is not told about.
-    if !row.get::<_, bool>(9) {
+    if !row.get::<_, bool>(10) {
         return Ok(());
     }
     let endpoint = endpoint_from_row(&row)?;
-    let org: String = row.get(8);
+    let org: String = row.get(9);
     insert_operational_event(tx, &org, &OperationalEvent::endpoint_status(&endpoint, now)).await
 }
 
@@ -458,7 +462,11 @@ impl PgStore {
             .await
             .map_err(pg_err)?
             .iter()
-            .map(|r| (r.get(0), Timestamp(r.get(1))))
+            // Only deliveries waiting behind an earlier one: look now all the same.
+            .map(|r| {
+                let at = r.get::<_, Option<i64>>(1);
+                (r.get(0), at.map_or_else(Timestamp::now, Timestamp))
+            })
             .collect())
     }
 
@@ -697,6 +705,10 @@ struct BatchRows {
     endpoint_of: HashMap<String, String>,
     /// Each delivery's event type, for `delivery.failed`.
     event_type_of: HashMap<String, String>,
+    /// Deliveries of a user to a `per_user` endpoint: ending one releases the next.
+    ordered: HashSet<String>,
+    /// Of those, the ones a later delivery overtook: their attempts say so.
+    out_of_order: HashSet<String>,
     /// The endpoints whose row is written, in ID order.
     touched: Vec<String>,
     /// Their status and failure clock.
@@ -712,9 +724,11 @@ async fn lock_batch(tx: &Transaction<'_>, batch: &[Attempted]) -> Result<BatchRo
     let mut endpoint_of: HashMap<String, String> = HashMap::new();
     let mut clock_set: HashMap<String, bool> = HashMap::new();
     let mut event_type_of: HashMap<String, String> = HashMap::new();
+    let (mut ordered, mut out_of_order) = (HashSet::new(), HashSet::new());
     for r in tx
         .fetch(
-            "SELECT d.id, d.endpoint_id, ep.failing_since IS NOT NULL, d.event_type
+            "SELECT d.id, d.endpoint_id, ep.failing_since IS NOT NULL, d.event_type,
+                    ep.ordering = 'per_user' AND d.user_id IS NOT NULL, d.out_of_order
              FROM deliveries d JOIN endpoints ep ON ep.id = d.endpoint_id
              WHERE d.id = ANY($1)",
             &[&ids],
@@ -725,6 +739,12 @@ async fn lock_batch(tx: &Transaction<'_>, batch: &[Attempted]) -> Result<BatchRo
         endpoint_of.insert(r.get(0), r.get(1));
         clock_set.insert(r.get(1), r.get(2));
         event_type_of.insert(r.get(0), r.get(3));
+        if r.get::<_, bool>(4) {
+            ordered.insert(r.get::<_, String>(0));
+            if r.get::<_, bool>(5) {
+                out_of_order.insert(r.get::<_, String>(0));
+            }
+        }
     }
     // An endpoint's row is written (and so locked first) when an attempt failed, or when
     // one succeeded while its failure clock runs. A success racing another instance's
@@ -767,6 +787,8 @@ async fn lock_batch(tx: &Transaction<'_>, batch: &[Attempted]) -> Result<BatchRo
     Ok(BatchRows {
         endpoint_of,
         event_type_of,
+        ordered,
+        out_of_order,
         touched,
         clocks,
         current,
@@ -837,7 +859,12 @@ fn decide(
         {
             d.exhausted.push(delivery_id.clone());
         }
-        d.attempts.push(delivery_id, number, result);
+        d.attempts.push(
+            delivery_id,
+            number,
+            result,
+            rows.out_of_order.contains(delivery_id),
+        );
         d.updates.push(
             delivery_id,
             settled.status,
@@ -866,8 +893,12 @@ fn decide(
                 result.gone(),
             ));
         }
+        // Ended on a per-user endpoint: the next delivery of its user is due now (released
+        // by the trigger of migration 0015), so the lane is looked at again.
+        let released = (settled.next_attempt_at.is_none() && rows.ordered.contains(delivery_id))
+            .then_some(now);
         d.out.push(Ok(Recorded {
-            next_due: settled.next_attempt_at,
+            next_due: settled.next_attempt_at.or(released),
             endpoint_disabled: false,
             events: false,
         }));
@@ -956,10 +987,12 @@ struct AttemptColumns {
     error: Vec<Option<String>>,
     response_headers: Vec<String>,
     response_body: Vec<String>,
+    out_of_order: Vec<bool>,
 }
 
 impl AttemptColumns {
-    fn push(&mut self, delivery_id: &str, number: i32, r: &AttemptResult) {
+    fn push(&mut self, delivery_id: &str, number: i32, r: &AttemptResult, out_of_order: bool) {
+        self.out_of_order.push(out_of_order);
         self.delivery_id.push(delivery_id.to_owned());
         self.number.push(number);
         self.trigger.push(r.trigger.as_str());
@@ -977,9 +1010,10 @@ impl AttemptColumns {
         tx.run(
             "INSERT INTO attempts (delivery_id, number, trigger, started_at, duration_ms,
                                    status_code, error_class, error, response_headers,
-                                   response_body)
+                                   response_body, out_of_order)
              SELECT * FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::int8[], $5::int8[],
-                                  $6::int4[], $7::text[], $8::text[], $9::text[], $10::text[])",
+                                  $6::int4[], $7::text[], $8::text[], $9::text[], $10::text[],
+                                  $11::bool[])",
             &[
                 &self.delivery_id,
                 &self.number,
@@ -991,6 +1025,7 @@ impl AttemptColumns {
                 &self.error,
                 &self.response_headers,
                 &self.response_body,
+                &self.out_of_order,
             ],
         )
         .await
@@ -1165,7 +1200,7 @@ impl PgStore {
         let rows = tx
             .fetch(
                 "SELECT number, trigger, started_at, duration_ms, status_code, error_class,
-                        error, response_headers, response_body
+                        error, response_headers, response_body, out_of_order
                  FROM attempts WHERE delivery_id = $1 ORDER BY number",
                 &[&id],
             )
@@ -1197,6 +1232,7 @@ impl PgStore {
                         response_body: r.get(8),
                         retry_after: None,
                     },
+                    out_of_order: r.get(9),
                 }
             })
             .collect())
@@ -1233,11 +1269,15 @@ impl PgStore {
         }
         let now = Timestamp::now();
         tx.run(
-            "UPDATE deliveries SET
-                 resume_at = CASE WHEN status = 'pending' AND NOT manual
-                                  THEN next_attempt_at ELSE resume_at END,
-                 status = 'pending', next_attempt_at = $2, manual = true, updated_at = $2
-             WHERE id = $1",
+            &format!(
+                "UPDATE deliveries d SET
+                     resume_at = CASE WHEN status = 'pending' AND NOT manual
+                                      THEN COALESCE(next_attempt_at, $2) ELSE resume_at END,
+                     status = 'pending', next_attempt_at = $2, manual = true, updated_at = $2,
+                     out_of_order = {}
+                 WHERE id = $1",
+                overtaken_sql("d")
+            ),
             &[&id, &now.millis()],
         )
         .await
@@ -1276,7 +1316,8 @@ impl PgStore {
             first = false;
             let done = tx
                 .fetch_one(
-                    "WITH batch AS (
+                    &format!(
+                        "WITH batch AS (
                          SELECT d.seq FROM deliveries d JOIN events e ON e.seq = d.event_seq
                          WHERE d.endpoint_id = $1 AND d.status = 'failed' AND d.seq > $5
                            AND e.occurred_at >= $2 AND e.occurred_at < $3
@@ -1284,10 +1325,13 @@ impl PgStore {
                          FOR UPDATE OF d),
                      done AS (
                          UPDATE deliveries d SET status = 'pending', next_attempt_at = $4,
-                             retries_used = 0, manual = false, resume_at = NULL, updated_at = $4
+                             retries_used = 0, manual = false, resume_at = NULL, updated_at = $4,
+                             out_of_order = {overtaken}
                          FROM batch WHERE d.seq = batch.seq
                          RETURNING d.seq)
                      SELECT count(*), max(seq) FROM done",
+                        overtaken = overtaken_sql("d")
+                    ),
                     &[
                         &endpoint_id,
                         &since.millis(),
@@ -1410,12 +1454,41 @@ impl PgStore {
             )
             .await
             .map_err(pg_err)?;
+        let waiting = client
+            .fetch_one(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM deliveries
+                                       WHERE status = 'pending' AND next_attempt_at IS NULL
+                                       LIMIT $1) w",
+                &[&ORDERED_WAITING_COUNTED],
+            )
+            .await
+            .map_err(pg_err)?;
         let due: i64 = row.get(0);
         let disabled: i64 = disabled.get(0);
+        let waiting: i64 = waiting.get(0);
         Ok(DeliveryStats {
             due: due as u64,
             oldest_due: row.get::<_, Option<i64>>(1).map(Timestamp),
             disabled_endpoints: disabled as u64,
+            ordered_waiting: waiting as u64,
         })
+    }
+
+    /// Up to [`CANCEL_BATCH`] deliveries of the endpoint that wait behind an earlier one of
+    /// their user are due now ([`crate::store::Store::release_waiting`]).
+    pub async fn release_waiting_batch(&self, endpoint_id: String) -> Result<usize, StoreError> {
+        let client = self.client().await?;
+        let n = client
+            .run(
+                "UPDATE deliveries SET next_attempt_at = accommador_now_ms()
+                 WHERE seq IN (SELECT seq FROM deliveries
+                               WHERE endpoint_id = $1 AND status = 'pending'
+                                 AND next_attempt_at IS NULL
+                               LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                &[&endpoint_id, &(CANCEL_BATCH as i64)],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(n as usize)
     }
 }

@@ -48,13 +48,14 @@ const ORG_LEASES: &str = "SELECT o.org_id,
                AND d.lease_until > accommador_now_ms())
      FROM (SELECT DISTINCT org_id FROM endpoints WHERE id = ANY($1)) o";
 
-/// Each lane's endpoint: its organization, whether it may be sent to, and its live signing
-/// secrets (newest first, then the ones being rotated out).
+/// Each lane's endpoint: its organization, whether it may be sent to, its live signing
+/// secrets (newest first, then the ones being rotated out), and whether it orders per user.
 const LANE_STATES: &str = "SELECT ep.id, ep.org_id, ep.status, ep.disabled_reason,
             ep.deleted_at IS NOT NULL,
             ARRAY(SELECT s.secret FROM endpoint_secrets s
                   WHERE s.endpoint_id = ep.id AND (s.expires_at IS NULL OR s.expires_at > $2)
-                  ORDER BY s.expires_at IS NOT NULL, s.created_at DESC)
+                  ORDER BY s.expires_at IS NOT NULL, s.created_at DESC),
+            ep.ordering = 'per_user'
      FROM endpoints ep WHERE ep.id = ANY($1)";
 
 /// Leases every lane's due deliveries in one statement: for each lane (`$1` endpoint, `$2`
@@ -63,15 +64,19 @@ const LANE_STATES: &str = "SELECT ep.id, ep.org_id, ep.status, ep.disabled_reaso
 /// `deliveries_endpoint_leased`), then its due deliveries nobody holds, oldest due first,
 /// up to the endpoint's bound (`$7`) across instances. Only an instance alone on the endpoint
 /// leases ahead: another instance counts those leases as busy, so the attempts in flight never
-/// exceed the bound. `$5` is this instance's token, `$6` the lease's length. A delivery this
+/// exceed the bound. `$5` is this instance's token, `$6` the lease's length. On a lane that
+/// orders per user (`$8`), a delivery is taken only when no earlier one of its user to the
+/// endpoint is pending, leased ones (any instance's) included: one probe of
+/// `deliveries_user_pending` per row. The deliveries that wait behind an earlier one have no
+/// `next_attempt_at` (migration 0015), so the walk never reads them. A delivery this
 /// instance has in flight holds its unexpired lease, so it is not taken again (should its
 /// lease have run out, it is only renewed, and the caller drops it: see
 /// [`PgStore::lane_work`]).
 const LEASE_LANES: &str = "WITH clock AS MATERIALIZED (SELECT accommador_now_ms() AS t),
      picked AS (
          SELECT p.id FROM
-             UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[])
-                 AS l(endpoint_id, lim, active, ahead)
+             UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $8::bool[])
+                 AS l(endpoint_id, lim, active, ahead, ordered)
              CROSS JOIN LATERAL (
                  SELECT count(*) AS n FROM deliveries b
                  WHERE b.endpoint_id = l.endpoint_id AND b.status = 'pending'
@@ -82,6 +87,11 @@ const LEASE_LANES: &str = "WITH clock AS MATERIALIZED (SELECT accommador_now_ms(
                  WHERE d.endpoint_id = l.endpoint_id AND d.status = 'pending'
                    AND d.next_attempt_at <= (SELECT t FROM clock)
                    AND (d.lease_until IS NULL OR d.lease_until <= (SELECT t FROM clock))
+                   AND (NOT l.ordered OR d.user_id IS NULL OR NOT EXISTS (
+                       SELECT 1 FROM deliveries p
+                       WHERE p.endpoint_id = d.endpoint_id AND p.user_id = d.user_id
+                         AND p.status = 'pending' AND p.user_id IS NOT NULL
+                         AND p.event_seq < d.event_seq))
                  ORDER BY d.next_attempt_at
                  LIMIT GREATEST(0, LEAST(l.lim, $7::bigint - l.active - busy.n
                      + CASE WHEN busy.n = 0 THEN l.ahead ELSE 0 END))
@@ -120,6 +130,8 @@ struct LaneState {
     /// Why nothing may be sent to it (disabled or deleted), if so.
     closed: Option<String>,
     secrets: Vec<String>,
+    /// `ordering: per_user`.
+    ordered: bool,
 }
 
 impl LaneState {
@@ -140,6 +152,7 @@ impl LaneState {
                 org: r.get(1),
                 closed,
                 secrets: r.get(5),
+                ordered: r.get(6),
             },
         )
     }
@@ -312,7 +325,11 @@ impl PgStore {
             .flat_map(|r| r.in_flight.iter().map(String::as_str))
             .collect();
         let bound = lease.per_endpoint as i64;
-        let lease_params: [&(dyn ToSql + Sync); 7] = [
+        let ordered: Vec<bool> = requests
+            .iter()
+            .map(|r| states.get(&r.endpoint_id).is_some_and(|s| s.ordered))
+            .collect();
+        let lease_params: [&(dyn ToSql + Sync); 8] = [
             &endpoint_ids,
             &limit,
             &active,
@@ -320,6 +337,7 @@ impl PgStore {
             &lease.token,
             &lease.millis,
             &bound,
+            &ordered,
         ];
         let next_params: [&(dyn ToSql + Sync); 2] = [&endpoint_ids, &lease.token];
         let (leased, next) = tokio::try_join!(
@@ -432,6 +450,7 @@ mod tests {
             org: org.to_owned(),
             closed: None,
             secrets: Vec::new(),
+            ordered: false,
         }
     }
 

@@ -4,6 +4,12 @@
 //! SQLite has one server process, so nothing here leases rows in the database: the dispatcher
 //! keeps the set of deliveries in flight in memory and passes it in, and after a restart every
 //! pending delivery is simply due again (at-least-once).
+//!
+//! Per-user ordering ([`lane_sql`]): a `per_user` endpoint's lane hands out a delivery only
+//! when no earlier one of its user is pending (one in flight is pending too, so the in-memory
+//! set needs no rule of its own). Deliveries that wait have no `next_attempt_at`, kept so by
+//! the triggers of migration 0013, and a delivery that ends wakes its lane
+//! ([`Recorded::next_due`]) so the one it released goes out at once.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -18,13 +24,13 @@ use crate::domain::delivery::{
     AttemptRecord, AttemptResult, DeliveryFacts, DeliveryRecord, DeliveryStatus, ErrorClass,
     RetryPolicy, Trigger, disable_reason, failing_since, settle,
 };
-use crate::domain::endpoint::{EndpointStatus, EventTypeFilter};
+use crate::domain::endpoint::{DeliveryOrder, EndpointStatus, EventTypeFilter};
 use crate::domain::event::{OperationalEvent, fanned_out, reports_failure};
 use crate::domain::{Timestamp, ids};
 use crate::store::{
     CANCEL_BATCH, CancelStep, DeliveryFilter, DeliveryStats, DeliveryWalk, DueDelivery, FanOut,
-    LIST_SCAN_ROWS, LaneRequest, LaneWork, ListPage, Recorded, SEND_TARGET_SQL, SendTarget,
-    StoreError, Walk, cancel_reason, send_target_from,
+    LIST_SCAN_ROWS, LaneRequest, LaneWork, ListPage, ORDERED_WAITING_COUNTED, Recorded,
+    SEND_TARGET_SQL, SendTarget, StoreError, Walk, cancel_reason, overtaken_sql, send_target_from,
 };
 
 /// Most events one fan-out step takes, and most deliveries it creates.
@@ -365,8 +371,15 @@ impl SqliteStore {
                  WHERE status = 'pending' GROUP BY endpoint_id",
             )
             .and_then(|mut s| {
-                s.query_map([], |r| Ok((r.get(0)?, Timestamp(r.get(1)?))))?
-                    .collect()
+                let now = Timestamp::now();
+                // Only deliveries waiting behind an earlier one: look now all the same.
+                s.query_map([], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get::<_, Option<i64>>(1)?.map_or(now, Timestamp),
+                    ))
+                })?
+                .collect()
             })
             .map_err(db_err)
         })
@@ -489,9 +502,12 @@ impl SqliteStore {
             let now = Timestamp::now();
             let row = c
                 .prepare_cached(
-                    "SELECT endpoint_id, status, attempt_count, retries_used, resume_at, org_id,
-                            event_type
-                     FROM deliveries WHERE id = ?1",
+                    "SELECT d.endpoint_id, d.status, d.attempt_count, d.retries_used,
+                            d.resume_at, d.org_id, d.event_type,
+                            d.out_of_order AND ep.ordering = 'per_user',
+                            d.user_id IS NOT NULL AND ep.ordering = 'per_user'
+                     FROM deliveries d LEFT JOIN endpoints ep ON ep.id = d.endpoint_id
+                     WHERE d.id = ?1",
                 )
                 .and_then(|mut s| {
                     s.query_row([&delivery_id], |r| {
@@ -504,16 +520,23 @@ impl SqliteStore {
                                 r.get::<_, Option<i64>>(4)?,
                             ),
                             (r.get::<_, String>(5)?, r.get::<_, String>(6)?),
+                            (
+                                r.get::<_, Option<bool>>(7)?.unwrap_or(false),
+                                r.get::<_, Option<bool>>(8)?.unwrap_or(false),
+                            ),
                         ))
                     })
                     .optional()
                 })
                 .map_err(db_err)?
                 .ok_or(StoreError::NotFound)?;
-            let ((endpoint_id, status, attempt_count, retries_used, resume_at), (org, event_type)) =
-                row;
+            let (
+                (endpoint_id, status, attempt_count, retries_used, resume_at),
+                (org, event_type),
+                (out_of_order, ordered),
+            ) = row;
             let number = attempt_count + 1;
-            insert_attempt(c, &delivery_id, number, &result)?;
+            insert_attempt(c, &delivery_id, number, &result, out_of_order)?;
 
             let current = DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Failed);
             let facts = DeliveryFacts {
@@ -589,8 +612,15 @@ impl SqliteStore {
                     events = true;
                 }
             }
+            // Ended on a per-user endpoint: the next delivery of its user is due now
+            // (released by the trigger of migration 0013), so the lane is looked at again.
+            let released = (ordered && next_at.is_none()).then_some(now);
             Ok(Recorded {
-                next_due: if endpoint_disabled { None } else { next_at },
+                next_due: if endpoint_disabled {
+                    None
+                } else {
+                    next_at.or(released)
+                },
                 endpoint_disabled,
                 events,
             })
@@ -682,7 +712,7 @@ impl SqliteStore {
             get_delivery_row(c, &org, &id)?.ok_or(StoreError::NotFound)?;
             c.prepare_cached(
                 "SELECT number, trigger, started_at, duration_ms, status_code, error_class,
-                        error, response_headers, response_body
+                        error, response_headers, response_body, out_of_order
                  FROM attempts WHERE delivery_id = ?1 ORDER BY number",
             )
             .and_then(|mut s| {
@@ -707,6 +737,7 @@ impl SqliteStore {
                             response_body: r.get(8)?,
                             retry_after: None,
                         },
+                        out_of_order: r.get(9)?,
                     })
                 })?
                 .collect()
@@ -730,13 +761,15 @@ impl SqliteStore {
                 return Err(StoreError::EndpointDisabled);
             }
             let now = Timestamp::now();
-            c.prepare_cached(
+            c.prepare_cached(&format!(
                 "UPDATE deliveries SET
-                     resume_at = CASE WHEN status = 'pending' AND manual = 0
-                                      THEN next_attempt_at ELSE resume_at END,
-                     status = 'pending', next_attempt_at = ?2, manual = 1, updated_at = ?2
-                 WHERE id = ?1",
-            )
+                         resume_at = CASE WHEN status = 'pending' AND manual = 0
+                                          THEN COALESCE(next_attempt_at, ?2) ELSE resume_at END,
+                         status = 'pending', next_attempt_at = ?2, manual = 1, updated_at = ?2,
+                         out_of_order = {}
+                     WHERE id = ?1",
+                overtaken_sql("deliveries")
+            ))
             .and_then(|mut s| s.execute(params![id, now.millis()]))
             .map_err(db_err)?;
             get_delivery_row(c, &org, &id)?.ok_or(StoreError::NotFound)
@@ -769,10 +802,10 @@ impl SqliteStore {
                         return Ok(None);
                     }
                     let seqs: Vec<i64> = c
-                        .prepare_cached(
+                        .prepare_cached(&format!(
                             "UPDATE deliveries SET status = 'pending', next_attempt_at = ?4,
                                  retries_used = 0, manual = 0, resume_at = NULL,
-                                 updated_at = ?4
+                                 updated_at = ?4, out_of_order = {}
                              WHERE seq IN (
                                  SELECT d.seq FROM deliveries d
                                  WHERE d.endpoint_id = ?1 AND d.status = 'failed'
@@ -781,7 +814,8 @@ impl SqliteStore {
                                        BETWEEN ?2 AND ?3 - 1
                                  ORDER BY d.seq LIMIT ?6)
                              RETURNING seq",
-                        )
+                            overtaken_sql("deliveries")
+                        ))
                         .and_then(|mut s| {
                             s.query_map(
                                 params![
@@ -918,6 +952,23 @@ impl SqliteStore {
         .await
     }
 
+    /// Up to [`CANCEL_BATCH`] deliveries of the endpoint that wait behind an earlier one of
+    /// their user are due now ([`crate::store::Store::release_waiting`]).
+    pub async fn release_waiting_batch(&self, endpoint_id: String) -> Result<usize, StoreError> {
+        self.write(move |c| {
+            let now = Timestamp::now().millis();
+            c.prepare_cached(
+                "UPDATE deliveries SET next_attempt_at = ?2
+                 WHERE seq IN (SELECT seq FROM deliveries INDEXED BY deliveries_endpoint_due
+                               WHERE endpoint_id = ?1 AND status = 'pending'
+                                 AND next_attempt_at IS NULL LIMIT ?3)",
+            )
+            .and_then(|mut s| s.execute(params![endpoint_id, now, CANCEL_BATCH as i64]))
+            .map_err(db_err)
+        })
+        .await
+    }
+
     pub async fn delivery_stats(&self, now: Timestamp) -> Result<DeliveryStats, StoreError> {
         self.read(move |c| {
             let (due, oldest): (u64, Option<i64>) = c
@@ -934,10 +985,19 @@ impl SqliteStore {
                     |r| r.get(0),
                 )
                 .map_err(db_err)?;
+            let ordered_waiting: u64 = c
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM deliveries
+                                           WHERE status = 'pending' AND next_attempt_at IS NULL
+                                           LIMIT ?1)",
+                )
+                .and_then(|mut s| s.query_row([ORDERED_WAITING_COUNTED], |r| r.get(0)))
+                .map_err(db_err)?;
             Ok(DeliveryStats {
                 due,
                 oldest_due: oldest.map(Timestamp),
                 disabled_endpoints: disabled,
+                ordered_waiting,
             })
         })
         .await
@@ -947,20 +1007,49 @@ impl SqliteStore {
 /// id, event_id, next_attempt_at, manual, attempt_count, payload, occurred_at, url.
 type DueRow = (String, String, Option<i64>, bool, u32, String, i64, String);
 
+/// The due-delivery statement of a lane (`?1` the endpoint, `?2` how many rows). Earliest due
+/// first through `deliveries_endpoint_due`. With per-user ordering, a row is taken only when no
+/// earlier delivery of its user to this endpoint is pending (one probe of
+/// `deliveries_user_pending`; one in flight is pending too), and the walk starts after the
+/// deliveries that wait behind an earlier one (no `next_attempt_at`, see migration 0013), so
+/// a user whose receiver keeps failing costs each read at most its one due delivery.
+fn lane_sql(ordering: DeliveryOrder) -> String {
+    let gate = match ordering {
+        DeliveryOrder::None => "",
+        DeliveryOrder::PerUser => {
+            "AND d.next_attempt_at >= 0
+               AND (d.user_id IS NULL OR NOT EXISTS (
+                   SELECT 1 FROM deliveries p INDEXED BY deliveries_user_pending
+                   WHERE p.endpoint_id = d.endpoint_id AND p.user_id = d.user_id
+                     AND p.status = 'pending' AND p.user_id IS NOT NULL
+                     AND p.event_seq < d.event_seq))"
+        }
+    };
+    format!(
+        "SELECT d.id, d.event_id, d.next_attempt_at, d.manual, d.attempt_count,
+                e.payload, e.occurred_at, ep.url
+         FROM deliveries d INDEXED BY deliveries_endpoint_due
+         JOIN events e ON e.seq = d.event_seq
+         JOIN endpoints ep ON ep.id = d.endpoint_id
+         WHERE d.endpoint_id = ?1 AND d.status = 'pending' {gate}
+           AND ep.status = 'enabled' AND ep.deleted_at IS NULL
+           AND NOT EXISTS (SELECT 1 FROM organizations o
+                           WHERE o.id = ep.org_id AND o.deleted_at IS NOT NULL)
+         ORDER BY d.next_attempt_at LIMIT ?2"
+    )
+}
+
 fn lane_work_one(c: &Connection, req: LaneRequest, now: Timestamp) -> Result<LaneWork, StoreError> {
+    let ordering: Option<String> = c
+        .prepare_cached("SELECT ordering FROM endpoints WHERE id = ?1")
+        .and_then(|mut s| s.query_row([&req.endpoint_id], |r| r.get(0)).optional())
+        .map_err(db_err)?;
+    let ordering = ordering
+        .as_deref()
+        .and_then(DeliveryOrder::parse)
+        .unwrap_or_default();
     let rows: Vec<DueRow> = c
-        .prepare_cached(
-            "SELECT d.id, d.event_id, d.next_attempt_at, d.manual, d.attempt_count,
-                    e.payload, e.occurred_at, ep.url
-             FROM deliveries d
-             JOIN events e ON e.seq = d.event_seq
-             JOIN endpoints ep ON ep.id = d.endpoint_id
-             WHERE d.endpoint_id = ?1 AND d.status = 'pending'
-               AND ep.status = 'enabled' AND ep.deleted_at IS NULL
-               AND NOT EXISTS (SELECT 1 FROM organizations o
-                               WHERE o.id = ep.org_id AND o.deleted_at IS NOT NULL)
-             ORDER BY d.next_attempt_at LIMIT ?2",
-        )
+        .prepare_cached(&lane_sql(ordering))
         .and_then(|mut s| {
             s.query_map(
                 params![
@@ -1029,11 +1118,13 @@ fn insert_attempt(
     delivery_id: &str,
     number: u32,
     r: &AttemptResult,
+    out_of_order: bool,
 ) -> Result<(), StoreError> {
     c.prepare_cached(
         "INSERT INTO attempts (delivery_id, number, trigger, started_at, duration_ms,
-                               status_code, error_class, error, response_headers, response_body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                               status_code, error_class, error, response_headers, response_body,
+                               out_of_order)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -1046,7 +1137,8 @@ fn insert_attempt(
             r.error_class.map(ErrorClass::as_str),
             r.error,
             serde_json::to_string(&r.response_headers).expect("headers serialise"),
-            r.response_body
+            r.response_body,
+            out_of_order
         ])
     })
     .map(|_| ())
