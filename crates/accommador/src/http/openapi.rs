@@ -219,6 +219,26 @@ pub struct UserEventDataSchema {
     previous_attributes: Option<Map<String, Value>>,
 }
 
+/// `data` of a `user.*` event whose user was erased (`POST /v1/users/{id}/erase`, or
+/// automatically after `ACCOMMADOR_ERASE_DELETED_AFTER`): the user's ID and nothing else.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct ErasedUserEventDataSchema {
+    user: ErasedUserSchema,
+}
+
+/// An erased user inside an event.
+#[derive(Debug, ToSchema)]
+#[schema(as = ErasedUser)]
+#[allow(dead_code)]
+pub struct ErasedUserSchema {
+    /// `usr_…`
+    #[schema(pattern = "^usr_[0-9A-HJKMNP-TV-Z]{26}$")]
+    id: String,
+    /// Always `true`.
+    erased: bool,
+}
+
 /// `data` of an `endpoint.disabled` or `endpoint.enabled` event.
 #[derive(Debug, ToSchema)]
 #[allow(dead_code)]
@@ -258,6 +278,8 @@ pub struct DeliveryEventDataSchema {
 pub enum EventData {
     /// `user.created`, `user.updated`, `user.deleted`.
     User(UserEventDataSchema),
+    /// A `user.*` event of an erased user.
+    ErasedUser(ErasedUserEventDataSchema),
     /// `endpoint.disabled`, `endpoint.enabled`.
     Endpoint(EndpointEventDataSchema),
     /// `delivery.failed`.
