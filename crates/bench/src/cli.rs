@@ -40,6 +40,10 @@ everything is expired, and the same load while the purge runs, until it has caug
 --purge-tail seconds more: rows purged per second (/metrics), API latency against the \
 baseline, the longest create as the writer-pause estimate, and on SQLite the file size and free \
 pages every half second (the file must stop growing once the purge has caught up)
+  8 slow-clients  (not part of `all`) the same --slow-rate users/s create load for --seconds, \
+first alone, then beside --slow-clients connections that send nothing, trickle a request head \
+or trickle a body (a third each, one byte every 200 ms): API p50/p99 of both, their ratio, how \
+many slow connections the server closed, and its resident memory
 `all` runs them in the order 6, 1, 2, 5, 3, 4: the ceiling right before the sustained run it \
 is compared with, isolation after the latency run it refers to; 7 only when named.
 
@@ -119,6 +123,15 @@ pub struct Cli {
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub purge_baseline: u64,
 
+    /// Slow connections of the slow-clients scenario (mind `ulimit -n`: the bench and the
+    /// server each hold one descriptor per connection).
+    #[arg(long, default_value_t = 2000, value_name = "N")]
+    pub slow_clients: usize,
+
+    /// Fixed create rate, users/s, of both phases of the slow-clients scenario.
+    #[arg(long, default_value_t = 200.0, value_name = "PER_SECOND")]
+    pub slow_rate: f64,
+
     /// How long the load goes on after the purge has caught up (the file-size tail).
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub purge_tail: u64,
@@ -182,6 +195,7 @@ pub enum Scenario {
     Fanout,
     Backlog,
     Purge,
+    SlowClients,
 }
 
 impl Scenario {
@@ -196,7 +210,7 @@ impl Scenario {
     ];
 
     /// Every scenario, for naming one.
-    const EVERY: [Scenario; 7] = [
+    const EVERY: [Scenario; 8] = [
         Scenario::Ceiling,
         Scenario::Sustained,
         Scenario::Latency,
@@ -204,6 +218,7 @@ impl Scenario {
         Scenario::Fanout,
         Scenario::Backlog,
         Scenario::Purge,
+        Scenario::SlowClients,
     ];
 
     pub fn name(self) -> &'static str {
@@ -215,6 +230,7 @@ impl Scenario {
             Scenario::Isolation => "isolation",
             Scenario::Ceiling => "ceiling",
             Scenario::Purge => "purge",
+            Scenario::SlowClients => "slow-clients",
         }
     }
 
@@ -227,6 +243,7 @@ impl Scenario {
             Scenario::Isolation => 5,
             Scenario::Ceiling => 6,
             Scenario::Purge => 7,
+            Scenario::SlowClients => 8,
         }
     }
 
@@ -246,7 +263,7 @@ pub fn parse_scenarios(list: &str) -> Result<Vec<Scenario>, String> {
     let mut picked = Vec::new();
     for word in list.split(',').filter(|w| !w.trim().is_empty()) {
         let s = Scenario::parse(word).ok_or_else(|| {
-            format!("unknown scenario {word:?}: use 1-7, sustained, latency, fanout, backlog, isolation, ceiling, purge or all")
+            format!("unknown scenario {word:?}: use 1-8, sustained, latency, fanout, backlog, isolation, ceiling, purge, slow-clients or all")
         })?;
         if !picked.contains(&s) {
             picked.push(s);

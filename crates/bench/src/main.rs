@@ -161,6 +161,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Scenario::Purge => scenarios::purge(&bench)
                     .await
                     .map(|r| results.purge = Some(r)),
+                Scenario::SlowClients => scenarios::slow_clients(&bench)
+                    .await
+                    .map(|r| results.slow_clients = Some(r)),
             };
             if let Err(e) = outcome {
                 bench
