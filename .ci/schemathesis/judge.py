@@ -35,6 +35,44 @@ def problem_of(interaction):
     return status, body.get("type"), fields
 
 
+def explained(entry, interaction, interactions):
+    """An entry with `explained_by` covers a failure only when one of its explanations is in the
+    same scenario, about the ID the failing request names (its last path segment):
+    - `{"request": "POST /v1/users/{id}/erase"}`: that request answered 2xx before it;
+    - `{"replayed_creation": true}`: the response that handed out the ID was an idempotent
+      replay (`idempotent-replayed: true`), i.e. the saved answer of an earlier creation."""
+    reasons = entry.get("explained_by")
+    if reasons is None:
+        return True
+    uri = ((interaction or {}).get("request") or {}).get("uri") or ""
+    ident = uri.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+    at = (interaction or {}).get("timestamp", 0)
+    for other in interactions.values():
+        request = other.get("request") or {}
+        response = other.get("response") or {}
+        status = response.get("status_code") or 0
+        if not 200 <= status < 300 or other.get("timestamp", 0) > at:
+            continue
+        for reason in reasons:
+            wanted = reason.get("request")
+            if wanted:
+                method, path = wanted.split(" ", 1)
+                if request.get("method") == method and request.get("uri", "").split("?")[0].endswith(
+                    path.replace("{id}", ident)
+                ):
+                    return True
+            if reason.get("replayed_creation"):
+                replayed = (response.get("headers") or {}).get("idempotent-replayed") == ["true"]
+                raw = (response.get("content") or {}).get("$base64")
+                try:
+                    body = json.loads(base64.b64decode(raw)) if raw else None
+                except ValueError:
+                    body = None
+                if replayed and isinstance(body, dict) and body.get("id") == ident:
+                    return True
+    return False
+
+
 def covers(entry, operation, check, status, ptype, fields):
     if operation not in entry["operations"] or entry["check"] != check:
         return False
@@ -82,8 +120,14 @@ def main():
                 operation = failure.get("operation") or recorder.get("label") or "?"
                 status, ptype, fields = problem_of(interactions.get(case_id))
                 key = (operation, check["name"], status, ptype, tuple(fields or ()))
+                interaction = interactions.get(case_id)
                 match = next(
-                    (i for i, e in enumerate(entries) if covers(e, operation, check["name"], status, ptype, fields)),
+                    (
+                        i
+                        for i, e in enumerate(entries)
+                        if covers(e, operation, check["name"], status, ptype, fields)
+                        and explained(e, interaction, interactions)
+                    ),
                     None,
                 )
                 if match is None:

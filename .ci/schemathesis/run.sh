@@ -20,6 +20,7 @@ cd "$(dirname "$0")/../.."
 here=$(pwd)/.ci/schemathesis
 target=$(realpath -m "${CARGO_TARGET_DIR:-target}")
 venv="$target/schemathesis-venv"
+runs="$target/schemathesis-runs"
 version=4.32.5
 tenant_time=${SCHEMATHESIS_TENANT_TIME:-110}
 operator_time=${SCHEMATHESIS_OPERATOR_TIME:-25}
@@ -90,7 +91,9 @@ start_server() {
 fuzz() {
     local label=$1 seconds=$2
     shift 2
-    local out="$tmp/$label"
+    # Kept after the run (target/schemathesis-runs/<label>/: output.txt, report.ndjson).
+    local out="$runs/$label"
+    rm -rf "$out"
     mkdir -p "$out"
     echo "== schemathesis: $label (${seconds} s) against $api"
     set +e

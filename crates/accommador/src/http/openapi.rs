@@ -239,6 +239,16 @@ pub struct ErasedUserSchema {
     erased: bool,
 }
 
+/// The answer to `POST /v1/users`: the user, or, for an idempotent replay of a creation whose
+/// user has been erased since, only its ID (the saved response was erased with the user).
+#[derive(Debug, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum CreatedUser {
+    User(UserSchema),
+    Erased(ErasedUserSchema),
+}
+
 /// `data` of an `endpoint.disabled` or `endpoint.enabled` event.
 #[derive(Debug, ToSchema)]
 #[allow(dead_code)]
@@ -414,8 +424,12 @@ pub struct CreatePortalLinkRequest {
     /// A read-only session sees everything but changes nothing; default `true`.
     read_only: Option<bool>,
     /// How long the link can be opened: a whole number and a unit (`ms`, `s`, `m`, `h`, `d`),
-    /// from `1m` to `7d`; default `15m`. Anything else is refused (422).
-    #[schema(example = "15m")]
+    /// from `1m` to `7d`; default `15m`. Anything else is refused (422). The pattern spells
+    /// that range for each unit, without leading zeros.
+    #[schema(
+        example = "15m",
+        pattern = "^(?:[1-7]d|(?:[1-9]|[1-9][0-9]|1[0-5][0-9]|16[0-8])h|(?:[1-9][0-9]{0,3}|100[0-7][0-9]|10080)m|(?:[6-9][0-9]|[1-9][0-9]{2,4}|[1-5][0-9]{5}|60[0-3][0-9]{3}|604[0-7][0-9]{2}|604800)s|(?:[6-9][0-9]{4}|[1-9][0-9]{5,7}|[1-5][0-9]{8}|60[0-3][0-9]{6}|604[0-7][0-9]{5}|604800000)ms)$"
+    )]
     expires_in: Option<String>,
 }
 

@@ -19,7 +19,11 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(30);
 
 /// Opens `n` connections that each do one hostile thing, and keeps them busy in the
 /// background until the returned handle is dropped.
-async fn slow_crowd(app: &TestApp, n: usize) -> (Vec<TcpStream>, tokio::task::JoinHandle<()>) {
+async fn slow_crowd(
+    app: &TestApp,
+    key: &str,
+    n: usize,
+) -> (Vec<TcpStream>, tokio::task::JoinHandle<()>) {
     let mut idle = Vec::new();
     let mut trickling = Vec::new();
     for i in 0..n {
@@ -34,11 +38,16 @@ async fn slow_crowd(app: &TestApp, n: usize) -> (Vec<TcpStream>, tokio::task::Jo
                     .unwrap();
                 trickling.push(s);
             }
-            // A whole head, then a body that never ends.
+            // A whole head (with a valid key, so the body is read), then a body that never
+            // ends.
             _ => {
                 s.write_all(
-                    b"POST /v1/users HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
-                      content-length: 100000\r\n\r\n{\"email\":",
+                    format!(
+                        "POST /v1/users HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\n\
+                         content-type: application/json\r\ncontent-length: 100000\r\n\r\n\
+                         {{\"email\":\""
+                    )
+                    .as_bytes(),
                 )
                 .await
                 .unwrap();
@@ -63,7 +72,7 @@ async fn slow_crowd(app: &TestApp, n: usize) -> (Vec<TcpStream>, tokio::task::Jo
 async fn the_api_answers_beside_two_thousand_slow_clients() {
     let app = spawn_app().await;
     let t = app.create_org("Acme").await;
-    let (_idle, trickle) = slow_crowd(&app, 2000).await;
+    let (_idle, trickle) = slow_crowd(&app, &t.key, 2000).await;
 
     // A fresh client (new connections) is served, reads and writes alike.
     let fresh = reqwest::Client::builder()

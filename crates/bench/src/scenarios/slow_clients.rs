@@ -40,11 +40,18 @@ pub struct SlowClients {
 /// `closed` counts it closed by the server or the returned handles are aborted.
 async fn open_slow(
     addr: &str,
+    key: &str,
     n: usize,
     closed: Arc<AtomicU64>,
     failures: Arc<AtomicU64>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::with_capacity(n);
+    // With the organization's key, so that the body is read (and trickled) rather than the
+    // request answered 401 at once.
+    let body_head = format!(
+        "POST /v1/users HTTP/1.1\r\nhost: bench\r\nauthorization: Bearer {key}\r\n\
+         content-type: application/json\r\ncontent-length: 100000\r\n\r\n{{\"email\":\""
+    );
     for i in 0..n {
         let stream = match TcpStream::connect(addr).await {
             Ok(s) => s,
@@ -54,14 +61,14 @@ async fn open_slow(
             }
         };
         let closed = closed.clone();
+        let opening: Vec<u8> = match i % 3 {
+            0 => Vec::new(),
+            1 => b"GET /v1/users HTTP/1.1\r\nhost: bench\r\nx-slow: ".to_vec(),
+            _ => body_head.as_bytes().to_vec(),
+        };
         tasks.push(tokio::spawn(async move {
             let (mut read, mut write) = stream.into_split();
-            let opening: &[u8] = match i % 3 {
-                0 => b"",
-                1 => b"GET /v1/users HTTP/1.1\r\nhost: bench\r\nx-slow: ",
-                _ => b"POST /v1/users HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n{\"email\":\"",
-            };
-            if write.write_all(opening).await.is_err() {
+            if write.write_all(&opening).await.is_err() {
                 closed.fetch_add(1, Ordering::Relaxed);
                 return;
             }
@@ -117,7 +124,7 @@ pub async fn slow_clients(b: &Bench) -> anyhow::Result<SlowClients> {
     let closed = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(AtomicU64::new(0));
     let n = b.cli.slow_clients;
-    let slow = open_slow(&addr, n, closed.clone(), failures.clone()).await;
+    let slow = open_slow(&addr, &org.api_key, n, closed.clone(), failures.clone()).await;
     let with_slow = drive(
         b,
         &format!("8 slow clients: beside {n}"),
