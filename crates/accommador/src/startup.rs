@@ -17,6 +17,7 @@ use crate::delivery::guard::{AddressGuard, Lookup, SystemLookup};
 use crate::delivery::{DeliveryHandle, DeliveryWakers, cancel, fanout, notify};
 use crate::domain::Timestamp;
 use crate::domain::delivery::RetryPolicy;
+use crate::http::serve::ConnectionLimits;
 use crate::http::{self, AppState};
 use crate::lifetime::Lifetime;
 use crate::service::Service;
@@ -37,6 +38,8 @@ pub struct Application {
     guard: AddressGuard,
     /// Serve the whole API (`serve`), or only health, readiness and metrics (`worker`).
     api: bool,
+    /// Deadlines and the connection cap of the HTTP listener.
+    connection_limits: ConnectionLimits,
 }
 
 /// How to build an [`Application`] beyond its settings.
@@ -110,7 +113,14 @@ impl Application {
             workers: options.workers.then(|| (settings.clone(), wakers)),
             guard,
             api: options.api,
+            connection_limits: ConnectionLimits::default(),
         })
+    }
+
+    /// Replaces the listener's deadlines and connection cap (tests shorten them).
+    pub fn with_connection_limits(mut self, limits: ConnectionLimits) -> Application {
+        self.connection_limits = limits;
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -196,14 +206,7 @@ impl Application {
         } else {
             http::ops_router(self.state)
         };
-        // The peer address reaches the handlers: failed authentications are throttled by it.
-        let result = axum::serve(
-            self.listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving HTTP");
+        http::serve::serve(self.listener, router, self.connection_limits, shutdown).await;
         // The dispatcher records the attempts that were already answered (for up to 3 s), then
         // gives back the leases of the requests still open (PostgreSQL), so another instance
         // takes them at once; on SQLite they are simply due again on the next start.
@@ -220,7 +223,7 @@ impl Application {
             task.abort();
         }
         tracing::info!("accommador stopped");
-        result
+        Ok(())
     }
 }
 

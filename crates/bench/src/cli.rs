@@ -45,8 +45,12 @@ round-robin for --seconds to one endpoint with ordering none and again with per_
 (flat out; end-to-end rate, target per_user ≥ 80 % of none), then at 300/s unordered and \
 per_user while the receiver fails every event of one user (the others' p99, target ≤ 1.2× \
 unordered)
+  9 slow-clients  (not part of `all`) the same --slow-rate users/s create load for --seconds, \
+first alone, then beside --slow-clients connections that send nothing, trickle a request head \
+or trickle a body (a third each, one byte every 200 ms): API p50/p99 of both, their ratio, how \
+many slow connections the server closed, and its resident memory
 `all` runs them in the order 6, 1, 2, 5, 3, 4: the ceiling right before the sustained run it \
-is compared with, isolation after the latency run it refers to; 7 and 8 only when named.
+is compared with, isolation after the latency run it refers to; 7, 8 and 9 only when named.
 
 Every scenario gets a fresh server; without --database, a fresh SQLite file in a temporary \
 directory. A postgres:// URL is passed through as is; if the server refuses it (no \
@@ -124,6 +128,15 @@ pub struct Cli {
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub purge_baseline: u64,
 
+    /// Slow connections of the slow-clients scenario (mind `ulimit -n`: the bench and the
+    /// server each hold one descriptor per connection).
+    #[arg(long, default_value_t = 2000, value_name = "N")]
+    pub slow_clients: usize,
+
+    /// Fixed create rate, users/s, of both phases of the slow-clients scenario.
+    #[arg(long, default_value_t = 200.0, value_name = "PER_SECOND")]
+    pub slow_rate: f64,
+
     /// How long the load goes on after the purge has caught up (the file-size tail).
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub purge_tail: u64,
@@ -188,6 +201,7 @@ pub enum Scenario {
     Backlog,
     Purge,
     Ordering,
+    SlowClients,
 }
 
 impl Scenario {
@@ -211,6 +225,7 @@ impl Scenario {
         Scenario::Backlog,
         Scenario::Purge,
         Scenario::Ordering,
+        Scenario::SlowClients,
     ];
 
     pub fn name(self) -> &'static str {
@@ -223,6 +238,7 @@ impl Scenario {
             Scenario::Ceiling => "ceiling",
             Scenario::Purge => "purge",
             Scenario::Ordering => "ordering",
+            Scenario::SlowClients => "slow-clients",
         }
     }
 
@@ -236,6 +252,7 @@ impl Scenario {
             Scenario::Ceiling => 6,
             Scenario::Purge => 7,
             Scenario::Ordering => 8,
+            Scenario::SlowClients => 9,
         }
     }
 
@@ -255,7 +272,7 @@ pub fn parse_scenarios(list: &str) -> Result<Vec<Scenario>, String> {
     let mut picked = Vec::new();
     for word in list.split(',').filter(|w| !w.trim().is_empty()) {
         let s = Scenario::parse(word).ok_or_else(|| {
-            format!("unknown scenario {word:?}: use 1-8, sustained, latency, fanout, backlog, isolation, ceiling, purge, ordering or all")
+            format!("unknown scenario {word:?}: use 1-9, sustained, latency, fanout, backlog, isolation, ceiling, purge, ordering, slow-clients or all")
         })?;
         if !picked.contains(&s) {
             picked.push(s);

@@ -164,6 +164,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Scenario::Ordering => scenarios::ordering(&bench)
                     .await
                     .map(|r| results.ordering = Some(r)),
+                Scenario::SlowClients => scenarios::slow_clients(&bench)
+                    .await
+                    .map(|r| results.slow_clients = Some(r)),
             };
             if let Err(e) = outcome {
                 bench

@@ -11,7 +11,8 @@ use crate::meter::Usage;
 use crate::procfs::{CpuTime, Machine};
 use crate::receivers::Counts;
 use crate::scenarios::{
-    Backlog, Ceiling, Fanout, Isolation, LatencyScenario, OrderingScenario, Purge, Sustained,
+    Backlog, Ceiling, Fanout, Isolation, LatencyScenario, OrderingScenario, Purge, SlowClients,
+    Sustained,
 };
 use crate::stats::{Goal, LatencySummary, TargetCheck, check, fmt_num};
 
@@ -25,6 +26,7 @@ pub struct Results {
     pub backlog: Option<Backlog>,
     pub purge: Option<Purge>,
     pub ordering: Option<OrderingScenario>,
+    pub slow_clients: Option<SlowClients>,
     /// Scenarios that could not run, and why.
     pub errors: BTreeMap<String, String>,
 }
@@ -196,6 +198,15 @@ pub fn targets(r: &Results, postgres: bool) -> Vec<TargetCheck> {
             Goal::AtMost(1.2),
             "×",
             o.p99_ratio,
+    if let Some(s) = &r.slow_clients {
+        t.push(check(
+            format!(
+                "API p99 beside {} slow connections ≤ 2× without them",
+                s.slow_connections
+            ),
+            Goal::AtMost(2.0),
+            "×",
+            s.p99_ratio,
             None,
         ));
     }
@@ -527,6 +538,36 @@ fn ordering_human(s: &OrderingScenario, o: &mut String) {
             .map_or("?".into(), |r| format!("{} %", fmt_num(r * 100.0))),
         s.p99_ratio
             .map_or("?".into(), |r| format!("{}×", fmt_num(r)))
+fn slow_clients_human(s: &SlowClients, o: &mut String) {
+    let _ = writeln!(
+        o,
+        "9 slow-clients {} users/s: alone {} ({} ok, refused {:?}, transport errors {})",
+        fmt_num(s.rate),
+        lat(&s.baseline.api_latency),
+        s.baseline.ok,
+        s.baseline.refused,
+        s.baseline.transport_errors
+    );
+    let _ = writeln!(
+        o,
+        "             beside {} slow connections ({} failed to connect): {} ({} ok, refused {:?}, \
+         transport errors {}); p99 ratio {}",
+        s.slow_connections,
+        s.slow_connect_failures,
+        lat(&s.with_slow_clients.api_latency),
+        s.with_slow_clients.ok,
+        s.with_slow_clients.refused,
+        s.with_slow_clients.transport_errors,
+        s.p99_ratio.map_or("-".into(), |r| format!("{r:.2}×"))
+    );
+    let _ = writeln!(
+        o,
+        "             closed by the server's deadlines by the end: {}; server RSS {} MiB before, \
+         {} MiB beside them (peak {} MiB)",
+        s.closed_by_server,
+        s.memory_before.rss_kb / 1024,
+        s.memory_with_slow_clients.rss_kb / 1024,
+        s.memory_with_slow_clients.peak_rss_kb / 1024
     );
 }
 
@@ -892,6 +933,8 @@ pub fn human(report: &Report) -> String {
     }
     if let Some(s) = &r.ordering {
         ordering_human(s, &mut o);
+    if let Some(s) = &r.slow_clients {
+        slow_clients_human(s, &mut o);
     }
     for (scenario, error) in &r.errors {
         let _ = writeln!(o, "{scenario}: DID NOT RUN: {error}");

@@ -1,13 +1,16 @@
-//! The six scenarios of issue 7, and the purge scenario of issue 12 ([`purge`]). Each starts
+//! The six scenarios of issue 7, the purge scenario of issue 12 ([`purge`]) and the
+//! slow-clients scenario of issue 14 ([`slow_clients`]). Each starts
 //! its own server on a fresh database, its own receivers and organizations, runs its phases,
 //! waits (bounded) for the deliveries, checks them against the outbox, and stops the server
 //! with SIGTERM.
 
 mod ordering;
 mod purge;
+mod slow_clients;
 
 pub use ordering::{OrderingScenario, ordering};
 pub use purge::{Purge, PurgeMetrics, purge};
+pub use slow_clients::{SlowClients, slow_clients};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;

@@ -111,6 +111,16 @@ impl ApiError {
         )
     }
 
+    /// The client did not send its whole body in time (see [`super::serve`]).
+    pub fn request_timeout(detail: String) -> ApiError {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request-timeout",
+            "Request timeout",
+            detail,
+        )
+    }
+
     pub fn method_not_allowed() -> ApiError {
         ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,

@@ -46,6 +46,8 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::payload_too_large()
+            } else if let Some(timeout) = super::serve::body_timeout(&rejection) {
+                ApiError::request_timeout(timeout.to_string())
             } else {
                 ApiError::bad_request(format!("could not read the request body: {rejection}"))
             }
@@ -129,6 +131,41 @@ impl FromRequestParts<AppState> for Org {
     }
 }
 
+/// Most query parameters one request may carry; no route takes more than a handful.
+pub const MAX_QUERY_PARAMS: usize = 100;
+
+/// Screens the request target before any route sees it: a path that is not UTF-8 once
+/// percent-decoded, or holds U+0000, names no route and no ID (404, where axum's path
+/// extractor would answer a plain-text 400, and PostgreSQL a 500), and more than [`MAX_QUERY_PARAMS`] query parameters are refused (422,
+/// field `query`) before anything parses them: thousands would only cost time and a long
+/// answer.
+pub async fn screen_target(req: Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match percent_encoding::percent_decode_str(req.uri().path()).decode_utf8() {
+        Err(_) => {
+            return ApiError::not_found("this path, which is not UTF-8 once decoded,")
+                .into_response();
+        }
+        // No ID holds U+0000 (and PostgreSQL text cannot: it would be a 500).
+        Ok(path) if path.contains('\0') => {
+            return ApiError::not_found("this path, which holds U+0000,").into_response();
+        }
+        Ok(_) => {}
+    }
+    let count = req
+        .uri()
+        .query()
+        .map_or(0, |q| q.split('&').filter(|p| !p.is_empty()).count());
+    if count > MAX_QUERY_PARAMS {
+        return ApiError::validation(vec![FieldError::new(
+            "query",
+            format!("has {count} parameters; at most {MAX_QUERY_PARAMS} are accepted"),
+        )])
+        .into_response();
+    }
+    next.run(req).await
+}
+
 /// Query parameters, rejecting names the route does not know (a typo such as `afer=` would
 /// otherwise silently return the first page).
 #[derive(Debug, Default)]
@@ -140,6 +177,15 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
             .map_err(|e| ApiError::bad_request(format!("malformed query string: {e}")))?;
+        // No parameter of ours takes U+0000, and PostgreSQL text cannot hold it.
+        let errors: Vec<FieldError> = pairs
+            .iter()
+            .filter(|(k, v)| k.contains('\0') || v.contains('\0'))
+            .map(|(k, _)| FieldError::new(k.replace('\0', "\\0"), "must not contain U+0000"))
+            .collect();
+        if !errors.is_empty() {
+            return Err(ApiError::validation(errors));
+        }
         Ok(QueryParams(pairs))
     }
 }

@@ -13,6 +13,7 @@ pub mod openapi;
 pub mod ops;
 pub mod orgs;
 pub mod portal_links;
+pub mod serve;
 pub mod ui;
 pub mod users;
 
@@ -61,6 +62,7 @@ pub fn router(state: AppState) -> Router {
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()))
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
+        .layer(axum::middleware::from_fn(extract::screen_target))
         .layer(axum::middleware::from_fn(ops::record))
         .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
         .layer(CatchPanicLayer::custom(

@@ -231,6 +231,36 @@ pub struct UserEventDataSchema {
     previous_attributes: Option<Map<String, Value>>,
 }
 
+/// `data` of a `user.*` event whose user was erased (`POST /v1/users/{id}/erase`, or
+/// automatically after `ACCOMMADOR_ERASE_DELETED_AFTER`): the user's ID and nothing else.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct ErasedUserEventDataSchema {
+    user: ErasedUserSchema,
+}
+
+/// An erased user inside an event.
+#[derive(Debug, ToSchema)]
+#[schema(as = ErasedUser)]
+#[allow(dead_code)]
+pub struct ErasedUserSchema {
+    /// `usr_…`
+    #[schema(pattern = "^usr_[0-9A-HJKMNP-TV-Z]{26}$")]
+    id: String,
+    /// Always `true`.
+    erased: bool,
+}
+
+/// The answer to `POST /v1/users`: the user, or, for an idempotent replay of a creation whose
+/// user has been erased since, only its ID (the saved response was erased with the user).
+#[derive(Debug, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum CreatedUser {
+    User(UserSchema),
+    Erased(ErasedUserSchema),
+}
+
 /// `data` of an `endpoint.disabled` or `endpoint.enabled` event.
 #[derive(Debug, ToSchema)]
 #[allow(dead_code)]
@@ -270,6 +300,8 @@ pub struct DeliveryEventDataSchema {
 pub enum EventData {
     /// `user.created`, `user.updated`, `user.deleted`.
     User(UserEventDataSchema),
+    /// A `user.*` event of an erased user.
+    ErasedUser(ErasedUserEventDataSchema),
     /// `endpoint.disabled`, `endpoint.enabled`.
     Endpoint(EndpointEventDataSchema),
     /// `delivery.failed`.
@@ -404,8 +436,12 @@ pub struct CreatePortalLinkRequest {
     /// A read-only session sees everything but changes nothing; default `true`.
     read_only: Option<bool>,
     /// How long the link can be opened: a whole number and a unit (`ms`, `s`, `m`, `h`, `d`),
-    /// from `1m` to `7d`; default `15m`. Anything else is refused (422).
-    #[schema(example = "15m")]
+    /// from `1m` to `7d`; default `15m`. Anything else is refused (422). The pattern spells
+    /// that range for each unit, without leading zeros.
+    #[schema(
+        example = "15m",
+        pattern = "^(?:[1-7]d|(?:[1-9]|[1-9][0-9]|1[0-5][0-9]|16[0-8])h|(?:[1-9][0-9]{0,3}|100[0-7][0-9]|10080)m|(?:[6-9][0-9]|[1-9][0-9]{2,4}|[1-5][0-9]{5}|60[0-3][0-9]{3}|604[0-7][0-9]{2}|604800)s|(?:[6-9][0-9]{4}|[1-9][0-9]{5,7}|[1-5][0-9]{8}|60[0-3][0-9]{6}|604[0-7][0-9]{5}|604800000)ms)$"
+    )]
     expires_in: Option<String>,
 }
 

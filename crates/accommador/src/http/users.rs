@@ -55,7 +55,7 @@ fn saved_create(result: &Result<UserRecord, StoreError>) -> Option<SavedResponse
     params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, pattern = "^[!-~]{1,255}$",
         description = "Makes a retry safe: same key + same JSON → the first response. 1–255 visible ASCII characters; the same key with other JSON within 24 h is refused (422)")),
     responses(
-        (status = 201, description = "Created (or, for a retried Idempotency-Key, the first response with header `idempotent-replayed: true`)", body = UserSchema,
+        (status = 201, description = "Created (or, for a retried Idempotency-Key, the first response with header `idempotent-replayed: true`; if that user has been erased since, the saved response is erased too: `{\"id\", \"erased\": true}`)", body = super::openapi::CreatedUser,
             headers(("idempotent-replayed" = String, description = "`true` when this is the saved response of an earlier request with the same Idempotency-Key and JSON"))),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),

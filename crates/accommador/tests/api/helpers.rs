@@ -211,12 +211,26 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
 
 /// An API-only server (`serve --no-worker`): nothing fans out or delivers unless a test
 /// drives the store itself.
-#[allow(dead_code)] // used by tests/delivery, which shares this file
+#[allow(dead_code)] // not every test binary sharing this file uses it
 pub async fn spawn_api_only() -> TestApp {
     spawn_app_options(|_| {}, false).await
 }
 
+/// A server whose listener has these deadlines and connection cap.
+#[allow(dead_code)] // used by the API tests only
+pub async fn spawn_app_limited(limits: accommador::http::serve::ConnectionLimits) -> TestApp {
+    spawn_app_full(|_| {}, true, Some(limits)).await
+}
+
 async fn spawn_app_options(adjust: impl FnOnce(&mut Settings), workers: bool) -> TestApp {
+    spawn_app_full(adjust, workers, None).await
+}
+
+async fn spawn_app_full(
+    adjust: impl FnOnce(&mut Settings),
+    workers: bool,
+    limits: Option<accommador::http::serve::ConnectionLimits>,
+) -> TestApp {
     let db = TestDb::new().await;
     let mut settings = Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -247,9 +261,12 @@ async fn spawn_app_options(adjust: impl FnOnce(&mut Settings), workers: bool) ->
         lookup: std::sync::Arc::new(lookup.clone()),
         api: true,
     };
-    let app = Application::build_with(&settings, options)
+    let mut app = Application::build_with(&settings, options)
         .await
         .expect("app builds");
+    if let Some(limits) = limits {
+        app = app.with_connection_limits(limits);
+    }
     let addr = app.local_addr();
     let (tx, rx) = oneshot::channel::<()>();
     tokio::spawn(app.run_until(async {

@@ -254,6 +254,26 @@ fn pattern_samples(pattern: &str) -> PatternSamples {
             good: |n| vec![format!("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{{|}}~{n}")],
             bad: || vec!["has space".into(), "tab\there".into(), "ünïcode".into()],
         }
+    } else if pattern.starts_with("^(?:[1-7]d|") {
+        // A portal link's `expires_in`: 1m to 7d in any unit.
+        PatternSamples {
+            at_length: |_, _| None,
+            good: |_| {
+                [
+                    "1m", "15m", "7d", "168h", "10080m", "60s", "604800s", "60000ms", "1d",
+                ]
+                .map(String::from)
+                .to_vec()
+            },
+            bad: || {
+                [
+                    "", "0m", "59s", "8d", "169h", "10081m", "604801s", "59999ms", "1w", "15 m",
+                    "-1m", "m",
+                ]
+                .map(String::from)
+                .to_vec()
+            },
+        }
     } else if let Some(prefix) = id_prefix(pattern) {
         assert!(
             prefix.len() > 1 && prefix.ends_with('_') && !prefix.contains(['[', '(', '\\']),
