@@ -82,6 +82,9 @@ pub enum EndpointsCommand {
         event_types: Option<Vec<String>>,
         #[arg(long)]
         description: Option<String>,
+        /// Deliveries per second at most, across all instances; absent: no limit.
+        #[arg(long, value_name = "N")]
+        rate_limit: Option<u32>,
     },
     /// Show one endpoint.
     Get { id: String },
@@ -90,7 +93,7 @@ pub enum EndpointsCommand {
         #[command(flatten)]
         paging: Paging,
     },
-    /// Change an endpoint's URL, event types, description or status.
+    /// Change an endpoint's URL, event types, description, status or rate limit.
     Update {
         id: String,
         #[arg(long)]
@@ -103,6 +106,9 @@ pub enum EndpointsCommand {
         /// `enabled` or `disabled`.
         #[arg(long, value_parser = ["enabled", "disabled"])]
         status: Option<String>,
+        /// Deliveries per second at most, or `none` to remove the limit.
+        #[arg(long, value_name = "N|none", value_parser = parse_rate_limit)]
+        rate_limit: Option<RateLimit>,
     },
     /// Delete an endpoint (its pending deliveries are cancelled).
     Delete { id: String },
@@ -194,6 +200,8 @@ const ENDPOINT_COLUMNS: &[Column] = &[
     ("URL", "/url"),
     ("STATUS", "/status"),
     ("EVENT TYPES", "/event_types"),
+    ("RATE LIMIT", "/rate_limit"),
+    ("CONCURRENCY", "/current_concurrency"),
     ("DESCRIPTION", "/description"),
 ];
 const DELIVERY_COLUMNS: &[Column] = &[
@@ -291,11 +299,13 @@ pub async fn endpoints(r: Resource<EndpointsCommand>) -> anyhow::Result<()> {
             url,
             event_types,
             description,
+            rate_limit,
         } => {
             let body = object(vec![
                 ("url", text(Some(url))),
                 ("event_types", event_types.map(|t| json!(t))),
                 ("description", text(description)),
+                ("rate_limit", rate_limit.map(|n| json!(n))),
             ]);
             show(json, &c.post("/v1/endpoints", Some(&body)).await?)
         }
@@ -309,6 +319,7 @@ pub async fn endpoints(r: Resource<EndpointsCommand>) -> anyhow::Result<()> {
             event_types,
             description,
             status,
+            rate_limit,
         } => {
             let body = changes(
                 vec![
@@ -316,8 +327,9 @@ pub async fn endpoints(r: Resource<EndpointsCommand>) -> anyhow::Result<()> {
                     ("event_types", event_types.map(|t| json!(t))),
                     ("description", text(description)),
                     ("status", text(status)),
+                    ("rate_limit", rate_limit.map(|r| json!(r.0))),
                 ],
-                "--url, --event-types, --description or --status",
+                "--url, --event-types, --description, --status or --rate-limit",
             )?;
             show(json, &c.patch(&path(&id, ""), &body).await?)
         }
@@ -555,6 +567,19 @@ fn changes(fields: Vec<(&str, Option<Value>)>, flags: &str) -> anyhow::Result<Va
         bail!("nothing to update: pass {flags}");
     }
     Ok(body)
+}
+
+/// `--rate-limit` of `endpoints update`: a number, or `None` (`none`) to remove the limit.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimit(Option<u32>);
+
+fn parse_rate_limit(s: &str) -> Result<RateLimit, String> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(RateLimit(None));
+    }
+    s.parse::<u32>()
+        .map(|n| RateLimit(Some(n)))
+        .map_err(|_| "a whole number of deliveries per second, or none".to_owned())
 }
 
 fn text(value: Option<String>) -> Option<Value> {

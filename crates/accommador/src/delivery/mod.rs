@@ -16,6 +16,7 @@ pub mod dispatcher;
 pub mod fanout;
 pub mod guard;
 pub mod notify;
+pub mod pacing;
 pub mod target;
 
 use std::collections::{HashMap, HashSet};

@@ -4,6 +4,7 @@
 use accommador_webhooks::EventType;
 use serde_json::{Map, Value};
 
+use super::pacing::MAX_RATE_LIMIT;
 use super::{FieldError, Timestamp, reject_unknown_fields};
 
 pub const MAX_URL_BYTES: usize = 2048;
@@ -152,11 +153,21 @@ pub struct EndpointRecord {
     pub disabled_reason: Option<String>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// Deliveries per second at most, across all instances (`None`: no limit).
+    pub rate_limit: Option<u32>,
+    /// The attempts in flight adaptive concurrency allows now, when it holds them below the
+    /// configured bound (`None`: at the bound). Read-only.
+    pub concurrency: Option<u32>,
 }
 
 impl EndpointRecord {
-    /// The API shape (without the secret).
-    pub fn to_json(&self) -> Value {
+    /// The attempts it may have in flight now, under the configured per-endpoint `bound`.
+    pub fn current_concurrency(&self, bound: u32) -> u32 {
+        super::pacing::effective(self.concurrency, bound)
+    }
+
+    /// The API shape (without the secret); `bound` is `ACCOMMADOR_ENDPOINT_CONCURRENCY`.
+    pub fn to_json(&self, bound: u32) -> Value {
         serde_json::json!({
             "id": self.id,
             "url": self.url,
@@ -166,6 +177,8 @@ impl EndpointRecord {
             "disabled_reason": self.disabled_reason,
             "created_at": self.created_at.to_rfc3339(),
             "updated_at": self.updated_at.to_rfc3339(),
+            "rate_limit": self.rate_limit,
+            "current_concurrency": self.current_concurrency(bound),
         })
     }
 }
@@ -176,12 +189,17 @@ pub struct NewEndpoint {
     pub url: EndpointUrl,
     pub event_types: EventTypeFilter,
     pub description: String,
+    pub rate_limit: Option<u32>,
 }
 
 impl NewEndpoint {
     pub fn from_json(body: &Map<String, Value>) -> Result<NewEndpoint, Vec<FieldError>> {
         let mut errors = Vec::new();
-        reject_unknown_fields(body, &["url", "event_types", "description"], &mut errors);
+        reject_unknown_fields(
+            body,
+            &["url", "event_types", "description", "rate_limit"],
+            &mut errors,
+        );
         let url = match body.get("url") {
             None => {
                 errors.push(FieldError::new("url", "is required"));
@@ -197,12 +215,19 @@ impl NewEndpoint {
             None | Some(Value::Null) => Some(String::new()),
             Some(v) => parse_description(v, &mut errors),
         };
-        match (url, event_types, description) {
-            (Some(url), Some(event_types), Some(description)) if errors.is_empty() => {
+        let rate_limit = match body.get("rate_limit") {
+            None => Some(None),
+            Some(v) => parse_rate_limit(v, &mut errors),
+        };
+        match (url, event_types, description, rate_limit) {
+            (Some(url), Some(event_types), Some(description), Some(rate_limit))
+                if errors.is_empty() =>
+            {
                 Ok(NewEndpoint {
                     url,
                     event_types,
                     description,
+                    rate_limit,
                 })
             }
             _ => Err(errors),
@@ -219,6 +244,8 @@ impl NewEndpoint {
             disabled_reason: None,
             created_at: now,
             updated_at: now,
+            rate_limit: self.rate_limit,
+            concurrency: None,
         }
     }
 }
@@ -230,6 +257,8 @@ pub struct EndpointPatch {
     pub event_types: Option<EventTypeFilter>,
     pub description: Option<String>,
     pub status: Option<EndpointStatus>,
+    /// `Some(None)` clears the limit.
+    pub rate_limit: Option<Option<u32>>,
 }
 
 impl EndpointPatch {
@@ -237,7 +266,7 @@ impl EndpointPatch {
         let mut errors = Vec::new();
         reject_unknown_fields(
             body,
-            &["url", "event_types", "description", "status"],
+            &["url", "event_types", "description", "status", "rate_limit"],
             &mut errors,
         );
         let mut patch = EndpointPatch::default();
@@ -265,6 +294,9 @@ impl EndpointPatch {
                 )),
             }
         }
+        if let Some(v) = body.get("rate_limit") {
+            patch.rate_limit = parse_rate_limit(v, &mut errors);
+        }
         if errors.is_empty() {
             Ok(patch)
         } else {
@@ -283,6 +315,9 @@ impl EndpointPatch {
         }
         if let Some(d) = &self.description {
             next.description = d.clone();
+        }
+        if let Some(limit) = self.rate_limit {
+            next.rate_limit = limit;
         }
         match self.status {
             Some(EndpointStatus::Enabled) => {
@@ -312,6 +347,25 @@ fn parse_url(v: &Value, errors: &mut Vec<FieldError>) -> Option<EndpointUrl> {
         }
         None => {
             errors.push(FieldError::new("url", "must be a string"));
+            None
+        }
+    }
+}
+
+/// `null` (no limit) or a whole number of deliveries per second, 1 to [`MAX_RATE_LIMIT`].
+fn parse_rate_limit(v: &Value, errors: &mut Vec<FieldError>) -> Option<Option<u32>> {
+    if v.is_null() {
+        return Some(None);
+    }
+    match v.as_u64() {
+        Some(n @ 1..) if n <= u64::from(MAX_RATE_LIMIT) => Some(Some(n as u32)),
+        _ => {
+            errors.push(FieldError::new(
+                "rate_limit",
+                format!(
+                    "must be null or a whole number of deliveries per second from 1 to {MAX_RATE_LIMIT}"
+                ),
+            ));
             None
         }
     }
@@ -404,6 +458,32 @@ mod tests {
                 .unwrap_err();
         let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["secret", "url", "event_types"]);
+    }
+
+    #[test]
+    fn rate_limits_are_whole_positive_numbers_and_null_clears_them() {
+        let e = NewEndpoint::from_json(&obj(
+            json!({"url": "https://a.example/h", "rate_limit": 20}),
+        ))
+        .unwrap()
+        .into_record("ep_1".into(), Timestamp(1));
+        assert_eq!(e.rate_limit, Some(20));
+        for bad in [json!(0), json!(-1), json!(2.5), json!("20"), json!(10_001)] {
+            let errors = NewEndpoint::from_json(&obj(
+                json!({"url": "https://a.example/h", "rate_limit": bad}),
+            ))
+            .unwrap_err();
+            assert_eq!(errors[0].field, "rate_limit", "{bad}");
+        }
+        let cleared = EndpointPatch::from_json(&obj(json!({"rate_limit": null})))
+            .unwrap()
+            .apply(&e, Timestamp(2))
+            .unwrap();
+        assert_eq!(cleared.rate_limit, None);
+        let same = EndpointPatch::from_json(&obj(json!({"rate_limit": 20}))).unwrap();
+        assert_eq!(same.apply(&e, Timestamp(3)), None);
+        assert_eq!(e.to_json(16)["current_concurrency"], 16);
+        assert_eq!(e.to_json(16)["rate_limit"], 20);
     }
 
     #[test]

@@ -318,6 +318,8 @@ mod tests {
             disabled_reason: (status == EndpointStatus::Disabled).then(|| "gone".into()),
             created_at: Timestamp(1),
             updated_at: Timestamp(1_795_741_323_456),
+            rate_limit: None,
+            concurrency: None,
         }
     }
 

@@ -429,6 +429,15 @@ pub struct EndpointSchema {
     created_at: String,
     #[schema(format = DateTime)]
     updated_at: String,
+    /// Deliveries per second at most, across all instances, spaced evenly (retries count);
+    /// null: no limit.
+    #[schema(minimum = 1, maximum = 10000)]
+    rate_limit: Option<u32>,
+    /// Read-only: the attempts it may have in flight now. `ACCOMMADOR_ENDPOINT_CONCURRENCY`,
+    /// halved by each `429` or `503` without `Retry-After` (never below 1) and raised by one
+    /// by each success.
+    #[schema(minimum = 1)]
+    current_concurrency: u32,
 }
 
 /// A new endpoint with its signing secret (shown here, by rotate, and at `/secret` only).
@@ -447,6 +456,15 @@ pub struct EndpointCreated {
     created_at: String,
     #[schema(format = DateTime)]
     updated_at: String,
+    /// Deliveries per second at most, across all instances, spaced evenly (retries count);
+    /// null: no limit.
+    #[schema(minimum = 1, maximum = 10000)]
+    rate_limit: Option<u32>,
+    /// Read-only: the attempts it may have in flight now. `ACCOMMADOR_ENDPOINT_CONCURRENCY`,
+    /// halved by each `429` or `503` without `Retry-After` (never below 1) and raised by one
+    /// by each success.
+    #[schema(minimum = 1)]
+    current_concurrency: u32,
     /// `whsec_…`: base64 of 32 random bytes. Verify deliveries with it.
     secret: String,
 }
@@ -474,6 +492,10 @@ pub struct CreateEndpointRequest {
     /// At most 1024 characters, without U+0000; absent or null: empty.
     #[schema(max_length = 1024, pattern = "^[^\\u0000]*$")]
     description: Option<String>,
+    /// Deliveries per second at most (1–10000), across all instances, spaced evenly; absent
+    /// or null: no limit.
+    #[schema(minimum = 1, maximum = 10000)]
+    rate_limit: Option<u32>,
 }
 
 /// Any subset of the fields. Unknown fields are refused (422).
@@ -498,6 +520,9 @@ pub struct UpdateEndpointRequest {
     /// `enabled` clears `disabled_reason`.
     #[schema(nullable = false)]
     status: Option<EndpointStatus>,
+    /// Deliveries per second at most (1–10000); null removes the limit.
+    #[schema(minimum = 1, maximum = 10000)]
+    rate_limit: Option<u32>,
 }
 
 #[derive(Debug, ToSchema)]

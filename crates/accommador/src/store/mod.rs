@@ -6,6 +6,7 @@
 
 pub mod keys;
 pub mod lifetime;
+pub mod pacing;
 pub mod postgres;
 mod secrets;
 pub mod sqlite;

@@ -24,6 +24,7 @@ mod leasing;
 mod lifetime;
 #[cfg(test)]
 mod list_plans;
+mod pacing;
 mod secrets;
 #[cfg(test)]
 mod test_db;
@@ -69,6 +70,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0012_operational_events.sql"),
     include_str!("../../migrations/postgres/0013_leasing.sql"),
     include_str!("../../migrations/postgres/0014_ui.sql"),
+    include_str!("../../migrations/postgres/0016_rate_limit.sql"),
 ];
 /// Most events numbered by one sequencer step.
 const SEQUENCE_STEP: i64 = 1000;
@@ -672,8 +674,8 @@ impl PgStore {
         let e = new.into_record(id, now);
         tx.run(
             "INSERT INTO endpoints (id, org_id, url, event_types, description, status,
-                                    created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+                                    created_at, updated_at, rate_limit)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)",
             &[
                 &e.id,
                 &org,
@@ -682,6 +684,7 @@ impl PgStore {
                 &e.description,
                 &e.status.as_str(),
                 &now.millis(),
+                &e.rate_limit.map(|n| n as i32),
             ],
         )
         .await
@@ -756,7 +759,7 @@ impl PgStore {
             "UPDATE endpoints SET url = $1, event_types = $2, description = $3, status = $4,
                  disabled_reason = $5,
                  failing_since = CASE WHEN $4 = 'enabled' THEN NULL ELSE failing_since END,
-                 cancel_pending = ($4 = 'disabled'), updated_at = $6
+                 cancel_pending = ($4 = 'disabled'), updated_at = $6, rate_limit = $9
              WHERE id = $7 AND org_id = $8",
             &[
                 &next.url,
@@ -767,6 +770,7 @@ impl PgStore {
                 &next.updated_at.millis(),
                 &next.id,
                 &org,
+                &next.rate_limit.map(|n| n as i32),
             ],
         )
         .await
@@ -1135,8 +1139,8 @@ pub(super) async fn insert_operational_event(
     .map_err(pg_err)
 }
 
-pub(super) const ENDPOINT_COLUMNS: &str =
-    "id, url, event_types, description, status, disabled_reason, created_at, updated_at";
+pub(super) const ENDPOINT_COLUMNS: &str = "id, url, event_types, description, status, \
+     disabled_reason, created_at, updated_at, rate_limit, current_concurrency";
 
 fn event_types_json(f: &EventTypeFilter) -> String {
     serde_json::to_string(&f.names()).expect("names serialise")
@@ -1157,6 +1161,8 @@ pub(super) fn endpoint_from_row(r: &Row) -> Result<EndpointRecord, StoreError> {
         disabled_reason: r.get(5),
         created_at: Timestamp(r.get(6)),
         updated_at: Timestamp(r.get(7)),
+        rate_limit: r.get::<_, Option<i32>>(8).map(|n| n.max(1) as u32),
+        concurrency: r.get::<_, Option<i32>>(9).map(|n| n.max(1) as u32),
     })
 }
 

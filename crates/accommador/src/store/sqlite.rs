@@ -65,6 +65,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0009_secret_encryption.sql"),
     include_str!("../../migrations/sqlite/0010_operational_events.sql"),
     include_str!("../../migrations/sqlite/0012_ui.sql"),
+    include_str!("../../migrations/sqlite/0014_rate_limit.sql"),
 ];
 
 pub mod backup;
@@ -73,6 +74,7 @@ mod keys;
 mod lifetime;
 #[cfg(test)]
 mod list_plans;
+mod pacing;
 mod secrets;
 mod ui;
 
@@ -490,9 +492,9 @@ impl SqliteStore {
             let e = new.into_record(id, now);
             c.prepare_cached(
                 "INSERT INTO endpoints (id, org_id, url, event_types, description, status,
-                                        created_at, updated_at, after_event_seq)
+                                        created_at, updated_at, after_event_seq, rate_limit)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7,
-                         (SELECT COALESCE(MAX(seq), 0) FROM events))",
+                         (SELECT COALESCE(MAX(seq), 0) FROM events), ?8)",
             )
             .and_then(|mut s| {
                 s.execute(params![
@@ -502,7 +504,8 @@ impl SqliteStore {
                     event_types_json(&e.event_types),
                     e.description,
                     e.status.as_str(),
-                    now.millis()
+                    now.millis(),
+                    e.rate_limit
                 ])
             })
             .map_err(db_err)?;
@@ -568,7 +571,7 @@ impl SqliteStore {
                 "UPDATE endpoints SET url = ?1, event_types = ?2, description = ?3, status = ?4,
                     disabled_reason = ?5,
                     failing_since = CASE WHEN ?4 = 'enabled' THEN NULL ELSE failing_since END,
-                    cancel_pending = (?4 = 'disabled'), updated_at = ?6
+                    cancel_pending = (?4 = 'disabled'), updated_at = ?6, rate_limit = ?9
                  WHERE id = ?7 AND org_id = ?8",
             )
             .and_then(|mut s| {
@@ -580,7 +583,8 @@ impl SqliteStore {
                     next.disabled_reason,
                     next.updated_at.millis(),
                     next.id,
-                    org
+                    org,
+                    next.rate_limit
                 ])
             })
             .map_err(db_err)?;
@@ -894,8 +898,8 @@ fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRecord> {
     })
 }
 
-const ENDPOINT_COLUMNS: &str =
-    "id, url, event_types, description, status, disabled_reason, created_at, updated_at";
+const ENDPOINT_COLUMNS: &str = "id, url, event_types, description, status, disabled_reason, \
+     created_at, updated_at, rate_limit, current_concurrency";
 
 fn event_types_json(f: &EventTypeFilter) -> String {
     serde_json::to_string(&f.names()).expect("names serialise")
@@ -921,6 +925,8 @@ fn endpoint_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EndpointRecord> 
         disabled_reason: r.get(5)?,
         created_at: Timestamp(r.get(6)?),
         updated_at: Timestamp(r.get(7)?),
+        rate_limit: r.get(8)?,
+        concurrency: r.get(9)?,
     })
 }
 
