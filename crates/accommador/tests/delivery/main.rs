@@ -12,6 +12,7 @@ mod guard;
 mod helpers;
 mod lifetime;
 mod operational;
+mod policies;
 #[allow(dead_code)] // shared with tests/postgres, which uses more of it
 mod receiver;
 mod recover;

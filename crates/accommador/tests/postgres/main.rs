@@ -9,6 +9,7 @@
 #[path = "../api/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;
+mod pacing;
 #[path = "../delivery/receiver.rs"]
 #[allow(dead_code)]
 mod receiver;

@@ -21,7 +21,7 @@ use crate::store::pacing::{EndpointPolicy, Reservation, apply_signals};
 /// arrival time is read after its lock is granted (`FOR UPDATE` re-reads the newest version).
 const RESERVE: &str = "WITH clock AS MATERIALIZED (SELECT accommador_now_us() AS t),
      locked AS (
-         SELECT e.id, r.n, (1000000 + e.rate_limit - 1) / e.rate_limit AS step,
+         SELECT e.id, r.n, (999999 + e.rate_limit::int8) / e.rate_limit AS step,
                 GREATEST(e.rate_tat_us, (SELECT t FROM clock)) AS first
          FROM endpoints e JOIN UNNEST($1::text[], $2::int8[]) AS r(id, n) ON r.id = e.id
          WHERE e.rate_limit IS NOT NULL
