@@ -120,6 +120,30 @@ impl Api {
         Ok(response.json().await?)
     }
 
+    /// `PATCH /v1/endpoints/{id}` with `body`.
+    pub async fn patch_endpoint(
+        &self,
+        key: &str,
+        id: &str,
+        body: serde_json::Value,
+    ) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .patch(format!("{}/v1/endpoints/{id}", self.base))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .context("PATCH /v1/endpoints/{id}")?;
+        expect_status(
+            response,
+            reqwest::StatusCode::OK,
+            "PATCH /v1/endpoints/{id}",
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Every `user.created` event of the key's organization, in commit order.
     pub async fn created_events(&self, key: &str) -> anyhow::Result<Vec<EventRef>> {
         let mut events = Vec::new();

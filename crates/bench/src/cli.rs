@@ -40,8 +40,12 @@ everything is expired, and the same load while the purge runs, until it has caug
 --purge-tail seconds more: rows purged per second (/metrics), API latency against the \
 baseline, the longest create as the writer-pause estimate, and on SQLite the file size and free \
 pages every half second (the file must stop growing once the purge has caught up)
+  9 rate-limit per-endpoint rate limits (not part of `all`): for each N of --rate-limits \
+(default 50, 100, 500/s) an endpoint with rate_limit N and a backlog of N x --seconds users: \
+the achieved rate (first to last arrival) against N, and the busiest 1 s window against N \
+(the issue allows 10 % over)
 `all` runs them in the order 6, 1, 2, 5, 3, 4: the ceiling right before the sustained run it \
-is compared with, isolation after the latency run it refers to; 7 only when named.
+is compared with, isolation after the latency run it refers to; 7 and 9 only when named.
 
 Every scenario gets a fresh server; without --database, a fresh SQLite file in a temporary \
 directory. A postgres:// URL is passed through as is; if the server refuses it (no \
@@ -127,6 +131,16 @@ pub struct Cli {
     #[arg(long, default_value_t = 900, value_name = "SECONDS")]
     pub purge_timeout: u64,
 
+    /// The rate-limit scenario's endpoint limits, deliveries per second (comma-separated); each
+    /// gets a backlog of N × --seconds users.
+    #[arg(
+        long,
+        default_value = "50,100,500",
+        value_delimiter = ',',
+        value_name = "N,N"
+    )]
+    pub rate_limits: Vec<u32>,
+
     /// Total deliveries per second in the isolation scenario (users/s times endpoints).
     #[arg(long, default_value_t = 1000.0, value_name = "PER_SECOND")]
     pub isolation_rate: f64,
@@ -182,6 +196,7 @@ pub enum Scenario {
     Fanout,
     Backlog,
     Purge,
+    RateLimit,
 }
 
 impl Scenario {
@@ -196,7 +211,7 @@ impl Scenario {
     ];
 
     /// Every scenario, for naming one.
-    const EVERY: [Scenario; 7] = [
+    const EVERY: [Scenario; 8] = [
         Scenario::Ceiling,
         Scenario::Sustained,
         Scenario::Latency,
@@ -204,6 +219,7 @@ impl Scenario {
         Scenario::Fanout,
         Scenario::Backlog,
         Scenario::Purge,
+        Scenario::RateLimit,
     ];
 
     pub fn name(self) -> &'static str {
@@ -215,6 +231,7 @@ impl Scenario {
             Scenario::Isolation => "isolation",
             Scenario::Ceiling => "ceiling",
             Scenario::Purge => "purge",
+            Scenario::RateLimit => "rate-limit",
         }
     }
 
@@ -227,6 +244,7 @@ impl Scenario {
             Scenario::Isolation => 5,
             Scenario::Ceiling => 6,
             Scenario::Purge => 7,
+            Scenario::RateLimit => 9,
         }
     }
 
@@ -246,7 +264,7 @@ pub fn parse_scenarios(list: &str) -> Result<Vec<Scenario>, String> {
     let mut picked = Vec::new();
     for word in list.split(',').filter(|w| !w.trim().is_empty()) {
         let s = Scenario::parse(word).ok_or_else(|| {
-            format!("unknown scenario {word:?}: use 1-7, sustained, latency, fanout, backlog, isolation, ceiling, purge or all")
+            format!("unknown scenario {word:?}: use 1-7 or 9, sustained, latency, fanout, backlog, isolation, ceiling, purge, rate-limit or all")
         })?;
         if !picked.contains(&s) {
             picked.push(s);

@@ -161,6 +161,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Scenario::Purge => scenarios::purge(&bench)
                     .await
                     .map(|r| results.purge = Some(r)),
+                Scenario::RateLimit => scenarios::rate_limit(&bench)
+                    .await
+                    .map(|r| results.rate_limit = Some(r)),
             };
             if let Err(e) = outcome {
                 bench

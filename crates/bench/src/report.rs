@@ -22,6 +22,7 @@ pub struct Results {
     pub fanout: Option<Fanout>,
     pub backlog: Option<Backlog>,
     pub purge: Option<Purge>,
+    pub rate_limit: Option<crate::scenarios::RateLimit>,
     /// Scenarios that could not run, and why.
     pub errors: BTreeMap<String, String>,
 }
@@ -179,6 +180,27 @@ pub fn targets(r: &Results, postgres: bool) -> Vec<TargetCheck> {
     ));
     if let Some(p) = &r.purge {
         purge_targets(p, &mut t);
+    }
+    if let Some(r) = &r.rate_limit {
+        for run in &r.runs {
+            t.push(check(
+                format!(
+                    "rate_limit {}/s: busiest 1 s window ≤ 110 % of N",
+                    run.limit
+                ),
+                Goal::AtMost(110.0),
+                "%",
+                Some(run.busiest_ratio * 100.0),
+                None,
+            ));
+            t.push(check(
+                format!("rate_limit {}/s: achieved rate ≥ 90 % of N", run.limit),
+                Goal::AtLeast(90.0),
+                "%",
+                Some(run.achieved_ratio * 100.0),
+                None,
+            ));
+        }
     }
     if !postgres {
         t.push(TargetCheck {
@@ -460,6 +482,30 @@ fn refused(l: &crate::scenarios::LoadSummary) -> String {
         l.transport_errors,
         l.first_error.as_deref().unwrap_or("?")
     )
+}
+
+fn rate_limit_human(r: &crate::scenarios::RateLimit, o: &mut String) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        o,
+        "\n9 rate-limit ({}; backlog of N x {} s each)",
+        r.database, r.seconds
+    );
+    for run in &r.runs {
+        let _ = writeln!(
+            o,
+            "  N = {:>5}/s: {} of {} delivered{}, achieved {:.1}/s ({:.1} % of N), busiest 1 s \
+             window {} ({:.1} % of N)",
+            run.limit,
+            run.delivered,
+            run.backlog.ok,
+            if run.drained { "" } else { " (not drained)" },
+            run.achieved_per_s,
+            run.achieved_ratio * 100.0,
+            run.busiest_second,
+            run.busiest_ratio * 100.0
+        );
+    }
 }
 
 fn purge_human(p: &Purge, o: &mut String) {
@@ -818,6 +864,9 @@ pub fn human(report: &Report) -> String {
             "             check: {}",
             tally(&b.tally, Some(&b.receivers))
         );
+    }
+    if let Some(r) = &r.rate_limit {
+        rate_limit_human(r, &mut o);
     }
     if let Some(p) = &r.purge {
         purge_human(p, &mut o);

@@ -4,8 +4,10 @@
 //! with SIGTERM.
 
 mod purge;
+mod rate_limit;
 
 pub use purge::{Purge, PurgeMetrics, purge};
+pub use rate_limit::{RateLimit, rate_limit};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;

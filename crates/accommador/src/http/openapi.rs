@@ -432,12 +432,12 @@ pub struct EndpointSchema {
     /// Deliveries per second at most, across all instances, spaced evenly (retries count);
     /// null: no limit.
     #[schema(minimum = 1, maximum = 10000)]
-    rate_limit: Option<u32>,
+    rate_limit: Option<usize>,
     /// Read-only: the attempts it may have in flight now. `ACCOMMADOR_ENDPOINT_CONCURRENCY`,
     /// halved by each `429` or `503` without `Retry-After` (never below 1) and raised by one
     /// by each success.
     #[schema(minimum = 1)]
-    current_concurrency: u32,
+    current_concurrency: usize,
 }
 
 /// A new endpoint with its signing secret (shown here, by rotate, and at `/secret` only).
@@ -459,12 +459,12 @@ pub struct EndpointCreated {
     /// Deliveries per second at most, across all instances, spaced evenly (retries count);
     /// null: no limit.
     #[schema(minimum = 1, maximum = 10000)]
-    rate_limit: Option<u32>,
+    rate_limit: Option<usize>,
     /// Read-only: the attempts it may have in flight now. `ACCOMMADOR_ENDPOINT_CONCURRENCY`,
     /// halved by each `429` or `503` without `Retry-After` (never below 1) and raised by one
     /// by each success.
     #[schema(minimum = 1)]
-    current_concurrency: u32,
+    current_concurrency: usize,
     /// `whsec_…`: base64 of 32 random bytes. Verify deliveries with it.
     secret: String,
 }
@@ -495,7 +495,7 @@ pub struct CreateEndpointRequest {
     /// Deliveries per second at most (1–10000), across all instances, spaced evenly; absent
     /// or null: no limit.
     #[schema(minimum = 1, maximum = 10000)]
-    rate_limit: Option<u32>,
+    rate_limit: Option<usize>,
 }
 
 /// Any subset of the fields. Unknown fields are refused (422).
@@ -522,7 +522,7 @@ pub struct UpdateEndpointRequest {
     status: Option<EndpointStatus>,
     /// Deliveries per second at most (1–10000); null removes the limit.
     #[schema(minimum = 1, maximum = 10000)]
-    rate_limit: Option<u32>,
+    rate_limit: Option<usize>,
 }
 
 #[derive(Debug, ToSchema)]
