@@ -456,7 +456,8 @@ impl Dispatcher {
             }
             // Before the read: whatever changes after this instant is checked again at send.
             let leased_at = Instant::now();
-            match self.lane_work_within_caps(requests, now).await {
+            let reading = lane_work_within_caps(self.store.clone(), bound, requests, now);
+            match self.while_waiting(reading).await {
                 Ok(work) => {
                     let slots = self.reserve_sends(&work).await;
                     for w in work {
@@ -537,27 +538,35 @@ impl Dispatcher {
             .min()
     }
 
-    /// [`Store::lane_work`] for lanes whose bounds across instances differ (endpoints held
-    /// below the bound by adaptive concurrency): one call per bound, since leasing applies
-    /// one per call. Usually every lane has the configured bound and this is one call.
-    async fn lane_work_within_caps(
-        &self,
-        requests: Vec<LaneRequest>,
-        now: Timestamp,
-    ) -> Result<Vec<crate::store::LaneWork>, crate::store::StoreError> {
-        let cap_of = |r: &LaneRequest| r.lease.as_ref().map_or(0, |l| l.per_endpoint);
-        if requests.iter().all(|r| cap_of(r) == self.per_endpoint) {
-            return self.store.lane_work(requests, now).await;
+    /// Awaits `fut` (a database round trip), meanwhile starting queued deliveries as their
+    /// reserved send times come: a slow read never makes paced sends late and then bunched.
+    async fn while_waiting<T>(&mut self, fut: impl std::future::Future<Output = T>) -> T {
+        tokio::pin!(fut);
+        let mut stuck = false;
+        loop {
+            let next = if stuck { None } else { self.next_send_at() };
+            tokio::select! {
+                biased;
+                out = &mut fut => return out,
+                () = tokio::time::sleep_until(next.unwrap_or_else(Instant::now).into()),
+                    if next.is_some() => {
+                    // Nothing started (no permit, or the organization is full): wait for the
+                    // read alone; the step that follows looks again.
+                    stuck = self.start_queued() == 0;
+                }
+            }
         }
-        let mut by_cap: HashMap<usize, Vec<LaneRequest>> = HashMap::new();
-        for r in requests {
-            by_cap.entry(cap_of(&r)).or_default().push(r);
-        }
-        let mut work = Vec::new();
-        for (_, requests) in by_cap {
-            work.extend(self.store.lane_work(requests, now).await?);
-        }
-        Ok(work)
+    }
+
+    /// The earliest reserved send time among lanes that may start their next delivery.
+    fn next_send_at(&self) -> Option<Instant> {
+        let bound = self.per_endpoint;
+        let org_busy = self.org_busy();
+        self.lanes
+            .iter()
+            .filter(|(id, l)| l.active < l.cap(bound) && self.org_has_room(id, &org_busy))
+            .filter_map(|(_, l)| l.queued.front().and_then(|q| q.slot))
+            .min()
     }
 
     /// Reserves send times for the deliveries just leased on rate-limited lanes, one per
@@ -577,7 +586,8 @@ impl Dispatcher {
         if wanted.is_empty() {
             return Ok(HashMap::new());
         }
-        self.pacer.reserve(wanted).await.map_err(|e| {
+        let reserving = self.pacer.reserve(wanted);
+        self.while_waiting(reserving).await.map_err(|e| {
             tracing::warn!(error = %e, "reserving send times under rate limits failed; retrying");
         })
     }
@@ -602,7 +612,11 @@ impl Dispatcher {
             return;
         }
         let began = Instant::now();
-        match self.store.endpoint_policies(stale).await {
+        let store = self.store.clone();
+        match self
+            .while_waiting(async move { store.endpoint_policies(stale).await })
+            .await
+        {
             Ok(found) => {
                 if self.org_of.len() > 100_000 {
                     let lanes = &self.lanes;
@@ -755,7 +769,7 @@ impl Dispatcher {
     /// Starts queued deliveries on lanes with free slots, while global permits last. One
     /// queued so long that its lease could run out before its attempt ends is given back
     /// instead (`stale`), to be leased again.
-    fn start_queued(&mut self) {
+    fn start_queued(&mut self) -> usize {
         // A lease lasts 2 × the delivery timeout + 5 s: one started within a timeout of its
         // lease still has 5 s to be recorded after its longest possible attempt.
         let fresh_for = Duration::from_millis(((self.lease.millis - 5_000) / 2).max(0) as u64);
@@ -843,10 +857,12 @@ impl Dispatcher {
         if served.is_some() {
             self.last_served = served;
         }
+        let started = starts.len();
         for (d, read_at, permit) in starts {
             self.start(d, read_at, permit);
         }
         self.give_back(stale);
+        started
     }
 
     fn start(&self, d: DueDelivery, read_at: Instant, permit: tokio::sync::OwnedSemaphorePermit) {
@@ -1088,4 +1104,29 @@ fn record_metrics(d: &DueDelivery, r: &crate::domain::delivery::AttemptResult) {
         metrics::histogram!("webhook_commit_to_first_attempt_seconds")
             .record(waited as f64 / 1000.0);
     }
+}
+
+/// [`Store::lane_work`] for lanes whose bounds across instances differ (endpoints held below
+/// `bound` by adaptive concurrency): one call per bound, since leasing applies one per call.
+/// Usually every lane has the configured bound and this is one call. Owns what it reads, so
+/// the dispatcher goes on starting paced sends meanwhile.
+async fn lane_work_within_caps(
+    store: Store,
+    bound: usize,
+    requests: Vec<LaneRequest>,
+    now: Timestamp,
+) -> Result<Vec<crate::store::LaneWork>, crate::store::StoreError> {
+    let cap_of = |r: &LaneRequest| r.lease.as_ref().map_or(0, |l| l.per_endpoint);
+    if requests.iter().all(|r| cap_of(r) == bound) {
+        return store.lane_work(requests, now).await;
+    }
+    let mut by_cap: HashMap<usize, Vec<LaneRequest>> = HashMap::new();
+    for r in requests {
+        by_cap.entry(cap_of(&r)).or_default().push(r);
+    }
+    let mut work = Vec::new();
+    for (_, requests) in by_cap {
+        work.extend(store.lane_work(requests, now).await?);
+    }
+    Ok(work)
 }

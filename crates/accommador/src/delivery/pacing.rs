@@ -67,11 +67,9 @@ impl Pacer {
 
     /// Reserves `count` sends to each endpoint at its `rate` (endpoint, rate, count). An
     /// endpoint missing from the answer has no limit (any more, on PostgreSQL): its sends
-    /// need not wait.
-    pub async fn reserve(
-        &mut self,
-        wanted: Vec<(String, u32, u32)>,
-    ) -> Result<HashMap<String, Slots>, StoreError> {
+    /// need not wait. The returned future owns what it needs (the dispatcher goes on starting
+    /// sends while it runs).
+    pub fn reserve(&mut self, wanted: Vec<(String, u32, u32)>) -> Reserving {
         match self {
             Pacer::Local { epoch, tat } => {
                 let now = epoch.elapsed().as_micros() as i64;
@@ -79,7 +77,7 @@ impl Pacer {
                     // Endpoints idle since their last send start afresh anyway.
                     tat.retain(|_, t| *t > now);
                 }
-                Ok(wanted
+                let slots = wanted
                     .into_iter()
                     .map(|(id, rate, count)| {
                         let last = tat.get(&id).copied().unwrap_or(0);
@@ -93,29 +91,38 @@ impl Pacer {
                         };
                         (id, slots)
                     })
-                    .collect())
+                    .collect();
+                Box::pin(std::future::ready(Ok(slots)))
             }
             Pacer::Shared(pg) => {
-                let reserved = pg
-                    .reserve_sends(wanted.into_iter().map(|(id, _, n)| (id, n)).collect())
-                    .await?;
-                // Measured from when the answer arrived: a send may start a little late,
-                // never early.
-                let now = Instant::now();
-                Ok(reserved
-                    .into_iter()
-                    .map(|(id, r)| {
-                        let slots = Slots {
-                            first: now + Duration::from_micros(r.first_in_us.max(0) as u64),
-                            interval: Duration::from_micros(r.interval_us.max(0) as u64),
-                        };
-                        (id, slots)
-                    })
-                    .collect())
+                let pg = pg.clone();
+                Box::pin(async move {
+                    let reserved = pg
+                        .reserve_sends(wanted.into_iter().map(|(id, _, n)| (id, n)).collect())
+                        .await?;
+                    // Measured from when the answer arrived: a send may start a little late,
+                    // never early.
+                    let now = Instant::now();
+                    Ok(reserved
+                        .into_iter()
+                        .map(|(id, r)| {
+                            let slots = Slots {
+                                first: now + Duration::from_micros(r.first_in_us.max(0) as u64),
+                                interval: Duration::from_micros(r.interval_us.max(0) as u64),
+                            };
+                            (id, slots)
+                        })
+                        .collect())
+                })
             }
         }
     }
 }
+
+/// A reservation under way: each endpoint's send times.
+pub type Reserving = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<HashMap<String, Slots>, StoreError>> + Send>,
+>;
 
 /// Most signals stored in one batch.
 const ADJUST_BATCH: usize = 256;
