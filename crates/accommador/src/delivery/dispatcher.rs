@@ -66,8 +66,9 @@ struct Queued {
     d: DueDelivery,
     /// When the read that found it began.
     read_at: Instant,
-    /// Under a rate limit: the moment it may start (reserved for it).
-    slot: Option<Instant>,
+    /// Under a rate limit: the moment it may start (reserved for it), and the interval
+    /// between sends.
+    slot: Option<(Instant, Duration)>,
 }
 
 #[derive(Debug, Default)]
@@ -88,6 +89,9 @@ struct Lane {
     held: bool,
     /// The endpoint's policies and when their read began (`None`: not read yet).
     policy: Option<(LanePolicy, Instant)>,
+    /// When its last paced send started: sends that fell late (a slow machine) are spread
+    /// out again rather than sent in a bunch.
+    last_paced: Option<Instant>,
 }
 
 impl Lane {
@@ -104,9 +108,17 @@ impl Lane {
 
     /// Whether its first queued delivery may start at `now` (its send time has come).
     fn head_ready(&self, now: Instant) -> bool {
-        self.queued
-            .front()
-            .is_some_and(|q| q.slot.is_none_or(|s| s <= now))
+        !self.queued.is_empty() && self.next_paced().is_none_or(|at| at <= now)
+    }
+
+    /// When its first queued delivery may start, if it is paced: at its reserved time, and
+    /// no sooner than three quarters of the interval after the previous paced send. The
+    /// quarter lets a send that the timer woke a little late be followed on time (no drift);
+    /// sends that fell far behind (a stalled process) go out spread, not in one bunch.
+    fn next_paced(&self) -> Option<Instant> {
+        let (slot, interval) = self.queued.front()?.slot?;
+        let spacing = interval - interval / 4;
+        Some(self.last_paced.map_or(slot, |last| slot.max(last + spacing)))
     }
 }
 
@@ -490,7 +502,7 @@ impl Dispatcher {
                                     lane.queued.push_back(Queued {
                                         d,
                                         read_at: leased_at,
-                                        slot: slots.map(|s| s.nth(i)),
+                                        slot: slots.map(|s| (s.nth(i), s.interval)),
                                     });
                                     self.queued += 1;
                                 }
@@ -523,7 +535,7 @@ impl Dispatcher {
             .lanes
             .iter()
             .filter(|(id, l)| l.active < l.cap(bound) && self.org_has_room(id, &org_busy))
-            .filter_map(|(_, l)| l.queued.front().and_then(|q| q.slot))
+            .filter_map(|(_, l)| l.next_paced())
             .min()
             .map(|at| {
                 let wait = at.saturating_duration_since(Instant::now());
@@ -565,7 +577,7 @@ impl Dispatcher {
         self.lanes
             .iter()
             .filter(|(id, l)| l.active < l.cap(bound) && self.org_has_room(id, &org_busy))
-            .filter_map(|(_, l)| l.queued.front().and_then(|q| q.slot))
+            .filter_map(|(_, l)| l.next_paced())
             .min()
     }
 
@@ -839,6 +851,9 @@ impl Dispatcher {
                 };
                 let q = lane.queued.pop_front().expect("a queued delivery");
                 self.queued -= 1;
+                if q.slot.is_some() {
+                    lane.last_paced = Some(now);
+                }
                 lane.active += 1;
                 *org_n += 1;
                 starts.push((q.d, q.read_at, permit));
