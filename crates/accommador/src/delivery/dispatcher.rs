@@ -47,6 +47,11 @@ const LANES_PER_STEP: usize = 256;
 /// Most deliveries leased ahead and queued, over all lanes (each queued one holds its payload).
 const QUEUED_AT_MOST: usize = 1024;
 
+/// How late a paced send may start and still count from its reserved time (see
+/// [`Lane::next_paced`]): sends this little behind go out together at the next wake-up, later
+/// ones are spread again. A window of this length holds at most 2 % of a second's sends.
+const LATE_UNSPREAD: Duration = Duration::from_millis(20);
+
 /// How long an endpoint's policies (rate limit, allowed concurrency) read by this dispatcher
 /// are used before they are read again: changes made on other instances (a `PATCH`, another
 /// instance's halving) apply here within about this long. Changes made here apply at once.
@@ -112,13 +117,16 @@ impl Lane {
     }
 
     /// When its first queued delivery may start, if it is paced: at its reserved time, and
-    /// no sooner than three quarters of the interval after the previous paced send. The
-    /// quarter lets a send that the timer woke a little late be followed on time (no drift);
+    /// no sooner than three quarters of the interval after the previous paced send (counted
+    /// from that send's reserved time when it went out on time, see [`LATE_UNSPREAD`]), so
     /// sends that fell far behind (a stalled process) go out spread, not in one bunch.
     fn next_paced(&self) -> Option<Instant> {
         let (slot, interval) = self.queued.front()?.slot?;
         let spacing = interval - interval / 4;
-        Some(self.last_paced.map_or(slot, |last| slot.max(last + spacing)))
+        Some(
+            self.last_paced
+                .map_or(slot, |last| slot.max(last + spacing)),
+        )
     }
 }
 
@@ -851,8 +859,15 @@ impl Dispatcher {
                 };
                 let q = lane.queued.pop_front().expect("a queued delivery");
                 self.queued -= 1;
-                if q.slot.is_some() {
-                    lane.last_paced = Some(now);
+                if let Some((slot, _)) = q.slot {
+                    // On time, or a few milliseconds late (a timer tick): the next follows its
+                    // own reserved time, so several due at one wake-up all start. Far behind:
+                    // the rest are spread from now.
+                    lane.last_paced = Some(if now <= slot + LATE_UNSPREAD {
+                        slot
+                    } else {
+                        now
+                    });
                 }
                 lane.active += 1;
                 *org_n += 1;
