@@ -52,6 +52,11 @@ const QUEUED_AT_MOST: usize = 1024;
 /// ones are spread again. A window of this length holds at most 2 % of a second's sends.
 const LATE_UNSPREAD: Duration = Duration::from_millis(20);
 
+/// A paced send this far behind its reserved time (the process stalled) is not sent late:
+/// its lane's queued deliveries get new times. A missed time is never made up, so a stall
+/// cannot put more than N into a second, on this instance or beside another one.
+const LATE_RESLOT: Duration = Duration::from_millis(100);
+
 /// How long an endpoint's policies (rate limit, allowed concurrency) read by this dispatcher
 /// are used before they are read again: changes made on other instances (a `PATCH`, another
 /// instance's halving) apply here within about this long. Changes made here apply at once.
@@ -113,7 +118,17 @@ impl Lane {
 
     /// Whether its first queued delivery may start at `now` (its send time has come).
     fn head_ready(&self, now: Instant) -> bool {
-        !self.queued.is_empty() && self.next_paced().is_none_or(|at| at <= now)
+        !self.queued.is_empty()
+            && self.next_paced().is_none_or(|at| at <= now)
+            && !self.head_missed(now)
+    }
+
+    /// Whether its first queued delivery missed its reserved time by over [`LATE_RESLOT`].
+    fn head_missed(&self, now: Instant) -> bool {
+        self.queued
+            .front()
+            .and_then(|q| q.slot)
+            .is_some_and(|(slot, _)| slot + LATE_RESLOT < now)
     }
 
     /// When its first queued delivery may start, if it is paced: at its reserved time, and
@@ -393,6 +408,7 @@ impl Dispatcher {
         }
         let now = Timestamp::now();
         self.start_queued();
+        self.reslot_missed().await;
         let bound = self.per_endpoint;
         self.learn_policies().await;
         let mut org_busy = self.org_busy();
@@ -610,6 +626,44 @@ impl Dispatcher {
         self.while_waiting(reserving).await.map_err(|e| {
             tracing::warn!(error = %e, "reserving send times under rate limits failed; retrying");
         })
+    }
+
+    /// New send times for the queued deliveries of lanes whose first one missed its time by
+    /// over [`LATE_RESLOT`] (all of the lane's, in order, so the queue stays in time order).
+    async fn reslot_missed(&mut self) {
+        let now = Instant::now();
+        let mut missed = Vec::new();
+        for (id, lane) in self.lanes.iter_mut() {
+            if !lane.head_missed(now) {
+                continue;
+            }
+            lane.last_paced = None;
+            match lane.policy().rate_limit {
+                Some(rate) => missed.push((id.clone(), rate, lane.queued.len() as u32)),
+                // No limit any more: they need not wait.
+                None => lane.queued.iter_mut().for_each(|q| q.slot = None),
+            }
+        }
+        if missed.is_empty() {
+            return;
+        }
+        let ids: Vec<String> = missed.iter().map(|(id, _, _)| id.clone()).collect();
+        let reserving = self.pacer.reserve(missed);
+        match self.while_waiting(reserving).await {
+            Ok(slots) => {
+                for id in ids {
+                    if let Some(lane) = self.lanes.get_mut(&id) {
+                        let s = slots.get(&id);
+                        for (i, q) in lane.queued.iter_mut().enumerate() {
+                            q.slot = s.map(|s| (s.nth(i), s.interval));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reserving new send times failed; retrying");
+            }
+        }
     }
 
     /// Reads the policies (and organization) of lanes that are due or have deliveries queued,
