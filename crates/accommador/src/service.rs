@@ -61,6 +61,9 @@ pub struct Service {
     running_keys: Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>,
     /// Retention and erasure (the purge horizon of event cursors, the erasure job's wake-up).
     lifetime: crate::lifetime::Lifetime,
+    /// `ACCOMMADOR_ENDPOINT_CONCURRENCY`: what an endpoint's `current_concurrency` is when
+    /// adaptive concurrency does not hold it lower.
+    endpoint_concurrency: u32,
 }
 
 /// Holds an Idempotency-Key as running until dropped.
@@ -88,7 +91,19 @@ impl Service {
             running_keys: Arc::default(),
             lifetime: crate::lifetime::Lifetime::default(),
             org_deletions: Arc::default(),
+            endpoint_concurrency: 16,
         }
+    }
+
+    /// The same service with this per-endpoint concurrency bound.
+    pub fn with_endpoint_concurrency(mut self, bound: usize) -> Service {
+        self.endpoint_concurrency = bound.clamp(1, u32::MAX as usize) as u32;
+        self
+    }
+
+    /// The per-endpoint concurrency bound (`ACCOMMADOR_ENDPOINT_CONCURRENCY`).
+    pub fn endpoint_concurrency(&self) -> u32 {
+        self.endpoint_concurrency
     }
 
     /// The same service with these retention and erasure settings.

@@ -95,9 +95,14 @@ impl Application {
             .with_context(|| format!("listening on {}", settings.listen))?;
         let (handle, wakers) = DeliveryHandle::new(&store);
         let state = AppState {
-            service: Arc::new(Service::new(store, handle, guard.clone()).with_lifetime(
-                Lifetime::new(settings.retention, settings.erase_deleted_after),
-            )),
+            service: Arc::new(
+                Service::new(store, handle, guard.clone())
+                    .with_lifetime(Lifetime::new(
+                        settings.retention,
+                        settings.erase_deleted_after,
+                    ))
+                    .with_endpoint_concurrency(settings.endpoint_concurrency),
+            ),
             admin_token: settings.admin_token.clone(),
             metrics: telemetry::metrics_handle(),
             limits: Arc::new(http::limits::Limits::new(settings.org_rate_limit)),
@@ -294,6 +299,12 @@ fn start_workers(
                             .set(s.ordered_waiting as f64);
                     }
                     Err(e) => tracing::warn!(error = %e, "reading delivery gauges failed"),
+                }
+                // Cluster-wide (read from the database), like the disabled endpoints: a
+                // per-endpoint gauge would grow /metrics with every endpoint.
+                match stats_store.reduced_endpoints().await {
+                    Ok(n) => metrics::gauge!("webhook_endpoints_concurrency_reduced").set(n as f64),
+                    Err(e) => tracing::warn!(error = %e, "reading the reduced endpoints failed"),
                 }
             }
         }),

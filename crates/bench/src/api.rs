@@ -120,18 +120,18 @@ impl Api {
         Ok(response.json().await?)
     }
 
-    /// Sets an endpoint's `ordering` (`none` or `per_user`).
-    pub async fn set_ordering(
+    /// `PATCH /v1/endpoints/{id}` with `body`.
+    pub async fn patch_endpoint(
         &self,
         key: &str,
-        endpoint_id: &str,
-        ordering: &str,
+        id: &str,
+        body: serde_json::Value,
     ) -> anyhow::Result<()> {
         let response = self
             .http
-            .patch(format!("{}/v1/endpoints/{endpoint_id}", self.base))
+            .patch(format!("{}/v1/endpoints/{id}", self.base))
             .bearer_auth(key)
-            .json(&serde_json::json!({ "ordering": ordering }))
+            .json(&body)
             .send()
             .await
             .context("PATCH /v1/endpoints/{id}")?;
@@ -142,6 +142,21 @@ impl Api {
         )
         .await?;
         Ok(())
+    }
+
+    /// Sets an endpoint's `ordering` (`none` or `per_user`).
+    pub async fn set_ordering(
+        &self,
+        key: &str,
+        endpoint_id: &str,
+        ordering: &str,
+    ) -> anyhow::Result<()> {
+        self.patch_endpoint(
+            key,
+            endpoint_id,
+            serde_json::json!({ "ordering": ordering }),
+        )
+        .await
     }
 
     /// Every `user.created` event of the key's organization, in commit order.

@@ -49,8 +49,12 @@ unordered)
 first alone, then beside --slow-clients connections that send nothing, trickle a request head \
 or trickle a body (a third each, one byte every 200 ms): API p50/p99 of both, their ratio, how \
 many slow connections the server closed, and its resident memory
+  10 rate-limit per-endpoint rate limits (not part of `all`): for each N of --rate-limits \
+(default 50, 100, 500/s) an endpoint with rate_limit N and a backlog of N x --seconds users: \
+the achieved rate (first to last arrival) against N, and the busiest 1 s window against N \
+(the issue allows 10 % over)
 `all` runs them in the order 6, 1, 2, 5, 3, 4: the ceiling right before the sustained run it \
-is compared with, isolation after the latency run it refers to; 7, 8 and 9 only when named.
+is compared with, isolation after the latency run it refers to; 7, 8, 9 and 10 only when named.
 
 Every scenario gets a fresh server; without --database, a fresh SQLite file in a temporary \
 directory. A postgres:// URL is passed through as is; if the server refuses it (no \
@@ -145,6 +149,16 @@ pub struct Cli {
     #[arg(long, default_value_t = 900, value_name = "SECONDS")]
     pub purge_timeout: u64,
 
+    /// The rate-limit scenario's endpoint limits, deliveries per second (comma-separated); each
+    /// gets a backlog of N × --seconds users.
+    #[arg(
+        long,
+        default_value = "50,100,500",
+        value_delimiter = ',',
+        value_name = "N,N"
+    )]
+    pub rate_limits: Vec<u32>,
+
     /// Total deliveries per second in the isolation scenario (users/s times endpoints).
     #[arg(long, default_value_t = 1000.0, value_name = "PER_SECOND")]
     pub isolation_rate: f64,
@@ -202,6 +216,7 @@ pub enum Scenario {
     Purge,
     Ordering,
     SlowClients,
+    RateLimit,
 }
 
 impl Scenario {
@@ -216,7 +231,7 @@ impl Scenario {
     ];
 
     /// Every scenario, for naming one.
-    const EVERY: [Scenario; 8] = [
+    const EVERY: [Scenario; 10] = [
         Scenario::Ceiling,
         Scenario::Sustained,
         Scenario::Latency,
@@ -226,6 +241,7 @@ impl Scenario {
         Scenario::Purge,
         Scenario::Ordering,
         Scenario::SlowClients,
+        Scenario::RateLimit,
     ];
 
     pub fn name(self) -> &'static str {
@@ -239,6 +255,7 @@ impl Scenario {
             Scenario::Purge => "purge",
             Scenario::Ordering => "ordering",
             Scenario::SlowClients => "slow-clients",
+            Scenario::RateLimit => "rate-limit",
         }
     }
 
@@ -253,6 +270,7 @@ impl Scenario {
             Scenario::Purge => 7,
             Scenario::Ordering => 8,
             Scenario::SlowClients => 9,
+            Scenario::RateLimit => 10,
         }
     }
 
@@ -272,7 +290,7 @@ pub fn parse_scenarios(list: &str) -> Result<Vec<Scenario>, String> {
     let mut picked = Vec::new();
     for word in list.split(',').filter(|w| !w.trim().is_empty()) {
         let s = Scenario::parse(word).ok_or_else(|| {
-            format!("unknown scenario {word:?}: use 1-9, sustained, latency, fanout, backlog, isolation, ceiling, purge, ordering, slow-clients or all")
+            format!("unknown scenario {word:?}: use 1-10, sustained, latency, fanout, backlog, isolation, ceiling, purge, ordering, slow-clients, rate-limit or all")
         })?;
         if !picked.contains(&s) {
             picked.push(s);

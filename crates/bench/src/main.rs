@@ -167,6 +167,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Scenario::SlowClients => scenarios::slow_clients(&bench)
                     .await
                     .map(|r| results.slow_clients = Some(r)),
+                Scenario::RateLimit => scenarios::rate_limit(&bench)
+                    .await
+                    .map(|r| results.rate_limit = Some(r)),
             };
             if let Err(e) = outcome {
                 bench

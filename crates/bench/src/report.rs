@@ -27,6 +27,7 @@ pub struct Results {
     pub purge: Option<Purge>,
     pub ordering: Option<OrderingScenario>,
     pub slow_clients: Option<SlowClients>,
+    pub rate_limit: Option<crate::scenarios::RateLimit>,
     /// Scenarios that could not run, and why.
     pub errors: BTreeMap<String, String>,
 }
@@ -198,6 +199,9 @@ pub fn targets(r: &Results, postgres: bool) -> Vec<TargetCheck> {
             Goal::AtMost(1.2),
             "×",
             o.p99_ratio,
+            None,
+        ));
+    }
     if let Some(s) = &r.slow_clients {
         t.push(check(
             format!(
@@ -209,6 +213,27 @@ pub fn targets(r: &Results, postgres: bool) -> Vec<TargetCheck> {
             s.p99_ratio,
             None,
         ));
+    }
+    if let Some(r) = &r.rate_limit {
+        for run in &r.runs {
+            t.push(check(
+                format!(
+                    "rate_limit {}/s: busiest 1 s window ≤ 110 % of N",
+                    run.limit
+                ),
+                Goal::AtMost(110.0),
+                "%",
+                Some(run.busiest_ratio * 100.0),
+                None,
+            ));
+            t.push(check(
+                format!("rate_limit {}/s: achieved rate ≥ 90 % of N", run.limit),
+                Goal::AtLeast(90.0),
+                "%",
+                Some(run.achieved_ratio * 100.0),
+                None,
+            ));
+        }
     }
     if !postgres {
         t.push(TargetCheck {
@@ -538,6 +563,9 @@ fn ordering_human(s: &OrderingScenario, o: &mut String) {
             .map_or("?".into(), |r| format!("{} %", fmt_num(r * 100.0))),
         s.p99_ratio
             .map_or("?".into(), |r| format!("{}×", fmt_num(r)))
+    );
+}
+
 fn slow_clients_human(s: &SlowClients, o: &mut String) {
     let _ = writeln!(
         o,
@@ -569,6 +597,30 @@ fn slow_clients_human(s: &SlowClients, o: &mut String) {
         s.memory_with_slow_clients.rss_kb / 1024,
         s.memory_with_slow_clients.peak_rss_kb / 1024
     );
+}
+
+fn rate_limit_human(r: &crate::scenarios::RateLimit, o: &mut String) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        o,
+        "\n10 rate-limit ({}; backlog of N x {} s each)",
+        r.database, r.seconds
+    );
+    for run in &r.runs {
+        let _ = writeln!(
+            o,
+            "  N = {:>5}/s: {} of {} delivered{}, achieved {:.1}/s ({:.1} % of N), busiest 1 s \
+             window {} ({:.1} % of N)",
+            run.limit,
+            run.delivered,
+            run.backlog.ok,
+            if run.drained { "" } else { " (not drained)" },
+            run.achieved_per_s,
+            run.achieved_ratio * 100.0,
+            run.busiest_second,
+            run.busiest_ratio * 100.0
+        );
+    }
 }
 
 fn purge_human(p: &Purge, o: &mut String) {
@@ -928,11 +980,15 @@ pub fn human(report: &Report) -> String {
             tally(&b.tally, Some(&b.receivers))
         );
     }
+    if let Some(r) = &r.rate_limit {
+        rate_limit_human(r, &mut o);
+    }
     if let Some(p) = &r.purge {
         purge_human(p, &mut o);
     }
     if let Some(s) = &r.ordering {
         ordering_human(s, &mut o);
+    }
     if let Some(s) = &r.slow_clients {
         slow_clients_human(s, &mut o);
     }

@@ -6,10 +6,12 @@
 
 mod ordering;
 mod purge;
+mod rate_limit;
 mod slow_clients;
 
 pub use ordering::{OrderingScenario, ordering};
 pub use purge::{Purge, PurgeMetrics, purge};
+pub use rate_limit::{RateLimit, rate_limit};
 pub use slow_clients::{SlowClients, slow_clients};
 
 use std::collections::{BTreeMap, HashMap, HashSet};

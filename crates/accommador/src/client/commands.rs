@@ -85,6 +85,9 @@ pub enum EndpointsCommand {
         /// `per_user`: each user's events arrive in commit order; absent: `none`.
         #[arg(long, value_parser = ["none", "per_user"])]
         ordering: Option<String>,
+        /// Deliveries per second at most, across all instances; absent: no limit.
+        #[arg(long, value_name = "N")]
+        rate_limit: Option<u32>,
     },
     /// Show one endpoint.
     Get { id: String },
@@ -93,7 +96,7 @@ pub enum EndpointsCommand {
         #[command(flatten)]
         paging: Paging,
     },
-    /// Change an endpoint's URL, event types, description, status or ordering.
+    /// Change an endpoint's URL, event types, description, status, ordering or rate limit.
     Update {
         id: String,
         #[arg(long)]
@@ -109,6 +112,9 @@ pub enum EndpointsCommand {
         /// `none` or `per_user` (each user's events in commit order).
         #[arg(long, value_parser = ["none", "per_user"])]
         ordering: Option<String>,
+        /// Deliveries per second at most, or `none` to remove the limit.
+        #[arg(long, value_name = "N|none", value_parser = parse_rate_limit)]
+        rate_limit: Option<RateLimit>,
     },
     /// Delete an endpoint (its pending deliveries are cancelled).
     Delete { id: String },
@@ -201,6 +207,8 @@ const ENDPOINT_COLUMNS: &[Column] = &[
     ("STATUS", "/status"),
     ("EVENT TYPES", "/event_types"),
     ("ORDERING", "/ordering"),
+    ("RATE LIMIT", "/rate_limit"),
+    ("CONCURRENCY", "/current_concurrency"),
     ("DESCRIPTION", "/description"),
 ];
 const DELIVERY_COLUMNS: &[Column] = &[
@@ -299,12 +307,14 @@ pub async fn endpoints(r: Resource<EndpointsCommand>) -> anyhow::Result<()> {
             event_types,
             description,
             ordering,
+            rate_limit,
         } => {
             let body = object(vec![
                 ("url", text(Some(url))),
                 ("event_types", event_types.map(|t| json!(t))),
                 ("description", text(description)),
                 ("ordering", text(ordering)),
+                ("rate_limit", rate_limit.map(|n| json!(n))),
             ]);
             show(json, &c.post("/v1/endpoints", Some(&body)).await?)
         }
@@ -319,6 +329,7 @@ pub async fn endpoints(r: Resource<EndpointsCommand>) -> anyhow::Result<()> {
             description,
             status,
             ordering,
+            rate_limit,
         } => {
             let body = changes(
                 vec![
@@ -327,8 +338,9 @@ pub async fn endpoints(r: Resource<EndpointsCommand>) -> anyhow::Result<()> {
                     ("description", text(description)),
                     ("status", text(status)),
                     ("ordering", text(ordering)),
+                    ("rate_limit", rate_limit.map(|r| json!(r.0))),
                 ],
-                "--url, --event-types, --description, --status or --ordering",
+                "--url, --event-types, --description, --status, --ordering or --rate-limit",
             )?;
             show(json, &c.patch(&path(&id, ""), &body).await?)
         }
@@ -566,6 +578,19 @@ fn changes(fields: Vec<(&str, Option<Value>)>, flags: &str) -> anyhow::Result<Va
         bail!("nothing to update: pass {flags}");
     }
     Ok(body)
+}
+
+/// `--rate-limit` of `endpoints update`: a number, or `None` (`none`) to remove the limit.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimit(Option<u32>);
+
+fn parse_rate_limit(s: &str) -> Result<RateLimit, String> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(RateLimit(None));
+    }
+    s.parse::<u32>()
+        .map(|n| RateLimit(Some(n)))
+        .map_err(|_| "a whole number of deliveries per second, or none".to_owned())
 }
 
 fn text(value: Option<String>) -> Option<Value> {

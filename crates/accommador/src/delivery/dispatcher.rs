@@ -10,6 +10,14 @@
 //! leases hold back (the endpoint's or the organization's bound across instances) waits for
 //! one of them to be given up (`Wake::Freed`, announced by the instance that recorded it), or
 //! at the latest until the first of them runs out.
+//!
+//! Per-endpoint policies ([`super::pacing`]): each lane knows its endpoint's rate limit and
+//! the concurrency adaptive concurrency allows (read with the endpoint's organization, again
+//! once a second or after a change here). A lane held below the bound leases only up to that
+//! bound, on PostgreSQL within it across instances. A rate-limited lane leases what may start
+//! within [`super::pacing::PACE_AHEAD`] and no more than it has free slots for, reserves a
+//! send time for each, and starts each at its time: waiting takes no global permit, no
+//! endpoint slot and no task, so other endpoints and organizations go on meanwhile.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -18,10 +26,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::client::WebhookClient;
+use super::pacing::{Pacer, Slots, pace_window};
 use super::target::{Checked, Targets};
 use super::{EndpointChanges, InFlight, Wake};
 use crate::domain::Timestamp;
 use crate::domain::delivery::RetryPolicy;
+use crate::domain::pacing::{Signal, adjust, stored};
 use crate::store::{DueDelivery, LaneRequest, Lease, Store};
 
 /// How often a dispatcher on a shared database reloads its lanes (lost wake-ups).
@@ -37,6 +47,40 @@ const LANES_PER_STEP: usize = 256;
 /// Most deliveries leased ahead and queued, over all lanes (each queued one holds its payload).
 const QUEUED_AT_MOST: usize = 1024;
 
+/// How late a paced send may start and still count from its reserved time (see
+/// [`Lane::next_paced`]): sends this little behind go out together at the next wake-up, later
+/// ones are spread again. A window of this length holds at most 2 % of a second's sends.
+const LATE_UNSPREAD: Duration = Duration::from_millis(20);
+
+/// A paced send this far behind its reserved time (the process stalled) is not sent late:
+/// its lane's queued deliveries get new times. A missed time is never made up, so a stall
+/// cannot put more than N into a second, on this instance or beside another one.
+const LATE_RESLOT: Duration = Duration::from_millis(100);
+
+/// How long an endpoint's policies (rate limit, allowed concurrency) read by this dispatcher
+/// are used before they are read again: changes made on other instances (a `PATCH`, another
+/// instance's halving) apply here within about this long. Changes made here apply at once.
+const POLICY_FRESH: Duration = Duration::from_secs(1);
+
+/// An endpoint's policies as a lane applies them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct LanePolicy {
+    rate_limit: Option<u32>,
+    /// Held below the bound to this (`None`: at the bound).
+    concurrency: Option<u32>,
+}
+
+/// A delivery leased and waiting in a lane to be started.
+#[derive(Debug)]
+struct Queued {
+    d: DueDelivery,
+    /// When the read that found it began.
+    read_at: Instant,
+    /// Under a rate limit: the moment it may start (reserved for it), and the interval
+    /// between sends.
+    slot: Option<(Instant, Duration)>,
+}
+
 #[derive(Debug, Default)]
 struct Lane {
     due_at: Option<Timestamp>,
@@ -47,19 +91,71 @@ struct Lane {
     /// database does not throttle deliveries to an endpoint that answers quickly.
     active: usize,
     /// Leased ahead (up to the per-endpoint bound again, when no other instance is on the
-    /// endpoint): started the moment a slot frees, without a round trip to the database. Each
-    /// with the moment the read that found it began.
-    queued: VecDeque<(DueDelivery, Instant)>,
+    /// endpoint): started the moment a slot frees (and its send time, under a rate limit,
+    /// comes), without a round trip to the database.
+    queued: VecDeque<Queued>,
     /// Due, but other instances' leases hold it back: waits for a release of its
     /// organization's (or for `due_at`, when the first of those leases runs out).
     held: bool,
+    /// The endpoint's policies and when their read began (`None`: not read yet).
+    policy: Option<(LanePolicy, Instant)>,
+    /// When its last paced send started: sends that fell late (a slow machine) are spread
+    /// out again rather than sent in a bunch.
+    last_paced: Option<Instant>,
+}
+
+impl Lane {
+    fn policy(&self) -> LanePolicy {
+        self.policy.map(|(p, _)| p).unwrap_or_default()
+    }
+
+    /// Attempts it may have open at once: the bound, or less while held down.
+    fn cap(&self, bound: usize) -> usize {
+        self.policy()
+            .concurrency
+            .map_or(bound, |c| (c as usize).clamp(1, bound))
+    }
+
+    /// Whether its first queued delivery may start at `now` (its send time has come).
+    fn head_ready(&self, now: Instant) -> bool {
+        !self.queued.is_empty()
+            && self.next_paced().is_none_or(|at| at <= now)
+            && !self.head_missed(now)
+    }
+
+    /// Whether its first queued delivery missed its reserved time by over [`LATE_RESLOT`].
+    fn head_missed(&self, now: Instant) -> bool {
+        self.queued
+            .front()
+            .and_then(|q| q.slot)
+            .is_some_and(|(slot, _)| slot + LATE_RESLOT < now)
+    }
+
+    /// When its first queued delivery may start, if it is paced: at its reserved time, and
+    /// no sooner than three quarters of the interval after the previous paced send (counted
+    /// from that send's reserved time when it went out on time, see [`LATE_UNSPREAD`]), so
+    /// sends that fell far behind (a stalled process) go out spread, not in one bunch.
+    fn next_paced(&self) -> Option<Instant> {
+        let (slot, interval) = self.queued.front()?.slot?;
+        let spacing = interval - interval / 4;
+        Some(
+            self.last_paced
+                .map_or(slot, |last| slot.max(last + spacing)),
+        )
+    }
 }
 
 /// What an attempt task reports: the endpoint answered, then the result was recorded.
 #[derive(Debug)]
 enum Finished {
-    Answered { endpoint_id: String },
+    Answered {
+        endpoint_id: String,
+        /// What the answer says about the endpoint's load.
+        signal: Option<Signal>,
+    },
     Recorded(Done),
+    /// Allowed concurrencies as stored (every instance's changes included).
+    Concurrency(Vec<(String, u32)>),
 }
 
 /// A recorded attempt.
@@ -110,6 +206,12 @@ pub struct Dispatcher {
     announcer: Option<super::notify::Announcer>,
     /// Held lanes by organization: what a release of that organization wakes.
     held: HashMap<String, HashSet<String>>,
+    /// Reserves send times under rate limits.
+    pacer: Pacer,
+    /// Where adaptive concurrency changes go to be stored.
+    adjuster: mpsc::UnboundedSender<(String, Signal)>,
+    /// Marks endpoints changed on this instance (a policy read before a change is read again).
+    changes: EndpointChanges,
 }
 
 impl Dispatcher {
@@ -133,7 +235,15 @@ impl Dispatcher {
         let policy = Arc::new(policy);
         let shared = store.postgres_url().is_some();
         let rescan_every = shared.then_some(SAFETY_RESCAN);
+        let adjusted = done_tx.clone();
+        let adjuster =
+            super::pacing::spawn_adjuster(store.clone(), per_endpoint.max(1) as u32, move |now| {
+                let _ = adjusted.send(Finished::Concurrency(now));
+            });
         Dispatcher {
+            pacer: Pacer::new(&store),
+            adjuster,
+            changes: changes.clone(),
             rescan_every,
             last_rescan: std::time::Instant::now(),
             recorder: spawn_recorder(store.clone(), policy.clone(), outbox.clone()),
@@ -202,12 +312,51 @@ impl Dispatcher {
 
     fn on_finished(&mut self, f: Finished) {
         match f {
-            Finished::Answered { endpoint_id } => {
-                if let Some(lane) = self.lanes.get_mut(&endpoint_id) {
-                    lane.active = lane.active.saturating_sub(1);
+            Finished::Answered {
+                endpoint_id,
+                signal,
+            } => {
+                let bound = self.per_endpoint;
+                let Some(lane) = self.lanes.get_mut(&endpoint_id) else {
+                    return;
+                };
+                lane.active = lane.active.saturating_sub(1);
+                let Some(signal) = signal else {
+                    return;
+                };
+                // Applied here at once; the stored value (which other instances move too)
+                // comes back and corrects it.
+                let before = lane.cap(bound) as u32;
+                let after = adjust(before, signal, bound as u32);
+                if after != before {
+                    let (policy, read_at) = lane
+                        .policy
+                        .unwrap_or((LanePolicy::default(), Instant::now()));
+                    lane.policy = Some((
+                        LanePolicy {
+                            concurrency: stored(after, bound as u32),
+                            ..policy
+                        },
+                        read_at,
+                    ));
+                    if signal == Signal::Halve {
+                        metrics::counter!("webhook_endpoint_concurrency_halvings_total")
+                            .increment(1);
+                    }
+                    let _ = self.adjuster.send((endpoint_id, signal));
                 }
             }
             Finished::Recorded(done) => self.finish(done),
+            Finished::Concurrency(now) => {
+                let bound = self.per_endpoint as u32;
+                for (endpoint_id, allowed) in now {
+                    if let Some(lane) = self.lanes.get_mut(&endpoint_id)
+                        && let Some((policy, _)) = lane.policy.as_mut()
+                    {
+                        policy.concurrency = stored(allowed, bound);
+                    }
+                }
+            }
         }
     }
 
@@ -259,8 +408,9 @@ impl Dispatcher {
         }
         let now = Timestamp::now();
         self.start_queued();
+        self.reslot_missed().await;
         let bound = self.per_endpoint;
-        self.learn_orgs().await;
+        self.learn_policies().await;
         let mut org_busy = self.org_busy();
         // In flight and leased ahead, per organization: what leasing ahead may add up to.
         let mut org_load = self.org_load();
@@ -277,6 +427,7 @@ impl Dispatcher {
         ready.truncate(LANES_PER_STEP);
         let mut permits = self.global.available_permits();
         let mut room = QUEUED_AT_MOST.saturating_sub(self.queued);
+        let mut given_back = Vec::new();
         if !ready.is_empty() && permits + room > 0 {
             let mut served = None;
             let requests: Vec<LaneRequest> = ready
@@ -284,31 +435,54 @@ impl Dispatcher {
                 .map(|(_, id)| {
                     let lane = &self.lanes[id];
                     let busy = lane.active + lane.queued.len();
+                    let cap = lane.cap(bound);
                     let org = org_busy.entry(self.org_key(id)).or_default();
                     let org_room = self.per_org.saturating_sub(*org);
-                    // Free slots (as far as the global bound has permits and the organization
-                    // has room), then lease ahead: queued deliveries start only while their
-                    // organization is under its bound (`start_queued`).
-                    let now_startable = bound.saturating_sub(busy).min(permits).min(org_room);
-                    *org += now_startable;
                     let load = org_load.entry(self.org_key(id)).or_default();
-                    let ahead = (bound + self.ahead)
-                        .saturating_sub(busy + now_startable)
-                        .min(room)
-                        .min(self.per_org.saturating_sub(*load + now_startable));
+                    let load_room = self.per_org.saturating_sub(*load);
+                    let (now_startable, ahead, lease_ahead) =
+                        if let Some(rate) = lane.policy().rate_limit {
+                            // As many as may start within the pacing window and have a free
+                            // slot to start in; they wait for their send times in the queue,
+                            // taking no permit meanwhile.
+                            let want = pace_window(rate).min(cap.saturating_sub(lane.active));
+                            let n = want
+                                .saturating_sub(lane.queued.len())
+                                .min(room)
+                                .min(load_room);
+                            (0, n, 0)
+                        } else {
+                            // Free slots (as far as the global bound has permits and the
+                            // organization has room), then lease ahead: queued deliveries start
+                            // only while their organization is under its bound
+                            // (`start_queued`). An endpoint held below the bound leases no more
+                            // than it may have open.
+                            let now_startable = cap.saturating_sub(busy).min(permits).min(org_room);
+                            let lease_ahead = if cap < bound { 0 } else { self.ahead };
+                            let ahead = (cap + lease_ahead)
+                                .saturating_sub(busy + now_startable)
+                                .min(room)
+                                .min(load_room.saturating_sub(now_startable));
+                            (now_startable, ahead, lease_ahead)
+                        };
+                    *org += now_startable;
                     *load += now_startable + ahead;
                     permits -= now_startable;
                     room -= ahead;
                     if now_startable > 0 {
                         served = Some(self.org_key(id));
                     }
+                    // The bound across instances is the lane's own (PostgreSQL leases
+                    // within it; see `lane_work_within_caps`).
+                    let mut lease = self.lease.clone();
+                    lease.per_endpoint = cap;
                     LaneRequest {
                         endpoint_id: id.clone(),
                         limit: now_startable + ahead,
                         in_flight: lane.in_flight.iter().cloned().collect(),
                         active: busy,
-                        ahead: self.ahead,
-                        lease: Some(self.lease.clone()),
+                        ahead: lease_ahead,
+                        lease: Some(lease),
                     }
                 })
                 .filter(|r| r.limit > 0)
@@ -318,8 +492,10 @@ impl Dispatcher {
             }
             // Before the read: whatever changes after this instant is checked again at send.
             let leased_at = Instant::now();
-            match self.store.lane_work(requests, now).await {
+            let reading = lane_work_within_caps(self.store.clone(), bound, requests, now);
+            match self.while_waiting(reading).await {
                 Ok(work) => {
+                    let slots = self.reserve_sends(&work).await;
                     for w in work {
                         let org = self.org_key(&w.endpoint_id);
                         let lane = self.lanes.entry(w.endpoint_id.clone()).or_default();
@@ -337,13 +513,30 @@ impl Dispatcher {
                             }
                             other => other,
                         };
-                        for d in w.due {
+                        let slots = match &slots {
+                            Ok(slots) => Ok(slots.get(&w.endpoint_id)),
+                            Err(()) if lane.policy().rate_limit.is_some() => Err(()),
+                            Err(()) => Ok(None),
+                        };
+                        for (i, d) in w.due.into_iter().enumerate() {
                             lane.in_flight.insert(d.id.clone());
                             self.in_flight.insert(&d.id);
-                            lane.queued.push_back((d, leased_at));
-                            self.queued += 1;
+                            match slots {
+                                Ok(slots) => {
+                                    lane.queued.push_back(Queued {
+                                        d,
+                                        read_at: leased_at,
+                                        slot: slots.map(|s| (s.nth(i), s.interval)),
+                                    });
+                                    self.queued += 1;
+                                }
+                                // No send time could be reserved: given back, to be leased
+                                // again (never sent unpaced).
+                                Err(()) => given_back.push((w.endpoint_id.clone(), d.id)),
+                            }
                         }
                     }
+                    self.give_back(std::mem::take(&mut given_back));
                     self.start_queued();
                 }
                 Err(e) => {
@@ -360,14 +553,191 @@ impl Dispatcher {
             Timestamp(now.millis() + left.as_millis() as i64)
         });
         // A lane waiting for room (its own, or its organization's) is woken by a finished
-        // attempt, not by the clock.
+        // attempt, not by the clock; one whose next send time is reserved, at that time.
         let org_busy = self.org_busy();
+        let next_send = self
+            .lanes
+            .iter()
+            .filter(|(id, l)| l.active < l.cap(bound) && self.org_has_room(id, &org_busy))
+            .filter_map(|(_, l)| l.next_paced())
+            .min()
+            .map(|at| {
+                let wait = at.saturating_duration_since(Instant::now());
+                Timestamp(Timestamp::now().millis() + wait.as_micros().div_ceil(1000) as i64)
+            });
         self.lanes
             .iter()
             .filter(|(id, l)| self.has_room(l) && self.org_has_room(id, &org_busy))
             .filter_map(|(_, l)| l.due_at)
             .chain(next_rescan)
+            .chain(next_send)
             .min()
+    }
+
+    /// Awaits `fut` (a database round trip), meanwhile starting queued deliveries as their
+    /// reserved send times come: a slow read never makes paced sends late and then bunched.
+    async fn while_waiting<T>(&mut self, fut: impl std::future::Future<Output = T>) -> T {
+        tokio::pin!(fut);
+        let mut stuck = false;
+        loop {
+            let next = if stuck { None } else { self.next_send_at() };
+            tokio::select! {
+                biased;
+                out = &mut fut => return out,
+                () = tokio::time::sleep_until(next.unwrap_or_else(Instant::now).into()),
+                    if next.is_some() => {
+                    // Nothing started (no permit, or the organization is full): wait for the
+                    // read alone; the step that follows looks again.
+                    stuck = self.start_queued() == 0;
+                }
+            }
+        }
+    }
+
+    /// The earliest reserved send time among lanes that may start their next delivery.
+    fn next_send_at(&self) -> Option<Instant> {
+        let bound = self.per_endpoint;
+        let org_busy = self.org_busy();
+        self.lanes
+            .iter()
+            .filter(|(id, l)| l.active < l.cap(bound) && self.org_has_room(id, &org_busy))
+            .filter_map(|(_, l)| l.next_paced())
+            .min()
+    }
+
+    /// Reserves send times for the deliveries just leased on rate-limited lanes, one per
+    /// delivery. `Err` when they could not be reserved (those deliveries are given back).
+    async fn reserve_sends(
+        &mut self,
+        work: &[crate::store::LaneWork],
+    ) -> Result<HashMap<String, Slots>, ()> {
+        let wanted: Vec<(String, u32, u32)> = work
+            .iter()
+            .filter(|w| !w.due.is_empty())
+            .filter_map(|w| {
+                let rate = self.lanes.get(&w.endpoint_id)?.policy().rate_limit?;
+                Some((w.endpoint_id.clone(), rate, w.due.len() as u32))
+            })
+            .collect();
+        if wanted.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let reserving = self.pacer.reserve(wanted);
+        self.while_waiting(reserving).await.map_err(|e| {
+            tracing::warn!(error = %e, "reserving send times under rate limits failed; retrying");
+        })
+    }
+
+    /// New send times for the queued deliveries of lanes whose first one missed its time by
+    /// over [`LATE_RESLOT`] (all of the lane's, in order, so the queue stays in time order).
+    async fn reslot_missed(&mut self) {
+        let now = Instant::now();
+        let mut missed = Vec::new();
+        for (id, lane) in self.lanes.iter_mut() {
+            if !lane.head_missed(now) {
+                continue;
+            }
+            lane.last_paced = None;
+            match lane.policy().rate_limit {
+                Some(rate) => missed.push((id.clone(), rate, lane.queued.len() as u32)),
+                // No limit any more: they need not wait.
+                None => lane.queued.iter_mut().for_each(|q| q.slot = None),
+            }
+        }
+        if missed.is_empty() {
+            return;
+        }
+        let ids: Vec<String> = missed.iter().map(|(id, _, _)| id.clone()).collect();
+        let reserving = self.pacer.reserve(missed);
+        match self.while_waiting(reserving).await {
+            Ok(slots) => {
+                for id in ids {
+                    if let Some(lane) = self.lanes.get_mut(&id) {
+                        let s = slots.get(&id);
+                        for (i, q) in lane.queued.iter_mut().enumerate() {
+                            q.slot = s.map(|s| (s.nth(i), s.interval));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reserving new send times failed; retrying");
+            }
+        }
+    }
+
+    /// Reads the policies (and organization) of lanes that are due or have deliveries queued,
+    /// where never read, read over [`POLICY_FRESH`] ago, or changed here since.
+    async fn learn_policies(&mut self) {
+        let now = Timestamp::now();
+        let stale: Vec<String> = self
+            .lanes
+            .iter()
+            .filter(|(id, l)| {
+                let wanted = !l.queued.is_empty() || l.due_at.is_some_and(|d| d <= now);
+                wanted
+                    && l.policy.is_none_or(|(_, at)| {
+                        at.elapsed() >= POLICY_FRESH || self.changes.changed_since(id, at)
+                    })
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        if stale.is_empty() {
+            return;
+        }
+        let began = Instant::now();
+        let store = self.store.clone();
+        match self
+            .while_waiting(async move { store.endpoint_policies(stale).await })
+            .await
+        {
+            Ok(found) => {
+                if self.org_of.len() > 100_000 {
+                    let lanes = &self.lanes;
+                    self.org_of.retain(|id, _| lanes.contains_key(id));
+                }
+                for p in found {
+                    if let Some(lane) = self.lanes.get_mut(&p.endpoint_id) {
+                        lane.policy = Some((
+                            LanePolicy {
+                                rate_limit: p.rate_limit,
+                                concurrency: p.concurrency,
+                            },
+                            began,
+                        ));
+                    }
+                    self.org_of.insert(p.endpoint_id, p.org_id);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading endpoints' delivery policies failed"),
+        }
+    }
+
+    /// Gives leases back and hands the deliveries over as finished: that takes them out of
+    /// the in-flight sets and makes their lanes due now (the rows are due again once
+    /// released).
+    fn give_back(&self, deliveries: Vec<(String, String)>) {
+        if deliveries.is_empty() {
+            return;
+        }
+        let (store, token, done) = (
+            self.store.clone(),
+            self.lease.token.clone(),
+            self.done_tx.clone(),
+        );
+        tokio::spawn(async move {
+            let ids = deliveries.iter().map(|(_, id)| id.clone()).collect();
+            if let Err(e) = store.release_leases(token, ids).await {
+                tracing::warn!(error = %e, "giving back leases failed; they expire");
+            }
+            for (endpoint_id, delivery_id) in deliveries {
+                let _ = done.send(Finished::Recorded(Done {
+                    endpoint_id,
+                    delivery_id,
+                    next_due: Some(Timestamp::now()),
+                }));
+            }
+        });
     }
 
     /// The organization an endpoint's lane counts against (until it is known, the lane
@@ -377,29 +747,6 @@ impl Dispatcher {
             .get(endpoint_id)
             .cloned()
             .unwrap_or_else(|| endpoint_id.to_owned())
-    }
-
-    /// Learns the organizations of lanes not seen before (one read for all of them).
-    async fn learn_orgs(&mut self) {
-        let unknown: Vec<String> = self
-            .lanes
-            .keys()
-            .filter(|id| !self.org_of.contains_key(*id))
-            .cloned()
-            .collect();
-        if unknown.is_empty() {
-            return;
-        }
-        match self.store.endpoint_orgs(unknown).await {
-            Ok(found) => {
-                if self.org_of.len() > 100_000 {
-                    let lanes = &self.lanes;
-                    self.org_of.retain(|id, _| lanes.contains_key(id));
-                }
-                self.org_of.extend(found);
-            }
-            Err(e) => tracing::warn!(error = %e, "reading endpoints' organizations failed"),
-        }
     }
 
     /// Where a turn starts in `orgs` (sorted): after the organization served last.
@@ -478,19 +825,30 @@ impl Dispatcher {
 
     /// Whether reading the lane could hand out anything: it has a free slot, or room to lease
     /// ahead (up to the bound again) while the queues have room.
+    /// A rate-limited lane is read once half its pacing window (within its free slots) is
+    /// used up; one held below the bound, while under it.
     fn has_room(&self, lane: &Lane) -> bool {
         let busy = lane.active + lane.queued.len();
-        busy < self.per_endpoint
-            || (busy < self.per_endpoint + self.ahead && self.queued < QUEUED_AT_MOST)
+        let cap = lane.cap(self.per_endpoint);
+        if let Some(rate) = lane.policy().rate_limit {
+            let want = pace_window(rate).min(cap.saturating_sub(lane.active));
+            return lane.queued.len() * 2 < want && self.queued < QUEUED_AT_MOST;
+        }
+        if cap < self.per_endpoint {
+            return busy < cap;
+        }
+        busy < cap || (busy < cap + self.ahead && self.queued < QUEUED_AT_MOST)
     }
 
     /// Starts queued deliveries on lanes with free slots, while global permits last. One
     /// queued so long that its lease could run out before its attempt ends is given back
     /// instead (`stale`), to be leased again.
-    fn start_queued(&mut self) {
+    fn start_queued(&mut self) -> usize {
         // A lease lasts 2 × the delivery timeout + 5 s: one started within a timeout of its
         // lease still has 5 s to be recorded after its longest possible attempt.
         let fresh_for = Duration::from_millis(((self.lease.millis - 5_000) / 2).max(0) as u64);
+        let now = Instant::now();
+        let bound = self.per_endpoint;
         let mut starts = Vec::new();
         let mut stale: Vec<(String, String)> = Vec::new();
         // Lanes with something queued and a free slot, organizations taking turns: each turn
@@ -502,7 +860,7 @@ impl Dispatcher {
         let mut waiting: Vec<&String> = self
             .lanes
             .iter()
-            .filter(|(_, l)| !l.queued.is_empty() && l.active < self.per_endpoint)
+            .filter(|(_, l)| l.head_ready(now) && l.active < l.cap(bound))
             .map(|(id, _)| id)
             .collect();
         waiting.sort_unstable();
@@ -540,25 +898,39 @@ impl Dispatcher {
             let Some(lane) = self.lanes.get_mut(&endpoint_id) else {
                 continue;
             };
-            while let Some((d, leased_at)) = lane.queued.pop_front() {
-                self.queued -= 1;
-                if leased_at.elapsed() > fresh_for {
-                    stale.push((endpoint_id.clone(), d.id));
+            while let Some(q) = lane.queued.front() {
+                if q.read_at.elapsed() > fresh_for {
+                    let q = lane.queued.pop_front().expect("a queued delivery");
+                    self.queued -= 1;
+                    stale.push((endpoint_id.clone(), q.d.id));
                     continue;
                 }
+                if !lane.head_ready(now) {
+                    break;
+                }
                 let Ok(permit) = self.global.clone().try_acquire_owned() else {
-                    lane.queued.push_front((d, leased_at));
-                    self.queued += 1;
                     break 'turns;
                 };
+                let q = lane.queued.pop_front().expect("a queued delivery");
+                self.queued -= 1;
+                if let Some((slot, _)) = q.slot {
+                    // On time, or a few milliseconds late (a timer tick): the next follows its
+                    // own reserved time, so several due at one wake-up all start. Far behind:
+                    // the rest are spread from now.
+                    lane.last_paced = Some(if now <= slot + LATE_UNSPREAD {
+                        slot
+                    } else {
+                        now
+                    });
+                }
                 lane.active += 1;
                 *org_n += 1;
-                starts.push((d, leased_at, permit));
+                starts.push((q.d, q.read_at, permit));
                 served = Some(org.clone());
                 self.last_lane.insert(org.clone(), endpoint_id.clone());
                 break;
             }
-            if !lane.queued.is_empty() && lane.active < self.per_endpoint {
+            if lane.head_ready(now) && lane.active < lane.cap(bound) {
                 lanes.push_back(endpoint_id);
             }
             if !lanes.is_empty() {
@@ -569,31 +941,12 @@ impl Dispatcher {
         if served.is_some() {
             self.last_served = served;
         }
+        let started = starts.len();
         for (d, read_at, permit) in starts {
             self.start(d, read_at, permit);
         }
-        if !stale.is_empty() {
-            // Given back, then handed over as finished: that takes them out of the in-flight
-            // sets and makes their lanes due now (the rows are due again once released).
-            let (store, token, done) = (
-                self.store.clone(),
-                self.lease.token.clone(),
-                self.done_tx.clone(),
-            );
-            tokio::spawn(async move {
-                let ids = stale.iter().map(|(_, id)| id.clone()).collect();
-                if let Err(e) = store.release_leases(token, ids).await {
-                    tracing::warn!(error = %e, "giving back stale leases failed; they expire");
-                }
-                for (endpoint_id, delivery_id) in stale {
-                    let _ = done.send(Finished::Recorded(Done {
-                        endpoint_id,
-                        delivery_id,
-                        next_due: Some(Timestamp::now()),
-                    }));
-                }
-            });
-        }
+        self.give_back(stale);
+        started
     }
 
     fn start(&self, d: DueDelivery, read_at: Instant, permit: tokio::sync::OwnedSemaphorePermit) {
@@ -615,6 +968,7 @@ impl Dispatcher {
                     drop(permit);
                     let _ = done.send(Finished::Answered {
                         endpoint_id: endpoint_id.clone(),
+                        signal: None,
                     });
                     if let Some(token) = lease
                         && let Err(e) = store.release_leases(token, vec![delivery_id.clone()]).await
@@ -639,6 +993,7 @@ impl Dispatcher {
             drop(permit);
             let _ = done.send(Finished::Answered {
                 endpoint_id: d.endpoint_id.clone(),
+                signal: Signal::of(&result),
             });
             record_metrics(&d, &result);
             let (reply, recorded) = oneshot::channel();
@@ -833,4 +1188,29 @@ fn record_metrics(d: &DueDelivery, r: &crate::domain::delivery::AttemptResult) {
         metrics::histogram!("webhook_commit_to_first_attempt_seconds")
             .record(waited as f64 / 1000.0);
     }
+}
+
+/// [`Store::lane_work`] for lanes whose bounds across instances differ (endpoints held below
+/// `bound` by adaptive concurrency): one call per bound, since leasing applies one per call.
+/// Usually every lane has the configured bound and this is one call. Owns what it reads, so
+/// the dispatcher goes on starting paced sends meanwhile.
+async fn lane_work_within_caps(
+    store: Store,
+    bound: usize,
+    requests: Vec<LaneRequest>,
+    now: Timestamp,
+) -> Result<Vec<crate::store::LaneWork>, crate::store::StoreError> {
+    let cap_of = |r: &LaneRequest| r.lease.as_ref().map_or(0, |l| l.per_endpoint);
+    if requests.iter().all(|r| cap_of(r) == bound) {
+        return store.lane_work(requests, now).await;
+    }
+    let mut by_cap: HashMap<usize, Vec<LaneRequest>> = HashMap::new();
+    for r in requests {
+        by_cap.entry(cap_of(&r)).or_default().push(r);
+    }
+    let mut work = Vec::new();
+    for (_, requests) in by_cap {
+        work.extend(store.lane_work(requests, now).await?);
+    }
+    Ok(work)
 }

@@ -7,6 +7,8 @@
 //!   a per-endpoint concurrency bound; woken by fan-out, by manual actions and by the timer of
 //!   the next due retry. The backlog stays in the database.
 //! - [`client`]: the signing HTTP client.
+//! - [`pacing`]: per-endpoint rate limits and adaptive concurrency, as the dispatcher applies
+//!   them.
 //!
 //! [`DeliveryHandle`] is how the rest of the process (the service) wakes them.
 
@@ -16,6 +18,7 @@ pub mod dispatcher;
 pub mod fanout;
 pub mod guard;
 pub mod notify;
+pub mod pacing;
 pub mod target;
 
 use std::collections::{HashMap, HashSet};

@@ -5,6 +5,7 @@
 use accommador_webhooks::EventType;
 use serde_json::{Map, Value};
 
+use super::pacing::MAX_RATE_LIMIT;
 use super::{FieldError, Timestamp, reject_unknown_fields};
 
 pub const MAX_URL_BYTES: usize = 2048;
@@ -195,11 +196,21 @@ pub struct EndpointRecord {
     pub ordering: DeliveryOrder,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// Deliveries per second at most, across all instances (`None`: no limit).
+    pub rate_limit: Option<u32>,
+    /// The attempts in flight adaptive concurrency allows now, when it holds them below the
+    /// configured bound (`None`: at the bound). Read-only.
+    pub concurrency: Option<u32>,
 }
 
 impl EndpointRecord {
-    /// The API shape (without the secret).
-    pub fn to_json(&self) -> Value {
+    /// The attempts it may have in flight now, under the configured per-endpoint `bound`.
+    pub fn current_concurrency(&self, bound: u32) -> u32 {
+        super::pacing::effective(self.concurrency, bound)
+    }
+
+    /// The API shape (without the secret); `bound` is `ACCOMMADOR_ENDPOINT_CONCURRENCY`.
+    pub fn to_json(&self, bound: u32) -> Value {
         serde_json::json!({
             "id": self.id,
             "url": self.url,
@@ -210,6 +221,8 @@ impl EndpointRecord {
             "ordering": self.ordering.as_str(),
             "created_at": self.created_at.to_rfc3339(),
             "updated_at": self.updated_at.to_rfc3339(),
+            "rate_limit": self.rate_limit,
+            "current_concurrency": self.current_concurrency(bound),
         })
     }
 }
@@ -221,6 +234,7 @@ pub struct NewEndpoint {
     pub event_types: EventTypeFilter,
     pub description: String,
     pub ordering: DeliveryOrder,
+    pub rate_limit: Option<u32>,
 }
 
 impl NewEndpoint {
@@ -228,7 +242,13 @@ impl NewEndpoint {
         let mut errors = Vec::new();
         reject_unknown_fields(
             body,
-            &["url", "event_types", "description", "ordering"],
+            &[
+                "url",
+                "event_types",
+                "description",
+                "ordering",
+                "rate_limit",
+            ],
             &mut errors,
         );
         let url = match body.get("url") {
@@ -250,8 +270,12 @@ impl NewEndpoint {
             None | Some(Value::Null) => Some(DeliveryOrder::None),
             Some(v) => DeliveryOrder::from_json(v, &mut errors),
         };
-        match (url, event_types, description, ordering) {
-            (Some(url), Some(event_types), Some(description), Some(ordering))
+        let rate_limit = match body.get("rate_limit") {
+            None => Some(None),
+            Some(v) => parse_rate_limit(v, &mut errors),
+        };
+        match (url, event_types, description, ordering, rate_limit) {
+            (Some(url), Some(event_types), Some(description), Some(ordering), Some(rate_limit))
                 if errors.is_empty() =>
             {
                 Ok(NewEndpoint {
@@ -259,6 +283,7 @@ impl NewEndpoint {
                     event_types,
                     description,
                     ordering,
+                    rate_limit,
                 })
             }
             _ => Err(errors),
@@ -276,6 +301,8 @@ impl NewEndpoint {
             ordering: self.ordering,
             created_at: now,
             updated_at: now,
+            rate_limit: self.rate_limit,
+            concurrency: None,
         }
     }
 }
@@ -288,6 +315,8 @@ pub struct EndpointPatch {
     pub description: Option<String>,
     pub status: Option<EndpointStatus>,
     pub ordering: Option<DeliveryOrder>,
+    /// `Some(None)` clears the limit.
+    pub rate_limit: Option<Option<u32>>,
 }
 
 impl EndpointPatch {
@@ -295,7 +324,14 @@ impl EndpointPatch {
         let mut errors = Vec::new();
         reject_unknown_fields(
             body,
-            &["url", "event_types", "description", "status", "ordering"],
+            &[
+                "url",
+                "event_types",
+                "description",
+                "status",
+                "ordering",
+                "rate_limit",
+            ],
             &mut errors,
         );
         let mut patch = EndpointPatch::default();
@@ -329,6 +365,9 @@ impl EndpointPatch {
                 v => DeliveryOrder::from_json(v, &mut errors),
             };
         }
+        if let Some(v) = body.get("rate_limit") {
+            patch.rate_limit = parse_rate_limit(v, &mut errors);
+        }
         if errors.is_empty() {
             Ok(patch)
         } else {
@@ -350,6 +389,9 @@ impl EndpointPatch {
         }
         if let Some(o) = self.ordering {
             next.ordering = o;
+        }
+        if let Some(limit) = self.rate_limit {
+            next.rate_limit = limit;
         }
         match self.status {
             Some(EndpointStatus::Enabled) => {
@@ -379,6 +421,25 @@ fn parse_url(v: &Value, errors: &mut Vec<FieldError>) -> Option<EndpointUrl> {
         }
         None => {
             errors.push(FieldError::new("url", "must be a string"));
+            None
+        }
+    }
+}
+
+/// `null` (no limit) or a whole number of deliveries per second, 1 to [`MAX_RATE_LIMIT`].
+fn parse_rate_limit(v: &Value, errors: &mut Vec<FieldError>) -> Option<Option<u32>> {
+    if v.is_null() {
+        return Some(None);
+    }
+    match v.as_u64() {
+        Some(n @ 1..) if n <= u64::from(MAX_RATE_LIMIT) => Some(Some(n as u32)),
+        _ => {
+            errors.push(FieldError::new(
+                "rate_limit",
+                format!(
+                    "must be null or a whole number of deliveries per second from 1 to {MAX_RATE_LIMIT}"
+                ),
+            ));
             None
         }
     }
@@ -471,6 +532,32 @@ mod tests {
                 .unwrap_err();
         let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["secret", "url", "event_types"]);
+    }
+
+    #[test]
+    fn rate_limits_are_whole_positive_numbers_and_null_clears_them() {
+        let e = NewEndpoint::from_json(&obj(
+            json!({"url": "https://a.example/h", "rate_limit": 20}),
+        ))
+        .unwrap()
+        .into_record("ep_1".into(), Timestamp(1));
+        assert_eq!(e.rate_limit, Some(20));
+        for bad in [json!(0), json!(-1), json!(2.5), json!("20"), json!(10_001)] {
+            let errors = NewEndpoint::from_json(&obj(
+                json!({"url": "https://a.example/h", "rate_limit": bad}),
+            ))
+            .unwrap_err();
+            assert_eq!(errors[0].field, "rate_limit", "{bad}");
+        }
+        let cleared = EndpointPatch::from_json(&obj(json!({"rate_limit": null})))
+            .unwrap()
+            .apply(&e, Timestamp(2))
+            .unwrap();
+        assert_eq!(cleared.rate_limit, None);
+        let same = EndpointPatch::from_json(&obj(json!({"rate_limit": 20}))).unwrap();
+        assert_eq!(same.apply(&e, Timestamp(3)), None);
+        assert_eq!(e.to_json(16)["current_concurrency"], 16);
+        assert_eq!(e.to_json(16)["rate_limit"], 20);
     }
 
     #[test]

@@ -319,6 +319,8 @@ mod tests {
             ordering: Default::default(),
             created_at: Timestamp(1),
             updated_at: Timestamp(1_795_741_323_456),
+            rate_limit: None,
+            concurrency: None,
         }
     }
 

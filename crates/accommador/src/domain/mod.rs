@@ -7,6 +7,7 @@ pub mod endpoint;
 pub mod event;
 pub mod ids;
 pub mod org;
+pub mod pacing;
 pub mod secret_box;
 pub mod time;
 pub mod ui;

@@ -66,7 +66,7 @@ pub async fn create_endpoint(
     JsonObject(body): JsonObject,
 ) -> Result<Response, ApiError> {
     let (endpoint, secret) = state.service.create_endpoint(&org, &body).await?;
-    let mut json = endpoint.to_json();
+    let mut json = endpoint.to_json(state.service.endpoint_concurrency());
     json["secret"] = Value::String(secret);
     Ok(json_response(StatusCode::CREATED, json.to_string()))
 }
@@ -90,7 +90,10 @@ pub async fn get_endpoint(
         .get_endpoint(&org, &id)
         .await
         .map_err(not_found_endpoint)?;
-    Ok(json_response(StatusCode::OK, e.to_json().to_string()))
+    Ok(json_response(
+        StatusCode::OK,
+        e.to_json(state.service.endpoint_concurrency()).to_string(),
+    ))
 }
 
 /// List endpoints
@@ -115,7 +118,12 @@ pub async fn list_endpoints(
 ) -> Result<Response, ApiError> {
     let page = parse_page(&query, &[])?;
     let page = state.service.list_endpoints(&org, page).await?;
-    Ok(page_response(page, |e| &e.id, |e| e.to_json().to_string()))
+    let bound = state.service.endpoint_concurrency();
+    Ok(page_response(
+        page,
+        |e| &e.id,
+        |e| e.to_json(bound).to_string(),
+    ))
 }
 
 /// Update an endpoint
@@ -145,7 +153,10 @@ pub async fn update_endpoint(
         .update_endpoint(&org, &id, &body)
         .await
         .map_err(not_found_endpoint)?;
-    Ok(json_response(StatusCode::OK, e.to_json().to_string()))
+    Ok(json_response(
+        StatusCode::OK,
+        e.to_json(state.service.endpoint_concurrency()).to_string(),
+    ))
 }
 
 /// Delete an endpoint

@@ -478,6 +478,15 @@ pub struct EndpointSchema {
     created_at: String,
     #[schema(format = DateTime)]
     updated_at: String,
+    /// Deliveries per second at most, across all instances, spaced evenly (retries count);
+    /// null: no limit.
+    #[schema(minimum = 1, maximum = 10000)]
+    rate_limit: Option<usize>,
+    /// Read-only: the attempts it may have in flight now. `ACCOMMADOR_ENDPOINT_CONCURRENCY`,
+    /// halved by each `429` or `503` without `Retry-After` (never below 1) and raised by one
+    /// by each success.
+    #[schema(minimum = 1)]
+    current_concurrency: usize,
 }
 
 /// A new endpoint with its signing secret (shown here, by rotate, and at `/secret` only).
@@ -497,6 +506,15 @@ pub struct EndpointCreated {
     created_at: String,
     #[schema(format = DateTime)]
     updated_at: String,
+    /// Deliveries per second at most, across all instances, spaced evenly (retries count);
+    /// null: no limit.
+    #[schema(minimum = 1, maximum = 10000)]
+    rate_limit: Option<usize>,
+    /// Read-only: the attempts it may have in flight now. `ACCOMMADOR_ENDPOINT_CONCURRENCY`,
+    /// halved by each `429` or `503` without `Retry-After` (never below 1) and raised by one
+    /// by each success.
+    #[schema(minimum = 1)]
+    current_concurrency: usize,
     /// `whsec_…`: base64 of 32 random bytes. Verify deliveries with it.
     secret: String,
 }
@@ -526,6 +544,10 @@ pub struct CreateEndpointRequest {
     description: Option<String>,
     /// Absent or null: `none`.
     ordering: Option<Ordering>,
+    /// Deliveries per second at most (1–10000), across all instances, spaced evenly; absent
+    /// or null: no limit.
+    #[schema(minimum = 1, maximum = 10000)]
+    rate_limit: Option<usize>,
 }
 
 /// Any subset of the fields. Unknown fields are refused (422).
@@ -553,6 +575,9 @@ pub struct UpdateEndpointRequest {
     /// Null: `none`. Back to `none`, the deliveries that waited behind an earlier one are
     /// due at once.
     ordering: Option<Ordering>,
+    /// Deliveries per second at most (1–10000); null removes the limit.
+    #[schema(minimum = 1, maximum = 10000)]
+    rate_limit: Option<usize>,
 }
 
 #[derive(Debug, ToSchema)]

@@ -6,6 +6,7 @@
 
 pub mod keys;
 pub mod lifetime;
+pub mod pacing;
 pub mod postgres;
 pub mod rollups;
 mod secrets;

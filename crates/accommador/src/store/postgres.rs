@@ -24,6 +24,7 @@ mod leasing;
 mod lifetime;
 #[cfg(test)]
 mod list_plans;
+mod pacing;
 mod rollups;
 mod secrets;
 #[cfg(test)]
@@ -72,6 +73,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0013_leasing.sql"),
     include_str!("../../migrations/postgres/0014_ui.sql"),
     include_str!("../../migrations/postgres/0015_ordering.sql"),
+    include_str!("../../migrations/postgres/0016_rate_limit.sql"),
     include_str!("../../migrations/postgres/0017_rollups.sql"),
 ];
 /// Most events numbered by one sequencer step.
@@ -681,8 +683,8 @@ impl PgStore {
         let e = new.into_record(id, now);
         tx.run(
             "INSERT INTO endpoints (id, org_id, url, event_types, description, status,
-                                    created_at, updated_at, ordering)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)",
+                                    created_at, updated_at, ordering, rate_limit)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9)",
             &[
                 &e.id,
                 &org,
@@ -692,6 +694,7 @@ impl PgStore {
                 &e.status.as_str(),
                 &now.millis(),
                 &e.ordering.as_str(),
+                &e.rate_limit.map(|n| n as i32),
             ],
         )
         .await
@@ -766,7 +769,8 @@ impl PgStore {
             "UPDATE endpoints SET url = $1, event_types = $2, description = $3, status = $4,
                  disabled_reason = $5,
                  failing_since = CASE WHEN $4 = 'enabled' THEN NULL ELSE failing_since END,
-                 cancel_pending = ($4 = 'disabled'), updated_at = $6, ordering = $9
+                 cancel_pending = ($4 = 'disabled'), updated_at = $6, ordering = $9,
+                 rate_limit = $10
              WHERE id = $7 AND org_id = $8",
             &[
                 &next.url,
@@ -778,6 +782,7 @@ impl PgStore {
                 &next.id,
                 &org,
                 &next.ordering.as_str(),
+                &next.rate_limit.map(|n| n as i32),
             ],
         )
         .await
@@ -1146,8 +1151,8 @@ pub(super) async fn insert_operational_event(
     .map_err(pg_err)
 }
 
-pub(super) const ENDPOINT_COLUMNS: &str =
-    "id, url, event_types, description, status, disabled_reason, created_at, updated_at, ordering";
+pub(super) const ENDPOINT_COLUMNS: &str = "id, url, event_types, description, status, \
+     disabled_reason, created_at, updated_at, ordering, rate_limit, current_concurrency";
 
 fn event_types_json(f: &EventTypeFilter) -> String {
     serde_json::to_string(&f.names()).expect("names serialise")
@@ -1173,6 +1178,8 @@ pub(super) fn endpoint_from_row(r: &Row) -> Result<EndpointRecord, StoreError> {
         },
         created_at: Timestamp(r.get(6)),
         updated_at: Timestamp(r.get(7)),
+        rate_limit: r.get::<_, Option<i32>>(9).map(|n| n.max(1) as u32),
+        concurrency: r.get::<_, Option<i32>>(10).map(|n| n.max(1) as u32),
     })
 }
 

@@ -67,6 +67,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0010_operational_events.sql"),
     include_str!("../../migrations/sqlite/0012_ui.sql"),
     include_str!("../../migrations/sqlite/0013_ordering.sql"),
+    include_str!("../../migrations/sqlite/0014_rate_limit.sql"),
     include_str!("../../migrations/sqlite/0015_rollups.sql"),
 ];
 
@@ -76,6 +77,7 @@ mod keys;
 mod lifetime;
 #[cfg(test)]
 mod list_plans;
+mod pacing;
 mod rollups;
 mod secrets;
 mod ui;
@@ -494,9 +496,9 @@ impl SqliteStore {
             let e = new.into_record(id, now);
             c.prepare_cached(
                 "INSERT INTO endpoints (id, org_id, url, event_types, description, status,
-                                        created_at, updated_at, after_event_seq, ordering)
+                                        created_at, updated_at, after_event_seq, ordering, rate_limit)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7,
-                         (SELECT COALESCE(MAX(seq), 0) FROM events), ?8)",
+                         (SELECT COALESCE(MAX(seq), 0) FROM events), ?8, ?9)",
             )
             .and_then(|mut s| {
                 s.execute(params![
@@ -507,7 +509,8 @@ impl SqliteStore {
                     e.description,
                     e.status.as_str(),
                     now.millis(),
-                    e.ordering.as_str()
+                    e.ordering.as_str(),
+                    e.rate_limit
                 ])
             })
             .map_err(db_err)?;
@@ -573,7 +576,8 @@ impl SqliteStore {
                 "UPDATE endpoints SET url = ?1, event_types = ?2, description = ?3, status = ?4,
                     disabled_reason = ?5,
                     failing_since = CASE WHEN ?4 = 'enabled' THEN NULL ELSE failing_since END,
-                    cancel_pending = (?4 = 'disabled'), updated_at = ?6, ordering = ?9
+                    cancel_pending = (?4 = 'disabled'), updated_at = ?6, ordering = ?9,
+                    rate_limit = ?10
                  WHERE id = ?7 AND org_id = ?8",
             )
             .and_then(|mut s| {
@@ -586,7 +590,8 @@ impl SqliteStore {
                     next.updated_at.millis(),
                     next.id,
                     org,
-                    next.ordering.as_str()
+                    next.ordering.as_str(),
+                    next.rate_limit
                 ])
             })
             .map_err(db_err)?;
@@ -900,8 +905,8 @@ fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRecord> {
     })
 }
 
-const ENDPOINT_COLUMNS: &str =
-    "id, url, event_types, description, status, disabled_reason, created_at, updated_at, ordering";
+const ENDPOINT_COLUMNS: &str = "id, url, event_types, description, status, disabled_reason, \
+     created_at, updated_at, ordering, rate_limit, current_concurrency";
 
 fn event_types_json(f: &EventTypeFilter) -> String {
     serde_json::to_string(&f.names()).expect("names serialise")
@@ -932,6 +937,8 @@ fn endpoint_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EndpointRecord> 
         },
         created_at: Timestamp(r.get(6)?),
         updated_at: Timestamp(r.get(7)?),
+        rate_limit: r.get(9)?,
+        concurrency: r.get(10)?,
     })
 }
 

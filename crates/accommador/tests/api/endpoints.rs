@@ -432,3 +432,64 @@ async fn ordering_is_none_by_default_per_user_on_request_and_checked() {
     let got: Value = app.get(&t, &path).await.json().await.unwrap();
     assert_eq!(got["ordering"], "per_user");
 }
+
+#[tokio::test]
+async fn a_rate_limit_is_set_changed_and_cleared_and_bad_ones_are_422() {
+    let app = spawn_app().await;
+    let t = app.create_org("Acme").await;
+    let url = "https://hooks.example.com/paced";
+    for bad in [
+        json!(0),
+        json!(-5),
+        json!(2.5),
+        json!("20"),
+        json!(true),
+        json!(10_001),
+    ] {
+        let r = app
+            .post(&t, "/v1/endpoints", &json!({"url": url, "rate_limit": bad}))
+            .await;
+        let p = problem(r, StatusCode::UNPROCESSABLE_ENTITY).await;
+        assert_eq!(error_fields(&p), ["rate_limit"], "{bad}: {p}");
+    }
+
+    // Absent: no limit; current_concurrency is the configured bound, read-only.
+    let r = app.post(&t, "/v1/endpoints", &json!({"url": url})).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["rate_limit"], Value::Null);
+    assert_eq!(e["current_concurrency"], 16);
+    let path = format!("/v1/endpoints/{}", e["id"].as_str().unwrap());
+
+    let r = app.patch(&t, &path, &json!({"rate_limit": 50})).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap()["rate_limit"], 50);
+    let got: Value = app.get(&t, &path).await.json().await.unwrap();
+    assert_eq!(got["rate_limit"], 50);
+    let listed: Value = app.get(&t, "/v1/endpoints").await.json().await.unwrap();
+    assert_eq!(listed["data"][0]["rate_limit"], 50);
+    assert_eq!(listed["data"][0]["current_concurrency"], 16);
+
+    for bad in [json!(0), json!("fast")] {
+        let r = app.patch(&t, &path, &json!({"rate_limit": bad})).await;
+        let p = problem(r, StatusCode::UNPROCESSABLE_ENTITY).await;
+        assert_eq!(error_fields(&p), ["rate_limit"], "{bad}: {p}");
+    }
+    let r = app
+        .patch(&t, &path, &json!({"current_concurrency": 1}))
+        .await;
+    let p = problem(r, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(error_fields(&p), ["current_concurrency"], "read-only: {p}");
+
+    let r = app.patch(&t, &path, &json!({"rate_limit": null})).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap()["rate_limit"], Value::Null);
+    let got: Value = app.get(&t, &path).await.json().await.unwrap();
+    assert_eq!(got["rate_limit"], Value::Null);
+
+    let r = app
+        .post(&t, "/v1/endpoints", &json!({"url": url, "rate_limit": 1}))
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(r.json::<Value>().await.unwrap()["rate_limit"], 1);
+}

@@ -225,10 +225,7 @@ async fn populate(app: &TestApp, t: &Tenant, users: usize) -> (Vec<String>, Vec<
                 .collect();
             return (ids, vec![endpoint["id"].as_str().unwrap().to_owned()]);
         }
-        assert!(
-            Instant::now() < deadline,
-            "deliveries not failed: {page}"
-        );
+        assert!(Instant::now() < deadline, "deliveries not failed: {page}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -15,6 +15,7 @@ mod helpers;
 mod lifetime;
 mod operational;
 mod ordering;
+mod policies;
 #[allow(dead_code)] // shared with tests/postgres, which uses more of it
 mod receiver;
 mod recover;

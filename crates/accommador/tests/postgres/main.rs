@@ -10,6 +10,7 @@
 #[allow(dead_code)]
 mod helpers;
 mod ordering;
+mod pacing;
 #[path = "../delivery/receiver.rs"]
 #[allow(dead_code)]
 mod receiver;

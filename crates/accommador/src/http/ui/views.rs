@@ -475,6 +475,15 @@ pub fn endpoint_detail(
                     @if let Some(r) = &e.disabled_reason { " " (r) }
                 }
                 dt { "Event types" } dd { (e.event_types.names().join(", ")) }
+                dt { "Rate limit" } dd {
+                    @if let Some(n) = e.rate_limit { (n) " deliveries per second" }
+                    @else { span.muted { "none" } }
+                }
+                dt { "Concurrency" } dd {
+                    @if let Some(n) = e.concurrency {
+                        "slowed to " (n) " at once: the endpoint answered 429 or 503 without Retry-After"
+                    } @else { span.muted { "at the configured bound" } }
+                }
                 dt { "Success rate" } dd {
                     @if finished == 0 { span.muted { "no finished delivery among the latest " (recent.len()) } }
                     @else { (succeeded * 100 / finished) " % of the latest " (finished) " finished deliveries" }

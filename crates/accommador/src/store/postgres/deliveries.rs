@@ -87,18 +87,19 @@ async fn disable_endpoint(
                 "UPDATE endpoints SET status = 'disabled', disabled_reason = $2, updated_at = $3,
                      cancel_pending = true
                  WHERE id = $1
-                 RETURNING {ENDPOINT_COLUMNS}, org_id, deleted_at IS NULL"
+                 RETURNING {ENDPOINT_COLUMNS}, org_id, deleted_at IS NULL AS live"
             ),
             &[&endpoint_id, &reason, &now.millis()],
         )
         .await
         .map_err(pg_err)?;
     // A deleted endpoint (an attempt that was in flight when it went) is not told about.
-    if !row.get::<_, bool>(10) {
+    // (By name: the endpoint's columns come first and grow with new fields.)
+    if !row.get::<_, bool>("live") {
         return Ok(());
     }
     let endpoint = endpoint_from_row(&row)?;
-    let org: String = row.get(9);
+    let org: String = row.get("org_id");
     insert_operational_event(tx, &org, &OperationalEvent::endpoint_status(&endpoint, now)).await
 }
 
