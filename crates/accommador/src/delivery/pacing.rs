@@ -97,12 +97,16 @@ impl Pacer {
             Pacer::Shared(pg) => {
                 let pg = pg.clone();
                 Box::pin(async move {
+                    // Anchored at the moment the request left, not when the answer came: the
+                    // database read its clock in between, so a slow answer (a wait for another
+                    // instance's row lock, a loaded machine) shows as lateness, which the
+                    // dispatcher bounds (`LATE_RESLOT`), instead of shifting this instance's
+                    // sends onto the next ones of the shared timeline.
+                    let sent = std::time::Instant::now();
                     let reserved = pg
                         .reserve_sends(wanted.into_iter().map(|(id, _, n)| (id, n)).collect())
                         .await?;
-                    // Measured from when the answer arrived: a send may start a little late,
-                    // never early.
-                    let now = Instant::now();
+                    let now = sent;
                     Ok(reserved
                         .into_iter()
                         .map(|(id, r)| {

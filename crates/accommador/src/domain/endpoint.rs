@@ -589,7 +589,7 @@ mod tests {
         .unwrap();
         assert_eq!(e.ordering, DeliveryOrder::PerUser);
         let record = e.into_record("ep_1".into(), Timestamp(1));
-        assert_eq!(record.to_json()["ordering"], "per_user");
+        assert_eq!(record.to_json(16)["ordering"], "per_user");
         let back = EndpointPatch::from_json(&obj(json!({"ordering": "none"})))
             .unwrap()
             .apply(&record, Timestamp(2))
