@@ -37,7 +37,7 @@ try {
   await page.getByLabel('Organization API key').fill(env.UI_API_KEY);
   await page.getByRole('button', { name: 'Sign in' }).click();
   await page.waitForURL(`${base}/ui/`);
-  await page.getByText('Deliveries, last hour').waitFor();
+  await page.getByText('Ended this hour', { exact: false }).waitFor();
   await shot(page, '02-overview');
 
   await page.getByRole('navigation').getByRole('link', { name: 'Deliveries' }).click();

@@ -143,10 +143,11 @@ pub async fn overview(State(state): State<AppState>, ui: Ui) -> Page {
             }
         }
     };
+    let yesterday = o.day_start.to_rfc3339().get(..10) != o.hour_start.to_rfc3339().get(..10);
     let body = html! {
         div.stats {
             (stat(html! { "Ended this hour (since " (views::clock(o.hour_start)) ")" }, &o.hour))
-            (stat(html! { "Ended in the last 24 hours (since " (views::clock(o.day_start)) ")" }, &o.day))
+            (stat(html! { "Ended in the last 24 hours (since " (views::clock(o.day_start)) @if yesterday { " yesterday" } ")" }, &o.day))
             div.stat {
                 div.muted { "Due now (backlog)" }
                 div.n { (o.backlog.due) @if o.backlog.more { "+" } }
