@@ -343,7 +343,19 @@ mod tests {
             vec![Scenario::Backlog, Scenario::Purge]
         );
         assert_eq!(parse_scenarios("7").unwrap(), vec![Scenario::Purge]);
-        assert!(parse_scenarios("8").is_err());
+        assert_eq!(parse_scenarios("8").unwrap(), vec![Scenario::Ordering]);
+        assert_eq!(
+            parse_scenarios("rate-limit,slow-clients").unwrap(),
+            vec![Scenario::SlowClients, Scenario::RateLimit]
+        );
+        for only_when_named in [
+            Scenario::Ordering,
+            Scenario::SlowClients,
+            Scenario::RateLimit,
+        ] {
+            assert!(!parse_scenarios("all").unwrap().contains(&only_when_named));
+        }
+        assert!(parse_scenarios("11").is_err());
         assert!(parse_scenarios("").is_err());
     }
 
