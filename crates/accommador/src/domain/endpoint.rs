@@ -29,6 +29,15 @@ impl EndpointUrl {
         if url.host_str().is_none_or(str::is_empty) {
             return Err("must have a host");
         }
+        // A name is letters, digits, `-`, `_` and dots (IDNs arrive as punycode): the URL
+        // parser lets through characters such as `*` that no resolver answers for.
+        if let Some(url::Host::Domain(name)) = url.host()
+            && !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return Err("must have a valid host name");
+        }
         if !url.username().is_empty() || url.password().is_some() {
             return Err("must not contain credentials");
         }
@@ -431,7 +440,13 @@ fn parse_rate_limit(v: &Value, errors: &mut Vec<FieldError>) -> Option<Option<u3
     if v.is_null() {
         return Some(None);
     }
-    match v.as_u64() {
+    // A whole number, also when written `20.0` (JSON Schema's `integer` admits it).
+    let whole = v.as_u64().or_else(|| {
+        v.as_f64()
+            .filter(|f| f.fract() == 0.0 && (1.0..=f64::from(MAX_RATE_LIMIT)).contains(f))
+            .map(|f| f as u64)
+    });
+    match whole {
         Some(n @ 1..) if n <= u64::from(MAX_RATE_LIMIT) => Some(Some(n as u32)),
         _ => {
             errors.push(FieldError::new(
