@@ -1,5 +1,6 @@
 //! The slice of Accommador's public HTTP API the bench uses: organizations (admin token),
-//! endpoints, users, and the events outbox used to check that every event arrived.
+//! endpoints (create, delete), users, the events outbox used to check that every event
+//! arrived, and `/metrics`.
 
 use std::time::Duration;
 
@@ -144,6 +145,25 @@ impl Api {
         Ok(())
     }
 
+    /// `DELETE /v1/endpoints/{id}`: answered once the endpoint row has changed; its pending
+    /// deliveries are failed in the background.
+    pub async fn delete_endpoint(&self, key: &str, id: &str) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .delete(format!("{}/v1/endpoints/{id}", self.base))
+            .bearer_auth(key)
+            .send()
+            .await
+            .context("DELETE /v1/endpoints/{id}")?;
+        expect_status(
+            response,
+            reqwest::StatusCode::NO_CONTENT,
+            "DELETE /v1/endpoints/{id}",
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Sets an endpoint's `ordering` (`none` or `per_user`).
     pub async fn set_ordering(
         &self,
@@ -157,6 +177,18 @@ impl Api {
             serde_json::json!({ "ordering": ordering }),
         )
         .await
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        let response = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .context("GET /metrics")?;
+        let response = expect_status(response, reqwest::StatusCode::OK, "GET /metrics").await?;
+        Ok(response.text().await?)
     }
 
     /// Every `user.created` event of the key's organization, in commit order.

@@ -53,8 +53,15 @@ many slow connections the server closed, and its resident memory
 (default 50, 100, 500/s) an endpoint with rate_limit N and a backlog of N x --seconds users: \
 the achieved rate (first to last arrival) against N, and the busiest 1 s window against N \
 (the issue allows 10 % over)
+  11 noisy-neighbour  tenants (not part of `all`): organization B creates --noisy-rate users/s \
+with one healthy endpoint, first alone (baseline) for --noisy-seconds, then beside organization A, \
+which has one hanging endpoint with a backlog of --noisy-backlog pending deliveries and \
+--noisy-hanging more hanging endpoints fed by --noisy-trickle users/s; a third of the way in, A's \
+backlog endpoint is deleted and the server fails its backlog in the background. B's p99 (2xx → \
+receipt) against its baseline (target ≤ 2×) and the p99 of B's POST /v1/users while the delete \
+runs (target ≤ 50 ms). --noisy-quick: a 10,000 backlog and 10 s phases, for a quick check
 `all` runs them in the order 6, 1, 2, 5, 3, 4: the ceiling right before the sustained run it \
-is compared with, isolation after the latency run it refers to; 7, 8, 9 and 10 only when named.
+is compared with, isolation after the latency run it refers to; 7, 8, 9, 10 and 11 only when named.
 
 Every scenario gets a fresh server; without --database, a fresh SQLite file in a temporary \
 directory. A postgres:// URL is passed through as is; if the server refuses it (no \
@@ -70,7 +77,7 @@ performance targets do not change the exit status; they are in the summary.";
 #[command(name = "accommador-bench", version, about = ABOUT, long_about = LONG_ABOUT)]
 pub struct Cli {
     /// Scenarios to run: `all` (1-6), or a comma list of numbers (1-8) or names (sustained,
-    /// latency, fanout, backlog, isolation, ceiling, purge, ordering).
+    /// latency, fanout, backlog, isolation, ceiling, purge, ordering, noisy-neighbour).
     #[arg(long, default_value = "all", value_name = "LIST")]
     pub scenario: String,
 
@@ -159,6 +166,34 @@ pub struct Cli {
     )]
     pub rate_limits: Vec<u32>,
 
+    /// Noisy-neighbour: pending deliveries of organization A's endpoint that is deleted
+    /// mid-run.
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    pub noisy_backlog: u64,
+
+    /// Noisy-neighbour: organization A's other hanging endpoints.
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    pub noisy_hanging: usize,
+
+    /// Noisy-neighbour: organization B's users/s (open loop), in the baseline and beside A.
+    #[arg(long, default_value_t = 500.0, value_name = "PER_SECOND")]
+    pub noisy_rate: f64,
+
+    /// Noisy-neighbour: organization A's users/s beside B (each one a delivery to every
+    /// hanging endpoint: 2/s keeps all of them hanging, well past A's share of the
+    /// dispatcher, while the API load stays B's).
+    #[arg(long, default_value_t = 2.0, value_name = "PER_SECOND")]
+    pub noisy_trickle: f64,
+
+    /// Noisy-neighbour: length of the baseline and of the phase beside A (which lasts at least
+    /// until the delete's background work is over).
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub noisy_seconds: u64,
+
+    /// Noisy-neighbour, quick check: a 10,000-delivery backlog and 10 s phases.
+    #[arg(long)]
+    pub noisy_quick: bool,
+
     /// Total deliveries per second in the isolation scenario (users/s times endpoints).
     #[arg(long, default_value_t = 1000.0, value_name = "PER_SECOND")]
     pub isolation_rate: f64,
@@ -167,7 +202,7 @@ pub struct Cli {
     #[arg(long, default_value_t = 100, value_name = "N")]
     pub isolation_endpoints: usize,
 
-    /// How long the hanging endpoint holds each request.
+    /// How long a hanging endpoint (isolation, noisy-neighbour) holds each request.
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub hang_seconds: u64,
 
@@ -203,8 +238,8 @@ pub struct Cli {
     pub keep_data: bool,
 }
 
-/// The seven scenarios, in run order (the ceiling right before the sustained run it is
-/// compared with; the purge last).
+/// The eight scenarios, in run order (the ceiling right before the sustained run it is
+/// compared with; the purge and the noisy neighbour last).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Scenario {
     Ceiling,
@@ -217,10 +252,12 @@ pub enum Scenario {
     Ordering,
     SlowClients,
     RateLimit,
+    Noisy,
 }
 
 impl Scenario {
-    /// What `all` runs: every scenario but the purge, which takes minutes to build its rows.
+    /// What `all` runs: every scenario but the purge, which takes minutes to build its rows,
+    /// and the noisy neighbour, which builds a backlog of 100,000.
     pub const ALL: [Scenario; 6] = [
         Scenario::Ceiling,
         Scenario::Sustained,
@@ -231,7 +268,7 @@ impl Scenario {
     ];
 
     /// Every scenario, for naming one.
-    const EVERY: [Scenario; 10] = [
+    const EVERY: [Scenario; 11] = [
         Scenario::Ceiling,
         Scenario::Sustained,
         Scenario::Latency,
@@ -242,6 +279,7 @@ impl Scenario {
         Scenario::Ordering,
         Scenario::SlowClients,
         Scenario::RateLimit,
+        Scenario::Noisy,
     ];
 
     pub fn name(self) -> &'static str {
@@ -256,6 +294,7 @@ impl Scenario {
             Scenario::Ordering => "ordering",
             Scenario::SlowClients => "slow-clients",
             Scenario::RateLimit => "rate-limit",
+            Scenario::Noisy => "noisy-neighbour",
         }
     }
 
@@ -271,6 +310,7 @@ impl Scenario {
             Scenario::Ordering => 8,
             Scenario::SlowClients => 9,
             Scenario::RateLimit => 10,
+            Scenario::Noisy => 11,
         }
     }
 
@@ -290,7 +330,7 @@ pub fn parse_scenarios(list: &str) -> Result<Vec<Scenario>, String> {
     let mut picked = Vec::new();
     for word in list.split(',').filter(|w| !w.trim().is_empty()) {
         let s = Scenario::parse(word).ok_or_else(|| {
-            format!("unknown scenario {word:?}: use 1-10, sustained, latency, fanout, backlog, isolation, ceiling, purge, ordering, slow-clients, rate-limit or all")
+            format!("unknown scenario {word:?}: use 1-11, sustained, latency, fanout, backlog, isolation, ceiling, purge, ordering, slow-clients, rate-limit, noisy-neighbour or all")
         })?;
         if !picked.contains(&s) {
             picked.push(s);
@@ -352,10 +392,16 @@ mod tests {
             Scenario::Ordering,
             Scenario::SlowClients,
             Scenario::RateLimit,
+            Scenario::Noisy,
         ] {
             assert!(!parse_scenarios("all").unwrap().contains(&only_when_named));
         }
-        assert!(parse_scenarios("11").is_err());
+        assert!(parse_scenarios("12").is_err());
+        assert_eq!(
+            parse_scenarios("noisy-neighbour,1").unwrap(),
+            vec![Scenario::Sustained, Scenario::Noisy]
+        );
+        assert_eq!(parse_scenarios("11").unwrap(), vec![Scenario::Noisy]);
         assert!(parse_scenarios("").is_err());
     }
 

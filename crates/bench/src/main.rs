@@ -1,4 +1,4 @@
-//! `accommador-bench`: the end-to-end benchmark of issues 7 and 12. It starts the `accommador` server,
+//! `accommador-bench`: the end-to-end benchmark of issues 7, 11 and 12. It starts the `accommador` server,
 //! drives the public HTTP API, receives and verifies the signed deliveries itself, and reports
 //! rates, latencies, CPU and memory against the issue's targets. `--help` explains the
 //! scenarios; BENCHMARKS.md at the repository root records runs.
@@ -12,7 +12,7 @@
 //! - [`load`]: closed- and open-loop request drivers;
 //! - [`check`]: losses and duplicates against the outbox;
 //! - [`stats`]: percentiles, rates, targets; [`procfs`] and [`meter`]: CPU and memory;
-//! - [`scenarios`]: the seven scenarios; [`report`]: JSON and the human summary;
+//! - [`scenarios`]: the eight scenarios; [`report`]: JSON and the human summary;
 //!   [`progress`]: the progress bar.
 //!
 //! Two runtimes keep the bench's own CPU time apart: the load driver runs on `bench-load`
@@ -170,6 +170,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Scenario::RateLimit => scenarios::rate_limit(&bench)
                     .await
                     .map(|r| results.rate_limit = Some(r)),
+                Scenario::Noisy => scenarios::noisy(&bench)
+                    .await
+                    .map(|r| results.noisy = Some(r)),
             };
             if let Err(e) = outcome {
                 bench

@@ -11,8 +11,8 @@ use crate::meter::Usage;
 use crate::procfs::{CpuTime, Machine};
 use crate::receivers::Counts;
 use crate::scenarios::{
-    Backlog, Ceiling, Fanout, Isolation, LatencyScenario, OrderingScenario, Purge, SlowClients,
-    Sustained,
+    Backlog, Ceiling, Fanout, Isolation, LatencyScenario, Noisy, OrderingScenario, Purge,
+    SlowClients, Sustained,
 };
 use crate::stats::{Goal, LatencySummary, TargetCheck, check, fmt_num};
 
@@ -28,6 +28,7 @@ pub struct Results {
     pub ordering: Option<OrderingScenario>,
     pub slow_clients: Option<SlowClients>,
     pub rate_limit: Option<crate::scenarios::RateLimit>,
+    pub noisy: Option<Noisy>,
     /// Scenarios that could not run, and why.
     pub errors: BTreeMap<String, String>,
 }
@@ -235,6 +236,9 @@ pub fn targets(r: &Results, postgres: bool) -> Vec<TargetCheck> {
             ));
         }
     }
+    if let Some(n) = &r.noisy {
+        noisy_targets(n, &mut t);
+    }
     if !postgres {
         t.push(TargetCheck {
             target: "PostgreSQL: sustained ≥ 2,000 events/s".into(),
@@ -283,6 +287,36 @@ fn purge_targets(p: &Purge, t: &mut Vec<TargetCheck>) {
             None,
         ));
     }
+}
+
+/// Issue 11's targets, measured by the noisy-neighbour scenario (listed only when it ran).
+fn noisy_targets(n: &Noisy, t: &mut Vec<TargetCheck>) {
+    t.push(check(
+        "noisy neighbour: B's p99 (2xx → receipt) ≤ 2× its baseline beside A's hanging endpoints and delete",
+        Goal::AtMost(2.0),
+        "×",
+        n.p99_ratio,
+        None,
+    ));
+    let backlog = n.delete.as_ref().map_or(0, |d| d.backlog);
+    let label = if backlog == 100_000 {
+        "noisy neighbour: B's POST /v1/users p99 ≤ 50 ms while a 100,000 backlog is deleted"
+            .to_owned()
+    } else {
+        format!(
+            "noisy neighbour: B's POST /v1/users p99 ≤ 50 ms while the backlog is deleted (target for 100,000; measured with {backlog})"
+        )
+    };
+    t.push(check(
+        label,
+        Goal::AtMost(50.0),
+        "ms",
+        n.delete
+            .as_ref()
+            .and_then(|d| d.b_api_latency.as_ref())
+            .map(|l| l.p99_ms),
+        None,
+    ));
 }
 
 fn receipt_problems(scenario: &str, t: &ReceiptTally, problems: &mut Vec<String>) {
@@ -404,6 +438,15 @@ pub fn correctness(r: &Results) -> Correctness {
             "purge",
             &pu.receivers,
             pu.first_bad_signature.as_ref(),
+            &mut p,
+        );
+    }
+    if let Some(n) = &r.noisy {
+        tally_problems("noisy neighbour (organization B)", &n.tally, &mut p);
+        receiver_problems(
+            "noisy neighbour",
+            &n.receivers,
+            n.first_bad_signature.as_ref(),
             &mut p,
         );
     }
@@ -761,6 +804,77 @@ fn purge_human(p: &Purge, o: &mut String) {
     );
 }
 
+fn noisy_human(n: &Noisy, o: &mut String) {
+    let _ = writeln!(
+        o,
+        "8 noisy      B at {}/s with one healthy endpoint, {} s alone (achieved {}/s{}): 2xx → receipt {}",
+        fmt_num(n.rate),
+        n.seconds,
+        fmt_num(n.baseline.load.ok_per_s),
+        refused(&n.baseline.load),
+        lat(&n.baseline.latency)
+    );
+    let _ = writeln!(
+        o,
+        "             A: backlog of {} built at {}/s{}; {} more endpoints hanging {} s; A's trickle {}/s{}",
+        n.backlog_build.ok,
+        fmt_num(n.backlog_build.ok_per_s),
+        refused(&n.backlog_build),
+        n.hanging_endpoints,
+        n.hang_s,
+        fmt_num(n.a_trickle.ok_per_s),
+        refused(&n.a_trickle)
+    );
+    let _ = writeln!(
+        o,
+        "             B beside A for {} s (achieved {}/s{}): 2xx → receipt {} = {}× the baseline p99; {} requests held by A's endpoints",
+        fmt_num(n.noisy.load.elapsed_s),
+        fmt_num(n.noisy.load.ok_per_s),
+        refused(&n.noisy.load),
+        lat(&n.noisy.latency),
+        n.p99_ratio.map_or("?".into(), fmt_num),
+        n.hung_requests
+    );
+    let _ = writeln!(
+        o,
+        "             B's API latency alone {}; beside A {}",
+        lat(&n.baseline.load.api_latency),
+        lat(&n.noisy.load.api_latency)
+    );
+    match &n.delete {
+        Some(d) => {
+            let _ = writeln!(
+                o,
+                "             delete of the backlog endpoint: answered in {} ms; {} of {} deliveries failed in the background in {} s{}",
+                fmt_num(d.answer_ms),
+                d.cancelled,
+                d.backlog,
+                fmt_num(d.cancel_s),
+                if d.reached_backlog {
+                    ""
+                } else {
+                    " (stopped short: the counter stopped growing)"
+                }
+            );
+            let _ = writeln!(
+                o,
+                "             B during the delete: API {}; 2xx → receipt {}",
+                lat(&d.b_api_latency),
+                lat(&d.b_receipt_latency)
+            );
+        }
+        None => {
+            let _ = writeln!(o, "             the delete did not run");
+        }
+    }
+    let _ = writeln!(o, "             {}", usage(&n.noisy.usage));
+    let _ = writeln!(
+        o,
+        "             check (B): {}",
+        tally(&n.tally, Some(&n.receivers))
+    );
+}
+
 /// At most `n` items, evenly spread, the first and the last included.
 fn thin<T>(items: &[T], n: usize) -> Vec<&T> {
     if items.len() <= n || n < 2 {
@@ -991,6 +1105,9 @@ pub fn human(report: &Report) -> String {
     }
     if let Some(s) = &r.slow_clients {
         slow_clients_human(s, &mut o);
+    }
+    if let Some(n) = &r.noisy {
+        noisy_human(n, &mut o);
     }
     for (scenario, error) in &r.errors {
         let _ = writeln!(o, "{scenario}: DID NOT RUN: {error}");

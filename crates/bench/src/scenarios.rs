@@ -1,14 +1,16 @@
-//! The six scenarios of issue 7, the purge scenario of issue 12 ([`purge`]) and the
-//! slow-clients scenario of issue 14 ([`slow_clients`]). Each starts
-//! its own server on a fresh database, its own receivers and organizations, runs its phases,
-//! waits (bounded) for the deliveries, checks them against the outbox, and stops the server
-//! with SIGTERM.
+//! The six scenarios of issue 7, the purge scenario of issue 12 ([`purge`]), the
+//! slow-clients scenario of issue 14 ([`slow_clients`]) and the noisy-neighbour scenario of
+//! issue 11 ([`noisy`]). Each starts its own server on a fresh database, its own receivers
+//! and organizations, runs its phases, waits (bounded) for the deliveries, checks them against
+//! the outbox, and stops the server with SIGTERM.
 
+mod noisy;
 mod ordering;
 mod purge;
 mod rate_limit;
 mod slow_clients;
 
+pub use noisy::{Noisy, noisy};
 pub use ordering::{OrderingScenario, ordering};
 pub use purge::{Purge, PurgeMetrics, purge};
 pub use rate_limit::{RateLimit, rate_limit};

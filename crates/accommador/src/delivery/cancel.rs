@@ -6,6 +6,11 @@
 //! transaction, taking marked endpoints in turns, so one endpoint with a huge backlog never
 //! holds the SQLite writer or PostgreSQL's locks for long, and never delays another tenant's
 //! endpoint behind it.
+//!
+//! Closing an endpoint also records a fence: the highest delivery number at that moment. If
+//! the endpoint is enabled again before this task is done, the deliveries up to the fence still
+//! end failed (none of them is handed out or sent meanwhile), and those made after the
+//! re-enable, above it, are delivered as usual.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -46,6 +46,17 @@ impl WebhookClient {
         Ok(WebhookClient { http, guard })
     }
 
+    /// Resolves the host of `url` (a name, not an IP literal) ahead of the send; the
+    /// connection made for it then uses this answer ([`AddressGuard::look_up`]). A failure is
+    /// kept too, and reported by the attempt.
+    pub async fn look_up(&self, url: &str) {
+        if let Ok(u) = url::Url::parse(url)
+            && let Some(url::Host::Domain(name)) = u.host()
+        {
+            self.guard.look_up(name).await;
+        }
+    }
+
     /// Signs (with each of `secrets`, opened by the last check before the send) and sends one
     /// attempt; never fails, every outcome is an [`AttemptResult`].
     pub async fn attempt(&self, d: &DueDelivery, secrets: &[Secret]) -> AttemptResult {

@@ -9,7 +9,9 @@
 //! due time of a lane; it never polls. On PostgreSQL a lane whose due work other instances'
 //! leases hold back (the endpoint's or the organization's bound across instances) waits for
 //! one of them to be given up (`Wake::Freed`, announced by the instance that recorded it), or
-//! at the latest until the first of them runs out.
+//! at the latest until the first of them runs out. When every due lane's organization is near
+//! its bound, reads are spaced a few milliseconds apart so that the slots freed meanwhile are
+//! filled together, instead of one read per finished attempt.
 //!
 //! Per-endpoint policies ([`super::pacing`]): each lane knows its endpoint's rate limit and
 //! the concurrency adaptive concurrency allows (read with the endpoint's organization, again
@@ -46,6 +48,12 @@ const LANES_PER_STEP: usize = 256;
 
 /// Most deliveries leased ahead and queued, over all lanes (each queued one holds its payload).
 const QUEUED_AT_MOST: usize = 1024;
+
+/// When every due lane belongs to an organization near its bound, a read would start one or
+/// two deliveries per finished attempt (one event to 10,000 endpoints of one organization:
+/// 10,000 reads). Such reads wait until this long after the previous read, so the slots freed
+/// meanwhile are filled by one read. New work (a wake-up) is read at once.
+const CROWDED_READ_EVERY: Duration = Duration::from_millis(5);
 
 /// How late a paced send may start and still count from its reserved time (see
 /// [`Lane::next_paced`]): sends this little behind go out together at the next wake-up, later
@@ -168,6 +176,45 @@ struct Done {
     next_due: Option<Timestamp>,
 }
 
+/// A delivery the last checks before its send held back: nothing was sent.
+struct Unsent {
+    permit: tokio::sync::OwnedSemaphorePermit,
+    done: mpsc::UnboundedSender<Finished>,
+    store: Store,
+    in_flight: InFlight,
+    endpoint_id: String,
+    delivery_id: String,
+    lease: Option<String>,
+}
+
+impl Unsent {
+    /// Frees the slot, gives the lease back, and has the lane looked at again (at once, or in
+    /// a second when the endpoint could not be read).
+    async fn give_back(self, why: Checked) {
+        drop(self.permit);
+        let _ = self.done.send(Finished::Answered {
+            endpoint_id: self.endpoint_id.clone(),
+            signal: None,
+        });
+        if let Some(token) = self.lease
+            && let Err(e) = self
+                .store
+                .release_leases(token, vec![self.delivery_id.clone()])
+                .await
+        {
+            tracing::warn!(error = %e, "giving back an unsent lease failed; it expires");
+        }
+        let next_due =
+            matches!(why, Checked::Unknown).then(|| Timestamp(Timestamp::now().millis() + 1000));
+        self.in_flight.remove(&self.delivery_id);
+        let _ = self.done.send(Finished::Recorded(Done {
+            endpoint_id: self.endpoint_id,
+            delivery_id: self.delivery_id,
+            next_due,
+        }));
+    }
+}
+
 #[derive(Debug)]
 pub struct Dispatcher {
     store: Store,
@@ -214,6 +261,11 @@ pub struct Dispatcher {
     adjuster: mpsc::UnboundedSender<(String, Signal)>,
     /// Marks endpoints changed on this instance (a policy read before a change is read again).
     changes: EndpointChanges,
+    /// When the last read of due lanes began.
+    last_read: Instant,
+    /// No read before this (every due lane's organization was near its bound), unless a
+    /// wake-up brings new work.
+    read_after: Option<Instant>,
 }
 
 impl Dispatcher {
@@ -258,6 +310,8 @@ impl Dispatcher {
             rescan_pending: false,
             announcer: outbox.announcer.clone(),
             held: HashMap::new(),
+            last_read: Instant::now(),
+            read_after: None,
             targets: Targets::new(store.clone(), changes),
             store,
             client,
@@ -278,6 +332,7 @@ impl Dispatcher {
     }
 
     fn on_wake(&mut self, w: Wake) {
+        self.read_after = None;
         match w {
             Wake::Endpoint { endpoint_id, at } => self.wake(endpoint_id, at),
             Wake::Rescan => self.rescan_pending = true,
@@ -411,11 +466,18 @@ impl Dispatcher {
         let now = Timestamp::now();
         self.start_queued();
         self.reslot_missed().await;
+        if let Some(at) = self.read_after {
+            let left = at.saturating_duration_since(Instant::now());
+            if !left.is_zero() {
+                return Some(Timestamp(now.millis() + left.as_millis().max(1) as i64));
+            }
+            self.read_after = None;
+        }
         let bound = self.per_endpoint;
         self.learn_policies().await;
-        let mut org_busy = self.org_busy();
+        let org_busy = self.org_busy();
         // In flight and leased ahead, per organization: what leasing ahead may add up to.
-        let mut org_load = self.org_load();
+        let org_load = self.org_load();
         // A lane is read when it is due and has room: free slots, or room to lease ahead, and
         // its organization is under its bound. Organizations take turns, then their lanes.
         let mut ready: Vec<(Timestamp, String)> = self
@@ -424,6 +486,19 @@ impl Dispatcher {
             .filter(|(id, l)| self.has_room(l) && self.org_has_room(id, &org_busy))
             .filter_map(|(id, l)| l.due_at.filter(|d| *d <= now).map(|d| (d, id.clone())))
             .collect();
+        let crowded = |id: &String| {
+            let busy = org_busy.get(&self.org_key(id)).copied().unwrap_or(0);
+            self.per_org.saturating_sub(busy) < (self.per_org / 4).max(1)
+        };
+        if !ready.is_empty()
+            && self.last_read.elapsed() < CROWDED_READ_EVERY
+            && ready.iter().all(|(_, id)| crowded(id))
+        {
+            let at = self.last_read + CROWDED_READ_EVERY;
+            self.read_after = Some(at);
+            let left = at.saturating_duration_since(Instant::now());
+            return Some(Timestamp(now.millis() + left.as_millis().max(1) as i64));
+        }
         ready.sort();
         let mut ready = self.take_turns(ready, |(_, id)| id);
         ready.truncate(LANES_PER_STEP);
@@ -431,69 +506,110 @@ impl Dispatcher {
         let mut room = QUEUED_AT_MOST.saturating_sub(self.queued);
         let mut given_back = Vec::new();
         if !ready.is_empty() && permits + room > 0 {
-            let mut served = None;
-            let requests: Vec<LaneRequest> = ready
+            // Free slots (as far as the global bound has permits and the organization has
+            // room), then lease ahead (queued deliveries start only while their organization
+            // is under its bound: `start_queued`). Both are handed out one at a time to the
+            // lanes in turn: a lane's count is its free slots, not its due deliveries, so
+            // giving the first lanes all their slots would let a few lanes with one delivery
+            // each take the organization's whole room (one event to many endpoints).
+            let orgs: Vec<String> = ready.iter().map(|(_, id)| self.org_key(id)).collect();
+            let busy: Vec<usize> = ready
                 .iter()
                 .map(|(_, id)| {
                     let lane = &self.lanes[id];
-                    let busy = lane.active + lane.queued.len();
-                    let cap = lane.cap(bound);
-                    let org = org_busy.entry(self.org_key(id)).or_default();
-                    let org_room = self.per_org.saturating_sub(*org);
-                    let load = org_load.entry(self.org_key(id)).or_default();
-                    let load_room = self.per_org.saturating_sub(*load);
-                    let (now_startable, ahead, lease_ahead) =
-                        if let Some(rate) = lane.policy().rate_limit {
-                            // As many as may start within the pacing window and have a free
-                            // slot to start in; they wait for their send times in the queue,
-                            // taking no permit meanwhile.
-                            let want = pace_window(rate).min(cap.saturating_sub(lane.active));
-                            let n = want
-                                .saturating_sub(lane.queued.len())
-                                .min(room)
-                                .min(load_room);
-                            (0, n, 0)
-                        } else {
-                            // Free slots (as far as the global bound has permits and the
-                            // organization has room), then lease ahead: queued deliveries start
-                            // only while their organization is under its bound
-                            // (`start_queued`). An endpoint held below the bound leases no more
-                            // than it may have open.
-                            let now_startable = cap.saturating_sub(busy).min(permits).min(org_room);
-                            let lease_ahead = if cap < bound { 0 } else { self.ahead };
-                            let ahead = (cap + lease_ahead)
-                                .saturating_sub(busy + now_startable)
-                                .min(room)
-                                .min(load_room.saturating_sub(now_startable));
-                            (now_startable, ahead, lease_ahead)
-                        };
-                    *org += now_startable;
-                    *load += now_startable + ahead;
-                    permits -= now_startable;
-                    room -= ahead;
-                    if now_startable > 0 {
-                        served = Some(self.org_key(id));
-                    }
-                    // The bound across instances is the lane's own (PostgreSQL leases
-                    // within it; see `lane_work_within_caps`).
-                    let mut lease = self.lease.clone();
-                    lease.per_endpoint = cap;
-                    LaneRequest {
-                        endpoint_id: id.clone(),
-                        limit: now_startable + ahead,
-                        in_flight: lane.in_flight.iter().cloned().collect(),
-                        active: busy,
-                        ahead: lease_ahead,
-                        lease: Some(lease),
+                    lane.active + lane.queued.len()
+                })
+                .collect();
+            let caps: Vec<usize> = ready
+                .iter()
+                .map(|(_, id)| self.lanes[id].cap(bound))
+                .collect();
+            let rates: Vec<Option<u32>> = ready
+                .iter()
+                .map(|(_, id)| self.lanes[id].policy().rate_limit)
+                .collect();
+            let mut org_room: HashMap<String, usize> = orgs
+                .iter()
+                .map(|o| {
+                    let busy = org_busy.get(o).copied().unwrap_or(0);
+                    (o.clone(), self.per_org.saturating_sub(busy))
+                })
+                .collect();
+            // A rate-limited lane starts nothing at once: what it leases waits in its queue for
+            // its send time, taking no permit meanwhile.
+            let free: Vec<usize> = (0..ready.len())
+                .map(|i| match rates[i] {
+                    Some(_) => 0,
+                    None => caps[i].saturating_sub(busy[i]),
+                })
+                .collect();
+            let startable = take_in_turns(&free, &orgs, &mut org_room, &mut permits);
+            let mut org_ahead: HashMap<String, usize> = orgs
+                .iter()
+                .map(|o| {
+                    let load = org_load.get(o).copied().unwrap_or(0);
+                    (o.clone(), self.per_org.saturating_sub(load))
+                })
+                .collect();
+            for (o, n) in orgs.iter().zip(&startable) {
+                if let Some(left) = org_ahead.get_mut(o) {
+                    *left = left.saturating_sub(*n);
+                }
+            }
+            // What each lane may lease beyond: a rate-limited one, as many as may start within
+            // the pacing window and have a free slot to start in; an endpoint held below the
+            // bound, no more than it may have open; others, the bound again ahead.
+            let lease_ahead: Vec<usize> = (0..ready.len())
+                .map(|i| {
+                    if rates[i].is_some() || caps[i] < bound {
+                        0
+                    } else {
+                        self.ahead
                     }
                 })
-                .filter(|r| r.limit > 0)
                 .collect();
+            let more: Vec<usize> = ready
+                .iter()
+                .enumerate()
+                .map(|(i, (_, id))| {
+                    let lane = &self.lanes[id];
+                    match rates[i] {
+                        Some(rate) => pace_window(rate)
+                            .min(caps[i].saturating_sub(lane.active))
+                            .saturating_sub(lane.queued.len()),
+                        None => (caps[i] + lease_ahead[i]).saturating_sub(busy[i] + startable[i]),
+                    }
+                })
+                .collect();
+            let ahead = take_in_turns(&more, &orgs, &mut org_ahead, &mut room);
+            let mut served = None;
+            let mut requests = Vec::new();
+            for (i, (_, id)) in ready.iter().enumerate() {
+                if startable[i] > 0 {
+                    served = Some(orgs[i].clone());
+                }
+                if startable[i] + ahead[i] == 0 {
+                    continue;
+                }
+                // The bound across instances is the lane's own (PostgreSQL leases within it;
+                // see `lane_work_within_caps`).
+                let mut lease = self.lease.clone();
+                lease.per_endpoint = caps[i];
+                requests.push(LaneRequest {
+                    endpoint_id: id.clone(),
+                    limit: startable[i] + ahead[i],
+                    in_flight: self.lanes[id].in_flight.iter().cloned().collect(),
+                    active: busy[i],
+                    ahead: lease_ahead[i],
+                    lease: Some(lease),
+                });
+            }
             if served.is_some() {
                 self.last_served = served;
             }
             // Before the read: whatever changes after this instant is checked again at send.
             let leased_at = Instant::now();
+            self.last_read = leased_at;
             let reading = lane_work_within_caps(self.store.clone(), bound, requests, now);
             match self.while_waiting(reading).await {
                 Ok(work) => {
@@ -960,36 +1076,34 @@ impl Dispatcher {
         let store = self.store.clone();
         let changes = self.targets.changes().clone();
         tokio::spawn(async move {
-            let (endpoint_id, delivery_id, lease) =
-                (d.endpoint_id.clone(), d.id.clone(), d.lease_token.clone());
+            // Nothing is sent until the checks below pass: what to give back if one fails.
+            let unsent = Unsent {
+                permit,
+                done: done.clone(),
+                store: store.clone(),
+                in_flight: in_flight.clone(),
+                endpoint_id: d.endpoint_id.clone(),
+                delivery_id: d.id.clone(),
+                lease: d.lease_token.clone(),
+            };
+            let checked_at = Instant::now();
             let (d, secrets) = match targets.current(d, read_at).await {
                 Checked::Send(d, secrets) => (*d, secrets),
-                unsent => {
-                    // Nothing was sent: free the slot, give the lease back, and look at the
-                    // lane again (at once if the endpoint could not be read, in a second).
-                    drop(permit);
-                    let _ = done.send(Finished::Answered {
-                        endpoint_id: endpoint_id.clone(),
-                        signal: None,
-                    });
-                    if let Some(token) = lease
-                        && let Err(e) = store.release_leases(token, vec![delivery_id.clone()]).await
-                    {
-                        tracing::warn!(error = %e, "giving back an unsent lease failed; it expires");
-                    }
-                    let next_due = match unsent {
-                        Checked::Unknown => Some(Timestamp(Timestamp::now().millis() + 1000)),
-                        _ => None,
-                    };
-                    in_flight.remove(&delivery_id);
-                    let _ = done.send(Finished::Recorded(Done {
-                        endpoint_id,
-                        delivery_id,
-                        next_due,
-                    }));
-                    return;
+                other => return unsent.give_back(other).await,
+            };
+            // The host's look-up may take up to its bound: the endpoint is checked again after
+            // it (for any change since the first check began), just before the connection is
+            // made (the connection uses this look-up).
+            client.look_up(&d.url).await;
+            let (d, secrets) = if targets.fresh(&d.endpoint_id, checked_at) {
+                (d, secrets)
+            } else {
+                match targets.current(d, checked_at).await {
+                    Checked::Send(d, secrets) => (*d, secrets),
+                    other => return unsent.give_back(other).await,
                 }
             };
+            let permit = unsent.permit;
             let result = client.attempt(&d, &secrets).await;
             // The endpoint has answered: its slot and the global one are free again.
             drop(permit);
@@ -1215,4 +1329,63 @@ async fn lane_work_within_caps(
         work.extend(store.lane_work(requests, now).await?);
     }
     Ok(work)
+}
+
+/// Units of `total` handed out one at a time to lanes in turn (lane `i` takes at most
+/// `caps[i]`, and all lanes of organization `orgs[i]` together at most its `org_room`), until
+/// `total`, the rooms or the caps run out. What each lane got, in order.
+fn take_in_turns(
+    caps: &[usize],
+    orgs: &[String],
+    org_room: &mut HashMap<String, usize>,
+    total: &mut usize,
+) -> Vec<usize> {
+    let mut got = vec![0; caps.len()];
+    loop {
+        let mut gave = false;
+        for (i, cap) in caps.iter().enumerate() {
+            if *total == 0 {
+                return got;
+            }
+            let Some(room) = org_room.get_mut(&orgs[i]) else {
+                continue;
+            };
+            if got[i] < *cap && *room > 0 {
+                got[i] += 1;
+                *room -= 1;
+                *total -= 1;
+                gave = true;
+            }
+        }
+        if !gave {
+            return got;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::take_in_turns;
+
+    fn rooms(a: usize, b: usize) -> HashMap<String, usize> {
+        HashMap::from([("a".to_owned(), a), ("b".to_owned(), b)])
+    }
+
+    #[test]
+    fn slots_go_to_lanes_in_turn_within_their_organizations_room() {
+        let orgs: Vec<String> = ["a", "a", "a", "b"].map(str::to_owned).to_vec();
+        // Organization a has room for 4, b for 16; 16 slots in all; each lane could take 16.
+        let (mut room, mut total) = (rooms(4, 16), 16);
+        let got = take_in_turns(&[16, 16, 16, 16], &orgs, &mut room, &mut total);
+        // a's room is shared by its three lanes (not all of it to the first); b takes the rest.
+        assert_eq!(got, vec![2, 1, 1, 12]);
+        assert_eq!((room["a"], room["b"], total), (0, 4, 0));
+        // Each lane's cap holds.
+        let (mut room, mut total) = (rooms(64, 64), 100);
+        let got = take_in_turns(&[1, 0, 1, 1], &orgs, &mut room, &mut total);
+        assert_eq!(got, vec![1, 0, 1, 1]);
+        assert_eq!(total, 97);
+    }
 }

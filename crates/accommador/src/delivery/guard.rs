@@ -3,7 +3,10 @@
 //! Host names are resolved by our own [`Lookup`]; every answer is classified, and if any is
 //! blocked the name is refused (a name that mixes public and inner answers is a rebinding
 //! risk). The checked addresses are exactly the ones handed to the HTTP client, which does no
-//! second lookup, so DNS rebinding cannot switch them. reqwest does not consult a resolver for
+//! second lookup, so DNS rebinding cannot switch them. A send's look-up is made ahead of its
+//! request ([`AddressGuard::look_up`]), so the endpoint can be checked again between the
+//! look-up and the connection; the connection then uses that answer (for at most
+//! [`LOOKED_UP_FOR`]). reqwest does not consult a resolver for
 //! IP-literal URLs, so those are checked on their own path ([`AddressGuard::check_literal`]).
 //! The lookup is injectable so tests make any name resolve to any address without a network.
 
@@ -13,7 +16,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::domain::address::{self, Blocked};
 
@@ -51,6 +54,28 @@ enum Fixed {
     Answers(Vec<Vec<IpAddr>>),
     /// A resolver that never responds.
     Hang,
+    /// A slow resolver: answers once the gate opens.
+    Held(LookupGate, Vec<IpAddr>),
+}
+
+/// Holds the look-ups of one name of a [`FixedLookup`] until it opens.
+#[derive(Debug, Clone)]
+pub struct LookupGate {
+    open: Arc<tokio::sync::Semaphore>,
+    asked: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl LookupGate {
+    /// Lets every held look-up, and every later one, answer.
+    pub fn open(&self) {
+        self.open
+            .add_permits(tokio::sync::Semaphore::MAX_PERMITS / 2);
+    }
+
+    /// How many look-ups of the name have been asked so far.
+    pub fn asked(&self) -> usize {
+        self.asked.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 impl FixedLookup {
@@ -59,6 +84,20 @@ impl FixedLookup {
             .lock()
             .expect("lookup table")
             .insert(host.to_ascii_lowercase(), Fixed::Answers(answers));
+    }
+
+    /// From now on `host`'s look-ups wait until the returned gate opens, then answer
+    /// `answer`: a resolver that is slow for as long as a test needs.
+    pub fn hold(&self, host: &str, answer: Vec<IpAddr>) -> LookupGate {
+        let gate = LookupGate {
+            open: Arc::new(tokio::sync::Semaphore::new(0)),
+            asked: Arc::default(),
+        };
+        self.0
+            .lock()
+            .expect("lookup table")
+            .insert(host.to_ascii_lowercase(), Fixed::Held(gate.clone(), answer));
+        gate
     }
 
     /// From now on `host` never answers: its look-ups wait forever, as behind a resolver that
@@ -76,6 +115,14 @@ impl Lookup for FixedLookup {
         let mut table = self.0.lock().expect("lookup table");
         let answer = match table.get_mut(&host.to_ascii_lowercase()) {
             Some(Fixed::Hang) => return Box::pin(std::future::pending()),
+            Some(Fixed::Held(gate, answer)) => {
+                let (gate, answer) = (gate.clone(), answer.clone());
+                gate.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                return Box::pin(async move {
+                    let _ = gate.open.acquire().await;
+                    Ok(answer)
+                });
+            }
             Some(Fixed::Answers(list)) if list.len() > 1 => Ok(list.remove(0)),
             Some(Fixed::Answers(list)) => Ok(list.first().cloned().unwrap_or_default()),
             None => Err(std::io::Error::new(
@@ -120,11 +167,48 @@ impl std::error::Error for BlockedAddress {}
 /// answers cannot hold a request or a delivery worker.
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a look-up made ahead of a send ([`AddressGuard::look_up`]) answers the
+/// connections made for it (and other sends to the same host meanwhile).
+pub const LOOKED_UP_FOR: Duration = Duration::from_secs(1);
+
+/// Most names whose look-up ahead is kept.
+const LOOKED_UP_AT_MOST: usize = 4096;
+
+/// A look-up made ahead, as it ended.
+#[derive(Debug, Clone)]
+enum Answer {
+    Checked(Vec<IpAddr>),
+    Failed(std::io::ErrorKind, String),
+    Blocked(BlockedAddress),
+}
+
+impl Answer {
+    fn of(r: Result<Vec<IpAddr>, ResolveError>) -> Answer {
+        match r {
+            Ok(ips) => Answer::Checked(ips),
+            Err(ResolveError::Lookup(e)) => Answer::Failed(e.kind(), e.to_string()),
+            Err(ResolveError::Blocked(b)) => Answer::Blocked(b),
+        }
+    }
+
+    fn result(self) -> Result<Vec<IpAddr>, ResolveError> {
+        match self {
+            Answer::Checked(ips) => Ok(ips),
+            Answer::Failed(kind, message) => {
+                Err(ResolveError::Lookup(std::io::Error::new(kind, message)))
+            }
+            Answer::Blocked(b) => Err(ResolveError::Blocked(b)),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct AddressGuard {
     lookup: Arc<dyn Lookup>,
     allow_private: bool,
     lookup_timeout: Duration,
+    /// Look-ups made ahead of sends, by lower-cased name, with when they ended.
+    looked_up: Arc<Mutex<HashMap<String, (Instant, Answer)>>>,
 }
 
 impl AddressGuard {
@@ -133,7 +217,32 @@ impl AddressGuard {
             lookup,
             allow_private,
             lookup_timeout: LOOKUP_TIMEOUT,
+            looked_up: Arc::default(),
         }
+    }
+
+    /// Resolves `host` ahead of a send (bounded like every look-up): for [`LOOKED_UP_FOR`]
+    /// the connection made for the send, and other sends to `host`, use this answer instead
+    /// of looking up again. The dispatcher checks the endpoint once more after this, so a send
+    /// that waited on a slow resolver still goes out with the endpoint's latest values.
+    pub async fn look_up(&self, host: &str) {
+        let host = host.to_ascii_lowercase();
+        if self.looked_up_answer(&host).is_some() {
+            return;
+        }
+        let answer = Answer::of(self.resolve(&host).await);
+        let mut looked_up = self.looked_up.lock().expect("look-ups");
+        if looked_up.len() >= LOOKED_UP_AT_MOST {
+            looked_up.retain(|_, (at, _)| at.elapsed() < LOOKED_UP_FOR);
+        }
+        looked_up.insert(host, (Instant::now(), answer));
+    }
+
+    /// The answer of a recent [`AddressGuard::look_up`] of `host` (lower-cased), if any.
+    fn looked_up_answer(&self, host: &str) -> Option<Answer> {
+        let looked_up = self.looked_up.lock().expect("look-ups");
+        let (at, answer) = looked_up.get(host)?;
+        (at.elapsed() < LOOKED_UP_FOR).then(|| answer.clone())
     }
 
     /// The same guard with another bound on look-ups than [`LOOKUP_TIMEOUT`] (tests use a
@@ -228,9 +337,12 @@ impl std::error::Error for ResolveError {
 impl reqwest::dns::Resolve for AddressGuard {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let guard = self.clone();
-        let host = name.as_str().to_owned();
+        let host = name.as_str().to_ascii_lowercase();
         Box::pin(async move {
-            let ips = guard.resolve(&host).await?;
+            let ips = match guard.looked_up_answer(&host) {
+                Some(answer) => answer.result()?,
+                None => guard.resolve(&host).await?,
+            };
             let addrs: reqwest::dns::Addrs =
                 Box::new(ips.into_iter().map(|ip| SocketAddr::new(ip, 0)));
             Ok(addrs)
@@ -241,6 +353,39 @@ impl reqwest::dns::Resolve for AddressGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_look_up_made_ahead_answers_the_connection_without_asking_again() {
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let (g, lookup) = guard(true);
+        lookup.answer(
+            "ahead.test",
+            vec![vec![ip("93.184.216.34")], vec![ip("93.184.216.35")]],
+        );
+        g.look_up("Ahead.test").await;
+        // The connection's look-up gets the first answer: the name was asked once.
+        let resolved = reqwest::dns::Resolve::resolve(&g, "ahead.test".parse().unwrap())
+            .await
+            .unwrap()
+            .map(|a| a.ip())
+            .collect::<Vec<_>>();
+        assert_eq!(resolved, vec![ip("93.184.216.34")]);
+        // A failure is kept too, with its class: a blocked answer stays blocked.
+        let (strict, strict_lookup) = guard(false);
+        strict_lookup.answer(
+            "inner.test",
+            vec![vec![ip("10.0.0.1")], vec![ip("93.184.216.34")]],
+        );
+        strict.look_up("inner.test").await;
+        let e = reqwest::dns::Resolve::resolve(&strict, "inner.test".parse().unwrap())
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            e.downcast_ref::<ResolveError>()
+                .is_some_and(|e| matches!(e, ResolveError::Blocked(b) if b.host == "inner.test"))
+        );
+    }
 
     fn guard(allow: bool) -> (AddressGuard, FixedLookup) {
         let lookup = FixedLookup::default();

@@ -2,10 +2,12 @@
 //!
 //! A due delivery carries the URL and secrets that were read with it. Between that read and the
 //! send, the customer may change the endpoint (`PATCH` of the URL or status, a secret rotation,
-//! `DELETE`). Before each send the dispatcher asks [`Targets::current`]:
+//! `DELETE`). Before each send the dispatcher asks [`Targets::current`], and again after the
+//! host's look-up (which may take seconds), just before the connection is made:
 //! - on this instance, every change is marked in [`EndpointChanges`] before the API answers, so
 //!   a send whose data was read before a change reads the endpoint again: it goes to the new URL
-//!   with the new secrets, or not at all when the endpoint is disabled or deleted;
+//!   with the new secrets, or not at all when the endpoint is disabled or deleted, or when the
+//!   delivery was queued before the endpoint was last closed (its cancel fence);
 //! - on a shared database another instance may have made the change: data older than
 //!   [`UNCHECKED_AT_MOST`] is read again, so no send starts with old values more than 1 s after
 //!   another instance answered.
@@ -31,8 +33,8 @@ pub enum Checked {
     /// Send it (with the endpoint's current URL), signed with these secrets (opened, the
     /// current one first; never empty).
     Send(Box<DueDelivery>, Vec<Secret>),
-    /// The endpoint is disabled or deleted: send nothing. The change that did it has already
-    /// ended the delivery (`failed`, `endpoint_disabled`).
+    /// The endpoint is disabled or deleted, or was when the delivery was queued: send
+    /// nothing. The background cancel ends the delivery (`failed`, `endpoint_disabled`).
     Cancelled,
     /// The endpoint, or its secrets, could not be read: send nothing now, try again shortly.
     Unknown,
@@ -66,7 +68,7 @@ impl Targets {
     }
 
     /// Whether data read at `read_at` may still be used for a send to `endpoint_id`.
-    fn fresh(&self, endpoint_id: &str, read_at: Instant) -> bool {
+    pub fn fresh(&self, endpoint_id: &str, read_at: Instant) -> bool {
         !self.changes.changed_since(endpoint_id, read_at)
             && (!self.shared || read_at.elapsed() <= UNCHECKED_AT_MOST)
     }
@@ -106,6 +108,9 @@ impl Targets {
             }
         };
         match target {
+            // Queued before the endpoint was last closed: failed in the background, even if
+            // the endpoint has been enabled again since.
+            Some(t) if t.fenced(d.seq) => Checked::Cancelled,
             Some(t) => {
                 d.url = t.url;
                 d.secrets = t.secrets;

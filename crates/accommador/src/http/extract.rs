@@ -3,10 +3,8 @@
 //! caller's organization from its API key (429 over the limits), and query strings that reject
 //! unknown parameters.
 
-use std::net::SocketAddr;
-
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Query, Request};
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::{StatusCode, header, request::Parts};
 use serde_json::{Map, Value};
 
@@ -102,10 +100,7 @@ impl FromRequestParts<AppState> for Org {
         // A key that authenticated here before goes even from a throttled address; any other
         // is counted against its address, and refused without a database read while that
         // address is over its failures.
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip());
+        let peer = super::client_addr::client_addr(parts, state.ui.trust_proxy);
         let pending = throttle
             .admit(peer, &digest)
             .await

@@ -3,6 +3,7 @@
 //! [`ui`] is the delivery-log UI, a client of the same service layer.
 
 pub mod api_keys;
+pub mod client_addr;
 pub mod deliveries;
 pub mod endpoints;
 pub mod error;

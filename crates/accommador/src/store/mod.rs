@@ -697,6 +697,9 @@ pub struct FanOut {
 #[derive(Clone)]
 pub struct DueDelivery {
     pub id: String,
+    /// The delivery's number: those at or below an endpoint's cancel fence
+    /// ([`SendTarget::cancel_through`]) were queued before it was closed and are never sent.
+    pub seq: i64,
     pub event_id: String,
     pub endpoint_id: String,
     pub url: String,
@@ -763,12 +766,23 @@ fn cancel_reason(disabled_reason: Option<String>, deleted: bool) -> String {
 pub struct SendTarget {
     pub url: String,
     pub secrets: Vec<String>,
+    /// Set while the deliveries queued before a disable or delete are being failed in the
+    /// background after the endpoint was enabled again: those numbered up to it are not sent.
+    pub cancel_through: Option<i64>,
+}
+
+impl SendTarget {
+    /// Whether the delivery numbered `seq` was queued before the endpoint was last closed and
+    /// is still being failed for it (so it must not be sent).
+    pub fn fenced(&self, seq: i64) -> bool {
+        self.cancel_through.is_some_and(|fence| seq <= fence)
+    }
 }
 
 /// The statement both backends read a [`SendTarget`] with (`?1`/`$1` the endpoint, `?2`/`$2`
 /// now): one row per signing secret, the current one first; none when the endpoint is
 /// disabled or deleted.
-const SEND_TARGET_SQL: &str = "SELECT ep.url, s.secret FROM endpoints ep
+const SEND_TARGET_SQL: &str = "SELECT ep.url, s.secret, ep.cancel_through FROM endpoints ep
      JOIN endpoint_secrets s ON s.endpoint_id = ep.id
          AND (s.expires_at IS NULL OR s.expires_at > $2)
      WHERE ep.id = $1 AND ep.status = 'enabled' AND ep.deleted_at IS NULL
@@ -776,12 +790,13 @@ const SEND_TARGET_SQL: &str = "SELECT ep.url, s.secret FROM endpoints ep
                        WHERE o.id = ep.org_id AND o.deleted_at IS NOT NULL)
      ORDER BY s.expires_at IS NOT NULL, s.created_at DESC";
 
-/// Rows of (url, secret) from [`SEND_TARGET_SQL`] as a target.
-fn send_target_from(rows: Vec<(String, String)>) -> Option<SendTarget> {
-    let url = rows.first()?.0.clone();
+/// Rows of (url, secret, cancel fence) from [`SEND_TARGET_SQL`] as a target.
+fn send_target_from(rows: Vec<(String, String, Option<i64>)>) -> Option<SendTarget> {
+    let (url, _, cancel_through) = rows.first()?.clone();
     Some(SendTarget {
         url,
-        secrets: rows.into_iter().map(|(_, s)| s).collect(),
+        secrets: rows.into_iter().map(|(_, s, _)| s).collect(),
+        cancel_through,
     })
 }
 

@@ -75,6 +75,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0015_ordering.sql"),
     include_str!("../../migrations/postgres/0016_rate_limit.sql"),
     include_str!("../../migrations/postgres/0017_rollups.sql"),
+    include_str!("../../migrations/postgres/0018_tenants.sql"),
 ];
 /// Most events numbered by one sequencer step.
 const SEQUENCE_STEP: i64 = 1000;
@@ -769,8 +770,11 @@ impl PgStore {
             "UPDATE endpoints SET url = $1, event_types = $2, description = $3, status = $4,
                  disabled_reason = $5,
                  failing_since = CASE WHEN $4 = 'enabled' THEN NULL ELSE failing_since END,
-                 cancel_pending = ($4 = 'disabled'), updated_at = $6, ordering = $9,
-                 rate_limit = $10
+                 cancel_pending = ($4 = 'disabled' OR cancel_pending),
+                 cancel_through = CASE WHEN $4 = 'disabled'
+                     THEN (SELECT COALESCE(max(seq), 0) FROM deliveries)
+                     ELSE cancel_through END,
+                 updated_at = $6, ordering = $9, rate_limit = $10
              WHERE id = $7 AND org_id = $8",
             &[
                 &next.url,
@@ -788,7 +792,9 @@ impl PgStore {
         .await
         .map_err(pg_err)?;
         // Disabled: its pending deliveries are failed in the background, in bounded batches
-        // (`cancel_step`); none is leased from now on.
+        // (`cancel_step`); none is leased from now on. Enabled again before that is over:
+        // those queued before the disable (up to the fence) still fail. The row was locked
+        // above, so the fence's statement sees every delivery a fan-out made for it.
         let event = OperationalEvent::for_endpoint_change(&e, &next);
         if let Some(event) = &event {
             insert_operational_event(&tx, &org, event).await?;
@@ -806,9 +812,15 @@ impl PgStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
         let now = Timestamp::now();
+        // Locked first, so the next statement's fence sees every delivery a fan-out that
+        // held the row made for it.
+        live_endpoint(&tx, &org, &id, true)
+            .await?
+            .ok_or(StoreError::NotFound)?;
         let changed = tx
             .run(
-                "UPDATE endpoints SET deleted_at = $1, updated_at = $1, cancel_pending = true
+                "UPDATE endpoints SET deleted_at = $1, updated_at = $1, cancel_pending = true,
+                     cancel_through = (SELECT COALESCE(max(seq), 0) FROM deliveries)
                  WHERE id = $2 AND org_id = $3 AND deleted_at IS NULL",
                 &[&now.millis(), &id, &org],
             )

@@ -69,6 +69,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0013_ordering.sql"),
     include_str!("../../migrations/sqlite/0014_rate_limit.sql"),
     include_str!("../../migrations/sqlite/0015_rollups.sql"),
+    include_str!("../../migrations/sqlite/0016_tenants.sql"),
 ];
 
 pub mod backup;
@@ -576,8 +577,11 @@ impl SqliteStore {
                 "UPDATE endpoints SET url = ?1, event_types = ?2, description = ?3, status = ?4,
                     disabled_reason = ?5,
                     failing_since = CASE WHEN ?4 = 'enabled' THEN NULL ELSE failing_since END,
-                    cancel_pending = (?4 = 'disabled'), updated_at = ?6, ordering = ?9,
-                    rate_limit = ?10
+                    cancel_pending = CASE WHEN ?4 = 'disabled' THEN 1 ELSE cancel_pending END,
+                    cancel_through = CASE WHEN ?4 = 'disabled'
+                        THEN (SELECT COALESCE(max(seq), 0) FROM deliveries)
+                        ELSE cancel_through END,
+                    updated_at = ?6, ordering = ?9, rate_limit = ?10
                  WHERE id = ?7 AND org_id = ?8",
             )
             .and_then(|mut s| {
@@ -596,7 +600,8 @@ impl SqliteStore {
             })
             .map_err(db_err)?;
             // Disabled: its pending deliveries are failed in the background, in bounded
-            // batches (`cancel_step`); none is handed out from now on.
+            // batches (`cancel_step`); none is handed out from now on. Enabled again before
+            // that is over: those queued before the disable (up to the fence) still fail.
             let event = OperationalEvent::for_endpoint_change(&e, &next);
             if let Some(event) = &event {
                 insert_operational_event(c, &org, event)?;
@@ -610,7 +615,8 @@ impl SqliteStore {
         self.write(move |c| {
             let changed = c
                 .prepare_cached(
-                    "UPDATE endpoints SET deleted_at = ?1, updated_at = ?1, cancel_pending = 1
+                    "UPDATE endpoints SET deleted_at = ?1, updated_at = ?1, cancel_pending = 1,
+                         cancel_through = (SELECT COALESCE(max(seq), 0) FROM deliveries)
                      WHERE id = ?2 AND org_id = ?3 AND deleted_at IS NULL",
                 )
                 .and_then(|mut s| s.execute(params![Timestamp::now().millis(), id, org]))

@@ -1,6 +1,7 @@
 //! Limits that keep one tenant, or one client, from hurting the others: the per-organization
 //! API rate limit (`ACCOMMADOR_ORG_RATE_LIMIT`), the throttle on failed authentications per
-//! client address, and `/metrics` labels that no request can multiply.
+//! client address (behind a trusted proxy, the address it forwards), and `/metrics` labels
+//! that no request can multiply.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
@@ -191,19 +192,34 @@ fn client_from(ip: Ipv4Addr) -> Client {
 }
 
 async fn get_with(client: &Client, app: &TestApp, key: &str) -> Response {
-    client
-        .get(app.url("/v1/users"))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
+    get_via(client, app, key, &[]).await
+}
+
+/// `GET /v1/users` with `key` and extra `headers` (what a reverse proxy adds).
+async fn get_via(client: &Client, app: &TestApp, key: &str, headers: &[(&str, &str)]) -> Response {
+    let mut request = client.get(app.url("/v1/users")).bearer_auth(key);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap()
 }
 
 /// Sends wrong keys from `client` until one is answered 429 (only 401s before it): how many
 /// 401s came first, and until when the throttle holds at least (from its `Retry-After`).
 async fn flood(client: &Client, app: &TestApp) -> (usize, Instant) {
+    flood_via(client, app, |_| Vec::new()).await
+}
+
+/// [`flood`] with the headers `headers(i)` on the `i`-th request.
+async fn flood_via(
+    client: &Client,
+    app: &TestApp,
+    headers: impl Fn(usize) -> Vec<(&'static str, String)>,
+) -> (usize, Instant) {
     for i in 0..200 {
-        let r = get_with(client, app, &format!("wrong-key-{i}")).await;
+        let extra = headers(i);
+        let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = get_via(client, app, &format!("wrong-key-{i}"), &extra).await;
         if r.status() == StatusCode::TOO_MANY_REQUESTS {
             let holds = Instant::now() + Duration::from_secs(retry_after(&r) - 1);
             let body = problem(r, StatusCode::TOO_MANY_REQUESTS).await;
@@ -221,8 +237,20 @@ async fn flood(client: &Client, app: &TestApp) -> (usize, Instant) {
 /// Makes sure `client`'s address is throttled for at least `for_at_least` more (on a slow
 /// machine the window may be about to end: then waits it out and starts a new one).
 async fn throttled(client: &Client, app: &TestApp, for_at_least: Duration) -> Instant {
+    throttled_via(client, app, &[], for_at_least).await
+}
+
+/// [`throttled`] for requests that carry `headers`.
+async fn throttled_via(
+    client: &Client,
+    app: &TestApp,
+    headers: &[(&'static str, &str)],
+    for_at_least: Duration,
+) -> Instant {
+    let owned: Vec<(&'static str, String)> =
+        headers.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
     loop {
-        let (_, holds) = flood(client, app).await;
+        let (_, holds) = flood_via(client, app, |_| owned.clone()).await;
         if holds.saturating_duration_since(Instant::now()) >= for_at_least {
             return holds;
         }
@@ -289,6 +317,113 @@ async fn failed_authentications_are_throttled_per_client_address() {
         }
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     }
+}
+
+/// Behind a reverse proxy every request comes from the proxy's address: with
+/// `ACCOMMADOR_TRUST_PROXY=true` the throttle counts the client the proxy names instead (the
+/// entry the proxy added, not one the client sent), so one client's wrong keys do not lock out
+/// everyone behind the same proxy.
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_forwarded_client_is_throttled_not_the_proxy() {
+    let app = spawn_app_with(|s| s.trust_proxy = true).await;
+    let other = app.create_org("Behind the proxy").await;
+    let proxy = client_from(Ipv4Addr::new(127, 0, 0, 1));
+    // The client sent its own X-Forwarded-For naming someone else; the proxy appended the
+    // address it saw.
+    let attacker = [("x-forwarded-for", "198.51.100.99, 203.0.113.7")];
+
+    let (failures, _) = flood_via(&proxy, &app, |_| {
+        vec![("x-forwarded-for", "198.51.100.99, 203.0.113.7".to_owned())]
+    })
+    .await;
+    assert!(failures >= 20, "throttled after only {failures} failures");
+    let holds = throttled_via(&proxy, &app, &attacker, Duration::from_secs(3)).await;
+
+    // The same client, however it names itself first, or in the standard header.
+    let r = get_via(&proxy, &app, &other.key, &attacker).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let r = get_via(
+        &proxy,
+        &app,
+        &other.key,
+        &[("x-forwarded-for", "192.0.2.1, 203.0.113.7")],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let r = get_via(
+        &proxy,
+        &app,
+        "wrong-key-forwarded",
+        &[("forwarded", "for=\"203.0.113.7:5000\";proto=https")],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+
+    // Other clients of the same proxy are not held back, with a good key or a wrong one.
+    let r = get_via(
+        &proxy,
+        &app,
+        &other.key,
+        &[("x-forwarded-for", "203.0.113.8")],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = get_via(
+        &proxy,
+        &app,
+        "wrong-key-neighbour",
+        &[("forwarded", "for=\"[2001:db8::8]\"")],
+    )
+    .await;
+    problem(r, StatusCode::UNAUTHORIZED).await;
+    // A request without the header counts against the proxy's own address, which is free.
+    let r = get_with(&proxy, &app, &other.key).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        Instant::now() < holds,
+        "the machine is too slow: the window ended during the checks"
+    );
+}
+
+/// Without `ACCOMMADOR_TRUST_PROXY` the forwarding headers are never believed: a client
+/// cannot escape the throttle by naming a new address on every request.
+#[tokio::test]
+async fn forwarding_headers_are_ignored_unless_the_proxy_is_trusted() {
+    let app = spawn_app().await;
+    let other = app.create_org("Direct").await;
+    let here = client_from(Ipv4Addr::new(127, 0, 0, 1));
+    let elsewhere = client_from(Ipv4Addr::new(127, 0, 0, 2));
+
+    let (failures, _) = flood_via(&here, &app, |i| {
+        vec![
+            ("x-forwarded-for", format!("198.51.100.{}", i % 250)),
+            ("forwarded", format!("for=203.0.113.{}", i % 250)),
+        ]
+    })
+    .await;
+    assert!(failures >= 20, "throttled after only {failures} failures");
+    let holds = throttled(&here, &app, Duration::from_secs(3)).await;
+    let r = get_via(
+        &here,
+        &app,
+        &other.key,
+        &[("x-forwarded-for", "192.0.2.200")],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    // The socket address decides: another one is free.
+    let r = get_via(
+        &elsewhere,
+        &app,
+        &other.key,
+        &[("x-forwarded-for", "127.0.0.1")],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        Instant::now() < holds,
+        "the machine is too slow: the window ended during the checks"
+    );
 }
 
 #[tokio::test]

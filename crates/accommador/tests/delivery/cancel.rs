@@ -138,18 +138,7 @@ async fn deleting_an_endpoint_with_a_backlog_sends_nothing_more_and_fails_it_all
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     // In the background every delivery ends failed (the one in flight too: its reply is held
     // for a minute), each with the reason in its log.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let failed = count(&app, &t, &ep.id, "failed").await;
-        if failed == n {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{failed} of {n} deliveries failed"
-        );
-        tokio::time::sleep(ms(100)).await;
-    }
+    wait_until_failed(&app, &t, &ep.id, n).await;
     let sample = deliveries_of(&app, &t, &ep.id).await;
     let log = attempts(&app, &t, sample[0]["id"].as_str().unwrap()).await;
     assert_eq!(log[0]["error_class"], "endpoint_disabled");
@@ -196,9 +185,10 @@ async fn an_enabled_endpoint_is_never_cancelled_even_if_marked() {
 }
 
 #[tokio::test]
-async fn re_enabling_during_the_background_failing_stops_it_where_it_is() {
-    // Disabled with 1,200 pending, one batch of 1,000 failed, then enabled again: the
-    // remaining 200 stay pending (they are delivered), and nothing fails them later.
+async fn re_enabling_during_the_background_failing_still_fails_what_was_queued_before() {
+    // Disabled with 1,200 pending, one batch of 1,000 failed, then enabled again: the other
+    // 200 were queued before the disable, so they end failed too (DESIGN §10); deliveries
+    // made after the re-enable are the endpoint's to send.
     let app = Arc::new(spawn_api_only().await);
     let t = app.create_org("Acme").await;
     let ep = endpoint(&app, &t, "http://127.0.0.1:9/never", None).await;
@@ -220,7 +210,104 @@ async fn re_enabling_during_the_background_failing_stops_it_where_it_is() {
             .status(),
         StatusCode::OK
     );
-    assert_eq!(store.cancel_step(None).await.unwrap(), None);
-    assert_eq!(count(&app, &t, &ep.id, "failed").await, CANCEL_BATCH);
-    assert_eq!(count(&app, &t, &ep.id, "pending").await, 200);
+    let after = 3;
+    for i in 0..after {
+        app.create_user(&t, json!({ "email": format!("later{i}@example.com") }))
+            .await;
+    }
+    while store.fan_out().await.unwrap().events > 0 {}
+
+    assert_eq!(
+        store.cancel_step(None).await.unwrap(),
+        Some(CancelStep {
+            endpoint_id: ep.id.clone(),
+            failed: 200
+        })
+    );
+    assert_eq!(store.cancel_step(None).await.unwrap(), None, "nothing left");
+    assert_eq!(count(&app, &t, &ep.id, "failed").await, n);
+    assert_eq!(count(&app, &t, &ep.id, "pending").await, after);
+    // The ones made after the re-enable are the newest, and untouched.
+    let newest = deliveries_of(&app, &t, &ep.id).await;
+    assert!(
+        newest[..after].iter().all(|d| d["status"] == "pending"),
+        "{:?}",
+        &newest[..after]
+    );
+    let log = attempts(&app, &t, newest[after]["id"].as_str().unwrap()).await;
+    assert_eq!(log[0]["error_class"], "endpoint_disabled");
+}
+
+#[tokio::test]
+async fn after_a_quick_disable_and_re_enable_only_later_deliveries_are_sent() {
+    let app = Arc::new(
+        spawn_app_with(|s| {
+            s.retry_schedule = vec![Duration::from_secs(1); 20];
+            s.endpoint_concurrency = 1;
+        })
+        .await,
+    );
+    let t = app.create_org("Acme").await;
+    let rx = Receiver::start().await;
+    // Every attempt fails and is retried a second later: the backlog stays pending, and is
+    // sent again and again unless it is failed.
+    rx.default_reply(Reply::status(503));
+    let ep = endpoint(&app, &t, &rx.url("/flip"), None).await;
+    let n = 1500;
+    create_users(&app, &t, n).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while count(&app, &t, &ep.id, "pending").await < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "fan-out never made all {n} deliveries"
+        );
+        tokio::time::sleep(ms(50)).await;
+    }
+
+    // Disabled and enabled again at once, before the background failing can be over.
+    let path = format!("/v1/endpoints/{}", ep.id);
+    let r = app.patch(&t, &path, &json!({"status": "disabled"})).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let sent_before = rx.received("/flip").len();
+    let r = app.patch(&t, &path, &json!({"status": "enabled"})).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let later = app
+        .create_user(&t, json!({"email": "after-the-re-enable@example.com"}))
+        .await;
+    let later_id = later["id"].as_str().unwrap().to_owned();
+
+    // The user made after the re-enable is sent; all n queued before the disable end failed.
+    let got = rx.wait_for_body("/flip", &later_id, WAIT).await;
+    verify(&ep.secret, &got);
+    wait_until_failed(&app, &t, &ep.id, n).await;
+    // Over two more retry intervals, none of them is sent again: only the one attempt that may
+    // have been in flight when the disable answered.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let old_sends = rx
+        .received("/flip")
+        .iter()
+        .filter(|r| !String::from_utf8_lossy(&r.body).contains(&later_id))
+        .count();
+    assert!(
+        old_sends <= sent_before + 1,
+        "{} sends of deliveries queued before the disable after it answered",
+        old_sends - sent_before
+    );
+    assert_eq!(count(&app, &t, &ep.id, "pending").await, 1, "the later one");
+}
+
+/// Waits (at most a minute) until `n` deliveries of the endpoint have ended failed.
+async fn wait_until_failed(app: &TestApp, t: &Tenant, endpoint_id: &str, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let failed = count(app, t, endpoint_id, "failed").await;
+        if failed == n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{failed} of {n} deliveries failed"
+        );
+        tokio::time::sleep(ms(100)).await;
+    }
 }

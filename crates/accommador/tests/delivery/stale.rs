@@ -197,3 +197,91 @@ async fn after_disabling_a_queued_delivery_is_not_sent_and_ends_endpoint_disable
 async fn after_deleting_a_queued_delivery_is_not_sent_and_ends_endpoint_disabled() {
     ending_the_endpoint_sends_nothing_more(true).await;
 }
+
+/// An endpoint at `slow.test` (resolving to the receiver), whose look-ups are then held until
+/// the returned gate opens; one user's delivery is started and waits on its look-up.
+async fn a_send_waiting_on_its_look_up(
+    app: &TestApp,
+    t: &Tenant,
+    rx: &Receiver,
+) -> (Endpoint, accommador::delivery::guard::LookupGate) {
+    let loopback = vec!["127.0.0.1".parse().unwrap()];
+    app.lookup.answer("slow.test", vec![loopback.clone()]);
+    let ep = endpoint(
+        app,
+        t,
+        &rx.url("/old").replace("127.0.0.1", "slow.test"),
+        None,
+    )
+    .await;
+    let gate = app.lookup.hold("slow.test", loopback);
+    app.create_user(t, json!({"email": "slow@example.com"}))
+        .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while gate.asked() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the delivery never looked its host up"
+        );
+        tokio::time::sleep(ms(10)).await;
+    }
+    (ep, gate)
+}
+
+#[tokio::test]
+async fn a_send_held_up_by_a_slow_look_up_goes_to_the_url_patched_meanwhile() {
+    let app = spawn_app_with(|s| s.retry_schedule = vec![ms(50)]).await;
+    let t = app.create_org("Acme").await;
+    let rx = Receiver::start().await;
+    let (ep, gate) = a_send_waiting_on_its_look_up(&app, &t, &rx).await;
+
+    let r = app
+        .patch(
+            &t,
+            &format!("/v1/endpoints/{}", ep.id),
+            &json!({"url": rx.url("/new")}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    // The resolver answers only now, after the change has answered.
+    gate.open();
+
+    let got = rx.wait_for("/new", 1, WAIT).await;
+    verify(&ep.secret, &got[0]);
+    let d = eventually(
+        &app,
+        &t,
+        &format!("/v1/deliveries?endpoint_id={}", ep.id),
+        |v| v["data"][0]["status"] == "succeeded",
+    )
+    .await;
+    let id = d["data"][0]["id"].as_str().unwrap();
+    assert_eq!(attempts(&app, &t, id).await.len(), 1);
+    assert!(rx.received("/old").is_empty(), "sent to the removed URL");
+}
+
+#[tokio::test]
+async fn a_send_held_up_by_a_slow_look_up_is_not_made_after_a_delete() {
+    let app = spawn_app_with(|s| s.retry_schedule = vec![ms(50)]).await;
+    let t = app.create_org("Acme").await;
+    let rx = Receiver::start().await;
+    let (ep, gate) = a_send_waiting_on_its_look_up(&app, &t, &rx).await;
+
+    let r = app.delete(&t, &format!("/v1/endpoints/{}", ep.id)).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    gate.open();
+
+    let d = eventually(
+        &app,
+        &t,
+        &format!("/v1/deliveries?endpoint_id={}", ep.id),
+        |v| v["data"][0]["status"] == "failed",
+    )
+    .await;
+    let log = attempts(&app, &t, d["data"][0]["id"].as_str().unwrap()).await;
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0]["error_class"], "endpoint_disabled");
+    // Given time to go out, had it been sent.
+    tokio::time::sleep(ms(300)).await;
+    assert!(rx.received("/old").is_empty(), "sent to a deleted endpoint");
+}

@@ -441,20 +441,22 @@ async fn sign_in(
     }
 }
 
-/// The client's address, when the server knows it.
+/// The client's address, when the server knows it (the proxy's word for it with
+/// `ACCOMMADOR_TRUST_PROXY`).
 #[derive(Debug)]
 struct Peer(Option<std::net::IpAddr>);
 
-impl<S: Send + Sync> FromRequestParts<S> for Peer {
+impl FromRequestParts<AppState> for Peer {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Peer(
-            parts
-                .extensions
-                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                .map(|c| c.0.ip()),
-        ))
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Peer(crate::http::client_addr::client_addr(
+            parts,
+            state.ui.trust_proxy,
+        )))
     }
 }
 

@@ -85,7 +85,8 @@ async fn disable_endpoint(
         .fetch_one(
             &format!(
                 "UPDATE endpoints SET status = 'disabled', disabled_reason = $2, updated_at = $3,
-                     cancel_pending = true
+                     cancel_pending = true,
+                     cancel_through = (SELECT COALESCE(max(seq), 0) FROM deliveries)
                  WHERE id = $1
                  RETURNING {ENDPOINT_COLUMNS}, org_id, deleted_at IS NULL AS live"
             ),
@@ -474,8 +475,9 @@ impl PgStore {
     /// One bounded step of failing the pending deliveries of disabled or deleted endpoints:
     /// up to [`CANCEL_BATCH`] deliveries of the first such endpoint after `after`, in one
     /// statement, skipping rows locked by an attempt being recorded right now (a later step
-    /// takes them if they are still pending). `None` when there is no such endpoint after
-    /// `after`.
+    /// takes them if they are still pending). An endpoint enabled again meanwhile still loses
+    /// those queued before it was closed (up to its fence, `cancel_through`), not the ones made
+    /// since. `None` when there is no such endpoint after `after`.
     pub async fn cancel_step(
         &self,
         after: Option<String>,
@@ -483,9 +485,7 @@ impl PgStore {
         let client = self.background_client().await?;
         let Some(found) = client
             .fetch_opt(
-                "SELECT id, disabled_reason, deleted_at IS NOT NULL,
-                        status = 'enabled' AND deleted_at IS NULL
-                 FROM endpoints
+                "SELECT id, disabled_reason, deleted_at IS NOT NULL FROM endpoints
                  WHERE cancel_pending AND id > $1 ORDER BY id LIMIT 1",
                 &[&after.unwrap_or_default()],
             )
@@ -495,32 +495,19 @@ impl PgStore {
             return Ok(None);
         };
         let id: String = found.get(0);
-        if found.get::<_, bool>(3) {
-            // Enabled again: its deliveries are its own to send.
-            client
-                .run(
-                    "UPDATE endpoints SET cancel_pending = false
-                     WHERE id = $1 AND status = 'enabled' AND deleted_at IS NULL",
-                    &[&id],
-                )
-                .await
-                .map_err(pg_err)?;
-            return Ok(Some(CancelStep {
-                endpoint_id: id,
-                failed: 0,
-            }));
-        }
         let reason = cancel_reason(found.get(1), found.get(2));
         let now = Timestamp::now().millis();
-        // Only while the endpoint is still marked: a re-enabled one keeps its deliveries.
+        // Closed: everything pending goes. Enabled again: only what the fence covers (read
+        // again here, so a re-enable between the two statements is respected).
         let failed = client
             .run(
                 &format!(
                     "WITH batch AS (
-                     SELECT d.id FROM deliveries d
+                     SELECT d.id FROM deliveries d, endpoints ep
                      WHERE d.endpoint_id = $1 AND d.status = 'pending'
-                       AND EXISTS (SELECT 1 FROM endpoints WHERE id = $1 AND cancel_pending
-                                   AND (status <> 'enabled' OR deleted_at IS NOT NULL))
+                       AND ep.id = $1 AND ep.cancel_pending
+                       AND (ep.status <> 'enabled' OR ep.deleted_at IS NOT NULL
+                            OR d.seq <= ep.cancel_through)
                      LIMIT $4 FOR UPDATE OF d SKIP LOCKED),
                  failed AS (
                      UPDATE deliveries d SET status = 'failed',
@@ -555,9 +542,12 @@ impl PgStore {
         if (failed as usize) < CANCEL_BATCH {
             client
                 .run(
-                    "UPDATE endpoints SET cancel_pending = false
-                     WHERE id = $1 AND NOT EXISTS (
-                         SELECT 1 FROM deliveries WHERE endpoint_id = $1 AND status = 'pending')",
+                    "UPDATE endpoints ep SET cancel_pending = false, cancel_through = NULL
+                     WHERE ep.id = $1 AND NOT EXISTS (
+                         SELECT 1 FROM deliveries d
+                         WHERE d.endpoint_id = $1 AND d.status = 'pending'
+                           AND (ep.status <> 'enabled' OR ep.deleted_at IS NOT NULL
+                                OR d.seq <= ep.cancel_through))",
                     &[&id],
                 )
                 .await
@@ -593,7 +583,9 @@ impl PgStore {
             .await
             .map_err(pg_err)?;
         Ok(send_target_from(
-            rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
+            rows.iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2)))
+                .collect(),
         ))
     }
 

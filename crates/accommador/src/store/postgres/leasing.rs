@@ -86,6 +86,8 @@ const LEASE_LANES: &str = "WITH clock AS MATERIALIZED (SELECT accommador_now_ms(
                  SELECT d.id FROM deliveries d
                  WHERE d.endpoint_id = l.endpoint_id AND d.status = 'pending'
                    AND d.next_attempt_at <= (SELECT t FROM clock)
+                   AND d.seq > COALESCE((SELECT f.cancel_through FROM endpoints f
+                                         WHERE f.id = l.endpoint_id), 0)
                    AND (d.lease_until IS NULL OR d.lease_until <= (SELECT t FROM clock))
                    AND (NOT l.ordered OR d.user_id IS NULL OR NOT EXISTS (
                        SELECT 1 FROM deliveries p
@@ -104,7 +106,7 @@ const LEASE_LANES: &str = "WITH clock AS MATERIALIZED (SELECT accommador_now_ms(
         AND NOT EXISTS (SELECT 1 FROM organizations o
                         WHERE o.id = ep.org_id AND o.deleted_at IS NOT NULL)
      RETURNING d.id, d.endpoint_id, d.event_id, d.manual, d.attempt_count, e.payload,
-               e.occurred_at, ep.url";
+               e.occurred_at, ep.url, d.seq";
 
 /// When each lane may next have work: its earliest pending delivery that nobody holds (in due
 /// order through the due index), or the earliest end of a lease that is not one of this
@@ -113,6 +115,7 @@ const LEASE_LANES: &str = "WITH clock AS MATERIALIZED (SELECT accommador_now_ms(
 const NEXT_DUE: &str = "SELECT l.id, LEAST(
          (SELECT next_attempt_at FROM deliveries
           WHERE endpoint_id = l.id AND status = 'pending' AND lease_token IS NULL
+            AND seq > COALESCE((SELECT cancel_through FROM endpoints WHERE id = l.id), 0)
           ORDER BY next_attempt_at LIMIT 1),
          (SELECT GREATEST(next_attempt_at, lease_until) FROM deliveries
           WHERE endpoint_id = l.id AND status = 'pending' AND lease_token IS NOT NULL
@@ -210,6 +213,7 @@ fn due_delivery(r: &Row, secrets: &[String], token: &str) -> DueDelivery {
     let payload: String = r.get(5);
     DueDelivery {
         id: r.get(0),
+        seq: r.get(8),
         event_id: r.get(2),
         endpoint_id: r.get(1),
         url: r.get(7),
@@ -234,7 +238,8 @@ async fn mark_closed(tx: &Transaction<'_>, closed: &[String]) -> Result<(), Stor
         return Ok(());
     }
     tx.run(
-        "UPDATE endpoints SET cancel_pending = true
+        "UPDATE endpoints SET cancel_pending = true,
+             cancel_through = (SELECT COALESCE(max(seq), 0) FROM deliveries)
          WHERE id = ANY($1) AND NOT cancel_pending
            AND (status <> 'enabled' OR deleted_at IS NOT NULL)",
         &[&closed],

@@ -39,21 +39,23 @@ const FANOUT_EVENTS: i64 = 256;
 /// so it never holds the writer long.
 const FANOUT_DELIVERIES: usize = 1_000;
 
-/// Fails up to `limit` pending deliveries of an endpoint with `endpoint_disabled`, recording
-/// why as an attempt in each one's log. Returns how many.
+/// Fails up to `limit` pending deliveries of an endpoint numbered up to `through` with
+/// `endpoint_disabled`, recording why as an attempt in each one's log. Returns how many.
 fn fail_pending(
     c: &Connection,
     endpoint_id: &str,
     reason: &str,
     now: Timestamp,
     limit: usize,
+    through: i64,
 ) -> Result<usize, StoreError> {
     let ids: Vec<String> = c
         .prepare_cached(
-            "SELECT id FROM deliveries WHERE endpoint_id = ?1 AND status = 'pending' LIMIT ?2",
+            "SELECT id FROM deliveries
+             WHERE endpoint_id = ?1 AND status = 'pending' AND seq <= ?3 LIMIT ?2",
         )
         .and_then(|mut s| {
-            s.query_map(params![endpoint_id, limit as i64], |r| r.get(0))?
+            s.query_map(params![endpoint_id, limit as i64, through], |r| r.get(0))?
                 .collect()
         })
         .map_err(db_err)?;
@@ -94,7 +96,7 @@ fn disable_endpoint(
 ) -> Result<(), StoreError> {
     c.prepare_cached(
         "UPDATE endpoints SET status = 'disabled', disabled_reason = ?2, updated_at = ?3,
-             cancel_pending = 1
+             cancel_pending = 1, cancel_through = (SELECT COALESCE(max(seq), 0) FROM deliveries)
          WHERE id = ?1",
     )
     .and_then(|mut s| s.execute(params![endpoint_id, reason, now.millis()]))
@@ -404,43 +406,46 @@ impl SqliteStore {
 
     /// One bounded step of failing the pending deliveries of disabled or deleted endpoints:
     /// up to [`CANCEL_BATCH`] deliveries of the first such endpoint after `after`, in one
-    /// short write. `None` when there is no such endpoint after `after`.
+    /// short write. An endpoint enabled again meanwhile still loses those queued before it was
+    /// closed (up to its fence, `cancel_through`), not the ones made since. `None` when there
+    /// is no such endpoint after `after`.
     pub async fn cancel_step(
         &self,
         after: Option<String>,
     ) -> Result<Option<CancelStep>, StoreError> {
         self.write(move |c| {
-            let found: Option<(String, Option<String>, Option<i64>, String)> = c
+            type Marked = (String, Option<String>, Option<i64>, String, Option<i64>);
+            let found: Option<Marked> = c
                 .prepare_cached(
-                    "SELECT id, disabled_reason, deleted_at, status FROM endpoints
+                    "SELECT id, disabled_reason, deleted_at, status, cancel_through FROM endpoints
                      WHERE cancel_pending = 1 AND id > ?1 ORDER BY id LIMIT 1",
                 )
                 .and_then(|mut s| {
                     s.query_row([after.unwrap_or_default()], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
                     })
                     .optional()
                 })
                 .map_err(db_err)?;
-            let Some((id, disabled_reason, deleted_at, status)) = found else {
+            let Some((id, disabled_reason, deleted_at, status, fence)) = found else {
                 return Ok(None);
             };
-            if deleted_at.is_none() && status == EndpointStatus::Enabled.as_str() {
-                // Enabled again: its deliveries are its own to send.
-                c.prepare_cached("UPDATE endpoints SET cancel_pending = 0 WHERE id = ?1")
-                    .and_then(|mut s| s.execute([&id]))
-                    .map_err(db_err)?;
-                return Ok(Some(CancelStep {
-                    endpoint_id: id,
-                    failed: 0,
-                }));
-            }
-            let reason = cancel_reason(disabled_reason, deleted_at.is_some());
-            let failed = fail_pending(c, &id, &reason, Timestamp::now(), CANCEL_BATCH)?;
+            let closed = deleted_at.is_some() || status != EndpointStatus::Enabled.as_str();
+            // Closed: everything pending goes. Enabled again: only what the fence covers.
+            let through = if closed { Some(i64::MAX) } else { fence };
+            let failed = match through {
+                Some(through) => {
+                    let reason = cancel_reason(disabled_reason, deleted_at.is_some());
+                    fail_pending(c, &id, &reason, Timestamp::now(), CANCEL_BATCH, through)?
+                }
+                None => 0,
+            };
             if failed < CANCEL_BATCH {
-                c.prepare_cached("UPDATE endpoints SET cancel_pending = 0 WHERE id = ?1")
-                    .and_then(|mut s| s.execute([&id]))
-                    .map_err(db_err)?;
+                c.prepare_cached(
+                    "UPDATE endpoints SET cancel_pending = 0, cancel_through = NULL WHERE id = ?1",
+                )
+                .and_then(|mut s| s.execute([&id]))
+                .map_err(db_err)?;
             }
             Ok(Some(CancelStep {
                 endpoint_id: id,
@@ -479,9 +484,9 @@ impl SqliteStore {
             c.prepare_cached(&SEND_TARGET_SQL.replace('$', "?"))
                 .and_then(|mut s| {
                     s.query_map(params![endpoint_id, Timestamp::now().millis()], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                     })?
-                    .collect::<Result<Vec<(String, String)>, _>>()
+                    .collect::<Result<Vec<_>, _>>()
                 })
                 .map(send_target_from)
                 .map_err(db_err)
@@ -1005,7 +1010,17 @@ impl SqliteStore {
 }
 
 /// id, event_id, next_attempt_at, manual, attempt_count, payload, occurred_at, url.
-type DueRow = (String, String, Option<i64>, bool, u32, String, i64, String);
+type DueRow = (
+    String,
+    String,
+    Option<i64>,
+    bool,
+    u32,
+    String,
+    i64,
+    String,
+    i64,
+);
 
 /// The due-delivery statement of a lane (`?1` the endpoint, `?2` how many rows). Earliest due
 /// first through `deliveries_endpoint_due`. With per-user ordering, a row is taken only when no
@@ -1027,12 +1042,13 @@ fn lane_sql(ordering: DeliveryOrder) -> String {
     };
     format!(
         "SELECT d.id, d.event_id, d.next_attempt_at, d.manual, d.attempt_count,
-                e.payload, e.occurred_at, ep.url
+                e.payload, e.occurred_at, ep.url, d.seq
          FROM deliveries d INDEXED BY deliveries_endpoint_due
          JOIN events e ON e.seq = d.event_seq
          JOIN endpoints ep ON ep.id = d.endpoint_id
          WHERE d.endpoint_id = ?1 AND d.status = 'pending' {gate}
            AND ep.status = 'enabled' AND ep.deleted_at IS NULL
+           AND d.seq > COALESCE(ep.cancel_through, 0)
            AND NOT EXISTS (SELECT 1 FROM organizations o
                            WHERE o.id = ep.org_id AND o.deleted_at IS NOT NULL)
          ORDER BY d.next_attempt_at LIMIT ?2"
@@ -1066,6 +1082,7 @@ fn lane_work_one(c: &Connection, req: LaneRequest, now: Timestamp) -> Result<Lan
                         r.get(5)?,
                         r.get(6)?,
                         r.get(7)?,
+                        r.get(8)?,
                     ))
                 },
             )?
@@ -1075,7 +1092,7 @@ fn lane_work_one(c: &Connection, req: LaneRequest, now: Timestamp) -> Result<Lan
     let mut due = Vec::new();
     let mut next_due = None;
     let mut secrets: Option<Vec<String>> = None;
-    for (id, event_id, next_at, manual, attempts, payload, occurred_at, url) in rows {
+    for (id, event_id, next_at, manual, attempts, payload, occurred_at, url, seq) in rows {
         if req.in_flight.contains(&id) {
             continue;
         }
@@ -1089,6 +1106,7 @@ fn lane_work_one(c: &Connection, req: LaneRequest, now: Timestamp) -> Result<Lan
         }
         due.push(DueDelivery {
             id,
+            seq,
             event_id,
             endpoint_id: req.endpoint_id.clone(),
             url,
