@@ -130,20 +130,37 @@ fn head(app: &TestApp, method: &str, target: &str, key: &str, extra: &str) -> St
     )
 }
 
+/// Sends `body` as JSON with its length declared (then the `extra` header lines) on a raw
+/// connection of its own.
+async fn send_json(
+    app: &TestApp,
+    method: &str,
+    target: &str,
+    key: &str,
+    extra: &str,
+    body: &str,
+) -> Raw {
+    let head = head(
+        app,
+        method,
+        target,
+        key,
+        &format!(
+            "content-type: application/json\r\ncontent-length: {}\r\n{extra}",
+            body.len()
+        ),
+    );
+    raw(app, head, body.as_bytes().to_vec()).await
+}
+
 async fn setup() -> (TestApp, Tenant, Value) {
     // No workers: nothing fans out, so every list stays as the requests left it.
     let app = spawn_api_only().await;
     let t = app.create_org("Acme").await;
     app.create_user(&t, json!({"email": "ada@example.com", "name": "Ada"}))
         .await;
-    let r = app
-        .post(
-            &t,
-            "/v1/endpoints",
-            &json!({"url": "https://hooks.example.com/in"}),
-        )
+    app.create_endpoint(&t, json!({"url": "https://hooks.example.com/in"}))
         .await;
-    assert_eq!(r.status(), StatusCode::CREATED);
     let before = snapshot(&app, &t).await;
     (app, t, before)
 }
@@ -157,21 +174,7 @@ async fn bodies_over_one_mebibyte_are_413_with_a_length_or_chunked_without_one()
     );
     for (method, path) in [("POST", "/v1/users"), ("POST", "/v1/endpoints")] {
         // Declared length.
-        let r = raw(
-            &app,
-            head(
-                &app,
-                method,
-                path,
-                &t.key,
-                &format!(
-                    "content-type: application/json\r\ncontent-length: {}\r\n",
-                    big.len()
-                ),
-            ),
-            big.clone().into_bytes(),
-        )
-        .await;
+        let r = send_json(&app, method, path, &t.key, "", &big).await;
         assert_eq!(r.status, 413, "{method} {path} with a length");
         assert_eq!(r.json()["status"], 413);
         // Chunked, no length: the limit is found while reading.
@@ -263,21 +266,7 @@ async fn a_head_of_64_kib_is_431_and_ten_thousand_query_parameters_are_refused()
         .map(|i| format!("x-pad-{i}: {}\r\n", "b".repeat(50)))
         .collect();
     for extra in [one_big, many] {
-        let r = raw(
-            &app,
-            head(
-                &app,
-                "POST",
-                "/v1/users",
-                &t.key,
-                &format!(
-                    "content-type: application/json\r\ncontent-length: {}\r\n{extra}",
-                    body.len()
-                ),
-            ),
-            body.clone().into_bytes(),
-        )
-        .await;
+        let r = send_json(&app, "POST", "/v1/users", &t.key, &extra, &body).await;
         assert_eq!(r.status, 431, "{}", r.head);
     }
     // 10,000 distinct parameters make a head larger than the limit: 431 too.
@@ -304,21 +293,8 @@ async fn a_head_of_64_kib_is_431_and_ten_thousand_query_parameters_are_refused()
         ("GET", "/v1/deliveries"),
         ("POST", "/v1/users"),
     ] {
-        let r = raw(
-            &app,
-            head(
-                &app,
-                method,
-                &format!("{path}?{short}"),
-                &t.key,
-                &format!(
-                    "content-type: application/json\r\ncontent-length: {}\r\n",
-                    body.len()
-                ),
-            ),
-            body.clone().into_bytes(),
-        )
-        .await;
+        let target = format!("{path}?{short}");
+        let r = send_json(&app, method, &target, &t.key, "", &body).await;
         assert_eq!(r.status, 422, "{method} {path}");
         let p = r.json();
         assert_eq!(p["errors"][0]["field"], "query", "{p}");
