@@ -98,6 +98,28 @@ async fn fault(
     rx
 }
 
+/// A receiver that answers `status` with `headers` and a text `body`: the attempt is a
+/// failure of class `http_status` that keeps the body as sent, tried again as `next` says.
+async fn answers(
+    cases: &mut Vec<Case>,
+    name: &'static str,
+    status: u16,
+    headers: &[(&str, &str)],
+    body: &str,
+    next: Next,
+) {
+    fault(
+        cases,
+        name,
+        Fault::Respond(response(status, headers, body.as_bytes())),
+        Expect {
+            body: Body::Exactly(body.into()),
+            ..failure(Some(status), "http_status", next)
+        },
+    )
+    .await;
+}
+
 /// A 127.0.0.1 port whose accept queue is full: the kernel drops further SYNs, so a connection
 /// attempt times out as behind a firewall that drops packets, without leaving the machine.
 /// Keep the returned value alive as long as the port must stay full.
@@ -237,67 +259,45 @@ async fn every_receiver_fault_is_logged_and_scheduled_as_a_user_would_expect() {
     let t = app.create_org("Acme").await;
     let mut cases = Vec::new();
 
-    fault(
-        &mut cases,
-        "500",
-        Fault::Respond(response(500, &[], b"boom")),
-        Expect {
-            body: Body::Exactly("boom".into()),
-            ..failure(Some(500), "http_status", Next::Schedule)
-        },
-    )
-    .await;
-    fault(
+    answers(&mut cases, "500", 500, &[], "boom", Next::Schedule).await;
+    answers(
         &mut cases,
         "503 retry-after seconds",
-        Fault::Respond(response(503, &[("retry-after", "7200")], b"")),
-        failure(
-            Some(503),
-            "http_status",
-            Next::After(Duration::from_secs(2 * HOUR)),
-        ),
+        503,
+        &[("retry-after", "7200")],
+        "",
+        Next::After(Duration::from_secs(2 * HOUR)),
     )
     .await;
     let in_three_hours = SystemTime::now() + Duration::from_secs(3 * HOUR);
-    fault(
+    answers(
         &mut cases,
         "503 retry-after date",
-        Fault::Respond(response(
-            503,
-            &[("retry-after", &httpdate::fmt_http_date(in_three_hours))],
-            b"",
-        )),
-        failure(Some(503), "http_status", Next::At(in_three_hours)),
+        503,
+        &[("retry-after", &httpdate::fmt_http_date(in_three_hours))],
+        "",
+        Next::At(in_three_hours),
     )
     .await;
-    fault(
+    answers(
         &mut cases,
         "429 retry-after over a day",
-        Fault::Respond(response(429, &[("retry-after", "200000")], b"")),
-        failure(
-            Some(429),
-            "http_status",
-            Next::After(Duration::from_secs(24 * HOUR)),
-        ),
+        429,
+        &[("retry-after", "200000")],
+        "",
+        Next::After(Duration::from_secs(24 * HOUR)),
     )
     .await;
-    fault(
+    answers(
         &mut cases,
         "429 without retry-after",
-        Fault::Respond(response(429, &[], b"slow down")),
-        Expect {
-            body: Body::Exactly("slow down".into()),
-            ..failure(Some(429), "http_status", Next::Schedule)
-        },
+        429,
+        &[],
+        "slow down",
+        Next::Schedule,
     )
     .await;
-    fault(
-        &mut cases,
-        "410",
-        Fault::Respond(response(410, &[], b"")),
-        failure(Some(410), "http_status", Next::Failed),
-    )
-    .await;
+    answers(&mut cases, "410", 410, &[], "", Next::Failed).await;
     let hang = fault(
         &mut cases,
         "hang past the timeout",
@@ -405,15 +405,13 @@ async fn every_receiver_fault_is_logged_and_scheduled_as_a_user_would_expect() {
     )
     .await;
     let elsewhere = Receiver::start().await;
-    fault(
+    answers(
         &mut cases,
         "302",
-        Fault::Respond(response(
-            302,
-            &[("location", &elsewhere.url("/elsewhere"))],
-            b"",
-        )),
-        failure(Some(302), "http_status", Next::Schedule),
+        302,
+        &[("location", &elsewhere.url("/elsewhere"))],
+        "",
+        Next::Schedule,
     )
     .await;
     // A real plain-HTTP server (hyper) that receives a TLS handshake.
