@@ -82,6 +82,14 @@ fn failure(status: Option<u16>, class: &'static str, next: Next) -> Expect {
     }
 }
 
+/// Given up at the timeout, and tried again on the schedule.
+fn timed_out() -> Expect {
+    Expect {
+        duration: about_the_timeout(),
+        ..failure(None, "timeout", Next::Schedule)
+    }
+}
+
 async fn fault(
     cases: &mut Vec<Case>,
     name: &'static str,
@@ -302,10 +310,7 @@ async fn every_receiver_fault_is_logged_and_scheduled_as_a_user_would_expect() {
         &mut cases,
         "hang past the timeout",
         Fault::Hang,
-        Expect {
-            duration: about_the_timeout(),
-            ..failure(None, "timeout", Next::Schedule)
-        },
+        timed_out(),
     )
     .await;
     fault(
@@ -315,10 +320,7 @@ async fn every_receiver_fault_is_logged_and_scheduled_as_a_user_would_expect() {
             head: response(200, &[("x-padding", "................")], b"ok"),
             every: Duration::from_millis(100),
         },
-        Expect {
-            duration: about_the_timeout(),
-            ..failure(None, "timeout", Next::Schedule)
-        },
+        timed_out(),
     )
     .await;
     fault(
@@ -359,10 +361,7 @@ async fn every_receiver_fault_is_logged_and_scheduled_as_a_user_would_expect() {
     cases.push(Case {
         name: "connect timeout (SYN dropped)",
         url: format!("http://{}/dropped", dropping.local_addr().unwrap()),
-        expect: Expect {
-            duration: about_the_timeout(),
-            ..failure(None, "timeout", Next::Schedule)
-        },
+        expect: timed_out(),
         fault: None,
     });
     let refused = Receiver::reserve();

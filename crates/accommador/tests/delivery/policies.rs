@@ -67,6 +67,17 @@ fn started_ms(attempt: &Value) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
+/// Waits until no delivery of endpoint `id` is pending.
+async fn nothing_pending(app: &TestApp, t: &Tenant, id: &str) {
+    eventually(
+        app,
+        t,
+        &format!("/v1/deliveries?endpoint_id={id}&status=pending"),
+        |v| v["data"].as_array().unwrap().is_empty(),
+    )
+    .await;
+}
+
 /// A server that keeps up to 8 attempts per endpoint in flight and retries on `schedule`, an
 /// organization on it, and a receiver.
 async fn eight_at_once(schedule: Vec<Duration>) -> (Arc<TestApp>, Tenant, Receiver) {
@@ -131,13 +142,7 @@ async fn a_rate_limit_spaces_every_attempt_retries_included_and_delivers_everyth
     );
 
     // What the attempt log says: the same, by `started_at` (once the last is recorded).
-    eventually(
-        &app,
-        &t,
-        &format!("/v1/deliveries?endpoint_id={id}&status=pending"),
-        |v| v["data"].as_array().unwrap().is_empty(),
-    )
-    .await;
+    nothing_pending(&app, &t, id).await;
     let deliveries = all_deliveries(&app, &t, id).await;
     assert_eq!(deliveries.len(), 400);
     let mut started = Vec::new();
@@ -202,13 +207,7 @@ async fn too_many_requests_halves_concurrency_down_to_one_and_successes_bring_it
         |e| e["current_concurrency"] == 8,
     )
     .await;
-    eventually(
-        &app,
-        &t,
-        &format!("/v1/deliveries?endpoint_id={id}&status=pending"),
-        |v| v["data"].as_array().unwrap().is_empty(),
-    )
-    .await;
+    nothing_pending(&app, &t, &id).await;
     let peak = rx.peak_open("/busy");
     assert!(
         (2..=8).contains(&peak),
