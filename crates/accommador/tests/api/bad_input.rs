@@ -271,12 +271,7 @@ async fn organization_route_needs_the_admin_token_and_hides_without_one() {
         .unwrap();
     problem(r, StatusCode::METHOD_NOT_ALLOWED).await;
     // The list needs the token too.
-    let r = app
-        .client
-        .get(app.url("/v1/organizations"))
-        .send()
-        .await
-        .unwrap();
+    let r = app.get_anonymous("/v1/organizations").await;
     problem(r, StatusCode::UNAUTHORIZED).await;
 }
 
@@ -334,15 +329,9 @@ async fn a_nul_character_in_a_stored_string_is_422_naming_the_field() {
     )
     .await;
     assert_eq!(error_fields(&p), ["description"]);
-    let r = app
-        .post(
-            &t,
-            "/v1/endpoints",
-            &json!({"url": "https://hooks.example.com/in"}),
-        )
+    let ep = app
+        .create_endpoint(&t, json!({"url": "https://hooks.example.com/in"}))
         .await;
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let ep: Value = r.json().await.unwrap();
     let p = problem(
         app.patch(
             &t,

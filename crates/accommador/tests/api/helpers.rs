@@ -357,6 +357,30 @@ impl TestApp {
         r.json().await.unwrap()
     }
 
+    /// Creates an endpoint and returns its JSON, asserting 201.
+    pub async fn create_endpoint(&self, t: &Tenant, body: Value) -> Value {
+        let r = self.post(t, "/v1/endpoints", &body).await;
+        assert_eq!(r.status(), StatusCode::CREATED, "creating {body}");
+        r.json().await.unwrap()
+    }
+
+    /// `GET path` without credentials: the operational routes, or a refusal to see.
+    pub async fn get_anonymous(&self, path: &str) -> Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    /// The `/metrics` page, as Prometheus reads it.
+    pub async fn metrics(&self) -> String {
+        self.get_anonymous("/metrics").await.text().await.unwrap()
+    }
+
+    /// The OpenAPI document the server serves (asserting 200).
+    pub async fn openapi(&self) -> Value {
+        let r = self.get_anonymous("/openapi.json").await;
+        assert_eq!(r.status(), StatusCode::OK, "GET /openapi.json");
+        r.json().await.unwrap()
+    }
+
     /// Every event of the organization, following `next_cursor` to the end.
     pub async fn all_events(&self, t: &Tenant, query: &str) -> Vec<Value> {
         let mut out = Vec::new();

@@ -130,20 +130,54 @@ fn head(app: &TestApp, method: &str, target: &str, key: &str, extra: &str) -> St
     )
 }
 
+/// Sends `body` as JSON with its length declared (then the `extra` header lines) on a raw
+/// connection of its own.
+async fn send_json(
+    app: &TestApp,
+    method: &str,
+    target: &str,
+    key: &str,
+    extra: &str,
+    body: &str,
+) -> Raw {
+    let head = head(
+        app,
+        method,
+        target,
+        key,
+        &format!(
+            "content-type: application/json\r\ncontent-length: {}\r\n{extra}",
+            body.len()
+        ),
+    );
+    raw(app, head, body.as_bytes().to_vec()).await
+}
+
+/// The ID filters of the delivery log, documented to match nothing for a value that is no ID
+/// of theirs, list nothing for `value` (already URL-encoded).
+async fn id_filters_match_nothing(app: &TestApp, t: &Tenant, value: &str) {
+    for path in [
+        format!("/v1/deliveries?endpoint_id={value}"),
+        format!("/v1/deliveries?event_id={value}"),
+    ] {
+        let r = app.get(t, &path).await;
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["data"],
+            json!([]),
+            "{path}"
+        );
+    }
+}
+
 async fn setup() -> (TestApp, Tenant, Value) {
     // No workers: nothing fans out, so every list stays as the requests left it.
     let app = spawn_api_only().await;
     let t = app.create_org("Acme").await;
     app.create_user(&t, json!({"email": "ada@example.com", "name": "Ada"}))
         .await;
-    let r = app
-        .post(
-            &t,
-            "/v1/endpoints",
-            &json!({"url": "https://hooks.example.com/in"}),
-        )
+    app.create_endpoint(&t, json!({"url": "https://hooks.example.com/in"}))
         .await;
-    assert_eq!(r.status(), StatusCode::CREATED);
     let before = snapshot(&app, &t).await;
     (app, t, before)
 }
@@ -157,21 +191,7 @@ async fn bodies_over_one_mebibyte_are_413_with_a_length_or_chunked_without_one()
     );
     for (method, path) in [("POST", "/v1/users"), ("POST", "/v1/endpoints")] {
         // Declared length.
-        let r = raw(
-            &app,
-            head(
-                &app,
-                method,
-                path,
-                &t.key,
-                &format!(
-                    "content-type: application/json\r\ncontent-length: {}\r\n",
-                    big.len()
-                ),
-            ),
-            big.clone().into_bytes(),
-        )
-        .await;
+        let r = send_json(&app, method, path, &t.key, "", &big).await;
         assert_eq!(r.status, 413, "{method} {path} with a length");
         assert_eq!(r.json()["status"], 413);
         // Chunked, no length: the limit is found while reading.
@@ -263,21 +283,7 @@ async fn a_head_of_64_kib_is_431_and_ten_thousand_query_parameters_are_refused()
         .map(|i| format!("x-pad-{i}: {}\r\n", "b".repeat(50)))
         .collect();
     for extra in [one_big, many] {
-        let r = raw(
-            &app,
-            head(
-                &app,
-                "POST",
-                "/v1/users",
-                &t.key,
-                &format!(
-                    "content-type: application/json\r\ncontent-length: {}\r\n{extra}",
-                    body.len()
-                ),
-            ),
-            body.clone().into_bytes(),
-        )
-        .await;
+        let r = send_json(&app, "POST", "/v1/users", &t.key, &extra, &body).await;
         assert_eq!(r.status, 431, "{}", r.head);
     }
     // 10,000 distinct parameters make a head larger than the limit: 431 too.
@@ -304,21 +310,8 @@ async fn a_head_of_64_kib_is_431_and_ten_thousand_query_parameters_are_refused()
         ("GET", "/v1/deliveries"),
         ("POST", "/v1/users"),
     ] {
-        let r = raw(
-            &app,
-            head(
-                &app,
-                method,
-                &format!("{path}?{short}"),
-                &t.key,
-                &format!(
-                    "content-type: application/json\r\ncontent-length: {}\r\n",
-                    body.len()
-                ),
-            ),
-            body.clone().into_bytes(),
-        )
-        .await;
+        let target = format!("{path}?{short}");
+        let r = send_json(&app, method, &target, &t.key, "", &body).await;
         assert_eq!(r.status, 422, "{method} {path}");
         let p = r.json();
         assert_eq!(p["errors"][0]["field"], "query", "{p}");
@@ -399,20 +392,8 @@ async fn path_traversal_and_nul_in_ids_are_404_and_touch_nothing() {
         // As a filter it matches nothing (`endpoint_id`, `event_id`: documented "any other
         // value matches none"), or is refused where the filter must name a user or a cursor.
         // (with U+0000 it is refused: see below)
-        for path in [
-            format!("/v1/deliveries?endpoint_id={id}"),
-            format!("/v1/deliveries?event_id={id}"),
-        ]
-        .into_iter()
-        .filter(|_| !id.contains("%00"))
-        {
-            let r = app.get(&t, &path).await;
-            assert_eq!(r.status(), StatusCode::OK, "{path}");
-            assert_eq!(
-                r.json::<Value>().await.unwrap()["data"],
-                json!([]),
-                "{path}"
-            );
+        if !id.contains("%00") {
+            id_filters_match_nothing(&app, &t, id).await;
         }
         for path in [
             format!("/v1/deliveries?user_id={id}"),
@@ -545,19 +526,7 @@ async fn sql_metacharacters_in_every_string_field_are_only_text() {
             let p = problem(r, StatusCode::UNPROCESSABLE_ENTITY).await;
             assert_eq!(error_fields(&p), [field], "{path}");
         }
-        // ID filters documented to match nothing for a value that is no ID of theirs.
-        for path in [
-            format!("/v1/deliveries?endpoint_id={q}"),
-            format!("/v1/deliveries?event_id={q}"),
-        ] {
-            let r = app.get(&t, &path).await;
-            assert_eq!(r.status(), StatusCode::OK, "{path}");
-            assert_eq!(
-                r.json::<Value>().await.unwrap()["data"],
-                json!([]),
-                "{path}"
-            );
-        }
+        id_filters_match_nothing(&app, &t, &q).await;
         for (body, field) in [
             (json!({"email": s}), "email"),
             (json!({"email": "a@b.co", "name": "n", (s): 1}), s),

@@ -839,17 +839,6 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
-async fn fetch_document(app: &TestApp) -> Value {
-    let r = app
-        .client
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    r.json().await.unwrap()
-}
-
 fn operations(doc: &Value) -> Vec<Op> {
     let mut ops = Vec::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
@@ -882,7 +871,7 @@ async fn wait_for_item(app: &TestApp, t: &Tenant, path: &str) {
 #[tokio::test]
 async fn every_rule_the_document_states_is_the_rule_the_server_enforces() {
     let app = spawn_app().await;
-    let doc = fetch_document(&app).await;
+    let doc = app.openapi().await;
     let tenant = app.create_org("Rules").await;
     let ops = operations(&doc);
     let mut ctx = Ctx {
@@ -1043,7 +1032,7 @@ const SINGLE_PAGE_LISTS: [&str; 1] = ["/v1/deliveries/{id}/attempts"];
 #[tokio::test]
 async fn every_list_states_its_paging_rules() {
     let app = spawn_app().await;
-    let doc = fetch_document(&app).await;
+    let doc = app.openapi().await;
     let mut lists = BTreeMap::new();
     for op in operations(&doc) {
         let params: BTreeMap<&str, &Value> = op.spec["parameters"]

@@ -1,7 +1,7 @@
 //! Health, readiness, metrics, the OpenAPI document and the docs page.
 
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::helpers::spawn_app;
 
@@ -9,7 +9,7 @@ use crate::helpers::spawn_app;
 async fn health_and_readiness_answer() {
     let app = spawn_app().await;
     for path in ["/healthz", "/readyz"] {
-        let r = app.client.get(app.url(path)).send().await.unwrap();
+        let r = app.get_anonymous(path).await;
         assert_eq!(r.status(), StatusCode::OK, "{path}");
     }
 }
@@ -19,15 +19,7 @@ async fn metrics_count_requests_by_route_and_status() {
     let app = spawn_app().await;
     let t = app.create_org("Acme").await;
     app.create_user(&t, json!({"email": "m@b.co"})).await;
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     assert!(
         text.lines().any(|l| l.starts_with("http_requests_total{")
             && l.contains(r#"route="/v1/users""#)
@@ -43,15 +35,7 @@ async fn metrics_count_requests_by_route_and_status() {
 #[tokio::test]
 async fn the_openapi_document_covers_every_route_and_its_errors() {
     let app = spawn_app().await;
-    let doc: Value = app
-        .client
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = app.openapi().await;
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     let paths = &doc["paths"];
     for (path, method, statuses) in [

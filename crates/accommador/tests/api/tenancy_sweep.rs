@@ -187,15 +187,7 @@ async fn every_route_of_the_document_keeps_organizations_apart() {
     .collect();
     let before = everything(&app, &acme, &ids).await;
 
-    let doc: Value = app
-        .client
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = app.openapi().await;
     let mut calls = 0;
     let mut swept = Vec::new();
     for (path, item) in doc["paths"].as_object().unwrap() {

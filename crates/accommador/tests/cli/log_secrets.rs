@@ -202,15 +202,7 @@ async fn scenario(database: &str, extra_secrets: &[String]) {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     secrets.extend(use_the_ui(&server, &key).await);
-    let metrics = server
-        .client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     server.kill();
     let log = server.log();
     assert!(

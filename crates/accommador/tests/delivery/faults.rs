@@ -82,6 +82,14 @@ fn failure(status: Option<u16>, class: &'static str, next: Next) -> Expect {
     }
 }
 
+/// Given up at the timeout, and tried again on the schedule.
+fn timed_out() -> Expect {
+    Expect {
+        duration: about_the_timeout(),
+        ..failure(None, "timeout", Next::Schedule)
+    }
+}
+
 async fn fault(
     cases: &mut Vec<Case>,
     name: &'static str,
@@ -96,6 +104,28 @@ async fn fault(
         fault: Some(rx.clone()),
     });
     rx
+}
+
+/// A receiver that answers `status` with `headers` and a text `body`: the attempt is a
+/// failure of class `http_status` that keeps the body as sent, tried again as `next` says.
+async fn answers(
+    cases: &mut Vec<Case>,
+    name: &'static str,
+    status: u16,
+    headers: &[(&str, &str)],
+    body: &str,
+    next: Next,
+) {
+    fault(
+        cases,
+        name,
+        Fault::Respond(response(status, headers, body.as_bytes())),
+        Expect {
+            body: Body::Exactly(body.into()),
+            ..failure(Some(status), "http_status", next)
+        },
+    )
+    .await;
 }
 
 /// A 127.0.0.1 port whose accept queue is full: the kernel drops further SYNs, so a connection
@@ -237,75 +267,50 @@ async fn every_receiver_fault_is_logged_and_scheduled_as_a_user_would_expect() {
     let t = app.create_org("Acme").await;
     let mut cases = Vec::new();
 
-    fault(
-        &mut cases,
-        "500",
-        Fault::Respond(response(500, &[], b"boom")),
-        Expect {
-            body: Body::Exactly("boom".into()),
-            ..failure(Some(500), "http_status", Next::Schedule)
-        },
-    )
-    .await;
-    fault(
+    answers(&mut cases, "500", 500, &[], "boom", Next::Schedule).await;
+    answers(
         &mut cases,
         "503 retry-after seconds",
-        Fault::Respond(response(503, &[("retry-after", "7200")], b"")),
-        failure(
-            Some(503),
-            "http_status",
-            Next::After(Duration::from_secs(2 * HOUR)),
-        ),
+        503,
+        &[("retry-after", "7200")],
+        "",
+        Next::After(Duration::from_secs(2 * HOUR)),
     )
     .await;
     let in_three_hours = SystemTime::now() + Duration::from_secs(3 * HOUR);
-    fault(
+    answers(
         &mut cases,
         "503 retry-after date",
-        Fault::Respond(response(
-            503,
-            &[("retry-after", &httpdate::fmt_http_date(in_three_hours))],
-            b"",
-        )),
-        failure(Some(503), "http_status", Next::At(in_three_hours)),
+        503,
+        &[("retry-after", &httpdate::fmt_http_date(in_three_hours))],
+        "",
+        Next::At(in_three_hours),
     )
     .await;
-    fault(
+    answers(
         &mut cases,
         "429 retry-after over a day",
-        Fault::Respond(response(429, &[("retry-after", "200000")], b"")),
-        failure(
-            Some(429),
-            "http_status",
-            Next::After(Duration::from_secs(24 * HOUR)),
-        ),
+        429,
+        &[("retry-after", "200000")],
+        "",
+        Next::After(Duration::from_secs(24 * HOUR)),
     )
     .await;
-    fault(
+    answers(
         &mut cases,
         "429 without retry-after",
-        Fault::Respond(response(429, &[], b"slow down")),
-        Expect {
-            body: Body::Exactly("slow down".into()),
-            ..failure(Some(429), "http_status", Next::Schedule)
-        },
+        429,
+        &[],
+        "slow down",
+        Next::Schedule,
     )
     .await;
-    fault(
-        &mut cases,
-        "410",
-        Fault::Respond(response(410, &[], b"")),
-        failure(Some(410), "http_status", Next::Failed),
-    )
-    .await;
+    answers(&mut cases, "410", 410, &[], "", Next::Failed).await;
     let hang = fault(
         &mut cases,
         "hang past the timeout",
         Fault::Hang,
-        Expect {
-            duration: about_the_timeout(),
-            ..failure(None, "timeout", Next::Schedule)
-        },
+        timed_out(),
     )
     .await;
     fault(
@@ -315,10 +320,7 @@ async fn every_receiver_fault_is_logged_and_scheduled_as_a_user_would_expect() {
             head: response(200, &[("x-padding", "................")], b"ok"),
             every: Duration::from_millis(100),
         },
-        Expect {
-            duration: about_the_timeout(),
-            ..failure(None, "timeout", Next::Schedule)
-        },
+        timed_out(),
     )
     .await;
     fault(
@@ -359,10 +361,7 @@ async fn every_receiver_fault_is_logged_and_scheduled_as_a_user_would_expect() {
     cases.push(Case {
         name: "connect timeout (SYN dropped)",
         url: format!("http://{}/dropped", dropping.local_addr().unwrap()),
-        expect: Expect {
-            duration: about_the_timeout(),
-            ..failure(None, "timeout", Next::Schedule)
-        },
+        expect: timed_out(),
         fault: None,
     });
     let refused = Receiver::reserve();
@@ -405,15 +404,13 @@ async fn every_receiver_fault_is_logged_and_scheduled_as_a_user_would_expect() {
     )
     .await;
     let elsewhere = Receiver::start().await;
-    fault(
+    answers(
         &mut cases,
         "302",
-        Fault::Respond(response(
-            302,
-            &[("location", &elsewhere.url("/elsewhere"))],
-            b"",
-        )),
-        failure(Some(302), "http_status", Next::Schedule),
+        302,
+        &[("location", &elsewhere.url("/elsewhere"))],
+        "",
+        Next::Schedule,
     )
     .await;
     // A real plain-HTTP server (hyper) that receives a TLS handshake.

@@ -149,15 +149,7 @@ async fn expired_events_go_with_their_deliveries_and_attempts_and_pending_ones_s
     let r = app.get(&t, &format!("/v1/events?after={unknown}")).await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
 
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     let purged = metrics
         .lines()
         .find(|l| l.starts_with("accommador_purged_rows_total{table=\"events\"}"))

@@ -51,6 +51,16 @@ pub(crate) struct Endpoint {
     pub(crate) secret: String,
 }
 
+impl Endpoint {
+    /// The ID and secret of an endpoint as the API returned it.
+    fn of(e: &Value) -> Endpoint {
+        Endpoint {
+            id: e["id"].as_str().unwrap().to_owned(),
+            secret: e["secret"].as_str().unwrap().to_owned(),
+        }
+    }
+}
+
 pub(crate) async fn endpoint(
     app: &TestApp,
     t: &Tenant,
@@ -61,13 +71,7 @@ pub(crate) async fn endpoint(
     if let Some(types) = types {
         body["event_types"] = json!(types);
     }
-    let r = app.post(t, "/v1/endpoints", &body).await;
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let e: Value = r.json().await.unwrap();
-    Endpoint {
-        id: e["id"].as_str().unwrap().to_owned(),
-        secret: e["secret"].as_str().unwrap().to_owned(),
-    }
+    Endpoint::of(&app.create_endpoint(t, body).await)
 }
 
 pub(crate) use receiver::verify;
@@ -85,7 +89,18 @@ pub(crate) async fn eventually(
     path: &str,
     check: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
+    eventually_within(app, t, path, WAIT, check).await
+}
+
+/// [`eventually`] for a state that may take longer than [`WAIT`] to reach: within `limit`.
+pub(crate) async fn eventually_within(
+    app: &TestApp,
+    t: &Tenant,
+    path: &str,
+    limit: Duration,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
         let body = json_of(app, t, path).await;
         if check(&body) {
@@ -800,15 +815,7 @@ async fn an_endpoint_failing_for_too_long_is_disabled_with_the_reason() {
         "fewer than three attempts before disabling: {log:?}"
     );
     assert_eq!(rx.received("/broken").len(), real);
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(metrics.contains("webhook_attempts_total"), "{metrics}");
 }
 

@@ -7,20 +7,11 @@ use super::*;
 
 /// An endpoint that orders per user, at `url`.
 async fn ordered_endpoint(app: &TestApp, t: &Tenant, url: &str) -> Endpoint {
-    let r = app
-        .post(
-            t,
-            "/v1/endpoints",
-            &json!({"url": url, "ordering": "per_user"}),
-        )
+    let e = app
+        .create_endpoint(t, json!({"url": url, "ordering": "per_user"}))
         .await;
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let e: Value = r.json().await.unwrap();
     assert_eq!(e["ordering"], "per_user");
-    Endpoint {
-        id: e["id"].as_str().unwrap().to_owned(),
-        secret: e["secret"].as_str().unwrap().to_owned(),
-    }
+    Endpoint::of(&e)
 }
 
 /// The user a request is about and its version.
@@ -275,15 +266,7 @@ async fn back_to_no_ordering_sends_what_waited_at_once() {
     // The gauge is read every 5 s.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let metrics = app
-            .client
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = app.metrics().await;
         if waiting(&metrics) == Some(2.0) {
             break;
         }

@@ -4,12 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use super::helpers::{Tenant, TestApp, spawn_app_with};
 use super::receiver::{Receiver, Reply};
-use super::{attempts, json_of, ms};
+use super::{attempts, eventually, eventually_within, json_of, ms};
 
 /// Creates `n` users, 8 requests at a time.
 async fn create_users(app: &Arc<TestApp>, t: &Tenant, n: usize, tag: &str) {
@@ -26,12 +25,6 @@ async fn create_users(app: &Arc<TestApp>, t: &Tenant, n: usize, tag: &str) {
     for task in tasks {
         task.await.unwrap();
     }
-}
-
-async fn create_endpoint(app: &TestApp, t: &Tenant, body: Value) -> Value {
-    let r = app.post(t, "/v1/endpoints", &body).await;
-    assert_eq!(r.status(), StatusCode::CREATED);
-    r.json().await.unwrap()
 }
 
 /// Every delivery of `endpoint_id` (following the cursor).
@@ -74,26 +67,29 @@ fn started_ms(attempt: &Value) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
-/// Polls the endpoint until `check` holds for it (within `limit`).
-async fn endpoint_until(
-    app: &TestApp,
-    t: &Tenant,
-    id: &str,
-    limit: Duration,
-    check: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let e = json_of(app, t, &format!("/v1/endpoints/{id}")).await;
-        if check(&e) {
-            return e;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the endpoint never reached the expected state: {e}"
-        );
-        tokio::time::sleep(ms(10)).await;
-    }
+/// Waits until no delivery of endpoint `id` is pending.
+async fn nothing_pending(app: &TestApp, t: &Tenant, id: &str) {
+    eventually(
+        app,
+        t,
+        &format!("/v1/deliveries?endpoint_id={id}&status=pending"),
+        |v| v["data"].as_array().unwrap().is_empty(),
+    )
+    .await;
+}
+
+/// A server that keeps up to 8 attempts per endpoint in flight and retries on `schedule`, an
+/// organization on it, and a receiver.
+async fn eight_at_once(schedule: Vec<Duration>) -> (Arc<TestApp>, Tenant, Receiver) {
+    let app = Arc::new(
+        spawn_app_with(|s| {
+            s.endpoint_concurrency = 8;
+            s.retry_schedule = schedule;
+        })
+        .await,
+    );
+    let t = app.create_org("Acme").await;
+    (app, t, Receiver::start().await)
 }
 
 #[tokio::test]
@@ -104,11 +100,15 @@ async fn a_rate_limit_spaces_every_attempt_retries_included_and_delivers_everyth
     let t = app.create_org("Acme").await;
     let rx = Receiver::start().await;
     rx.script("/paced", vec![Reply::status(500); 20]);
-    let ep = create_endpoint(&app, &t, json!({"url": rx.url("/paced"), "rate_limit": 20})).await;
+    let ep = app
+        .create_endpoint(&t, json!({"url": rx.url("/paced"), "rate_limit": 20}))
+        .await;
     assert_eq!(ep["rate_limit"], 20);
     let id = ep["id"].as_str().unwrap();
     // An unlimited endpoint of the same organization is not held back by the paced one.
-    let free = create_endpoint(&app, &t, json!({"url": rx.url("/free")})).await;
+    let free = app
+        .create_endpoint(&t, json!({"url": rx.url("/free")}))
+        .await;
     create_users(&app, &t, 400, "u").await;
     let free_done = std::time::Instant::now();
     rx.wait_for("/free", 400, Duration::from_secs(15)).await;
@@ -142,13 +142,7 @@ async fn a_rate_limit_spaces_every_attempt_retries_included_and_delivers_everyth
     );
 
     // What the attempt log says: the same, by `started_at` (once the last is recorded).
-    super::eventually(
-        &app,
-        &t,
-        &format!("/v1/deliveries?endpoint_id={id}&status=pending"),
-        |v| v["data"].as_array().unwrap().is_empty(),
-    )
-    .await;
+    nothing_pending(&app, &t, id).await;
     let deliveries = all_deliveries(&app, &t, id).await;
     assert_eq!(deliveries.len(), 400);
     let mut started = Vec::new();
@@ -168,27 +162,21 @@ async fn a_rate_limit_spaces_every_attempt_retries_included_and_delivers_everyth
 
 #[tokio::test]
 async fn too_many_requests_halves_concurrency_down_to_one_and_successes_bring_it_back() {
-    let app = Arc::new(
-        spawn_app_with(|s| {
-            s.endpoint_concurrency = 8;
-            s.retry_schedule = vec![ms(100); 200];
-        })
-        .await,
-    );
-    let t = app.create_org("Acme").await;
-    let rx = Receiver::start().await;
+    let (app, t, rx) = eight_at_once(vec![ms(100); 200]).await;
     // Overloaded: every request is held a while (so they overlap) and refused with 429,
     // without Retry-After.
     rx.default_reply(Reply::status(429).after(ms(100)));
     rx.watch("/busy");
-    let ep = create_endpoint(&app, &t, json!({"url": rx.url("/busy")})).await;
+    let ep = app
+        .create_endpoint(&t, json!({"url": rx.url("/busy")}))
+        .await;
     assert_eq!(ep["current_concurrency"], 8, "at the bound to begin with");
     let id = ep["id"].as_str().unwrap().to_owned();
     create_users(&app, &t, 40, "u").await;
 
     // 8 at once at first; each 429 halves: 8, 4, 2, 1.
     rx.wait_for("/busy", 8, super::WAIT).await;
-    endpoint_until(&app, &t, &id, super::WAIT, |e| {
+    eventually(&app, &t, &format!("/v1/endpoints/{id}"), |e| {
         e["current_concurrency"] == 1
     })
     .await;
@@ -211,17 +199,15 @@ async fn too_many_requests_halves_concurrency_down_to_one_and_successes_bring_it
     // The receiver recovers: each success raises the bound by one, back to 8.
     rx.default_reply(Reply::status(200).after(ms(100)));
     rx.watch("/busy");
-    endpoint_until(&app, &t, &id, Duration::from_secs(20), |e| {
-        e["current_concurrency"] == 8
-    })
-    .await;
-    super::eventually(
+    eventually_within(
         &app,
         &t,
-        &format!("/v1/deliveries?endpoint_id={id}&status=pending"),
-        |v| v["data"].as_array().unwrap().is_empty(),
+        &format!("/v1/endpoints/{id}"),
+        Duration::from_secs(20),
+        |e| e["current_concurrency"] == 8,
     )
     .await;
+    nothing_pending(&app, &t, &id).await;
     let peak = rx.peak_open("/busy");
     assert!(
         (2..=8).contains(&peak),
@@ -229,15 +215,7 @@ async fn too_many_requests_halves_concurrency_down_to_one_and_successes_bring_it
     );
 
     // /metrics counts the halvings (no per-endpoint series).
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     let halvings: f64 = metrics
         .lines()
         .find(|l| l.starts_with("webhook_endpoint_concurrency_halvings_total"))
@@ -255,26 +233,20 @@ async fn too_many_requests_halves_concurrency_down_to_one_and_successes_bring_it
 
 #[tokio::test]
 async fn too_many_requests_with_retry_after_does_not_halve() {
-    let app = Arc::new(
-        spawn_app_with(|s| {
-            s.endpoint_concurrency = 8;
-            s.retry_schedule = vec![ms(50); 3];
-        })
-        .await,
-    );
-    let t = app.create_org("Acme").await;
-    let rx = Receiver::start().await;
+    let (app, t, rx) = eight_at_once(vec![ms(50); 3]).await;
     // The first 8 answers say "too many, come back in a second" (both spellings of busy).
     let mut busy = vec![Reply::status(429).header("retry-after", "1"); 4];
     busy.extend(vec![Reply::status(503).header("retry-after", "1"); 4]);
     rx.script("/polite", busy);
-    let ep = create_endpoint(&app, &t, json!({"url": rx.url("/polite")})).await;
+    let ep = app
+        .create_endpoint(&t, json!({"url": rx.url("/polite")}))
+        .await;
     let id = ep["id"].as_str().unwrap().to_owned();
     create_users(&app, &t, 8, "u").await;
 
     // All 8 arrive again after their Retry-After, and succeed.
     rx.wait_for("/polite", 16, super::WAIT).await;
-    super::eventually(
+    eventually(
         &app,
         &t,
         &format!("/v1/deliveries?endpoint_id={id}&status=succeeded"),

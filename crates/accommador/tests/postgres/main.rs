@@ -794,11 +794,17 @@ async fn a_database_restart_mid_load_loses_nothing_acknowledged() {
 
 const PRIVATE: (&str, &str) = ("ACCOMMADOR_ALLOW_PRIVATE_TARGETS", "true");
 
+/// Creates an endpoint for `url` through `server`; its ID.
 async fn create_endpoint(client: &Client, server: &Server, key: &str, url: &str) -> String {
+    create_endpoint_with(client, server, key, json!({ "url": url })).await
+}
+
+/// Creates an endpoint from `body` through `server`; its ID.
+async fn create_endpoint_with(client: &Client, server: &Server, key: &str, body: Value) -> String {
     let r = client
         .post(server.url("/v1/endpoints"))
         .bearer_auth(key)
-        .json(&json!({ "url": url }))
+        .json(&body)
         .send()
         .await
         .unwrap();

@@ -3,30 +3,12 @@
 
 use std::time::Duration;
 
-use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use super::{Server, create_users, postgres_configured, receiver, two_instances};
-
-async fn create_endpoint(
-    client: &reqwest::Client,
-    server: &Server,
-    key: &str,
-    body: Value,
-) -> String {
-    let r = client
-        .post(server.url("/v1/endpoints"))
-        .bearer_auth(key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
+use super::{
+    Server, create_endpoint, create_endpoint_with, create_users, postgres_configured, receiver,
+    two_instances,
+};
 
 async fn current_concurrency(
     client: &reqwest::Client,
@@ -52,7 +34,7 @@ async fn a_rate_limit_holds_across_instances() {
         return;
     }
     let (_db, rx, servers, client, key) = two_instances(&[]).await;
-    create_endpoint(
+    create_endpoint_with(
         &client,
         &servers[0],
         &key,
@@ -102,7 +84,7 @@ async fn a_halved_concurrency_holds_on_every_instance() {
     .await;
     rx.default_reply(receiver::Reply::status(429).after(Duration::from_millis(100)));
     rx.watch("/busy");
-    let id = create_endpoint(&client, &servers[0], &key, json!({"url": rx.url("/busy")})).await;
+    let id = create_endpoint(&client, &servers[0], &key, &rx.url("/busy")).await;
     let refs: Vec<&Server> = servers.iter().collect();
     create_users(&client, &refs, &key, 40, "b").await;
 
