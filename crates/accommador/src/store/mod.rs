@@ -751,6 +751,10 @@ fn overtaken_sql(row: &str) -> String {
 /// the `next_attempt_at IS NULL` end of the due index).
 pub const ORDERED_WAITING_COUNTED: i64 = 100_000;
 
+/// Most due deliveries the `webhook_due_deliveries` gauge counts: its periodic read walks at
+/// most this many entries of the due index, however large the backlog.
+pub const DUE_COUNTED: i64 = 100_000;
+
 /// Why the pending deliveries of a disabled or deleted endpoint are failed.
 fn cancel_reason(disabled_reason: Option<String>, deleted: bool) -> String {
     if deleted {

@@ -31,9 +31,9 @@ use crate::domain::event::{OperationalEvent, fanned_out, reports_failure};
 use crate::domain::{Timestamp, ids};
 use crate::store::rollups::hour_of;
 use crate::store::{
-    CANCEL_BATCH, CancelStep, DeliveryFilter, DeliveryStats, DeliveryWalk, FanOut, LIST_SCAN_ROWS,
-    ListPage, ORDERED_WAITING_COUNTED, Recorded, SEND_TARGET_SQL, SendTarget, StoreError,
-    cancel_reason, overtaken_sql, send_target_from,
+    CANCEL_BATCH, CancelStep, DUE_COUNTED, DeliveryFilter, DeliveryStats, DeliveryWalk, FanOut,
+    LIST_SCAN_ROWS, ListPage, ORDERED_WAITING_COUNTED, Recorded, SEND_TARGET_SQL, SendTarget,
+    StoreError, cancel_reason, overtaken_sql, send_target_from,
 };
 
 const FANOUT_EVENTS: i64 = 256;
@@ -456,9 +456,22 @@ impl PgStore {
     pub async fn pending_lanes(&self) -> Result<Vec<(String, Timestamp)>, StoreError> {
         let client = self.background_client().await?;
         Ok(client
+            // One probe of the due index per endpoint (a loose index scan), not a pass over
+            // every pending delivery: this runs every SAFETY_RESCAN inside the dispatcher's
+            // loop, beside backlogs of millions. The index orders NULL (waiting behind an
+            // earlier delivery) last, so each endpoint's first entry is its earliest due time.
             .fetch(
-                "SELECT endpoint_id, MIN(next_attempt_at) FROM deliveries
-                 WHERE status = 'pending' GROUP BY endpoint_id",
+                "WITH RECURSIVE lanes(endpoint_id, at) AS (
+                     (SELECT endpoint_id, next_attempt_at FROM deliveries
+                       WHERE status = 'pending'
+                       ORDER BY endpoint_id, next_attempt_at LIMIT 1)
+                     UNION ALL
+                     SELECT n.endpoint_id, n.next_attempt_at FROM lanes l
+                     CROSS JOIN LATERAL (
+                         SELECT endpoint_id, next_attempt_at FROM deliveries
+                          WHERE status = 'pending' AND endpoint_id > l.endpoint_id
+                          ORDER BY endpoint_id, next_attempt_at LIMIT 1) n)
+                 SELECT endpoint_id, at FROM lanes",
                 &[],
             )
             .await
@@ -1432,11 +1445,16 @@ impl PgStore {
 
     pub async fn delivery_stats(&self, now: Timestamp) -> Result<DeliveryStats, StoreError> {
         let client = self.client().await?;
+        // Bounded: the oldest from the head of the due index, the count up to DUE_COUNTED.
         let row = client
             .fetch_one(
-                "SELECT COUNT(*), MIN(next_attempt_at) FROM deliveries
-                 WHERE status = 'pending' AND next_attempt_at <= $1",
-                &[&now.millis()],
+                "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM deliveries
+                                               WHERE status = 'pending' AND next_attempt_at <= $1
+                                               LIMIT $2) d),
+                        (SELECT next_attempt_at FROM deliveries
+                          WHERE status = 'pending' AND next_attempt_at <= $1
+                          ORDER BY next_attempt_at LIMIT 1)",
+                &[&now.millis(), &DUE_COUNTED],
             )
             .await
             .map_err(pg_err)?;

@@ -152,12 +152,12 @@ impl PgStore {
         };
         if !doomed.is_empty() {
             step.attempts += tx
+                // By the key's leading column: with sequential scans off for the step this is
+                // one bitmap probe of the key index per delivery. (Joining back to the table
+                // from per-key probes was planned as a hash of the whole attempts table once the
+                // array's length was known: 0.5-0.8 s a step at a million rows.)
                 .run(
-                    "DELETE FROM attempts a USING (
-                         SELECT x.delivery_id, x.number FROM UNNEST($1::text[]) AS u(id)
-                         CROSS JOIN LATERAL (SELECT delivery_id, number FROM attempts
-                                             WHERE delivery_id = u.id OFFSET 0) AS x) AS gone
-                     WHERE a.delivery_id = gone.delivery_id AND a.number = gone.number",
+                    "DELETE FROM attempts WHERE delivery_id = ANY($1)",
                     &[&doomed],
                 )
                 .await

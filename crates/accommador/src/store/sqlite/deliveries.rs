@@ -28,9 +28,10 @@ use crate::domain::endpoint::{DeliveryOrder, EndpointStatus, EventTypeFilter};
 use crate::domain::event::{OperationalEvent, fanned_out, reports_failure};
 use crate::domain::{Timestamp, ids};
 use crate::store::{
-    CANCEL_BATCH, CancelStep, DeliveryFilter, DeliveryStats, DeliveryWalk, DueDelivery, FanOut,
-    LIST_SCAN_ROWS, LaneRequest, LaneWork, ListPage, ORDERED_WAITING_COUNTED, Recorded,
-    SEND_TARGET_SQL, SendTarget, StoreError, Walk, cancel_reason, overtaken_sql, send_target_from,
+    CANCEL_BATCH, CancelStep, DUE_COUNTED, DeliveryFilter, DeliveryStats, DeliveryWalk,
+    DueDelivery, FanOut, LIST_SCAN_ROWS, LaneRequest, LaneWork, ListPage, ORDERED_WAITING_COUNTED,
+    Recorded, SEND_TARGET_SQL, SendTarget, StoreError, Walk, cancel_reason, overtaken_sql,
+    send_target_from,
 };
 
 /// Most events one fan-out step takes, and most deliveries it creates.
@@ -977,11 +978,14 @@ impl SqliteStore {
     pub async fn delivery_stats(&self, now: Timestamp) -> Result<DeliveryStats, StoreError> {
         self.read(move |c| {
             let (due, oldest): (u64, Option<i64>) = c
-                .prepare_cached(
-                    "SELECT COUNT(*), MIN(next_attempt_at) FROM deliveries
-                     WHERE status = 'pending' AND next_attempt_at <= ?1",
-                )
-                .and_then(|mut s| s.query_row([now.millis()], |r| Ok((r.get(0)?, r.get(1)?))))
+                // Bounded: the oldest from the head of the due index, the count up to
+                // DUE_COUNTED.
+                .prepare_cached(DUE_STATS_SQL)
+                .and_then(|mut s| {
+                    s.query_row(params![now.millis(), DUE_COUNTED], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                })
                 .map_err(db_err)?;
             let disabled: u64 = c
                 .query_row(
@@ -1028,6 +1032,15 @@ type DueRow = (
 /// `deliveries_user_pending`; one in flight is pending too), and the walk starts after the
 /// deliveries that wait behind an earlier one (no `next_attempt_at`, see migration 0013), so
 /// a user whose receiver keeps failing costs each read at most its one due delivery.
+/// The due gauge and the age of the oldest due delivery, both read from the due index: the
+/// count stops at its bound (`?2`), the oldest is the index's first entry.
+pub(super) const DUE_STATS_SQL: &str = "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM deliveries
+                                   WHERE status = 'pending' AND next_attempt_at <= ?1
+                                   LIMIT ?2)),
+            (SELECT next_attempt_at FROM deliveries
+              WHERE status = 'pending' AND next_attempt_at <= ?1
+              ORDER BY next_attempt_at LIMIT 1)";
+
 fn lane_sql(ordering: DeliveryOrder) -> String {
     let gate = match ordering {
         DeliveryOrder::None => "",

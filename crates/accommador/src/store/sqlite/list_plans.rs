@@ -6,7 +6,7 @@
 
 use rusqlite::Connection;
 
-use super::deliveries::delivery_walk_sql;
+use super::deliveries::{DUE_STATS_SQL, delivery_walk_sql};
 use super::{event_walk_sql, known_in_org_sql, migrate};
 use crate::store::{DeliveryWalk, EventWalk};
 
@@ -88,4 +88,20 @@ fn the_filters_checks_of_ownership_are_lookups_by_id() {
             "{table}: {plan:?}"
         );
     }
+}
+
+#[test]
+fn the_due_gauge_reads_a_bounded_range_of_the_due_index() {
+    let c = migrated();
+    let plan = plan(&c, DUE_STATS_SQL);
+    let searches = plan
+        .iter()
+        .filter(|l| l.starts_with("SEARCH deliveries USING COVERING INDEX deliveries_due"))
+        .count();
+    assert_eq!(searches, 2, "both reads walk the due index: {plan:?}");
+    assert!(
+        plan.iter()
+            .all(|l| !l.starts_with("SCAN deliveries") && !l.contains("TEMP B-TREE")),
+        "no scan of deliveries and no sort: {plan:?}"
+    );
 }
