@@ -75,6 +75,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0015_ordering.sql"),
     include_str!("../../migrations/postgres/0016_rate_limit.sql"),
     include_str!("../../migrations/postgres/0017_rollups.sql"),
+    include_str!("../../migrations/postgres/0019_last_error.sql"),
 ];
 /// Most events numbered by one sequencer step.
 const SEQUENCE_STEP: i64 = 1000;

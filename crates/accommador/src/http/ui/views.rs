@@ -9,9 +9,11 @@ use serde_json::Value;
 
 use crate::domain::Timestamp;
 use crate::domain::delivery::{AttemptRecord, DeliveryRecord, ErrorClass, webhook_timestamp};
-use crate::domain::endpoint::{EndpointRecord, EndpointStatus};
+use crate::domain::endpoint::{DeliveryOrder, EndpointRecord, EndpointStatus};
+use crate::domain::pacing::MAX_RATE_LIMIT;
 use crate::domain::user::UserRecord;
 use crate::service::Outcomes;
+use crate::store::rollups::LastError;
 use crate::store::ui::SessionRecord;
 
 /// Which page the navigation marks as current.
@@ -204,8 +206,12 @@ pub fn portal_refused() -> Markup {
 
 /// Plain words for an attempt's outcome.
 pub fn explain(a: &AttemptRecord) -> String {
-    let r = &a.result;
-    match (r.error_class, r.status_code) {
+    explain_outcome(a.result.error_class, a.result.status_code)
+}
+
+/// Plain words for an attempt's error class and status code.
+pub fn explain_outcome(error_class: Option<ErrorClass>, status_code: Option<u16>) -> String {
+    match (error_class, status_code) {
         (None, Some(code)) if (200..300).contains(&code) => {
             format!("The endpoint answered {code}: delivered.")
         }
@@ -252,6 +258,69 @@ pub fn explain(a: &AttemptRecord) -> String {
             "The user was erased, so this delivery was not sent.".into()
         }
         (None, None) => "No outcome recorded.".into(),
+    }
+}
+
+/// A failed attempt's outcome in a few words, for a table cell: the status with its reason
+/// phrase, or what went wrong before an answer.
+pub fn failure_label(error_class: Option<ErrorClass>, status_code: Option<u16>) -> String {
+    match (error_class, status_code) {
+        (Some(ErrorClass::HttpStatus) | None, Some(code)) => {
+            let reason = axum::http::StatusCode::from_u16(code)
+                .ok()
+                .and_then(|s| s.canonical_reason());
+            match reason {
+                Some(reason) => format!("HTTP {code} {reason}"),
+                None => format!("HTTP {code}"),
+            }
+        }
+        (Some(ErrorClass::HttpStatus), None) => "HTTP error".into(),
+        (Some(ErrorClass::Timeout), _) => "Timed out".into(),
+        (Some(ErrorClass::Connect), _) => "Could not connect".into(),
+        (Some(ErrorClass::Dns), _) => "Host name not found".into(),
+        (Some(ErrorClass::Tls), _) => "TLS handshake failed".into(),
+        (Some(ErrorClass::BlockedAddress), _) => "Blocked address".into(),
+        (Some(ErrorClass::EndpointDisabled), _) => "Not sent: endpoint disabled".into(),
+        (Some(ErrorClass::Erased), _) => "Not sent: user erased".into(),
+        (None, None) => "No answer".into(),
+    }
+}
+
+/// An endpoint's last error in a table cell: what failed (explained on hover), when, and a
+/// link to that delivery.
+pub fn last_error_cell(last: Option<&LastError>, now: Timestamp) -> Markup {
+    html! {
+        @match last {
+            Some(e) => {
+                a href={ "/ui/deliveries/" (e.delivery_id) }
+                    title=(explain_outcome(e.error_class, e.status_code)) {
+                    (failure_label(e.error_class, e.status_code))
+                }
+                br;
+                span.muted { (when(e.started_at, now)) }
+            },
+            None => span.muted { "none" },
+        }
+    }
+}
+
+/// An endpoint's delivery policies in a few words (ordering, rate limit, and the concurrency
+/// when adaptive concurrency holds it below `bound`).
+pub fn policies_cell(e: &EndpointRecord, bound: u32) -> Markup {
+    let current = e.current_concurrency(bound);
+    let reduced = current < bound;
+    html! {
+        @if e.ordering == DeliveryOrder::PerUser { "in order per user" br; }
+        @if let Some(n) = e.rate_limit { "at most " (n) " per second" br; }
+        @if reduced {
+            span.badge.s-warn title="The endpoint answered 429 or 503 without Retry-After: \
+                fewer attempts are sent at once until it answers well again." {
+                "slowed: " (current) " of " (bound) " at once"
+            }
+        }
+        @if e.ordering == DeliveryOrder::None && e.rate_limit.is_none() && !reduced {
+            span.muted { "defaults" }
+        }
     }
 }
 
@@ -329,8 +398,16 @@ pub fn delivery_detail(
                         Some(code) => span class={ "badge " (if ok { "s-succeeded" } else { "s-failed" }) } { "HTTP " (code) },
                         None => span.badge.s-failed { (a.result.error_class.map(ErrorClass::as_str).unwrap_or("no answer")) },
                     }
+                    @if a.out_of_order { " · " span.badge.s-warn { "out of order" } }
                 }
                 p { (explain(a)) }
+                @if a.out_of_order {
+                    p {
+                        "Sent out of order: a later delivery of the same user had already been \
+                         sent to this endpoint (a manual retry or recovery of a delivery it \
+                         overtook). The receiver may see this version after a newer one."
+                    }
+                }
                 @if let Some(e) = &a.result.error { p.muted { "Error: " (e) } }
                 @if a.result.request_sent() {
                     details {
@@ -366,17 +443,31 @@ pub fn pretty(text: &str) -> String {
         .unwrap_or_else(|| text.to_owned())
 }
 
-/// Endpoints with their last 24 hours' outcomes (from the rollup counters).
+/// What the endpoints table shows beside each endpoint: its last 24 hours' outcomes (from
+/// the rollup counters), its last error and the concurrency bound its policies are shown
+/// against.
+#[derive(Debug)]
+pub struct EndpointHealth<'a> {
+    pub counts: &'a HashMap<String, Outcomes>,
+    pub last_errors: &'a HashMap<String, LastError>,
+    /// `ACCOMMADOR_ENDPOINT_CONCURRENCY`.
+    pub concurrency_bound: u32,
+}
+
+/// Endpoints with their health ([`EndpointHealth`]).
 pub fn endpoints_table(
     items: &[EndpointRecord],
-    counts: &HashMap<String, Outcomes>,
+    health: &EndpointHealth<'_>,
     now: Timestamp,
 ) -> Markup {
     html! {
         div.table-wrap { table {
-            thead { tr { th { "Endpoint" } th { "URL" } th { "Status" } th { "Success, 24 h" } th.optional { "Event types" } th.optional { "Updated" } } }
+            thead { tr {
+                th { "Endpoint" } th { "URL" } th { "Status" } th { "Success, 24 h" }
+                th { "Last error" } th.optional { "Policies" } th.optional { "Event types" }
+            } }
             tbody {
-                @if items.is_empty() { tr { td colspan="6" .muted { "No endpoints yet." } } }
+                @if items.is_empty() { tr { td colspan="7" .muted { "No endpoints yet." } } }
                 @for e in items {
                     tr {
                         td { a.mono href={ "/ui/endpoints/" (e.id) } { (e.id) } }
@@ -386,7 +477,7 @@ pub fn endpoints_table(
                             @if let Some(r) = &e.disabled_reason { br; span.muted { (r) } }
                         }
                         td {
-                            @match counts.get(&e.id).copied().unwrap_or_default() {
+                            @match health.counts.get(&e.id).copied().unwrap_or_default() {
                                 c if c.ended() == 0 => span.muted { "none ended" },
                                 c => {
                                     (c.success_percent().unwrap_or(0)) " %"
@@ -395,8 +486,9 @@ pub fn endpoints_table(
                                 },
                             }
                         }
+                        td { (last_error_cell(health.last_errors.get(&e.id), now)) }
+                        td.optional { (policies_cell(e, health.concurrency_bound)) }
                         td.optional { (e.event_types.names().join(", ")) }
-                        td.optional { (when(e.updated_at, now)) }
                     }
                 }
             }
@@ -410,6 +502,28 @@ pub struct EndpointForm {
     pub url: String,
     pub description: String,
     pub event_types: Vec<String>,
+    /// `none` or `per_user` (empty: `none`).
+    pub ordering: String,
+    /// Deliveries per second, as typed (empty: no limit).
+    pub rate_limit: String,
+}
+
+impl EndpointForm {
+    /// The form filled with an endpoint's current values.
+    pub fn of(e: &EndpointRecord) -> EndpointForm {
+        EndpointForm {
+            url: e.url.clone(),
+            description: e.description.clone(),
+            event_types: e
+                .event_types
+                .names()
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            ordering: e.ordering.as_str().to_owned(),
+            rate_limit: e.rate_limit.map(|n| n.to_string()).unwrap_or_default(),
+        }
+    }
 }
 
 pub fn endpoint_form(
@@ -436,19 +550,46 @@ pub fn endpoint_form(
                     }
                 }
             }
+            p {
+                label for="ordering" { "Ordering" }
+                select #ordering name="ordering" aria-describedby="ordering-hint" {
+                    option value="none" selected[form.ordering != "per_user"] { "none: send each delivery when it is due" }
+                    option value="per_user" selected[form.ordering == "per_user"] { "per_user: one user's events in commit order" }
+                }
+                span.hint #ordering-hint {
+                    "With per_user, a user's next event waits while an earlier one to this endpoint \
+                     is pending (retries included); other users are not held back."
+                }
+            }
+            p {
+                label for="rate_limit" { "Rate limit (deliveries per second, empty: no limit)" }
+                input #rate_limit type="number" name="rate_limit" min="1" max=(MAX_RATE_LIMIT) step="1"
+                    inputmode="numeric" value=(form.rate_limit);
+            }
             p { button.primary type="submit" { (submit) } }
         }
     }
 }
 
+/// What an endpoint's page shows beside the endpoint itself.
+#[derive(Debug)]
+pub struct EndpointView<'a> {
+    pub endpoint: &'a EndpointRecord,
+    pub recent: &'a [DeliveryRecord],
+    pub last_error: Option<&'a LastError>,
+    /// `ACCOMMADOR_ENDPOINT_CONCURRENCY`.
+    pub concurrency_bound: u32,
+}
+
 pub fn endpoint_detail(
     frame: &Frame<'_>,
-    e: &EndpointRecord,
-    recent: &[DeliveryRecord],
+    view: &EndpointView<'_>,
     notice_text: Option<&str>,
     secret: Option<&str>,
 ) -> Markup {
     let now = frame.now;
+    let (e, recent, bound) = (view.endpoint, view.recent, view.concurrency_bound);
+    let current = e.current_concurrency(bound);
     let base = format!("/ui/endpoints/{}", e.id);
     let succeeded = recent
         .iter()
@@ -475,14 +616,33 @@ pub fn endpoint_detail(
                     @if let Some(r) = &e.disabled_reason { " " (r) }
                 }
                 dt { "Event types" } dd { (e.event_types.names().join(", ")) }
+                dt { "Last error" } dd {
+                    @match view.last_error {
+                        Some(l) => {
+                            a href={ "/ui/deliveries/" (l.delivery_id) } { (failure_label(l.error_class, l.status_code)) }
+                            " · attempt " (l.number) " · " (when(l.started_at, now))
+                            br;
+                            span.muted { (explain_outcome(l.error_class, l.status_code)) }
+                        },
+                        None => span.muted { "none: no delivery is failing" },
+                    }
+                }
+                dt { "Ordering" } dd {
+                    @if e.ordering == DeliveryOrder::PerUser {
+                        "per user: one user's events arrive in commit order; a later one waits \
+                         while an earlier one is pending"
+                    } @else { "none: each delivery is sent when it is due" }
+                }
                 dt { "Rate limit" } dd {
-                    @if let Some(n) = e.rate_limit { (n) " deliveries per second" }
+                    @if let Some(n) = e.rate_limit { "at most " (n) " deliveries per second" }
                     @else { span.muted { "none" } }
                 }
                 dt { "Concurrency" } dd {
-                    @if let Some(n) = e.concurrency {
-                        "slowed to " (n) " at once: the endpoint answered 429 or 503 without Retry-After"
-                    } @else { span.muted { "at the configured bound" } }
+                    @if current < bound {
+                        span.badge.s-warn { "reduced" } " "
+                        (current) " of " (bound) " attempts at once: the endpoint answered 429 or \
+                         503 without Retry-After; each success raises it by one"
+                    } @else { (current) " attempts at once " span.muted { "(the configured bound)" } }
                 }
                 dt { "Success rate" } dd {
                     @if finished == 0 { span.muted { "no finished delivery among the latest " (recent.len()) } }
@@ -511,11 +671,7 @@ pub fn endpoint_detail(
                 }
             }
             h2 { "Edit" }
-            (endpoint_form(frame, &base, &EndpointForm {
-                url: e.url.clone(),
-                description: e.description.clone(),
-                event_types: e.event_types.names().iter().map(|s| (*s).to_owned()).collect(),
-            }, "Save"))
+            (endpoint_form(frame, &base, &EndpointForm::of(e), "Save"))
         }
         h2 { "Latest deliveries" }
         (deliveries_table(recent, now))
