@@ -1,5 +1,6 @@
 //! The delivery-log UI's use-cases (DESIGN §10): signing in with an API key, looking a session
-//! up, signing out, and portal links (made through the API, used once to open a session).
+//! up, signing out, and portal links (made through the API, used once to open a session); the
+//! overview's counts and each endpoint's last error.
 //!
 //! Sessions are checked against the database on every request (see [`crate::store::ui`]), so
 //! a revoked key's sessions end at once on every instance.
@@ -12,6 +13,7 @@ use super::{Service, ServiceError};
 use crate::domain::ui::{new_token, plausible_token, token_id};
 use crate::domain::{FieldError, Timestamp};
 use crate::store::keys::KeyOwner;
+use crate::store::rollups::LastError;
 use crate::store::ui::{NewGrant, SessionRecord};
 
 /// Shortest and longest life of a portal link.
@@ -260,6 +262,23 @@ impl Service {
                 .add(h.succeeded, h.failed);
         }
         Ok(by_endpoint)
+    }
+
+    /// The last error ([`LastError`]) of each of these endpoints of the organization that has
+    /// one, by endpoint ID: one bounded index walk per endpoint.
+    pub async fn last_errors(
+        &self,
+        org: &str,
+        endpoints: &[crate::domain::endpoint::EndpointRecord],
+    ) -> Result<std::collections::HashMap<String, LastError>, ServiceError> {
+        let ids = endpoints.iter().map(|e| e.id.clone()).collect();
+        Ok(self
+            .store
+            .last_errors(org.to_owned(), ids)
+            .await?
+            .into_iter()
+            .map(|e| (e.endpoint_id.clone(), e))
+            .collect())
     }
 
     /// The overview's counts for an organization at `now`.

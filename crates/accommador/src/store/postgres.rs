@@ -76,6 +76,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0016_rate_limit.sql"),
     include_str!("../../migrations/postgres/0017_rollups.sql"),
     include_str!("../../migrations/postgres/0018_tenants.sql"),
+    include_str!("../../migrations/postgres/0019_last_error.sql"),
 ];
 /// Most events numbered by one sequencer step.
 const SEQUENCE_STEP: i64 = 1000;

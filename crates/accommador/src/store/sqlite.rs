@@ -70,6 +70,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0014_rate_limit.sql"),
     include_str!("../../migrations/sqlite/0015_rollups.sql"),
     include_str!("../../migrations/sqlite/0016_tenants.sql"),
+    include_str!("../../migrations/sqlite/0017_last_error.sql"),
 ];
 
 pub mod backup;

@@ -58,7 +58,8 @@ async fn the_ui_works_in_headless_chromium() {
         .post(
             &acme,
             "/v1/endpoints",
-            &json!({"url": failing_receiver().await, "description": "Billing service"}),
+            &json!({"url": failing_receiver().await, "description": "Billing service",
+                    "rate_limit": 20}),
         )
         .await;
     assert_eq!(r.status(), StatusCode::CREATED);

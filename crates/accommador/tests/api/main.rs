@@ -18,6 +18,7 @@ mod slow_clients;
 mod tenancy;
 mod tenancy_sweep;
 mod ui;
+mod ui_endpoints;
 mod ui_measure;
 mod user_filter;
 mod users;

@@ -114,7 +114,7 @@ impl Browser {
 }
 
 /// The JSON body of an API GET with `t`'s key.
-async fn api_json(app: &TestApp, t: &Tenant, path: &str) -> Value {
+pub async fn api_json(app: &TestApp, t: &Tenant, path: &str) -> Value {
     app.get(t, path).await.json().await.unwrap()
 }
 

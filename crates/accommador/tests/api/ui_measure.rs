@@ -38,7 +38,8 @@ async fn ui_page_times_with_a_million_deliveries() {
     );
     let now = accommador::domain::Timestamp::now().millis();
     let started = Instant::now();
-    // One event per delivery, spread over the last ~28 hours; 10 % failed, 1 % pending.
+    // One event per delivery, spread over the last ~28 hours; 10 % failed, 1 % pending (those
+    // two with their failed attempt, which the endpoints' last error is read from).
     let sql = format!(
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {DELIVERIES})
          INSERT INTO events (id, org_id, type, user_id, user_version, occurred_at, payload)
@@ -56,6 +57,10 @@ async fn ui_page_times_with_a_million_deliveries() {
                 CASE WHEN e.seq % 10 = 0 THEN 500 ELSE 200 END,
                 e.occurred_at, e.occurred_at, e.user_id
          FROM events e WHERE e.id LIKE 'evt\\_0%' ESCAPE '\\';
+         INSERT INTO attempts (delivery_id, number, trigger, started_at, duration_ms,
+                               status_code, error_class, response_headers, response_body)
+         SELECT id, 1, 'scheduled', updated_at - 5, 5, 500, 'http_status', '{{}}', ''
+         FROM deliveries WHERE last_status_code = 500;
          UPDATE fanout_cursor SET last_seq = (SELECT MAX(seq) FROM events);
          ANALYZE;"
     );

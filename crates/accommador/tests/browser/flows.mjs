@@ -69,9 +69,15 @@ try {
   await shot(page, '05-delivery-retried');
 
   await page.goto(`${base}/ui/endpoints`);
+  check(await page.getByText('at most 20 per second').count() === 1, 'the rate limit is listed');
   await shot(page, '06-endpoints');
+  // The endpoint's last error leads to the delivery that failed.
+  await page.getByRole('link', { name: 'HTTP 500 Internal Server Error' }).click();
+  await page.waitForURL(new RegExp(`${base}/ui/deliveries/dlv_`));
+  check(await page.getByText('an error on the receiving server').count() >= 1, 'a failed delivery');
   await page.goto(`${base}/ui/endpoints/${endpoint}`);
   check(await page.getByRole('button', { name: 'Disable' }).count() === 1, 'endpoint actions');
+  check(await page.getByLabel('Rate limit', { exact: false }).inputValue() === '20', 'the form holds the rate limit');
   await shot(page, '07-endpoint');
   await page.goto(`${base}/ui/endpoints/new`);
   await page.getByLabel('URL').fill('ftp://example.com/');

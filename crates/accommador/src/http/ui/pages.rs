@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use serde_json::{Map, Value};
 
-use super::views::{self, EndpointForm, EventRow, Frame, Nav};
+use super::views::{self, EndpointForm, EndpointHealth, EndpointView, EventRow, Frame, Nav};
 use super::{Form, Ui, UiError};
 use crate::domain::delivery::DeliveryStatus;
 use crate::domain::endpoint::EndpointStatus;
@@ -125,6 +125,12 @@ pub async fn overview(State(state): State<AppState>, ui: Ui) -> Page {
         .iter()
         .filter(|e| e.status == EndpointStatus::Disabled)
         .count();
+    let last_errors = svc.last_errors(ui.org(), &troubled).await?;
+    let health = EndpointHealth {
+        counts: &o.by_endpoint,
+        last_errors: &last_errors,
+        concurrency_bound: svc.endpoint_concurrency(),
+    };
     let stat = |label: Markup, c: &Outcomes| {
         html! {
             div.stat {
@@ -165,7 +171,7 @@ pub async fn overview(State(state): State<AppState>, ui: Ui) -> Page {
         }
         h2 { "Failing and disabled endpoints" }
         @if troubled.is_empty() { p.muted { "None: every endpoint is enabled and nothing failed in the last 24 hours." } }
-        @else { (views::endpoints_table(&troubled, &o.by_endpoint, f.now)) }
+        @else { (views::endpoints_table(&troubled, &health, f.now)) }
         h2 { "Latest failed deliveries" }
         (views::deliveries_table(&failed.items, f.now))
     };
@@ -267,10 +273,16 @@ pub async fn endpoints(State(state): State<AppState>, ui: Ui, query: QueryParams
     let list = state.service.list_endpoints(ui.org(), page).await?;
     let f = frame(&ui);
     let counts = state.service.endpoint_outcomes(ui.org(), f.now).await?;
+    let last_errors = state.service.last_errors(ui.org(), &list.items).await?;
+    let health = EndpointHealth {
+        counts: &counts,
+        last_errors: &last_errors,
+        concurrency_bound: state.service.endpoint_concurrency(),
+    };
     let next = next_of(&list, |e| &e.id);
     let body = html! {
         @if f.can_act() { p { a.button href="/ui/endpoints/new" { "New endpoint" } } }
-        (views::endpoints_table(&list.items, &counts, f.now))
+        (views::endpoints_table(&list.items, &health, f.now))
         (views::pager(next_href("/ui/endpoints", &query, &[], next)))
     };
     Ok(views::layout(&f, Nav::Endpoints, "Endpoints", body).into_response())
@@ -289,15 +301,33 @@ pub async fn endpoint_new(ui: Ui) -> Page {
 }
 
 /// The API body an endpoint form stands for: the same validation as the API then applies.
+/// An empty rate limit is `null` (no limit); one that is not a JSON number goes as the text
+/// typed, which the API refuses with its own message. A policy field the form did not send
+/// is left out (an edit keeps the endpoint's value).
 fn endpoint_body(form: &Form) -> (Map<String, Value>, EndpointForm) {
     let typed = EndpointForm {
         url: form.get("url").unwrap_or_default().trim().to_owned(),
         description: form.get("description").unwrap_or_default().to_owned(),
         event_types: form.all("event_types"),
+        ordering: form.get("ordering").unwrap_or("none").trim().to_owned(),
+        rate_limit: form.get("rate_limit").unwrap_or_default().trim().to_owned(),
     };
     let mut body = Map::new();
     body.insert("url".into(), typed.url.clone().into());
     body.insert("description".into(), typed.description.clone().into());
+    if form.get("ordering").is_some() {
+        body.insert("ordering".into(), typed.ordering.clone().into());
+    }
+    if form.get("rate_limit").is_some() {
+        let rate_limit = match typed.rate_limit.as_str() {
+            "" => Value::Null,
+            typed => match serde_json::from_str::<Value>(typed) {
+                Ok(n @ Value::Number(_)) => n,
+                _ => typed.into(),
+            },
+        };
+        body.insert("rate_limit".into(), rate_limit);
+    }
     body.insert(
         "event_types".into(),
         if typed.event_types.is_empty() {
@@ -380,8 +410,15 @@ async fn endpoint_page(
             page_of(None, 20),
         )
         .await?;
+    let last_errors = svc.last_errors(ui.org(), std::slice::from_ref(&e)).await?;
     let f = frame(ui);
-    let body = views::endpoint_detail(&f, &e, &recent.items, notice_text, secret);
+    let view = EndpointView {
+        endpoint: &e,
+        recent: &recent.items,
+        last_error: last_errors.get(&e.id),
+        concurrency_bound: svc.endpoint_concurrency(),
+    };
+    let body = views::endpoint_detail(&f, &view, notice_text, secret);
     Ok(views::layout(&f, Nav::Endpoints, &format!("Endpoint {id}"), body).into_response())
 }
 

@@ -2,17 +2,18 @@
 //! `PreEscaped`, which this module never does with data). Functions here take plain values and
 //! return markup; they read nothing and decide nothing about access beyond what they are told.
 
-use std::collections::HashMap;
-
 use maud::{DOCTYPE, Markup, html};
 use serde_json::Value;
 
 use crate::domain::Timestamp;
 use crate::domain::delivery::{AttemptRecord, DeliveryRecord, ErrorClass, webhook_timestamp};
-use crate::domain::endpoint::{EndpointRecord, EndpointStatus};
 use crate::domain::user::UserRecord;
-use crate::service::Outcomes;
 use crate::store::ui::SessionRecord;
+
+mod endpoints;
+pub use endpoints::{
+    EndpointForm, EndpointHealth, EndpointView, endpoint_detail, endpoint_form, endpoints_table,
+};
 
 /// Which page the navigation marks as current.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,8 +205,12 @@ pub fn portal_refused() -> Markup {
 
 /// Plain words for an attempt's outcome.
 pub fn explain(a: &AttemptRecord) -> String {
-    let r = &a.result;
-    match (r.error_class, r.status_code) {
+    explain_outcome(a.result.error_class, a.result.status_code)
+}
+
+/// Plain words for an attempt's error class and status code.
+pub fn explain_outcome(error_class: Option<ErrorClass>, status_code: Option<u16>) -> String {
+    match (error_class, status_code) {
         (None, Some(code)) if (200..300).contains(&code) => {
             format!("The endpoint answered {code}: delivered.")
         }
@@ -252,6 +257,31 @@ pub fn explain(a: &AttemptRecord) -> String {
             "The user was erased, so this delivery was not sent.".into()
         }
         (None, None) => "No outcome recorded.".into(),
+    }
+}
+
+/// A failed attempt's outcome in a few words, for a table cell: the status with its reason
+/// phrase, or what went wrong before an answer.
+pub fn failure_label(error_class: Option<ErrorClass>, status_code: Option<u16>) -> String {
+    match (error_class, status_code) {
+        (Some(ErrorClass::HttpStatus) | None, Some(code)) => {
+            let reason = axum::http::StatusCode::from_u16(code)
+                .ok()
+                .and_then(|s| s.canonical_reason());
+            match reason {
+                Some(reason) => format!("HTTP {code} {reason}"),
+                None => format!("HTTP {code}"),
+            }
+        }
+        (Some(ErrorClass::HttpStatus), None) => "HTTP error".into(),
+        (Some(ErrorClass::Timeout), _) => "Timed out".into(),
+        (Some(ErrorClass::Connect), _) => "Could not connect".into(),
+        (Some(ErrorClass::Dns), _) => "Host name not found".into(),
+        (Some(ErrorClass::Tls), _) => "TLS handshake failed".into(),
+        (Some(ErrorClass::BlockedAddress), _) => "Blocked address".into(),
+        (Some(ErrorClass::EndpointDisabled), _) => "Not sent: endpoint disabled".into(),
+        (Some(ErrorClass::Erased), _) => "Not sent: user erased".into(),
+        (None, None) => "No answer".into(),
     }
 }
 
@@ -329,8 +359,16 @@ pub fn delivery_detail(
                         Some(code) => span class={ "badge " (if ok { "s-succeeded" } else { "s-failed" }) } { "HTTP " (code) },
                         None => span.badge.s-failed { (a.result.error_class.map(ErrorClass::as_str).unwrap_or("no answer")) },
                     }
+                    @if a.out_of_order { " · " span.badge.s-warn { "out of order" } }
                 }
                 p { (explain(a)) }
+                @if a.out_of_order {
+                    p {
+                        "Sent out of order: a later delivery of the same user had already been \
+                         sent to this endpoint (a manual retry or recovery of a delivery it \
+                         overtook). The receiver may see this version after a newer one."
+                    }
+                }
                 @if let Some(e) = &a.result.error { p.muted { "Error: " (e) } }
                 @if a.result.request_sent() {
                     details {
@@ -364,163 +402,6 @@ pub fn pretty(text: &str) -> String {
         .ok()
         .and_then(|v| serde_json::to_string_pretty(&v).ok())
         .unwrap_or_else(|| text.to_owned())
-}
-
-/// Endpoints with their last 24 hours' outcomes (from the rollup counters).
-pub fn endpoints_table(
-    items: &[EndpointRecord],
-    counts: &HashMap<String, Outcomes>,
-    now: Timestamp,
-) -> Markup {
-    html! {
-        div.table-wrap { table {
-            thead { tr { th { "Endpoint" } th { "URL" } th { "Status" } th { "Success, 24 h" } th.optional { "Event types" } th.optional { "Updated" } } }
-            tbody {
-                @if items.is_empty() { tr { td colspan="6" .muted { "No endpoints yet." } } }
-                @for e in items {
-                    tr {
-                        td { a.mono href={ "/ui/endpoints/" (e.id) } { (e.id) } }
-                        td { (e.url) @if !e.description.is_empty() { br; span.muted { (e.description) } } }
-                        td {
-                            (status_badge(e.status.as_str()))
-                            @if let Some(r) = &e.disabled_reason { br; span.muted { (r) } }
-                        }
-                        td {
-                            @match counts.get(&e.id).copied().unwrap_or_default() {
-                                c if c.ended() == 0 => span.muted { "none ended" },
-                                c => {
-                                    (c.success_percent().unwrap_or(0)) " %"
-                                    br;
-                                    span.muted { (c.failed) " of " (c.ended()) " failed" }
-                                },
-                            }
-                        }
-                        td.optional { (e.event_types.names().join(", ")) }
-                        td.optional { (when(e.updated_at, now)) }
-                    }
-                }
-            }
-        } }
-    }
-}
-
-/// The fields of an endpoint form, as typed (kept when validation fails).
-#[derive(Debug, Default)]
-pub struct EndpointForm {
-    pub url: String,
-    pub description: String,
-    pub event_types: Vec<String>,
-}
-
-pub fn endpoint_form(
-    frame: &Frame<'_>,
-    action_href: &str,
-    form: &EndpointForm,
-    submit: &str,
-) -> Markup {
-    let all = accommador_webhooks::EventType::USER_EVENTS
-        .iter()
-        .chain(accommador_webhooks::EventType::OPERATIONAL_EVENTS.iter());
-    html! {
-        form.panel method="post" action=(action_href) {
-            input type="hidden" name="csrf" value=(frame.csrf);
-            p { label for="url" { "URL" } input #url type="url" name="url" required value=(form.url); }
-            p { label for="description" { "Description" } input #description type="text" name="description" value=(form.description); }
-            fieldset.checks {
-                legend { "Event types (none ticked: every user event)" }
-                @for t in all {
-                    label {
-                        input type="checkbox" name="event_types" value=(t.as_str())
-                            checked[form.event_types.iter().any(|s| s == t.as_str())];
-                        " " (t.as_str())
-                    }
-                }
-            }
-            p { button.primary type="submit" { (submit) } }
-        }
-    }
-}
-
-pub fn endpoint_detail(
-    frame: &Frame<'_>,
-    e: &EndpointRecord,
-    recent: &[DeliveryRecord],
-    notice_text: Option<&str>,
-    secret: Option<&str>,
-) -> Markup {
-    let now = frame.now;
-    let base = format!("/ui/endpoints/{}", e.id);
-    let succeeded = recent
-        .iter()
-        .filter(|d| d.status.as_str() == "succeeded")
-        .count();
-    let finished = recent
-        .iter()
-        .filter(|d| d.status.as_str() != "pending")
-        .count();
-    html! {
-        (notice(notice_text))
-        @if let Some(s) = secret {
-            div.secret role="status" {
-                p { strong { "The signing secret, shown this once:" } }
-                code #secret { (s) }
-            }
-        }
-        div.panel {
-            dl.kv {
-                dt { "URL" } dd { (e.url) }
-                dt { "Description" } dd { (e.description) }
-                dt { "Status" } dd {
-                    (status_badge(e.status.as_str()))
-                    @if let Some(r) = &e.disabled_reason { " " (r) }
-                }
-                dt { "Event types" } dd { (e.event_types.names().join(", ")) }
-                dt { "Rate limit" } dd {
-                    @if let Some(n) = e.rate_limit { (n) " deliveries per second" }
-                    @else { span.muted { "none" } }
-                }
-                dt { "Concurrency" } dd {
-                    @if let Some(n) = e.concurrency {
-                        "slowed to " (n) " at once: the endpoint answered 429 or 503 without Retry-After"
-                    } @else { span.muted { "at the configured bound" } }
-                }
-                dt { "Success rate" } dd {
-                    @if finished == 0 { span.muted { "no finished delivery among the latest " (recent.len()) } }
-                    @else { (succeeded * 100 / finished) " % of the latest " (finished) " finished deliveries" }
-                }
-                dt { "Created" } dd { (when(e.created_at, now)) }
-            }
-        }
-        @if frame.can_act() {
-            h2 { "Actions" }
-            div.actions.panel {
-                @if e.status == EndpointStatus::Enabled {
-                    (action(frame, &format!("{base}/disable"), "Disable", "danger"))
-                } @else {
-                    (action(frame, &format!("{base}/enable"), "Enable", "primary"))
-                }
-                (action(frame, &format!("{base}/test"), "Send test event", ""))
-                @if !frame.session.portal {
-                    (action(frame, &format!("{base}/rotate"), "Rotate secret", "danger"))
-                }
-                form method="post" action={ (base) "/recover" } {
-                    input type="hidden" name="csrf" value=(frame.csrf);
-                    label for="since" { "Recover failed deliveries since (RFC 3339)" }
-                    input #since type="text" name="since" required placeholder="2026-12-01T00:00:00Z";
-                    button type="submit" { "Recover" }
-                }
-            }
-            h2 { "Edit" }
-            (endpoint_form(frame, &base, &EndpointForm {
-                url: e.url.clone(),
-                description: e.description.clone(),
-                event_types: e.event_types.names().iter().map(|s| (*s).to_owned()).collect(),
-            }, "Save"))
-        }
-        h2 { "Latest deliveries" }
-        (deliveries_table(recent, now))
-        p.pager { a href={ "/ui/deliveries?endpoint_id=" (e.id) } { "All deliveries of this endpoint" } }
-    }
 }
 
 pub fn users_table(items: &[UserRecord], now: Timestamp) -> Markup {

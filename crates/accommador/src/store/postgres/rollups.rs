@@ -1,5 +1,6 @@
-//! Rollup counters on PostgreSQL (see [`crate::store::rollups`]): the deliveries that ended,
-//! per endpoint per hour, added by the statements that end them. Each adds its counts in
+//! The UI's endpoint-health reads on PostgreSQL (see [`crate::store::rollups`]): the rollup
+//! counters (the deliveries that ended, per endpoint per hour, added by the statements that
+//! end them), the due backlog and the last errors. Each adds its counts in
 //! (endpoint, hour) order, so two writers that end deliveries of the same endpoints take the
 //! counter rows in the same order and never deadlock on them.
 
@@ -9,8 +10,11 @@ use deadpool_postgres::Transaction;
 
 use super::{Cached, PgStore, pg_err};
 use crate::domain::Timestamp;
+use crate::domain::delivery::ErrorClass;
 use crate::store::StoreError;
-use crate::store::rollups::{DueBacklog, HourCount, hour_of};
+use crate::store::rollups::{
+    DueBacklog, HourCount, LAST_ERROR_WALK, LastError, hour_of, last_error_sql,
+};
 
 /// The upsert that adds to one counter row, for statements that end deliveries: `$src` is a
 /// row source with `org_id`, `endpoint_id`, `hour`, `succeeded`, `failed` columns, in
@@ -121,5 +125,39 @@ impl PgStore {
             more: due > cap,
             due_since: row.get::<_, Option<i64>>(1).map(Timestamp),
         })
+    }
+
+    pub async fn last_errors(
+        &self,
+        org: String,
+        endpoints: Vec<String>,
+    ) -> Result<Vec<LastError>, StoreError> {
+        let client = self.client().await?;
+        // One round trip: the same walk per endpoint, as a lateral subquery.
+        let rows = client
+            .fetch(
+                &format!(
+                    "SELECT e.id, last.* FROM UNNEST($2::text[]) AS e(id)
+                     CROSS JOIN LATERAL ({}) AS last",
+                    last_error_sql("e.id", "$1", "$3")
+                ),
+                &[&org, &endpoints, &(LAST_ERROR_WALK as i64)],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(rows
+            .iter()
+            .map(|r| LastError {
+                endpoint_id: r.get(0),
+                delivery_id: r.get(1),
+                number: r.get::<_, i32>(2) as u32,
+                started_at: Timestamp(r.get(3)),
+                status_code: r.get::<_, Option<i32>>(4).map(|c| c as u16),
+                error_class: r
+                    .get::<_, Option<String>>(5)
+                    .as_deref()
+                    .and_then(ErrorClass::parse),
+            })
+            .collect())
     }
 }

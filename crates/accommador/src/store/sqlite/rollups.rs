@@ -1,13 +1,16 @@
-//! Rollup counters on SQLite (see [`crate::store::rollups`]): written by the
-//! `delivery_rollups_count` trigger (migration 0015) whenever a delivery leaves `pending`, read
-//! here.
+//! The UI's endpoint-health reads on SQLite (see [`crate::store::rollups`]): the rollup
+//! counters (written by the `delivery_rollups_count` trigger of migration 0015 whenever a
+//! delivery leaves `pending`), the due backlog and the last errors.
 
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 
 use super::{SqliteStore, db_err};
 use crate::domain::Timestamp;
+use crate::domain::delivery::ErrorClass;
 use crate::store::StoreError;
-use crate::store::rollups::{DueBacklog, HourCount, hour_of};
+use crate::store::rollups::{
+    DueBacklog, HourCount, LAST_ERROR_WALK, LastError, hour_of, last_error_sql,
+};
 
 impl SqliteStore {
     pub async fn delivery_hours(
@@ -72,6 +75,40 @@ impl SqliteStore {
                 more: due > cap,
                 due_since: due_since.map(Timestamp),
             })
+        })
+        .await
+    }
+
+    pub async fn last_errors(
+        &self,
+        org: String,
+        endpoints: Vec<String>,
+    ) -> Result<Vec<LastError>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(&last_error_sql("?1", "?2", "?3"))
+                .map_err(db_err)?;
+            let mut found = Vec::new();
+            for endpoint in endpoints {
+                let row = stmt
+                    .query_row(params![endpoint, org, LAST_ERROR_WALK as i64], |r| {
+                        Ok(LastError {
+                            endpoint_id: endpoint.clone(),
+                            delivery_id: r.get(0)?,
+                            number: r.get(1)?,
+                            started_at: Timestamp(r.get(2)?),
+                            status_code: r.get(3)?,
+                            error_class: r
+                                .get::<_, Option<String>>(4)?
+                                .as_deref()
+                                .and_then(ErrorClass::parse),
+                        })
+                    })
+                    .optional()
+                    .map_err(db_err)?;
+                found.extend(row);
+            }
+            Ok(found)
         })
         .await
     }
