@@ -1,4 +1,4 @@
-//! Scenario 8, noisy-neighbour: one organization's misbehaving endpoints and bulk delete must
+//! Scenario 11, noisy-neighbour: one organization's misbehaving endpoints and bulk delete must
 //! not hurt another organization (issue 11, DESIGN §9-10).
 //!
 //! Organization B has one healthy endpoint and creates `--noisy-rate` users/s (open loop). First
