@@ -3,7 +3,7 @@
 //! `PATCH {"status": "disabled"}`, `DELETE`, a 410 and continuous failure only change the
 //! endpoint's row (and mark it); from then on none of its deliveries is handed out or sent.
 //! This task then fails them (`endpoint_disabled`) in bounded batches, each its own short
-//! transaction, taking marked endpoints in turns, so one endpoint with a huge backlog never
+//! transaction followed by a pause as long as it took, taking marked endpoints in turns, so one endpoint with a huge backlog never
 //! holds the SQLite writer or PostgreSQL's locks for long, and never delays another tenant's
 //! endpoint behind it.
 //!
@@ -29,15 +29,21 @@ pub async fn run(store: Store, wake: Arc<Notify>) {
         let mut after = None;
         let mut failed_any = false;
         loop {
+            let began = std::time::Instant::now();
             match store.cancel_step(after.take()).await {
                 Ok(Some(step)) => {
                     if step.failed > 0 {
                         failed_any = true;
                         metrics::counter!("webhook_deliveries_cancelled_total")
                             .increment(step.failed as u64);
+                        // Paced like the retention purge: a pause as long as the step, so the
+                        // failing takes at most half of the writer (SQLite) and other tenants'
+                        // writes go between its steps.
+                        tokio::time::sleep(began.elapsed()).await;
+                    } else {
+                        tokio::task::yield_now().await;
                     }
                     after = Some(step.endpoint_id);
-                    tokio::task::yield_now().await;
                 }
                 Ok(None) => break,
                 Err(e) => {

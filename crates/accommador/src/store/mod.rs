@@ -468,7 +468,7 @@ impl Store {
     }
 
     /// One bounded step of failing the pending deliveries of disabled or deleted endpoints
-    /// (`endpoint_disabled`, at most [`CANCEL_BATCH`] in one transaction): the first such
+    /// (`endpoint_disabled`, at most [`Store::cancel_batch`] in one transaction): the first such
     /// endpoint after `after` (by ID) gets one batch. `None`: no such endpoint after `after`.
     pub async fn cancel_step(
         &self,
@@ -654,6 +654,14 @@ impl Store {
     /// After an endpoint's ordering went back to `none`: its deliveries that waited behind an
     /// earlier one are due now, released in batches of at most [`CANCEL_BATCH`] rows (each
     /// its own short write). Returns how many.
+    /// Most deliveries one [`Store::cancel_step`] fails on this backend.
+    pub fn cancel_batch(&self) -> usize {
+        match self {
+            Store::Sqlite(_) => SQLITE_CANCEL_BATCH,
+            Store::Postgres(_) => CANCEL_BATCH,
+        }
+    }
+
     pub async fn release_waiting(&self, endpoint_id: String) -> Result<usize, StoreError> {
         let mut released = 0;
         loop {
@@ -718,14 +726,18 @@ pub struct DueDelivery {
 }
 
 /// Most deliveries failed in one step when their endpoint was disabled or deleted: no tenant
-/// action holds the SQLite writer, or PostgreSQL's row locks, for more than one such batch.
+/// action holds PostgreSQL's row locks for more than one such batch.
 pub const CANCEL_BATCH: usize = 1000;
+
+/// The same bound on SQLite, where every step holds the one writer that all tenants' writes
+/// wait for: about 2 ms of it, so a fan-out or create queued behind a step waits no longer.
+pub const SQLITE_CANCEL_BATCH: usize = 100;
 
 /// What one [`Store::cancel_step`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CancelStep {
     pub endpoint_id: String,
-    /// Deliveries failed (fewer than [`CANCEL_BATCH`]: that endpoint is done, unless some
+    /// Deliveries failed (fewer than [`Store::cancel_batch`]: that endpoint is done, unless some
     /// were locked by an attempt being recorded).
     pub failed: usize,
 }

@@ -30,8 +30,8 @@ use crate::domain::{Timestamp, ids};
 use crate::store::{
     CANCEL_BATCH, CancelStep, DUE_COUNTED, DeliveryFilter, DeliveryStats, DeliveryWalk,
     DueDelivery, FanOut, LIST_SCAN_ROWS, LaneRequest, LaneWork, ListPage, ORDERED_WAITING_COUNTED,
-    Recorded, SEND_TARGET_SQL, SendTarget, StoreError, Walk, cancel_reason, overtaken_sql,
-    send_target_from,
+    Recorded, SEND_TARGET_SQL, SQLITE_CANCEL_BATCH, SendTarget, StoreError, Walk, cancel_reason,
+    overtaken_sql, send_target_from,
 };
 
 /// Most events one fan-out step takes, and most deliveries it creates.
@@ -42,6 +42,13 @@ const FANOUT_DELIVERIES: usize = 1_000;
 
 /// Fails up to `limit` pending deliveries of an endpoint numbered up to `through` with
 /// `endpoint_disabled`, recording why as an attempt in each one's log. Returns how many.
+/// The next batch of an endpoint's pending deliveries, from the index of pending ones only:
+/// walking the endpoint's whole history instead would pass over every delivery the earlier
+/// batches already failed (quadratic in the backlog).
+pub(super) const FAIL_PENDING_SQL: &str =
+    "SELECT id FROM deliveries INDEXED BY deliveries_endpoint_due
+     WHERE endpoint_id = ?1 AND status = 'pending' AND seq <= ?3 LIMIT ?2";
+
 fn fail_pending(
     c: &Connection,
     endpoint_id: &str,
@@ -51,10 +58,7 @@ fn fail_pending(
     through: i64,
 ) -> Result<usize, StoreError> {
     let ids: Vec<String> = c
-        .prepare_cached(
-            "SELECT id FROM deliveries
-             WHERE endpoint_id = ?1 AND status = 'pending' AND seq <= ?3 LIMIT ?2",
-        )
+        .prepare_cached(FAIL_PENDING_SQL)
         .and_then(|mut s| {
             s.query_map(params![endpoint_id, limit as i64, through], |r| r.get(0))?
                 .collect()
@@ -406,7 +410,7 @@ impl SqliteStore {
     }
 
     /// One bounded step of failing the pending deliveries of disabled or deleted endpoints:
-    /// up to [`CANCEL_BATCH`] deliveries of the first such endpoint after `after`, in one
+    /// up to [`SQLITE_CANCEL_BATCH`] deliveries of the first such endpoint after `after`, in one
     /// short write. An endpoint enabled again meanwhile still loses those queued before it was
     /// closed (up to its fence, `cancel_through`), not the ones made since. `None` when there
     /// is no such endpoint after `after`.
@@ -437,11 +441,12 @@ impl SqliteStore {
             let failed = match through {
                 Some(through) => {
                     let reason = cancel_reason(disabled_reason, deleted_at.is_some());
-                    fail_pending(c, &id, &reason, Timestamp::now(), CANCEL_BATCH, through)?
+                    let now = Timestamp::now();
+                    fail_pending(c, &id, &reason, now, SQLITE_CANCEL_BATCH, through)?
                 }
                 None => 0,
             };
-            if failed < CANCEL_BATCH {
+            if failed < SQLITE_CANCEL_BATCH {
                 c.prepare_cached(
                     "UPDATE endpoints SET cancel_pending = 0, cancel_through = NULL WHERE id = ?1",
                 )

@@ -6,7 +6,7 @@
 
 use rusqlite::Connection;
 
-use super::deliveries::{DUE_STATS_SQL, delivery_walk_sql};
+use super::deliveries::{DUE_STATS_SQL, FAIL_PENDING_SQL, delivery_walk_sql};
 use super::{event_walk_sql, known_in_org_sql, migrate};
 use crate::store::{DeliveryWalk, EventWalk};
 
@@ -103,5 +103,14 @@ fn the_due_gauge_reads_a_bounded_range_of_the_due_index() {
         plan.iter()
             .all(|l| !l.starts_with("SCAN deliveries") && !l.contains("TEMP B-TREE")),
         "no scan of deliveries and no sort: {plan:?}"
+    );
+}
+
+#[test]
+fn failing_a_backlog_reads_only_pending_deliveries() {
+    let c = migrated();
+    assert_eq!(
+        plan(&c, FAIL_PENDING_SQL),
+        ["SEARCH deliveries USING INDEX deliveries_endpoint_due (endpoint_id=?)"]
     );
 }
