@@ -71,10 +71,14 @@ const LANE_STATES: &str = "SELECT ep.id, ep.org_id, ep.status, ep.disabled_reaso
 /// `next_attempt_at` (migration 0015), so the walk never reads them. A delivery this
 /// instance has in flight holds its unexpired lease, so it is not taken again (should its
 /// lease have run out, it is only renewed, and the caller drops it: see
-/// [`PgStore::lane_work`]).
+/// [`PgStore::lane_work`]). Every step of it is driven by the lanes and the rows picked, never
+/// by a table: the picked rows (locked by this statement, so their `ctid` holds) are updated by
+/// a TID scan, and each leased row's event and endpoint are one key probe each (`OFFSET 0`
+/// keeps them lookups). Joining the update to `endpoints` let the planner, without
+/// statistics, walk every endpoint of the database per step (50 ms at 10,000 endpoints).
 const LEASE_LANES: &str = "WITH clock AS MATERIALIZED (SELECT accommador_now_ms() AS t),
      picked AS (
-         SELECT p.id FROM
+         SELECT p.ctid FROM
              UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $8::bool[])
                  AS l(endpoint_id, lim, active, ahead, ordered)
              CROSS JOIN LATERAL (
@@ -83,7 +87,7 @@ const LEASE_LANES: &str = "WITH clock AS MATERIALIZED (SELECT accommador_now_ms(
                    AND b.lease_token IS NOT NULL AND b.lease_until > (SELECT t FROM clock)
                    AND b.lease_token <> $5) busy
              CROSS JOIN LATERAL (
-                 SELECT d.id FROM deliveries d
+                 SELECT d.ctid FROM deliveries d
                  WHERE d.endpoint_id = l.endpoint_id AND d.status = 'pending'
                    AND d.next_attempt_at <= (SELECT t FROM clock)
                    AND d.seq > COALESCE((SELECT f.cancel_through FROM endpoints f
@@ -94,19 +98,28 @@ const LEASE_LANES: &str = "WITH clock AS MATERIALIZED (SELECT accommador_now_ms(
                        WHERE p.endpoint_id = d.endpoint_id AND p.user_id = d.user_id
                          AND p.status = 'pending' AND p.user_id IS NOT NULL
                          AND p.event_seq < d.event_seq))
+                   AND EXISTS (SELECT 1 FROM endpoints ep
+                               WHERE ep.id = l.endpoint_id AND ep.status = 'enabled'
+                                 AND ep.deleted_at IS NULL
+                                 AND NOT EXISTS (SELECT 1 FROM organizations o
+                                                 WHERE o.id = ep.org_id
+                                                   AND o.deleted_at IS NOT NULL))
                  ORDER BY d.next_attempt_at
                  LIMIT GREATEST(0, LEAST(l.lim, $7::bigint - l.active - busy.n
                      + CASE WHEN busy.n = 0 THEN l.ahead ELSE 0 END))
-                 FOR UPDATE OF d SKIP LOCKED) p)
-     UPDATE deliveries d
-        SET lease_token = $5, lease_until = (SELECT t FROM clock) + $6
-       FROM picked, events e, endpoints ep
-      WHERE d.id = picked.id AND e.seq = d.event_seq AND ep.id = d.endpoint_id
-        AND ep.status = 'enabled' AND ep.deleted_at IS NULL
-        AND NOT EXISTS (SELECT 1 FROM organizations o
-                        WHERE o.id = ep.org_id AND o.deleted_at IS NOT NULL)
-     RETURNING d.id, d.endpoint_id, d.event_id, d.manual, d.attempt_count, e.payload,
-               e.occurred_at, ep.url, d.seq";
+                 FOR UPDATE OF d SKIP LOCKED) p),
+     leased AS (
+         UPDATE deliveries d
+            SET lease_token = $5, lease_until = (SELECT t FROM clock) + $6
+          WHERE d.ctid = ANY(ARRAY(SELECT ctid FROM picked))
+          RETURNING d.id, d.endpoint_id, d.event_id, d.manual, d.attempt_count, d.event_seq,
+                    d.seq)
+     SELECT l.id, l.endpoint_id, l.event_id, l.manual, l.attempt_count, e.payload,
+            e.occurred_at, ep.url, l.seq
+       FROM leased l
+       CROSS JOIN LATERAL (SELECT payload, occurred_at FROM events
+                           WHERE seq = l.event_seq OFFSET 0) e
+       CROSS JOIN LATERAL (SELECT url FROM endpoints WHERE id = l.endpoint_id OFFSET 0) ep";
 
 /// When each lane may next have work: its earliest pending delivery that nobody holds (in due
 /// order through the due index), or the earliest end of a lease that is not one of this
