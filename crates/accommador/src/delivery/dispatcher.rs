@@ -601,6 +601,7 @@ impl Dispatcher {
                     in_flight: self.lanes[id].in_flight.iter().cloned().collect(),
                     active: busy[i],
                     ahead: lease_ahead[i],
+                    org_active: org_load.get(&orgs[i]).copied().unwrap_or(0),
                     lease: Some(lease),
                 });
             }

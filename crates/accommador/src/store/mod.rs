@@ -856,6 +856,11 @@ pub struct LaneRequest {
     /// How many more than the per-endpoint bound may be leased ahead (queued here, started as
     /// slots free) while no other instance holds a lease on the endpoint.
     pub ahead: usize,
+    /// This instance's attempts for the endpoint's organization, all its endpoints, whose
+    /// request is open or that wait in its queue: what counts of this instance against the
+    /// organization's bound (answered ones waiting to be recorded do not), as `active` does for
+    /// the endpoint's.
+    pub org_active: usize,
     /// Lease terms on a shared database.
     pub lease: Option<Lease>,
 }

@@ -37,15 +37,17 @@ const LOCK_ORGS: &str = "SELECT count(pg_advisory_xact_lock(hashtextextended(org
      FROM (SELECT DISTINCT org_id FROM endpoints WHERE id = ANY($1) ORDER BY org_id) o";
 
 /// Per organization (read after [`LOCK_ORGS`], so by a snapshot that sees every lease
-/// committed before the lock was granted): its unexpired leases, every instance's, and when
-/// the first of them runs out. Through `deliveries_org_leased`.
+/// committed before the lock was granted): the other instances' unexpired leases (`$2` is this
+/// instance's token; its own attempts are counted exactly by the caller:
+/// [`LaneRequest::org_active`]), and when the first of them runs out. Through
+/// `deliveries_org_leased`.
 const ORG_LEASES: &str = "SELECT o.org_id,
             (SELECT count(*) FROM deliveries d
              WHERE d.org_id = o.org_id AND d.status = 'pending' AND d.lease_token IS NOT NULL
-               AND d.lease_until > accommador_now_ms()),
+               AND d.lease_until > accommador_now_ms() AND d.lease_token <> $2),
             (SELECT min(d.lease_until) FROM deliveries d
              WHERE d.org_id = o.org_id AND d.status = 'pending' AND d.lease_token IS NOT NULL
-               AND d.lease_until > accommador_now_ms())
+               AND d.lease_until > accommador_now_ms() AND d.lease_token <> $2)
      FROM (SELECT DISTINCT org_id FROM endpoints WHERE id = ANY($1)) o";
 
 /// Each lane's endpoint: its organization, whether it may be sent to, its live signing
@@ -302,25 +304,36 @@ impl PgStore {
         // and sort all of them on every step.
         let now_ms = Timestamp::now().millis();
         let lock_params: [&(dyn ToSql + Sync); 2] = [&endpoint_ids, &ORG_LOCK_SEED];
-        let ids_params: [&(dyn ToSql + Sync); 1] = [&endpoint_ids];
+        let org_params: [&(dyn ToSql + Sync); 2] = [&endpoint_ids, &lease.token];
         let state_params: [&(dyn ToSql + Sync); 2] = [&endpoint_ids, &now_ms];
         let (_, _, org_rows, state_rows) = tokio::try_join!(
             tx.batch_execute(
                 "SET LOCAL synchronous_commit TO off; SET LOCAL enable_bitmapscan TO off"
             ),
             tx.query_one(&lock_orgs, &lock_params),
-            tx.query(&org_leases, &ids_params),
+            tx.query(&org_leases, &org_params),
             tx.query(&lane_states, &state_params),
         )
         .map_err(pg_err)?;
         let states: HashMap<String, LaneState> =
             state_rows.iter().map(LaneState::from_row).collect();
+        // This instance's own open and queued attempts per organization (the dispatcher
+        // counts them exactly; its answered leases waiting to be recorded hold no slot).
+        let mut own: HashMap<&str, usize> = HashMap::new();
+        for req in &requests {
+            if let Some(state) = states.get(&req.endpoint_id) {
+                let n = own.entry(state.org.as_str()).or_default();
+                *n = (*n).max(req.org_active);
+            }
+        }
         let mut orgs: HashMap<String, OrgLeases> = org_rows
             .iter()
             .map(|r| {
-                let leased = r.get::<_, i64>(1).max(0) as usize;
+                let org: String = r.get(0);
+                let leased = r.get::<_, i64>(1).max(0) as usize
+                    + own.get(org.as_str()).copied().unwrap_or(0);
                 (
-                    r.get(0),
+                    org,
                     OrgLeases {
                         room: lease.per_org.saturating_sub(leased),
                         first_end: r.get::<_, Option<i64>>(2).map(Timestamp),
@@ -459,6 +472,7 @@ mod tests {
             in_flight: Vec::new(),
             active: 0,
             ahead: 0,
+            org_active: 0,
             lease: None,
         }
     }
