@@ -807,7 +807,7 @@ fn purge_human(p: &Purge, o: &mut String) {
 fn noisy_human(n: &Noisy, o: &mut String) {
     let _ = writeln!(
         o,
-        "8 noisy      B at {}/s with one healthy endpoint, {} s alone (achieved {}/s{}): 2xx → receipt {}",
+        "11 noisy     B at {}/s with one healthy endpoint, {} s alone (achieved {}/s{}): 2xx → receipt {}",
         fmt_num(n.rate),
         n.seconds,
         fmt_num(n.baseline.load.ok_per_s),

@@ -216,7 +216,7 @@ pub async fn noisy(b: &Bench) -> anyhow::Result<Noisy> {
     let base = receivers.recorder().counts().unique;
     let baseline = drive(
         b,
-        "8 noisy: B alone (baseline)",
+        "11 noisy: B alone (baseline)",
         &server.base_url,
         &org_b.api_key,
         plan,
@@ -225,7 +225,7 @@ pub async fn noisy(b: &Bench) -> anyhow::Result<Noisy> {
     .await?;
     let baseline_drained = drain(
         b,
-        "8 noisy: baseline drain",
+        "11 noisy: baseline drain",
         &receivers,
         base,
         baseline.acked.len() as u64,
@@ -245,7 +245,7 @@ pub async fn noisy(b: &Bench) -> anyhow::Result<Noisy> {
     receivers.arm(n, Verifier::new(secret), Behaviour::Hang(hang));
     let build = create_users(
         b,
-        "8 noisy: A's backlog",
+        "11 noisy: A's backlog",
         &server.base_url,
         &org_a.api_key,
         backlog_wanted,
@@ -264,13 +264,13 @@ pub async fn noisy(b: &Bench) -> anyhow::Result<Noisy> {
     .await;
     if !fanned_out {
         b.progress.note(&format!(
-            "  8 noisy: the server did not count {backlog_n} due deliveries within {} s",
+            "  11 noisy: the server did not count {backlog_n} due deliveries within {} s",
             FANNED_OUT_WITHIN.as_secs()
         ));
     }
     let bar = b
         .progress
-        .bar("8 noisy: A's hanging endpoints", hanging_n as u64, "");
+        .bar("11 noisy: A's hanging endpoints", hanging_n as u64, "");
     create_endpoints(
         &api,
         &org_a.api_key,
@@ -330,7 +330,7 @@ pub async fn noisy(b: &Bench) -> anyhow::Result<Noisy> {
     };
     let noisy = drive(
         b,
-        "8 noisy: B beside A",
+        "11 noisy: B beside A",
         &server.base_url,
         &org_b.api_key,
         plan,
@@ -342,7 +342,7 @@ pub async fn noisy(b: &Bench) -> anyhow::Result<Noisy> {
     let deleted = deleting.await?;
     let drained = drain(
         b,
-        "8 noisy: drain",
+        "11 noisy: drain",
         &receivers,
         base,
         noisy.acked.len() as u64,
@@ -388,7 +388,7 @@ pub async fn noisy(b: &Bench) -> anyhow::Result<Noisy> {
             })
         }
         Err(e) => {
-            b.progress.note(&format!("  8 noisy: the delete: {e:#}"));
+            b.progress.note(&format!("  11 noisy: the delete: {e:#}"));
             None
         }
     };

@@ -1,4 +1,4 @@
-//! Scenario 9, rate-limit: how close an endpoint's `rate_limit` comes to its N (issue 16), and
+//! Scenario 10, rate-limit: how close an endpoint's `rate_limit` comes to its N (issue 16), and
 //! whether it stays smooth. For each N of `--rate-limits` one server (per scenario) gets a new
 //! endpoint with `rate_limit: N` and a backlog of N × `--seconds` users created flat out (far
 //! faster than N), so the limit, not the load, sets the pace; the receiver's arrival times

@@ -1,4 +1,4 @@
-//! Scenario 8, slow clients (issue 14): the API's latency beside `--slow-clients` connections
+//! Scenario 9, slow clients (issue 14): the API's latency beside `--slow-clients` connections
 //! that send nothing, trickle a request head, or trickle a body, one byte per connection every
 //! 200 ms. The same fixed-rate create load runs twice on one server: alone (the baseline), then
 //! with the slow connections open. Reported: both phases' API latency, the p99 ratio, how many
