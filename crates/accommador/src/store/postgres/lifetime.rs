@@ -22,169 +22,13 @@ const PURGE_LOCK: i64 = 0x6163_635f_7075_7267; // "acc_purg"
 
 impl PgStore {
     pub async fn purge_step(&self, after: i64, retention_ms: i64) -> Result<PurgeStep, StoreError> {
-        // How long the step's transaction holds its row locks.
+        let mut client = self.background_client().await?;
+        // How long the step's transaction holds its row locks (from its start: waiting for a
+        // pooled connection holds nothing).
         let began = std::time::Instant::now();
-        let step = self.purge_batch(after, retention_ms).await;
+        let step = purge_batch(&mut client, after, retention_ms).await;
         metrics::histogram!(PURGE_STEP_SECONDS).record(began.elapsed().as_secs_f64());
         step
-    }
-
-    async fn purge_batch(&self, after: i64, retention_ms: i64) -> Result<PurgeStep, StoreError> {
-        let mut client = self.background_client().await?;
-        let tx = client.transaction().await.map_err(pg_err)?;
-        let locked: bool = tx
-            .fetch_one("SELECT pg_try_advisory_xact_lock($1)", &[&PURGE_LOCK])
-            .await
-            .map_err(pg_err)?
-            .get(0);
-        if !locked {
-            // Another instance is purging: this round is its.
-            return Ok(PurgeStep {
-                next_after: after,
-                done: true,
-                ..PurgeStep::default()
-            });
-        }
-        // Every statement of a step looks rows up by key: a scan of a whole table is never
-        // right here, yet without table statistics (autovacuum off, or not yet run) the planner
-        // chose one for each join back to the table (0.25 s a step at half a million rows).
-        tx.batch_execute("SET LOCAL enable_seqscan = off")
-            .await
-            .map_err(pg_err)?;
-        // The outbox in commit order; events not numbered yet are the newest anyway.
-        let events = tx
-            .fetch(
-                "SELECT commit_seq, id,
-                        occurred_at < (extract(epoch FROM clock_timestamp()) * 1000)::bigint - $3
-                 FROM events WHERE commit_seq > $1 ORDER BY commit_seq LIMIT $2",
-                &[&after, &(PURGE_EVENTS as i64), &retention_ms],
-            )
-            .await
-            .map_err(pg_err)?;
-        let mut step = PurgeStep {
-            next_after: after,
-            done: events.len() < PURGE_EVENTS,
-            ..PurgeStep::default()
-        };
-        // The expired events at the head of the walk, in commit order.
-        let mut expired: Vec<(i64, String)> = Vec::new();
-        for row in events {
-            if !row.get::<_, bool>(2) {
-                step.done = true;
-                break;
-            }
-            expired.push((row.get(0), row.get(1)));
-        }
-        if expired.is_empty() {
-            tx.commit().await.map_err(pg_err)?;
-            return Ok(step);
-        }
-        // Set-based, a few statements per step whatever the number of events: their deliveries
-        // by event (the unique (event_id, endpoint_id) index), pending ones keeping the event.
-        // Lookups by a column that is not unique are written as one index probe per key (a
-        // LATERAL subquery the planner cannot flatten): without table statistics, `= ANY` of
-        // 100 keys is estimated at half the table and planned as a scan of all of it, which made
-        // each step cost as much as the table is large.
-        let ids: Vec<&str> = expired.iter().map(|(_, id)| id.as_str()).collect();
-        let counts = tx
-            .fetch(
-                "SELECT u.id, count(*), bool_or(d.status = 'pending')
-                 FROM UNNEST($1::text[]) AS u(id)
-                 CROSS JOIN LATERAL (SELECT status FROM deliveries WHERE event_id = u.id
-                                     OFFSET 0) AS d
-                 GROUP BY u.id",
-                &[&ids],
-            )
-            .await
-            .map_err(pg_err)?;
-        let by_event: std::collections::HashMap<String, (i64, bool)> = counts
-            .iter()
-            .map(|r| (r.get(0), (r.get(1), r.get(2))))
-            .collect();
-        // Events taken whole while the deliveries stay within the step's budget (the first
-        // one in part if it alone has more).
-        let budget = PURGE_ROWS / 2;
-        let (mut take, mut seqs, mut deliveries, mut partial) = (Vec::new(), Vec::new(), 0, None);
-        for (seq, id) in &expired {
-            let (n, pending) = by_event.get(id).copied().unwrap_or((0, false));
-            if pending {
-                step.kept += 1;
-                step.next_after = *seq;
-                continue;
-            }
-            if deliveries + n as usize > budget {
-                if take.is_empty() {
-                    partial = Some(id.as_str());
-                }
-                step.done = false;
-                break;
-            }
-            deliveries += n as usize;
-            take.push(id.as_str());
-            seqs.push(*seq);
-            step.next_after = *seq;
-        }
-        let doomed: Vec<String> = match partial {
-            Some(id) => tx
-                .fetch(
-                    "SELECT id FROM deliveries WHERE event_id = $1 AND status <> 'pending'
-                     LIMIT $2 FOR UPDATE",
-                    &[&id, &(budget as i64)],
-                )
-                .await
-                .map_err(pg_err)?
-                .iter()
-                .map(|r| r.get(0))
-                .collect(),
-            None => tx
-                .fetch(
-                    "SELECT d.id FROM UNNEST($1::text[]) AS u(id)
-                     CROSS JOIN LATERAL (SELECT id FROM deliveries
-                                         WHERE event_id = u.id AND status <> 'pending'
-                                         FOR UPDATE) AS d",
-                    &[&take],
-                )
-                .await
-                .map_err(pg_err)?
-                .iter()
-                .map(|r| r.get(0))
-                .collect(),
-        };
-        if !doomed.is_empty() {
-            step.attempts += tx
-                // By the key's leading column: with sequential scans off for the step this is
-                // one bitmap probe of the key index per delivery. (Joining back to the table
-                // from per-key probes was planned as a hash of the whole attempts table once the
-                // array's length was known: 0.5-0.8 s a step at a million rows.)
-                .run(
-                    "DELETE FROM attempts WHERE delivery_id = ANY($1)",
-                    &[&doomed],
-                )
-                .await
-                .map_err(pg_err)? as usize;
-            step.deliveries += tx
-                .run(
-                    "DELETE FROM deliveries WHERE id = ANY($1) AND status <> 'pending'",
-                    &[&doomed],
-                )
-                .await
-                .map_err(pg_err)? as usize;
-        }
-        if !seqs.is_empty() {
-            // Only events left with no delivery: one made pending meanwhile (a retry) keeps its
-            // event, which the next pass looks at again.
-            step.events += tx
-                .run(
-                    "DELETE FROM events e WHERE e.commit_seq = ANY($1)
-                     AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id
-                                     OFFSET 0)",
-                    &[&seqs],
-                )
-                .await
-                .map_err(pg_err)? as usize;
-        }
-        tx.commit().await.map_err(pg_err)?;
-        Ok(step)
     }
 
     pub async fn oldest_event(&self) -> Result<Option<Timestamp>, StoreError> {
@@ -353,6 +197,168 @@ impl PgStore {
 }
 
 /// Clears the personal data of a user row and queues the rest of the erasure.
+/// One purge step in its own transaction on `client` (see [`PgStore::purge_step`]).
+async fn purge_batch(
+    client: &mut deadpool_postgres::Object,
+    after: i64,
+    retention_ms: i64,
+) -> Result<PurgeStep, StoreError> {
+    let tx = client.transaction().await.map_err(pg_err)?;
+    let locked: bool = tx
+        .fetch_one("SELECT pg_try_advisory_xact_lock($1)", &[&PURGE_LOCK])
+        .await
+        .map_err(pg_err)?
+        .get(0);
+    if !locked {
+        // Another instance is purging: this round is its.
+        return Ok(PurgeStep {
+            next_after: after,
+            done: true,
+            ..PurgeStep::default()
+        });
+    }
+    // Every statement of a step looks rows up by key: a scan of a whole table is never
+    // right here, yet without table statistics (autovacuum off, or not yet run) the planner
+    // chose one for each join back to the table (0.25 s a step at half a million rows).
+    tx.batch_execute("SET LOCAL enable_seqscan = off")
+        .await
+        .map_err(pg_err)?;
+    // The outbox in commit order; events not numbered yet are the newest anyway.
+    let events = tx
+        .fetch(
+            "SELECT commit_seq, id,
+                    occurred_at < (extract(epoch FROM clock_timestamp()) * 1000)::bigint - $3
+             FROM events WHERE commit_seq > $1 ORDER BY commit_seq LIMIT $2",
+            &[&after, &(PURGE_EVENTS as i64), &retention_ms],
+        )
+        .await
+        .map_err(pg_err)?;
+    let mut step = PurgeStep {
+        next_after: after,
+        done: events.len() < PURGE_EVENTS,
+        ..PurgeStep::default()
+    };
+    // The expired events at the head of the walk, in commit order.
+    let mut expired: Vec<(i64, String)> = Vec::new();
+    for row in events {
+        if !row.get::<_, bool>(2) {
+            step.done = true;
+            break;
+        }
+        expired.push((row.get(0), row.get(1)));
+    }
+    if expired.is_empty() {
+        tx.commit().await.map_err(pg_err)?;
+        return Ok(step);
+    }
+    // Set-based, a few statements per step whatever the number of events: their deliveries
+    // by event (the unique (event_id, endpoint_id) index), pending ones keeping the event.
+    // Lookups by a column that is not unique are written as one index probe per key (a
+    // LATERAL subquery the planner cannot flatten): without table statistics, `= ANY` of
+    // 100 keys is estimated at half the table and planned as a scan of all of it, which made
+    // each step cost as much as the table is large.
+    let ids: Vec<&str> = expired.iter().map(|(_, id)| id.as_str()).collect();
+    let counts = tx
+        .fetch(
+            "SELECT u.id, count(*), bool_or(d.status = 'pending')
+             FROM UNNEST($1::text[]) AS u(id)
+             CROSS JOIN LATERAL (SELECT status FROM deliveries WHERE event_id = u.id
+                                 OFFSET 0) AS d
+             GROUP BY u.id",
+            &[&ids],
+        )
+        .await
+        .map_err(pg_err)?;
+    let by_event: std::collections::HashMap<String, (i64, bool)> = counts
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect();
+    // Events taken whole while the deliveries stay within the step's budget (the first
+    // one in part if it alone has more).
+    let budget = PURGE_ROWS / 2;
+    let (mut take, mut seqs, mut deliveries, mut partial) = (Vec::new(), Vec::new(), 0, None);
+    for (seq, id) in &expired {
+        let (n, pending) = by_event.get(id).copied().unwrap_or((0, false));
+        if pending {
+            step.kept += 1;
+            step.next_after = *seq;
+            continue;
+        }
+        if deliveries + n as usize > budget {
+            if take.is_empty() {
+                partial = Some(id.as_str());
+            }
+            step.done = false;
+            break;
+        }
+        deliveries += n as usize;
+        take.push(id.as_str());
+        seqs.push(*seq);
+        step.next_after = *seq;
+    }
+    let doomed: Vec<String> = match partial {
+        Some(id) => tx
+            .fetch(
+                "SELECT id FROM deliveries WHERE event_id = $1 AND status <> 'pending'
+                 LIMIT $2 FOR UPDATE",
+                &[&id, &(budget as i64)],
+            )
+            .await
+            .map_err(pg_err)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect(),
+        None => tx
+            .fetch(
+                "SELECT d.id FROM UNNEST($1::text[]) AS u(id)
+                 CROSS JOIN LATERAL (SELECT id FROM deliveries
+                                     WHERE event_id = u.id AND status <> 'pending'
+                                     FOR UPDATE) AS d",
+                &[&take],
+            )
+            .await
+            .map_err(pg_err)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect(),
+    };
+    if !doomed.is_empty() {
+        step.attempts += tx
+            // By the key's leading column: with sequential scans off for the step this is
+            // one bitmap probe of the key index per delivery. (Joining back to the table
+            // from per-key probes was planned as a hash of the whole attempts table once the
+            // array's length was known: 0.5-0.8 s a step at a million rows.)
+            .run(
+                "DELETE FROM attempts WHERE delivery_id = ANY($1)",
+                &[&doomed],
+            )
+            .await
+            .map_err(pg_err)? as usize;
+        step.deliveries += tx
+            .run(
+                "DELETE FROM deliveries WHERE id = ANY($1) AND status <> 'pending'",
+                &[&doomed],
+            )
+            .await
+            .map_err(pg_err)? as usize;
+    }
+    if !seqs.is_empty() {
+        // Only events left with no delivery: one made pending meanwhile (a retry) keeps its
+        // event, which the next pass looks at again.
+        step.events += tx
+            .run(
+                "DELETE FROM events e WHERE e.commit_seq = ANY($1)
+                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id
+                                 OFFSET 0)",
+                &[&seqs],
+            )
+            .await
+            .map_err(pg_err)? as usize;
+    }
+    tx.commit().await.map_err(pg_err)?;
+    Ok(step)
+}
+
 async fn mark_erased(tx: &Transaction<'_>, id: &str, now: Timestamp) -> Result<(), StoreError> {
     tx.run(
         "UPDATE users SET email = '', email_lower = '', name = NULL, attributes = '{}',
