@@ -129,14 +129,7 @@ async fn deleting_an_endpoint_with_a_backlog_sends_nothing_more_and_fails_it_all
     rx.wait_for("/backlog", 1, WAIT).await;
     // Every event has been fanned out to the endpoint (after the delete, fan-out would make no
     // more deliveries for it): all of them are pending, one in flight.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while count(&app, &t, &ep.id, "pending").await < n {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "fan-out never made all {n} deliveries"
-        );
-        tokio::time::sleep(ms(50)).await;
-    }
+    wait_until_pending(&app, &t, &ep.id, n).await;
 
     let r = app.delete(&t, &format!("/v1/endpoints/{}", ep.id)).await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
@@ -259,14 +252,7 @@ async fn after_a_quick_disable_and_re_enable_only_later_deliveries_are_sent() {
     let ep = endpoint(&app, &t, &rx.url("/flip"), None).await;
     let n = 1500;
     create_users(&app, &t, n).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while count(&app, &t, &ep.id, "pending").await < n {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "fan-out never made all {n} deliveries"
-        );
-        tokio::time::sleep(ms(50)).await;
-    }
+    wait_until_pending(&app, &t, &ep.id, n).await;
 
     // Disabled and enabled again at once, before the background failing can be over.
     let path = format!("/v1/endpoints/{}", ep.id);
@@ -313,5 +299,17 @@ async fn wait_until_failed(app: &TestApp, t: &Tenant, endpoint_id: &str, n: usiz
             "{failed} of {n} deliveries failed"
         );
         tokio::time::sleep(ms(100)).await;
+    }
+}
+
+/// Waits (at most a minute) until fan-out has made `n` pending deliveries for the endpoint.
+async fn wait_until_pending(app: &TestApp, t: &Tenant, endpoint_id: &str, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while count(app, t, endpoint_id, "pending").await < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "fan-out never made all {n} deliveries"
+        );
+        tokio::time::sleep(ms(50)).await;
     }
 }

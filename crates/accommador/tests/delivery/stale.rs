@@ -96,14 +96,7 @@ async fn a_delivery_read_before_a_url_change_and_rotation_goes_to_the_new_url_wi
     let (first, second) =
         first_in_flight_second_queued(&app, &t, &rx, &ep, "/old", Duration::from_secs(2)).await;
 
-    let r = app
-        .patch(
-            &t,
-            &format!("/v1/endpoints/{}", ep.id),
-            &json!({"url": rx.url("/new")}),
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::OK);
+    patch_url(&app, &t, &ep.id, &rx.url("/new")).await;
     let rotated: Value = app
         .post(
             &t,
@@ -235,14 +228,7 @@ async fn a_send_held_up_by_a_slow_look_up_goes_to_the_url_patched_meanwhile() {
     let rx = Receiver::start().await;
     let (ep, gate) = a_send_waiting_on_its_look_up(&app, &t, &rx).await;
 
-    let r = app
-        .patch(
-            &t,
-            &format!("/v1/endpoints/{}", ep.id),
-            &json!({"url": rx.url("/new")}),
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::OK);
+    patch_url(&app, &t, &ep.id, &rx.url("/new")).await;
     // The resolver answers only now, after the change has answered.
     gate.open();
 
@@ -284,4 +270,16 @@ async fn a_send_held_up_by_a_slow_look_up_is_not_made_after_a_delete() {
     // Given time to go out, had it been sent.
     tokio::time::sleep(ms(300)).await;
     assert!(rx.received("/old").is_empty(), "sent to a deleted endpoint");
+}
+
+/// `PATCH`es the endpoint's URL; the change has answered when this returns.
+async fn patch_url(app: &TestApp, t: &Tenant, endpoint_id: &str, url: &str) {
+    let r = app
+        .patch(
+            t,
+            &format!("/v1/endpoints/{endpoint_id}"),
+            &json!({ "url": url }),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
 }
