@@ -124,8 +124,9 @@ async fn purge(store: Store, retention: Duration) {
 /// After a step that wrote `rows`, waits as long as the step took: the jobs use at most half
 /// of the database's writer (SQLite's single writer above all), so requests committing beside
 /// a long purge or erasure wait behind at most one step, and the purge still removes tens of
-/// thousands of rows a second, far more than a steady load writes.
-async fn pace(began: std::time::Instant, rows: usize) {
+/// thousands of rows a second, far more than a steady load writes. The background failing of
+/// closed endpoints' deliveries ([`crate::delivery::cancel`]) is paced the same way.
+pub(crate) async fn pace(began: std::time::Instant, rows: usize) {
     if rows > 0 {
         tokio::time::sleep(began.elapsed()).await;
     }

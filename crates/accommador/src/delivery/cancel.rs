@@ -36,13 +36,11 @@ pub async fn run(store: Store, wake: Arc<Notify>) {
                         failed_any = true;
                         metrics::counter!("webhook_deliveries_cancelled_total")
                             .increment(step.failed as u64);
-                        // Paced like the retention purge: a pause as long as the step, so the
-                        // failing takes at most half of the writer (SQLite) and other tenants'
-                        // writes go between its steps.
-                        tokio::time::sleep(began.elapsed()).await;
-                    } else {
-                        tokio::task::yield_now().await;
                     }
+                    // Paced like the retention purge, so other tenants' writes go between
+                    // its steps.
+                    crate::lifetime::pace(began, step.failed).await;
+                    tokio::task::yield_now().await;
                     after = Some(step.endpoint_id);
                 }
                 Ok(None) => break,

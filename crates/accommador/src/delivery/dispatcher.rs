@@ -34,6 +34,7 @@ use super::{EndpointChanges, InFlight, Wake};
 use crate::domain::Timestamp;
 use crate::domain::delivery::RetryPolicy;
 use crate::domain::pacing::{Signal, adjust, stored};
+use crate::domain::turns::take_in_turns;
 use crate::store::{DueDelivery, LaneRequest, Lease, Store};
 
 /// How often a dispatcher on a shared database reloads its lanes (lost wake-ups).
@@ -1330,63 +1331,4 @@ async fn lane_work_within_caps(
         work.extend(store.lane_work(requests, now).await?);
     }
     Ok(work)
-}
-
-/// Units of `total` handed out one at a time to lanes in turn (lane `i` takes at most
-/// `caps[i]`, and all lanes of organization `orgs[i]` together at most its `org_room`), until
-/// `total`, the rooms or the caps run out. What each lane got, in order.
-fn take_in_turns(
-    caps: &[usize],
-    orgs: &[String],
-    org_room: &mut HashMap<String, usize>,
-    total: &mut usize,
-) -> Vec<usize> {
-    let mut got = vec![0; caps.len()];
-    loop {
-        let mut gave = false;
-        for (i, cap) in caps.iter().enumerate() {
-            if *total == 0 {
-                return got;
-            }
-            let Some(room) = org_room.get_mut(&orgs[i]) else {
-                continue;
-            };
-            if got[i] < *cap && *room > 0 {
-                got[i] += 1;
-                *room -= 1;
-                *total -= 1;
-                gave = true;
-            }
-        }
-        if !gave {
-            return got;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::HashMap;
-
-    use super::take_in_turns;
-
-    fn rooms(a: usize, b: usize) -> HashMap<String, usize> {
-        HashMap::from([("a".to_owned(), a), ("b".to_owned(), b)])
-    }
-
-    #[test]
-    fn slots_go_to_lanes_in_turn_within_their_organizations_room() {
-        let orgs: Vec<String> = ["a", "a", "a", "b"].map(str::to_owned).to_vec();
-        // Organization a has room for 4, b for 16; 16 slots in all; each lane could take 16.
-        let (mut room, mut total) = (rooms(4, 16), 16);
-        let got = take_in_turns(&[16, 16, 16, 16], &orgs, &mut room, &mut total);
-        // a's room is shared by its three lanes (not all of it to the first); b takes the rest.
-        assert_eq!(got, vec![2, 1, 1, 12]);
-        assert_eq!((room["a"], room["b"], total), (0, 4, 0));
-        // Each lane's cap holds.
-        let (mut room, mut total) = (rooms(64, 64), 100);
-        let got = take_in_turns(&[1, 0, 1, 1], &orgs, &mut room, &mut total);
-        assert_eq!(got, vec![1, 0, 1, 1]);
-        assert_eq!(total, 97);
-    }
 }

@@ -10,6 +10,7 @@ pub mod org;
 pub mod pacing;
 pub mod secret_box;
 pub mod time;
+pub mod turns;
 pub mod ui;
 pub mod user;
 

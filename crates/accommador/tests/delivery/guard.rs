@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{Tenant, TestApp, error_fields, problem, spawn_app_with};
 use crate::receiver::{Receiver, Reply};
-use crate::{WAIT, attempts, endpoint, eventually};
+use crate::{WAIT, attempts, endpoint, eventually, failed_attempts};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -368,14 +368,7 @@ async fn a_literal_inner_address_is_blocked_at_delivery_too() {
     );
     app.db.execute(&sql, &sql).await;
     app.create_user(&t, json!({"email": "a@example.com"})).await;
-    let v = eventually(
-        &app,
-        &t,
-        &format!("/v1/deliveries?endpoint_id={}", e.id),
-        |v| v["data"][0]["status"] == "failed",
-    )
-    .await;
-    let log = attempts(&app, &t, v["data"][0]["id"].as_str().unwrap()).await;
+    let log = failed_attempts(&app, &t, &e.id).await;
     assert_eq!(log[0]["error_class"], "blocked_address");
     assert!(rx.received("/literal").is_empty());
 }
@@ -419,14 +412,7 @@ async fn with_the_flag_loopback_works_and_metadata_stays_blocked() {
     app.create_user(&t, json!({"email": "a@example.com"})).await;
     let got = rx.wait_for("/named", 1, WAIT).await;
     crate::verify(&e.secret, &got[0]);
-    let v = eventually(
-        &app,
-        &t,
-        &format!("/v1/deliveries?endpoint_id={}", meta.id),
-        |v| v["data"][0]["status"] == "failed",
-    )
-    .await;
-    let log = attempts(&app, &t, v["data"][0]["id"].as_str().unwrap()).await;
+    let log = failed_attempts(&app, &t, &meta.id).await;
     assert_eq!(log[0]["error_class"], "blocked_address");
     assert!(
         log[0]["error"].as_str().unwrap().contains("metadata"),

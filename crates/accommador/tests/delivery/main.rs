@@ -153,6 +153,18 @@ pub(crate) async fn count_deliveries(app: &TestApp, t: &Tenant, query: &str) -> 
     }
 }
 
+/// Waits until the endpoint's newest delivery has failed; that delivery's attempt log.
+pub(crate) async fn failed_attempts(app: &TestApp, t: &Tenant, endpoint_id: &str) -> Vec<Value> {
+    let v = eventually(
+        app,
+        t,
+        &format!("/v1/deliveries?endpoint_id={endpoint_id}"),
+        |v| v["data"][0]["status"] == "failed",
+    )
+    .await;
+    attempts(app, t, v["data"][0]["id"].as_str().unwrap()).await
+}
+
 pub(crate) async fn attempts(app: &TestApp, t: &Tenant, delivery_id: &str) -> Vec<Value> {
     json_of(app, t, &format!("/v1/deliveries/{delivery_id}/attempts")).await["data"]
         .as_array()
@@ -298,14 +310,7 @@ async fn a_timeout_is_logged_as_one_and_exhaustion_fails_the_delivery() {
     );
     let ep = endpoint(&app, &t, &rx.url("/slow"), None).await;
     app.create_user(&t, json!({"email": "a@example.com"})).await;
-    let v = eventually(
-        &app,
-        &t,
-        &format!("/v1/deliveries?endpoint_id={}", ep.id),
-        |v| v["data"][0]["status"] == "failed",
-    )
-    .await;
-    let log = attempts(&app, &t, v["data"][0]["id"].as_str().unwrap()).await;
+    let log = failed_attempts(&app, &t, &ep.id).await;
     assert_eq!(log.len(), 1);
     assert_eq!(log[0]["error_class"], "timeout");
     assert_eq!(log[0]["status_code"], Value::Null);
@@ -783,14 +788,7 @@ async fn an_endpoint_failing_for_too_long_is_disabled_with_the_reason() {
             .contains("failing continuously"),
         "{e}"
     );
-    let d = eventually(
-        &app,
-        &t,
-        &format!("/v1/deliveries?endpoint_id={}", ep.id),
-        |v| v["data"][0]["status"] == "failed",
-    )
-    .await;
-    let log = attempts(&app, &t, d["data"][0]["id"].as_str().unwrap()).await;
+    let log = failed_attempts(&app, &t, &ep.id).await;
     // Failing since the first attempt, 100 ms apart, disabled once 250 ms have passed: at least
     // three real attempts, each a 500, numbered in order; the last may be the disabling one.
     let numbers: Vec<u64> = log.iter().map(|a| a["number"].as_u64().unwrap()).collect();

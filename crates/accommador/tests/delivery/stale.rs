@@ -257,14 +257,7 @@ async fn a_send_held_up_by_a_slow_look_up_is_not_made_after_a_delete() {
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     gate.open();
 
-    let d = eventually(
-        &app,
-        &t,
-        &format!("/v1/deliveries?endpoint_id={}", ep.id),
-        |v| v["data"][0]["status"] == "failed",
-    )
-    .await;
-    let log = attempts(&app, &t, d["data"][0]["id"].as_str().unwrap()).await;
+    let log = failed_attempts(&app, &t, &ep.id).await;
     assert_eq!(log.len(), 1, "{log:?}");
     assert_eq!(log[0]["error_class"], "endpoint_disabled");
     // Given time to go out, had it been sent.

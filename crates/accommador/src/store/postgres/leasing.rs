@@ -23,6 +23,7 @@ use tokio_postgres::types::ToSql;
 use super::{Cached, PgStore, pg_err};
 use crate::delivery::notify::FREED;
 use crate::domain::delivery::Trigger;
+use crate::domain::turns::take_in_turns;
 use crate::domain::{Timestamp, ids};
 use crate::store::{DueDelivery, LaneRequest, LaneWork, Lease, StoreError};
 
@@ -192,31 +193,22 @@ fn share_org_room(
     states: &HashMap<String, LaneState>,
     orgs: &mut HashMap<String, OrgLeases>,
 ) -> Vec<usize> {
-    let mut granted = vec![0; requests.len()];
-    let mut lanes_of: HashMap<&str, Vec<usize>> = HashMap::new();
-    for (i, req) in requests.iter().enumerate() {
-        if let Some(state) = states.get(&req.endpoint_id)
-            && state.closed.is_none()
-        {
-            lanes_of.entry(&state.org).or_default().push(i);
-        }
-    }
-    for (org, lanes) in lanes_of {
-        let Some(leases) = orgs.get_mut(org) else {
-            continue;
-        };
-        loop {
-            let before = leases.room;
-            for &i in &lanes {
-                if leases.room > 0 && granted[i] < requests[i].limit {
-                    granted[i] += 1;
-                    leases.room -= 1;
-                }
-            }
-            if leases.room == before || leases.room == 0 {
-                break;
-            }
-        }
+    // A closed or unknown endpoint's lane may take nothing (its organization key is then
+    // never looked at).
+    let (caps, lane_orgs): (Vec<usize>, Vec<String>) = requests
+        .iter()
+        .map(|req| match states.get(&req.endpoint_id) {
+            Some(state) if state.closed.is_none() => (req.limit, state.org.clone()),
+            _ => (0, String::new()),
+        })
+        .unzip();
+    let mut room: HashMap<String, usize> =
+        orgs.iter().map(|(org, l)| (org.clone(), l.room)).collect();
+    // No bound over all organizations here: each has its own room.
+    let mut unbounded = usize::MAX;
+    let granted = take_in_turns(&caps, &lane_orgs, &mut room, &mut unbounded);
+    for (org, leases) in orgs.iter_mut() {
+        leases.room = room[org];
     }
     granted
 }
