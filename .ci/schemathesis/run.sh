@@ -13,7 +13,10 @@
 # revocation, which may revoke its key). Time budget (seconds, whole run <= 5 min by default):
 # SCHEMATHESIS_TENANT_TIME (default 110) and SCHEMATHESIS_OPERATOR_TIME (default 25) per
 # backend. PostgreSQL needs ACCOMMADOR_TEST_POSTGRES_URL (an admin URL) or is skipped with a
-# note when the variable is unset. Needs python3 (venv), curl, PyPI the first time (the venv
+# note when the variable is unset. SCHEMATHESIS_SEED fixes hypothesis's seed (.ci/run sets one,
+# so that CI judges the same generated cases each time instead of failing on whatever a new
+# random draw finds); unset, each run draws its own seed and prints it (the full mode: run it a
+# few times after changing the document or a route). Needs python3 (venv), curl, PyPI the first time (the venv
 # is kept under the cargo target dir); .schemathesis/ and .hypothesis/ stay in that dir too.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -26,6 +29,7 @@ tenant_time=${SCHEMATHESIS_TENANT_TIME:-110}
 operator_time=${SCHEMATHESIS_OPERATOR_TIME:-25}
 backends=${SCHEMATHESIS_BACKENDS:-sqlite postgres}
 pg_admin=${ACCOMMADOR_TEST_POSTGRES_URL:-}
+seed=${SCHEMATHESIS_SEED:-$((RANDOM * 32768 + RANDOM))}
 
 # The settings under test are the ones given below, not whatever the caller's shell exports.
 while read -r v; do unset "$v"; done < <(compgen -e | grep '^ACCOMMADOR_' || true)
@@ -95,13 +99,13 @@ fuzz() {
     local out="$runs/$label"
     rm -rf "$out"
     mkdir -p "$out"
-    echo "== schemathesis: $label (${seconds} s) against $api"
+    echo "== schemathesis: $label (${seconds} s, SCHEMATHESIS_SEED=$seed) against $api"
     set +e
     # Its example database and caches go under $out, never into the checkout.
     (cd "$out" && ACCOMMADOR_FUZZ_API_KEY="$key" ACCOMMADOR_FUZZ_ADMIN_TOKEN="$admin_token" \
         timeout $((seconds + 60)) "$venv/bin/schemathesis" --config-file "$here/schemathesis.toml" \
         run "$api/openapi.json" --checks all --phases examples,coverage,fuzzing,stateful \
-        --max-time "$seconds" --workers 1 --no-color --generation-database none \
+        --max-time "$seconds" --workers 1 --no-color --generation-database none --seed "$seed" \
         --report ndjson --report-ndjson-path "$out/report.ndjson" "$@") >"$out/output.txt" 2>&1
     local rc=$?
     set -e

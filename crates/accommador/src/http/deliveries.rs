@@ -106,9 +106,9 @@ pub(crate) fn delivery_filter(query: &QueryParams) -> Result<DeliveryFilter, Vec
 /// there. The list has ended only when `next_cursor` is null.
 #[utoipa::path(get, path = "/v1/deliveries", tag = "deliveries",
     params(
-        ("endpoint_id" = Option<String>, Query, description = "Only this endpoint's deliveries (`ep_…`; any other value matches none); empty: every endpoint",
+        ("endpoint_id" = Option<String>, Query, pattern = "^[^\\u0000]*$", description = "Only this endpoint's deliveries (`ep_…`; any other value matches none); empty: every endpoint",
             extensions(("x-allow-empty-value" = json!(true)))),
-        ("event_id" = Option<String>, Query, description = "Only this event's deliveries (`evt_…`; any other value matches none); empty: every event",
+        ("event_id" = Option<String>, Query, pattern = "^[^\\u0000]*$", description = "Only this event's deliveries (`evt_…`; any other value matches none); empty: every event",
             extensions(("x-allow-empty-value" = json!(true)))),
         ("user_id" = Option<String>, Query, pattern = "^usr_[0-9A-HJKMNP-TV-Z]{26}$", description = "Only deliveries of events about this user (`usr_…`; deleted users included); a value that names no user of this organization is refused (422); empty: every user",
             extensions(("x-allow-empty-value" = json!(true)))),
