@@ -77,6 +77,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0017_rollups.sql"),
     include_str!("../../migrations/postgres/0018_tenants.sql"),
     include_str!("../../migrations/postgres/0019_last_error.sql"),
+    include_str!("../../migrations/postgres/0020_ordered_recheck.sql"),
 ];
 /// Most events numbered by one sequencer step.
 const SEQUENCE_STEP: i64 = 1000;
@@ -109,6 +110,9 @@ pub struct PgStore {
     /// User creations without an Idempotency-Key, written in batches (see `intake`); bounded
     /// ([`QUEUE_CAPACITY`]).
     intake: tokio::sync::mpsc::Sender<intake::Creation>,
+    /// When this instance last checked the notes of waiting deliveries
+    /// (`deliveries::recheck_ordered`).
+    rechecked_at: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -192,6 +196,7 @@ impl PgStore {
             sequencer,
             intake,
             keys: Arc::default(),
+            rechecked_at: Arc::default(),
         };
         store.migrate().await?;
         tokio::spawn(run_sequencer(store.clone(), requests));

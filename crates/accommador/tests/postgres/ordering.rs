@@ -112,3 +112,127 @@ async fn two_workers_deliver_every_users_events_in_version_order_despite_failure
         "two workers attempted one delivery at once"
     );
 }
+
+/// A delivery that waits behind an earlier one of its user is released when that one ends;
+/// fan-out marks it waiting without locking what it waits behind and checks it again after
+/// its commit (migration 0020). Here the ending happens as it would in the race the recheck
+/// exists for (the release trigger never sees the waiting delivery), and the process that
+/// inserted it dies before rechecking: its note alone, taken up by the running instance,
+/// gets the delivery sent.
+#[tokio::test]
+async fn a_waiting_delivery_whose_release_was_missed_is_sent_after_its_recheck_note() {
+    if !postgres_configured() {
+        return;
+    }
+    let db = TestDb::new().await;
+    let rx = receiver::Receiver::start().await;
+    // A failed attempt is retried only after an hour: the first delivery stays pending.
+    let server = Server::spawn(
+        &db.url,
+        &["serve"],
+        &[PRIVATE, ("ACCOMMADOR_RETRY_SCHEDULE", "1h")],
+    )
+    .await;
+    let client = Client::new();
+    let key = create_org(&client, &server).await;
+    create_endpoint_with(
+        &client,
+        &server,
+        &key,
+        json!({"url": rx.url("/ordered"), "ordering": "per_user"}),
+    )
+    .await;
+    rx.script("/ordered", vec![receiver::Reply::status(500)]);
+    let r = client
+        .post(server.url("/v1/users"))
+        .bearer_auth(&key)
+        .json(&json!({"email": "ada@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let user = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    rx.wait_for("/ordered", 1, Duration::from_secs(10)).await;
+    let r = client
+        .patch(server.url(&format!("/v1/users/{user}")))
+        .bearer_auth(&key)
+        .json(&json!({"name": "Ada"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // The update's delivery waits behind the failed creation's, and fan-out's own recheck
+    // has taken its note.
+    let (sql, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let (first, waiting) = loop {
+        let rows = sql
+            .query(
+                "SELECT d.id, d.seq, d.next_attempt_at IS NULL, d.event_type,
+                        (SELECT count(*) FROM ordered_recheck)
+                 FROM deliveries d WHERE d.user_id = $1 ORDER BY d.event_seq",
+                &[&user],
+            )
+            .await
+            .unwrap();
+        if rows.len() == 2 && rows[1].get::<_, i64>(4) == 0 {
+            assert_eq!(rows[1].get::<_, &str>(3), "user.updated");
+            assert!(
+                rows[1].get::<_, bool>(2),
+                "the update must wait behind the creation"
+            );
+            break (rows[0].get::<_, String>(0), rows[1].get::<_, i64>(1));
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the update was not fanned out and rechecked"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        rx.received("/ordered").len(),
+        1,
+        "the update went out too early"
+    );
+
+    // The creation's delivery ends without its release seeing the update (triggers off, as
+    // for a transaction whose snapshot predates the update's insert), and the note is left
+    // as by a fan-out that died between its commit and its recheck.
+    sql.batch_execute("SET session_replication_role = replica")
+        .await
+        .unwrap();
+    let ended = sql
+        .execute(
+            "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL WHERE id = $1",
+            &[&first],
+        )
+        .await
+        .unwrap();
+    assert_eq!(ended, 1);
+    sql.execute(
+        "INSERT INTO ordered_recheck (delivery_seq) VALUES ($1)",
+        &[&waiting],
+    )
+    .await
+    .unwrap();
+
+    // Every instance checks leftover notes every few seconds: the update is sent.
+    let got = rx.wait_for("/ordered", 2, Duration::from_secs(15)).await;
+    let body: Value = serde_json::from_slice(&got[1].body).unwrap();
+    assert_eq!(body["type"], "user.updated");
+    assert_eq!(body["data"]["user"]["id"], user.as_str());
+    let notes: i64 = sql
+        .query_one("SELECT count(*) FROM ordered_recheck", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(notes, 0, "the note is deleted once checked");
+}

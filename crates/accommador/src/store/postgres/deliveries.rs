@@ -44,6 +44,13 @@ const FANOUT_DELIVERIES: usize = 1_000;
 /// Most deliveries one `recover` transaction re-queues or creates.
 const RECOVER_BATCH: usize = 1_000;
 
+/// Notes of waiting deliveries checked again by one transaction ([`PgStore::recheck_ordered`]).
+const RECHECK_BATCH: i64 = 1_000;
+
+/// How often an instance checks notes left by a process that died between its fan-out
+/// commit and its recheck.
+const RECHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The event types a live endpoint of `org` takes, under a share lock on its row for the rest
 /// of the transaction (a disable or delete waits for it); `None` when it is no longer enabled.
 /// The first batch of a request says why instead (404, 409).
@@ -167,35 +174,55 @@ impl NewDeliveries {
         self.endpoint_id.push(endpoint.to_owned());
     }
 
-    /// Inserts them, pending and due now; one delivery per (event, endpoint), whoever creates
-    /// it first (fan-out or recover). Returns how many were new. Each copies its event's user
-    /// (a lookup by primary key) so that a user's deliveries are one index range.
-    async fn insert(&self, tx: &Transaction<'_>, now: Timestamp) -> Result<u64, StoreError> {
+    /// Inserts them, pending and due now (unless one waits behind an earlier delivery of its
+    /// user: migration 0015); one delivery per (event, endpoint), whoever creates it first
+    /// (fan-out or recover). Returns how many were new, and how many of those wait. Each
+    /// copies its event's user (a lookup by primary key) so that a user's deliveries are one
+    /// index range.
+    async fn insert(&self, tx: &Transaction<'_>, now: Timestamp) -> Result<Inserted, StoreError> {
         if self.id.is_empty() {
-            return Ok(0);
+            return Ok(Inserted::default());
         }
-        tx.run(
-            "INSERT INTO deliveries (id, org_id, event_seq, event_id, event_type, endpoint_id,
-                                     user_id, status, next_attempt_at, created_at, updated_at)
-             SELECT u.*, (SELECT e.user_id FROM events e WHERE e.seq = u.event_seq),
-                    'pending', $7::bigint, $7::bigint, $7::bigint
-             FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[])
-                  AS u(id, org_id, event_seq, event_id, event_type, endpoint_id)
-             ORDER BY u.event_seq, u.endpoint_id
-             ON CONFLICT (event_id, endpoint_id) DO NOTHING",
-            &[
-                &self.id,
-                &self.org_id,
-                &self.event_seq,
-                &self.event_id,
-                &self.event_type,
-                &self.endpoint_id,
-                &now.millis(),
-            ],
-        )
-        .await
-        .map_err(pg_err)
+        let row = tx
+            .fetch_one(
+                "WITH ins AS (
+                     INSERT INTO deliveries (id, org_id, event_seq, event_id, event_type,
+                                             endpoint_id, user_id, status, next_attempt_at,
+                                             created_at, updated_at)
+                     SELECT u.*, (SELECT e.user_id FROM events e WHERE e.seq = u.event_seq),
+                            'pending', $7::bigint, $7::bigint, $7::bigint
+                     FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[],
+                                 $6::text[])
+                          AS u(id, org_id, event_seq, event_id, event_type, endpoint_id)
+                     ORDER BY u.event_seq, u.endpoint_id
+                     ON CONFLICT (event_id, endpoint_id) DO NOTHING
+                     RETURNING next_attempt_at IS NULL AS waits)
+                 SELECT count(*), count(*) FILTER (WHERE waits) FROM ins",
+                &[
+                    &self.id,
+                    &self.org_id,
+                    &self.event_seq,
+                    &self.event_id,
+                    &self.event_type,
+                    &self.endpoint_id,
+                    &now.millis(),
+                ],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(Inserted {
+            new: row.get::<_, i64>(0) as u64,
+            waiting: row.get::<_, i64>(1) as u64,
+        })
     }
+}
+
+/// What [`NewDeliveries::insert`] created.
+#[derive(Default)]
+struct Inserted {
+    new: u64,
+    /// Of those, the ones that wait behind an earlier delivery of their user.
+    waiting: u64,
 }
 
 const DELIVERY_COLUMNS: &str = "id, event_id, event_type, endpoint_id, status, attempt_count,
@@ -290,11 +317,27 @@ impl PgStore {
     /// each commit; when none is waiting, events that a crashed process committed and never
     /// numbered are numbered here first (the fan-out loop steps once a second when idle).
     pub async fn fan_out(&self) -> Result<FanOut, StoreError> {
-        let out = self.fan_out_step().await?;
+        let mut out = self.fan_out_step().await?;
+        // Notes of waiting deliveries that a process which died after its commit never
+        // checked (fan-out checks its own right after committing).
+        let due = self
+            .rechecked_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none_or(|at| at.elapsed() >= RECHECK_EVERY);
+        if due {
+            self.recheck_ordered_now(&mut out.woken).await;
+        }
         if out.events > 0 || self.sequence_events().await? == 0 {
             return Ok(out);
         }
-        self.fan_out_step().await
+        let mut next = self.fan_out_step().await?;
+        for endpoint in out.woken {
+            if !next.woken.contains(&endpoint) {
+                next.woken.push(endpoint);
+            }
+        }
+        Ok(next)
     }
 
     /// The cursor row lock makes each event fanned out exactly once across instances. A step
@@ -306,7 +349,12 @@ impl PgStore {
         // move with it and the events are fanned out again; an acknowledgement of one of its
         // deliveries (a durable commit) flushes it first.
         let (_, events) = tokio::try_join!(
-            tx.batch_execute("SET LOCAL synchronous_commit TO off"),
+            // Waiting deliveries are checked again after the commit instead of share-locking
+            // what they wait behind (migration 0020, [`PgStore::recheck_ordered`]).
+            tx.batch_execute(
+                "SET LOCAL synchronous_commit TO off;
+                 SET LOCAL accommador.ordered_recheck TO 'on'"
+            ),
             tx.fetch(
                 // The cursor as a parameter (not a join), so the scan starts at it.
                 "WITH cursor AS (SELECT last_commit_seq, partial_endpoint FROM fanout_cursor
@@ -439,7 +487,7 @@ impl PgStore {
             }
             last = event.get(4);
         }
-        rows.insert(&tx, now).await?;
+        let inserted = rows.insert(&tx, now).await?;
         tx.run(
             "UPDATE fanout_cursor SET last_commit_seq = $1, partial_endpoint = $2 WHERE id = 1",
             &[&last, &stopped_at],
@@ -447,10 +495,108 @@ impl PgStore {
         .await
         .map_err(pg_err)?;
         tx.commit().await.map_err(pg_err)?;
+        drop(client);
+        if inserted.waiting > 0 {
+            self.recheck_ordered_now(&mut woken).await;
+        }
         Ok(FanOut {
             events: taken,
             woken,
         })
+    }
+
+    /// Runs [`Self::recheck_ordered`] and adds the endpoints it released to `woken`; a failure
+    /// (a deadlock with a recorder, say) leaves the notes for the next recheck.
+    async fn recheck_ordered_now(&self, woken: &mut Vec<String>) {
+        match self.recheck_ordered().await {
+            Ok(released) => {
+                for endpoint in released {
+                    if !woken.contains(&endpoint) {
+                        woken.push(endpoint);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "rechecking waiting deliveries failed; retried later")
+            }
+        }
+        *self.rechecked_at.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(std::time::Instant::now());
+    }
+
+    /// Checks the waiting deliveries that fan-out noted (migration 0020) again, after the
+    /// transactions that inserted them committed: a recorder that ended the delivery one of
+    /// them waited behind, while it was being inserted, could not see it to release it. Each
+    /// noted delivery's earliest pending ones before it (at most three: the one in flight, and
+    /// one a manual retry brought back) are share-locked, in ID order as the recorder locks
+    /// them, which waits for a transaction that is ending one of them; then the noted ones with
+    /// nothing pending before them any more are due now. Notes another instance is checking
+    /// are skipped (it deletes them). Returns the endpoints of the released deliveries.
+    pub(super) async fn recheck_ordered(&self) -> Result<Vec<String>, StoreError> {
+        let mut client = self.background_client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        // Not waited for on disk: a step a database crash loses leaves its notes, checked
+        // again after the restart.
+        let (_, notes) = tokio::try_join!(
+            tx.batch_execute("SET LOCAL synchronous_commit TO off"),
+            tx.fetch(
+                "SELECT delivery_seq FROM ordered_recheck ORDER BY delivery_seq
+                 LIMIT $1 FOR UPDATE SKIP LOCKED",
+                &[&RECHECK_BATCH],
+            ),
+        )
+        .map_err(pg_err)?;
+        let notes: Vec<i64> = notes.iter().map(|r| r.get(0)).collect();
+        if notes.is_empty() {
+            tx.commit().await.map_err(pg_err)?;
+            return Ok(Vec::new());
+        }
+        tx.fetch(
+            "SELECT l.seq FROM deliveries l
+             WHERE l.seq = ANY(ARRAY(
+                   SELECT p.seq FROM deliveries w
+                   CROSS JOIN LATERAL (
+                       SELECT p.seq FROM deliveries p
+                       WHERE p.endpoint_id = w.endpoint_id AND p.user_id = w.user_id
+                         AND p.status = 'pending' AND p.user_id IS NOT NULL
+                         AND p.event_seq < w.event_seq
+                       ORDER BY p.event_seq LIMIT 3) p
+                   WHERE w.seq = ANY($1) AND w.status = 'pending'
+                     AND w.next_attempt_at IS NULL))
+               AND l.status = 'pending'
+             ORDER BY l.id FOR SHARE",
+            &[&notes],
+        )
+        .await
+        .map_err(pg_err)?;
+        let released: Vec<String> = tx
+            .fetch(
+                "UPDATE deliveries w SET next_attempt_at = accommador_now_ms()
+                 WHERE w.seq = ANY($1) AND w.status = 'pending' AND w.next_attempt_at IS NULL
+                   AND NOT EXISTS (
+                       SELECT 1 FROM deliveries p
+                       WHERE p.endpoint_id = w.endpoint_id AND p.user_id = w.user_id
+                         AND p.status = 'pending' AND p.user_id IS NOT NULL
+                         AND p.event_seq < w.event_seq)
+                 RETURNING w.endpoint_id",
+                &[&notes],
+            )
+            .await
+            .map_err(pg_err)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        tx.run(
+            "DELETE FROM ordered_recheck WHERE delivery_seq = ANY($1)",
+            &[&notes],
+        )
+        .await
+        .map_err(pg_err)?;
+        tx.commit().await.map_err(pg_err)?;
+        let mut endpoints = released;
+        endpoints.sort();
+        endpoints.dedup();
+        Ok(endpoints)
     }
 
     pub async fn pending_lanes(&self) -> Result<Vec<(String, Timestamp)>, StoreError> {
@@ -1394,7 +1540,7 @@ impl PgStore {
             for r in &missing {
                 rows.push(&org, r.get(0), r.get(1), r.get(2), &endpoint_id);
             }
-            created += rows.insert(&tx, now).await? as usize;
+            created += rows.insert(&tx, now).await?.new as usize;
             tx.commit().await.map_err(pg_err)?;
             match missing.last() {
                 Some(last) if missing.len() == RECOVER_BATCH => after = last.get(3),
