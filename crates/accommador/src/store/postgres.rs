@@ -1087,8 +1087,11 @@ async fn live_user(
     let lock = if for_update { " FOR UPDATE" } else { "" };
     tx.fetch_opt(
         &format!(
+            // By its ID's unique index: `org_id = $2` is kept from being an index condition
+            // (without table statistics the planner would walk the organization's live list,
+            // every user of it, for each lookup).
             "SELECT {USER_COLUMNS} FROM users
-             WHERE id = $1 AND org_id = $2 AND deleted_at IS NULL{lock}"
+             WHERE id = $1 AND (org_id = $2) IS TRUE AND deleted_at IS NULL{lock}"
         ),
         &[&id, &org],
     )
@@ -1210,8 +1213,11 @@ async fn live_endpoint(
     let lock = if for_update { " FOR UPDATE" } else { "" };
     tx.fetch_opt(
         &format!(
+            // By its ID's unique index: `org_id = $2` is kept from being an index condition
+            // (without table statistics the planner would walk the organization's live list,
+            // every endpoint of it, for each lookup).
             "SELECT {ENDPOINT_COLUMNS} FROM endpoints
-             WHERE id = $1 AND org_id = $2 AND deleted_at IS NULL{lock}"
+             WHERE id = $1 AND (org_id = $2) IS TRUE AND deleted_at IS NULL{lock}"
         ),
         &[&id, &org],
     )

@@ -218,7 +218,7 @@ async fn a_waiting_delivery_whose_release_was_missed_is_sent_after_its_recheck_n
         .unwrap();
     assert_eq!(ended, 1);
     sql.execute(
-        "INSERT INTO ordered_recheck (delivery_seq) VALUES ($1)",
+        "INSERT INTO ordered_recheck (first_seq, last_seq) VALUES ($1, $1)",
         &[&waiting],
     )
     .await

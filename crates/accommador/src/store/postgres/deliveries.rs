@@ -44,8 +44,9 @@ const FANOUT_DELIVERIES: usize = 1_000;
 /// Most deliveries one `recover` transaction re-queues or creates.
 const RECOVER_BATCH: usize = 1_000;
 
-/// Notes of waiting deliveries checked again by one transaction ([`PgStore::recheck_ordered`]).
-const RECHECK_BATCH: i64 = 1_000;
+/// Notes (one per fan-out step, at most [`FANOUT_DELIVERIES`] deliveries each) checked again
+/// by one transaction ([`PgStore::recheck_ordered`]).
+const RECHECK_BATCH: i64 = 100;
 
 /// How often an instance checks notes left by a process that died between its fan-out
 /// commit and its recheck.
@@ -196,8 +197,10 @@ impl NewDeliveries {
                           AS u(id, org_id, event_seq, event_id, event_type, endpoint_id)
                      ORDER BY u.event_seq, u.endpoint_id
                      ON CONFLICT (event_id, endpoint_id) DO NOTHING
-                     RETURNING next_attempt_at IS NULL AS waits)
-                 SELECT count(*), count(*) FILTER (WHERE waits) FROM ins",
+                     RETURNING seq, next_attempt_at IS NULL AS waits)
+                 SELECT count(*), count(*) FILTER (WHERE waits),
+                        min(seq) FILTER (WHERE waits), max(seq) FILTER (WHERE waits)
+                 FROM ins",
                 &[
                     &self.id,
                     &self.org_id,
@@ -212,7 +215,10 @@ impl NewDeliveries {
             .map_err(pg_err)?;
         Ok(Inserted {
             new: row.get::<_, i64>(0) as u64,
-            waiting: row.get::<_, i64>(1) as u64,
+            waiting: match (row.get(2), row.get(3)) {
+                (Some(first), Some(last)) => Some((first, last)),
+                _ => None,
+            },
         })
     }
 }
@@ -221,8 +227,9 @@ impl NewDeliveries {
 #[derive(Default)]
 struct Inserted {
     new: u64,
-    /// Of those, the ones that wait behind an earlier delivery of their user.
-    waiting: u64,
+    /// The range of numbers (`seq`) of the new ones that wait behind an earlier delivery of
+    /// their user, if any does.
+    waiting: Option<(i64, i64)>,
 }
 
 const DELIVERY_COLUMNS: &str = "id, event_id, event_type, endpoint_id, status, attempt_count,
@@ -488,15 +495,31 @@ impl PgStore {
             last = event.get(4);
         }
         let inserted = rows.insert(&tx, now).await?;
-        tx.run(
-            "UPDATE fanout_cursor SET last_commit_seq = $1, partial_endpoint = $2 WHERE id = 1",
-            &[&last, &stopped_at],
+        let note = async {
+            match inserted.waiting {
+                Some((first, last)) => {
+                    tx.run(
+                        "INSERT INTO ordered_recheck (first_seq, last_seq) VALUES ($1, $2)",
+                        &[&first, &last],
+                    )
+                    .await
+                }
+                None => Ok(0),
+            }
+        };
+        let cursor: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&last, &stopped_at];
+        tokio::try_join!(
+            tx.run(
+                "UPDATE fanout_cursor SET last_commit_seq = $1, partial_endpoint = $2
+                 WHERE id = 1",
+                &cursor,
+            ),
+            note,
         )
-        .await
         .map_err(pg_err)?;
         tx.commit().await.map_err(pg_err)?;
         drop(client);
-        if inserted.waiting > 0 {
+        if inserted.waiting.is_some() {
             self.recheck_ordered_now(&mut woken).await;
         }
         Ok(FanOut {
@@ -526,72 +549,110 @@ impl PgStore {
 
     /// Checks the waiting deliveries that fan-out noted (migration 0020) again, after the
     /// transactions that inserted them committed: a recorder that ended the delivery one of
-    /// them waited behind, while it was being inserted, could not see it to release it. Each
-    /// noted delivery's earliest pending ones before it (at most three: the one in flight, and
-    /// one a manual retry brought back) are share-locked, in ID order as the recorder locks
-    /// them, which waits for a transaction that is ending one of them; then the noted ones with
-    /// nothing pending before them any more are due now. Notes another instance is checking
-    /// are skipped (it deletes them). Returns the endpoints of the released deliveries.
+    /// them waited behind, while it was being inserted, could not see it to release it. For
+    /// each noted delivery that still waits, the earliest pending ones before it (at most
+    /// three: the one in flight, and one a manual retry brought back) that do not wait
+    /// themselves and that another transaction has touched (`xmax`) are share-locked, in ID
+    /// order as the recorder locks them: that waits for a transaction ending one of them.
+    /// Then the noted ones with nothing pending before them any more are due now. Notes
+    /// another instance is checking are skipped (it deletes them). Returns the endpoints of
+    /// the released deliveries.
     pub(super) async fn recheck_ordered(&self) -> Result<Vec<String>, StoreError> {
         let mut client = self.background_client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
         // Not waited for on disk: a step a database crash loses leaves its notes, checked
         // again after the restart.
         let (_, notes) = tokio::try_join!(
-            tx.batch_execute("SET LOCAL synchronous_commit TO off"),
+            // The noted deliveries are read by key, and each one's user through
+            // deliveries_user_pending: without statistics the planner would rather walk every
+            // waiting delivery's entry in the due index, or every pending delivery of the
+            // endpoint and sort them (bitmap scans, sorts, and `next_attempt_at IS NULL` as an
+            // index condition are kept out of its way; migration 0020 says the same of the
+            // triggers).
+            tx.batch_execute(
+                "SET LOCAL synchronous_commit TO off; SET LOCAL enable_bitmapscan TO off;
+                 SET LOCAL enable_sort TO off"
+            ),
             tx.fetch(
-                "SELECT delivery_seq FROM ordered_recheck ORDER BY delivery_seq
+                "SELECT id, first_seq, last_seq FROM ordered_recheck ORDER BY id
                  LIMIT $1 FOR UPDATE SKIP LOCKED",
                 &[&RECHECK_BATCH],
             ),
         )
         .map_err(pg_err)?;
-        let notes: Vec<i64> = notes.iter().map(|r| r.get(0)).collect();
         if notes.is_empty() {
             tx.commit().await.map_err(pg_err)?;
             return Ok(Vec::new());
         }
-        tx.fetch(
-            "SELECT l.seq FROM deliveries l
-             WHERE l.seq = ANY(ARRAY(
-                   SELECT p.seq FROM deliveries w
-                   CROSS JOIN LATERAL (
-                       SELECT p.seq FROM deliveries p
-                       WHERE p.endpoint_id = w.endpoint_id AND p.user_id = w.user_id
-                         AND p.status = 'pending' AND p.user_id IS NOT NULL
-                         AND p.event_seq < w.event_seq
-                       ORDER BY p.event_seq LIMIT 3) p
-                   WHERE w.seq = ANY($1) AND w.status = 'pending'
-                     AND w.next_attempt_at IS NULL))
-               AND l.status = 'pending'
-             ORDER BY l.id FOR SHARE",
-            &[&notes],
-        )
-        .await
-        .map_err(pg_err)?;
-        let released: Vec<String> = tx
+        let note_ids: Vec<i64> = notes.iter().map(|r| r.get(0)).collect();
+        let firsts: Vec<i64> = notes.iter().map(|r| r.get(1)).collect();
+        let lasts: Vec<i64> = notes.iter().map(|r| r.get(2)).collect();
+        let mut waiting: Vec<i64> = Vec::new();
+        let mut touched: Vec<String> = Vec::new();
+        for r in tx
             .fetch(
-                "UPDATE deliveries w SET next_attempt_at = accommador_now_ms()
-                 WHERE w.seq = ANY($1) AND w.status = 'pending' AND w.next_attempt_at IS NULL
-                   AND NOT EXISTS (
-                       SELECT 1 FROM deliveries p
-                       WHERE p.endpoint_id = w.endpoint_id AND p.user_id = w.user_id
-                         AND p.status = 'pending' AND p.user_id IS NOT NULL
-                         AND p.event_seq < w.event_seq)
-                 RETURNING w.endpoint_id",
-                &[&notes],
+                "SELECT w.seq, ARRAY(
+                     SELECT p.id FROM (
+                         SELECT p.id, p.next_attempt_at, p.xmax FROM deliveries p
+                         WHERE p.endpoint_id = w.endpoint_id AND p.user_id = w.user_id
+                           AND p.status = 'pending' AND p.user_id IS NOT NULL
+                           AND p.event_seq < w.event_seq
+                         ORDER BY p.event_seq LIMIT 3) p
+                     WHERE p.next_attempt_at IS NOT NULL AND p.xmax::text <> '0')
+                 FROM deliveries w
+                 WHERE w.seq = ANY(ARRAY(
+                           SELECT generate_series(n.first_seq, n.last_seq)
+                           FROM UNNEST($1::int8[], $2::int8[]) AS n(first_seq, last_seq)))
+                   AND w.status = 'pending' AND (w.next_attempt_at + 0) IS NULL
+                   AND w.user_id IS NOT NULL",
+                &[&firsts, &lasts],
             )
             .await
             .map_err(pg_err)?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        tx.run(
-            "DELETE FROM ordered_recheck WHERE delivery_seq = ANY($1)",
-            &[&notes],
+        {
+            waiting.push(r.get(0));
+            touched.extend(r.get::<_, Vec<String>>(1));
+        }
+        if !touched.is_empty() {
+            // One row at a time, in the order given.
+            touched.sort_unstable();
+            touched.dedup();
+            tx.fetch(
+                "SELECT l.seq FROM UNNEST($1::text[]) AS t(id)
+                 CROSS JOIN LATERAL (SELECT d.seq FROM deliveries d
+                                     WHERE d.id = t.id AND d.status = 'pending'
+                                     FOR SHARE) l",
+                &[&touched],
+            )
+            .await
+            .map_err(pg_err)?;
+        }
+        let release = async {
+            if waiting.is_empty() {
+                return Ok(Vec::new());
+            }
+            tx.fetch(
+                // The probe is written as the earliest pending one (ORDER BY … LIMIT 1) so that
+                // it reads deliveries_user_pending, not every pending delivery of the endpoint.
+                "UPDATE deliveries w SET next_attempt_at = accommador_now_ms()
+                 WHERE w.seq = ANY($1) AND w.status = 'pending' AND (w.next_attempt_at + 0) IS NULL
+                   AND (SELECT p.seq FROM deliveries p
+                        WHERE p.endpoint_id = w.endpoint_id AND p.user_id = w.user_id
+                          AND p.status = 'pending' AND p.user_id IS NOT NULL
+                          AND p.event_seq < w.event_seq
+                        ORDER BY p.event_seq LIMIT 1) IS NULL
+                 RETURNING w.endpoint_id",
+                &[&waiting],
+            )
+            .await
+        };
+        let done: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&note_ids];
+        let (released, _) = tokio::try_join!(
+            release,
+            tx.run("DELETE FROM ordered_recheck WHERE id = ANY($1)", &done),
         )
-        .await
         .map_err(pg_err)?;
+        let released: Vec<String> = released.iter().map(|r| r.get(0)).collect();
         tx.commit().await.map_err(pg_err)?;
         let mut endpoints = released;
         endpoints.sort();
