@@ -295,17 +295,14 @@ impl PgStore {
         // endpoint's or organization's rows through an index, in index order where it takes
         // the first few. Bitmap scans are off for this transaction: with statistics that guess
         // a backlogged endpoint has a handful of pending rows, the planner would otherwise read
-        // and sort all of them on every step. Sorts are off too, so that the per-user probe
-        // (`ORDER BY event_seq LIMIT 1`) reads deliveries_user_pending, the one index in that
-        // order, not every pending delivery of the endpoint (0.6 ms a row at 1,000 users).
+        // and sort all of them on every step.
         let now_ms = Timestamp::now().millis();
         let lock_params: [&(dyn ToSql + Sync); 2] = [&endpoint_ids, &ORG_LOCK_SEED];
         let org_params: [&(dyn ToSql + Sync); 2] = [&endpoint_ids, &lease.token];
         let state_params: [&(dyn ToSql + Sync); 2] = [&endpoint_ids, &now_ms];
         let (_, _, org_rows, state_rows) = tokio::try_join!(
             tx.batch_execute(
-                "SET LOCAL synchronous_commit TO off; SET LOCAL enable_bitmapscan TO off;
-                 SET LOCAL enable_sort TO off"
+                "SET LOCAL synchronous_commit TO off; SET LOCAL enable_bitmapscan TO off"
             ),
             tx.query_one(&lock_orgs, &lock_params),
             tx.query(&org_leases, &org_params),
@@ -368,7 +365,18 @@ impl PgStore {
             &ordered,
         ];
         let next_params: [&(dyn ToSql + Sync); 2] = [&endpoint_ids, &lease.token];
-        let (leased, next) = tokio::try_join!(
+        // When a lane orders per user, sorts are off for the rest of the transaction, so
+        // that its per-user probe (`ORDER BY event_seq LIMIT 1`) reads deliveries_user_pending,
+        // the one index in that order, not every pending delivery of the endpoint (0.6 ms a
+        // row at 1,000 users). Only then: with sorts off in every step, fan-out to 10,000
+        // unordered endpoints took 12 % longer (3.5-3.7 s became 4.0-4.3 s).
+        let sorts = if ordered.contains(&true) {
+            "SET LOCAL enable_sort TO off"
+        } else {
+            "SET LOCAL enable_sort TO on"
+        };
+        let (_, leased, next) = tokio::try_join!(
+            tx.batch_execute(sorts),
             tx.query(&lease_lanes, &lease_params),
             tx.query(&next_due, &next_params),
         )
