@@ -11,6 +11,12 @@
 //!   rescans, since notifications sent while it was away are lost.
 //! - [`listen_on`]: the session itself, also used by the API's key cache
 //!   ([`crate::service::listen_keys`]).
+//!
+//! `accommador_due` and `accommador_freed` payloads start with the sending process's
+//! [`struct@INSTANCE`] and a `/`: every instance hears its own notifications too, and what
+//! they say it has already done locally (woken the lanes, released the held ones). Without
+//! that, a fan-out to 10,000 endpoints announced "*" and made its own instance rescan every
+//! pending lane once per fan-out step.
 
 use std::collections::BTreeSet;
 use std::future::poll_fn;
@@ -32,6 +38,25 @@ pub const FREED: &str = "accommador_freed";
 const FREED_EVERY: Duration = Duration::from_millis(10);
 /// A notification payload is limited to 8000 bytes; past this, say "rescan".
 const MAX_PAYLOAD: usize = 7000;
+
+/// This process, in its own announcements (see the module's documentation).
+pub static INSTANCE: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| crate::domain::ids::new_id(""));
+
+/// `payload` as this process announces it.
+fn from_here(payload: &str) -> String {
+    format!("{}/{payload}", *INSTANCE)
+}
+
+/// What a received payload says, or `None` when this process sent it. A payload without a
+/// sender (from an instance of an earlier version) is taken whole.
+fn from_elsewhere(payload: &str) -> Option<&str> {
+    match payload.split_once('/') {
+        Some((sender, _)) if sender == INSTANCE.as_str() => None,
+        Some((_, rest)) => Some(rest),
+        None => Some(payload),
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Announcer {
@@ -64,7 +89,7 @@ async fn announce_set(
     if payload.len() > MAX_PAYLOAD {
         payload = "*".to_owned();
     }
-    if let Err(e) = store.announce(channel, payload).await {
+    if let Err(e) = store.announce(channel, from_here(&payload)).await {
         tracing::warn!(error = %e, channel, "announcing failed");
     }
 }
@@ -86,7 +111,7 @@ impl Announcer {
                 if payload.len() > MAX_PAYLOAD {
                     payload = "*".to_owned();
                 }
-                if let Err(e) = freed_store.announce(FREED, payload).await {
+                if let Err(e) = freed_store.announce(FREED, from_here(&payload)).await {
                     tracing::warn!(error = %e, "announcing released leases failed");
                 }
                 tokio::time::sleep(FREED_EVERY).await;
@@ -152,7 +177,12 @@ pub async fn listen(
     let on_notice = move |channel: &str, payload: &str| {
         if channel == OUTBOX {
             fanout.notify_one();
-        } else if channel == FREED {
+            return;
+        }
+        let Some(payload) = from_elsewhere(payload) else {
+            return;
+        };
+        if channel == FREED {
             let orgs = payload.split(',').filter(|s| !s.is_empty());
             let _ = wake.send(Wake::Freed {
                 orgs: orgs.map(str::to_owned).collect(),
@@ -220,5 +250,21 @@ pub async fn listen_on(
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_instance_skips_its_own_announcements_and_reads_everyone_elses() {
+        assert_eq!(from_elsewhere(&from_here("ep_1,ep_2")), None);
+        assert_eq!(from_elsewhere(&from_here("*")), None);
+        let other = format!("{}/ep_1,ep_2", crate::domain::ids::new_id(""));
+        assert_eq!(from_elsewhere(&other), Some("ep_1,ep_2"));
+        // An instance of an earlier version sends no sender.
+        assert_eq!(from_elsewhere("ep_1"), Some("ep_1"));
+        assert_eq!(from_elsewhere("*"), Some("*"));
     }
 }
