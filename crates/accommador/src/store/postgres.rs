@@ -460,9 +460,18 @@ impl PgStore {
     pub async fn sequence_events(&self) -> Result<u64, StoreError> {
         let mut client = self.background_client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
-        tx.run("SELECT 1 FROM event_sequencer WHERE id = 1 FOR UPDATE", &[])
-            .await
-            .map_err(pg_err)?;
+        // One round trip: the lock, then the numbering. Bitmap scans and sorts are off so
+        // that the unnumbered events are read in order from their partial index
+        // (events_unsequenced), whose entries of numbered events a plain index scan marks dead
+        // as it passes them. Left to itself, without statistics, the planner read
+        // events_commit_order's NULL entries by bitmap instead: every event numbered since the
+        // last vacuum, each step (3 ms a step after 35,000 events, in every write's latency).
+        tx.batch_execute(
+            "SET LOCAL enable_bitmapscan TO off; SET LOCAL enable_sort TO off;
+             SELECT 1 FROM event_sequencer WHERE id = 1 FOR UPDATE",
+        )
+        .await
+        .map_err(pg_err)?;
         let n = tx
             .run(
                 // Numbers are drawn in seq order (the innermost ORDER BY feeds nextval), and
