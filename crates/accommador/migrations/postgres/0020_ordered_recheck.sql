@@ -23,6 +23,14 @@
 -- are not themselves waiting and that another transaction has touched: `xmax`), and then
 -- releases the waiting delivery if nothing before it is pending any more. A transaction that
 -- touches them later sees the waiting delivery and releases it itself.
+-- Under both: every instance sweeps the waiting deliveries, a thousand every 5 s in number
+-- order, and releases those with nothing pending before them (`sweep_waiting`): a release
+-- is also missed when two transactions end one user's deliveries at once (a cancel beside a
+-- recording, or two deliveries a manual retry made due together, recorded by two instances),
+-- each seeing the other's delivery still pending.
+CREATE INDEX deliveries_waiting ON deliveries(seq)
+    WHERE status = 'pending' AND next_attempt_at IS NULL;
+
 CREATE TABLE ordered_recheck (
     id        bigserial PRIMARY KEY,
     -- The deliveries fan-out inserted in one step are numbered within this range.

@@ -113,6 +113,9 @@ pub struct PgStore {
     /// When this instance last checked the notes of waiting deliveries
     /// (`deliveries::recheck_ordered`).
     rechecked_at: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    /// Where this instance's sweep of waiting deliveries goes on from
+    /// (`deliveries::sweep_waiting`).
+    swept_through: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -197,6 +200,7 @@ impl PgStore {
             intake,
             keys: Arc::default(),
             rechecked_at: Arc::default(),
+            swept_through: Arc::default(),
         };
         store.migrate().await?;
         tokio::spawn(run_sequencer(store.clone(), requests));

@@ -113,20 +113,22 @@ async fn two_workers_deliver_every_users_events_in_version_order_despite_failure
     );
 }
 
-/// A delivery that waits behind an earlier one of its user is released when that one ends;
-/// fan-out marks it waiting without locking what it waits behind and checks it again after
-/// its commit (migration 0020). Here the ending happens as it would in the race the recheck
-/// exists for (the release trigger never sees the waiting delivery), and the process that
-/// inserted it dies before rechecking: its note alone, taken up by the running instance,
-/// gets the delivery sent.
-#[tokio::test]
-async fn a_waiting_delivery_whose_release_was_missed_is_sent_after_its_recheck_note() {
-    if !postgres_configured() {
-        return;
-    }
+/// A delivery waiting behind an earlier one of its user whose release was missed: the update
+/// of a user whose creation's delivery failed (retried only after an hour) waits behind it, and
+/// fan-out's own recheck has run; then the creation's delivery ends with triggers off (the
+/// release never sees the update, as when two transactions end one user's deliveries at
+/// once). Returns the database, the receiver, the running server, a connection to the
+/// database, the user and the waiting delivery's number.
+async fn a_stranded_waiting_delivery() -> (
+    TestDb,
+    receiver::Receiver,
+    Server,
+    tokio_postgres::Client,
+    String,
+    i64,
+) {
     let db = TestDb::new().await;
     let rx = receiver::Receiver::start().await;
-    // A failed attempt is retried only after an hour: the first delivery stays pending.
     let server = Server::spawn(
         &db.url,
         &["serve"],
@@ -165,8 +167,6 @@ async fn a_waiting_delivery_whose_release_was_missed_is_sent_after_its_recheck_n
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 
-    // The update's delivery waits behind the failed creation's, and fan-out's own recheck
-    // has taken its note.
     let (sql, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
         .await
         .unwrap();
@@ -203,9 +203,6 @@ async fn a_waiting_delivery_whose_release_was_missed_is_sent_after_its_recheck_n
         "the update went out too early"
     );
 
-    // The creation's delivery ends without its release seeing the update (triggers off, as
-    // for a transaction whose snapshot predates the update's insert), and the note is left
-    // as by a fan-out that died between its commit and its recheck.
     sql.batch_execute("SET session_replication_role = replica")
         .await
         .unwrap();
@@ -217,22 +214,48 @@ async fn a_waiting_delivery_whose_release_was_missed_is_sent_after_its_recheck_n
         .await
         .unwrap();
     assert_eq!(ended, 1);
+    (db, rx, server, sql, user, waiting)
+}
+
+/// The stranded delivery of [`a_stranded_waiting_delivery`] is sent.
+async fn assert_sent(rx: &receiver::Receiver, user: &str) {
+    let got = rx.wait_for("/ordered", 2, Duration::from_secs(15)).await;
+    let body: Value = serde_json::from_slice(&got[1].body).unwrap();
+    assert_eq!(body["type"], "user.updated");
+    assert_eq!(body["data"]["user"]["id"], user);
+}
+
+/// Fan-out marks a delivery waiting without locking what it waits behind and checks it again
+/// after its commit, from a note written with it (migration 0020). A note left by a fan-out
+/// that died between its commit and its recheck is taken up by the running instance.
+#[tokio::test]
+async fn a_recheck_note_left_by_a_dead_fan_out_gets_its_delivery_sent() {
+    if !postgres_configured() {
+        return;
+    }
+    let (_db, rx, _server, sql, user, waiting) = a_stranded_waiting_delivery().await;
     sql.execute(
         "INSERT INTO ordered_recheck (first_seq, last_seq) VALUES ($1, $1)",
         &[&waiting],
     )
     .await
     .unwrap();
-
-    // Every instance checks leftover notes every few seconds: the update is sent.
-    let got = rx.wait_for("/ordered", 2, Duration::from_secs(15)).await;
-    let body: Value = serde_json::from_slice(&got[1].body).unwrap();
-    assert_eq!(body["type"], "user.updated");
-    assert_eq!(body["data"]["user"]["id"], user.as_str());
+    assert_sent(&rx, &user).await;
     let notes: i64 = sql
         .query_one("SELECT count(*) FROM ordered_recheck", &[])
         .await
         .unwrap()
         .get(0);
     assert_eq!(notes, 0, "the note is deleted once checked");
+}
+
+/// With no note at all (its release missed by two transactions that ended the user's
+/// deliveries at once), the sweep of waiting deliveries sends it.
+#[tokio::test]
+async fn a_waiting_delivery_whose_release_was_missed_is_found_by_the_sweep_and_sent() {
+    if !postgres_configured() {
+        return;
+    }
+    let (_db, rx, _server, _sql, user, _) = a_stranded_waiting_delivery().await;
+    assert_sent(&rx, &user).await;
 }

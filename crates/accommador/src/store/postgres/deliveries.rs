@@ -48,8 +48,11 @@ const RECOVER_BATCH: usize = 1_000;
 /// by one transaction ([`PgStore::recheck_ordered`]).
 const RECHECK_BATCH: i64 = 100;
 
+/// Waiting deliveries one pass of [`PgStore::sweep_waiting`] looks at.
+const SWEEP_BATCH: i64 = 1_000;
+
 /// How often an instance checks notes left by a process that died between its fan-out
-/// commit and its recheck.
+/// commit and its recheck, and sweeps the next [`SWEEP_BATCH`] waiting deliveries.
 const RECHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The event types a live endpoint of `org` takes, under a share lock on its row for the rest
@@ -319,6 +322,40 @@ pub(super) async fn signing_secrets(
         .collect())
 }
 
+/// Makes due now those of the `waiting` deliveries (by number) that still wait and have no
+/// earlier pending delivery of their user to their endpoint; returns their endpoints, once
+/// each. The probe is written as the earliest such delivery (`ORDER BY … LIMIT 1`) so that,
+/// with sorts off, it reads deliveries_user_pending, not every pending delivery of the
+/// endpoint; `next_attempt_at IS NULL` is kept from being an index condition (it would read
+/// every waiting delivery's entry in deliveries_due).
+async fn release_unblocked(
+    tx: &Transaction<'_>,
+    waiting: &[i64],
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    if waiting.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut endpoints: Vec<String> = tx
+        .fetch(
+            "UPDATE deliveries w SET next_attempt_at = accommador_now_ms()
+             WHERE w.seq = ANY($1) AND w.status = 'pending' AND (w.next_attempt_at + 0) IS NULL
+               AND (SELECT p.seq FROM deliveries p
+                    WHERE p.endpoint_id = w.endpoint_id AND p.user_id = w.user_id
+                      AND p.status = 'pending' AND p.user_id IS NOT NULL
+                      AND p.event_seq < w.event_seq
+                    ORDER BY p.event_seq LIMIT 1) IS NULL
+             RETURNING w.endpoint_id",
+            &[&waiting],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    endpoints.sort();
+    endpoints.dedup();
+    Ok(endpoints)
+}
+
 impl PgStore {
     /// Fans out the next events in commit order. Events are numbered by the sequencer after
     /// each commit; when none is waiting, events that a crashed process committed and never
@@ -334,6 +371,7 @@ impl PgStore {
             .is_none_or(|at| at.elapsed() >= RECHECK_EVERY);
         if due {
             self.recheck_ordered_now(&mut out.woken).await;
+            self.sweep_waiting_now(&mut out.woken).await;
         }
         if out.events > 0 || self.sequence_events().await? == 0 {
             return Ok(out);
@@ -627,37 +665,75 @@ impl PgStore {
             .await
             .map_err(pg_err)?;
         }
-        let release = async {
-            if waiting.is_empty() {
-                return Ok(Vec::new());
-            }
-            tx.fetch(
-                // The probe is written as the earliest pending one (ORDER BY … LIMIT 1) so that
-                // it reads deliveries_user_pending, not every pending delivery of the endpoint.
-                "UPDATE deliveries w SET next_attempt_at = accommador_now_ms()
-                 WHERE w.seq = ANY($1) AND w.status = 'pending' AND (w.next_attempt_at + 0) IS NULL
-                   AND (SELECT p.seq FROM deliveries p
-                        WHERE p.endpoint_id = w.endpoint_id AND p.user_id = w.user_id
-                          AND p.status = 'pending' AND p.user_id IS NOT NULL
-                          AND p.event_seq < w.event_seq
-                        ORDER BY p.event_seq LIMIT 1) IS NULL
-                 RETURNING w.endpoint_id",
-                &[&waiting],
-            )
-            .await
-        };
         let done: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&note_ids];
         let (released, _) = tokio::try_join!(
-            release,
+            release_unblocked(&tx, &waiting),
             tx.run("DELETE FROM ordered_recheck WHERE id = ANY($1)", &done),
         )
         .map_err(pg_err)?;
-        let released: Vec<String> = released.iter().map(|r| r.get(0)).collect();
         tx.commit().await.map_err(pg_err)?;
-        let mut endpoints = released;
-        endpoints.sort();
-        endpoints.dedup();
-        Ok(endpoints)
+        Ok(released)
+    }
+
+    /// Runs [`Self::sweep_waiting`] and adds the endpoints it released to `woken`.
+    async fn sweep_waiting_now(&self, woken: &mut Vec<String>) {
+        match self.sweep_waiting().await {
+            Ok(released) => {
+                if !released.is_empty() {
+                    tracing::warn!(
+                        endpoints = released.len(),
+                        "released deliveries left waiting with nothing pending before them"
+                    );
+                }
+                for endpoint in released {
+                    if !woken.contains(&endpoint) {
+                        woken.push(endpoint);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "sweeping waiting deliveries failed"),
+        }
+    }
+
+    /// The safety net under the triggers' and the recheck's releases: walks the deliveries
+    /// that wait behind an earlier one of their user ([`SWEEP_BATCH`] a pass, in number
+    /// order through the partial index deliveries_waiting, resuming where the last pass
+    /// stopped and starting over after the end) and releases those with nothing pending
+    /// before them any more. Releases can be missed when two transactions end one user's
+    /// deliveries at once (a cancel beside a recording; two deliveries a manual retry made due
+    /// together, recorded by two instances): each sees the other's delivery still pending.
+    /// Leasing checks the order on every row it takes, so a release here can never send out
+    /// of order. Returns the endpoints of the released deliveries.
+    pub(super) async fn sweep_waiting(&self) -> Result<Vec<String>, StoreError> {
+        let after = self
+            .swept_through
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let mut client = self.background_client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&after, &SWEEP_BATCH];
+        let (_, rows) = tokio::try_join!(
+            tx.batch_execute(
+                "SET LOCAL synchronous_commit TO off; SET LOCAL enable_bitmapscan TO off;
+                 SET LOCAL enable_sort TO off"
+            ),
+            tx.fetch(
+                "SELECT seq FROM deliveries
+                 WHERE status = 'pending' AND next_attempt_at IS NULL AND seq > $1
+                 ORDER BY seq LIMIT $2",
+                &params,
+            ),
+        )
+        .map_err(pg_err)?;
+        let waiting: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        let released = release_unblocked(&tx, &waiting).await.map_err(pg_err)?;
+        tx.commit().await.map_err(pg_err)?;
+        let through = match waiting.last() {
+            Some(&last) if waiting.len() as i64 == SWEEP_BATCH => last,
+            _ => 0,
+        };
+        self.swept_through
+            .store(through, std::sync::atomic::Ordering::Relaxed);
+        Ok(released)
     }
 
     pub async fn pending_lanes(&self) -> Result<Vec<(String, Timestamp)>, StoreError> {
