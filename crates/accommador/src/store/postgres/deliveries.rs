@@ -373,8 +373,18 @@ impl PgStore {
             self.recheck_ordered_now(&mut out.woken).await;
             self.sweep_waiting_now(&mut out.woken).await;
         }
-        if out.events > 0 || self.sequence_events().await? == 0 {
+        if out.events > 0 {
             return Ok(out);
+        }
+        match self.sequence_events().await {
+            Ok(0) => return Ok(out),
+            Ok(_) => {}
+            // The lanes the recheck released are still woken; numbering is tried again at
+            // the next step.
+            Err(e) => {
+                tracing::warn!(error = %e, "numbering left-over events failed; retried later");
+                return Ok(out);
+            }
         }
         let mut next = self.fan_out_step().await?;
         for endpoint in out.woken {
