@@ -180,9 +180,9 @@ impl NewDeliveries {
 
     /// Inserts them, pending and due now (unless one waits behind an earlier delivery of its
     /// user: migration 0015); one delivery per (event, endpoint), whoever creates it first
-    /// (fan-out or recover). Returns how many were new, and how many of those wait. Each
-    /// copies its event's user (a lookup by primary key) so that a user's deliveries are one
-    /// index range.
+    /// (fan-out or recover). Returns how many were new, and the range of numbers of those
+    /// that wait. Each copies its event's user (a lookup by primary key) so that a user's
+    /// deliveries are one index range.
     async fn insert(&self, tx: &Transaction<'_>, now: Timestamp) -> Result<Inserted, StoreError> {
         if self.id.is_empty() {
             return Ok(Inserted::default());
@@ -201,8 +201,7 @@ impl NewDeliveries {
                      ORDER BY u.event_seq, u.endpoint_id
                      ON CONFLICT (event_id, endpoint_id) DO NOTHING
                      RETURNING seq, next_attempt_at IS NULL AS waits)
-                 SELECT count(*), count(*) FILTER (WHERE waits),
-                        min(seq) FILTER (WHERE waits), max(seq) FILTER (WHERE waits)
+                 SELECT count(*), min(seq) FILTER (WHERE waits), max(seq) FILTER (WHERE waits)
                  FROM ins",
                 &[
                     &self.id,
@@ -218,7 +217,7 @@ impl NewDeliveries {
             .map_err(pg_err)?;
         Ok(Inserted {
             new: row.get::<_, i64>(0) as u64,
-            waiting: match (row.get(2), row.get(3)) {
+            waiting: match (row.get(1), row.get(2)) {
                 (Some(first), Some(last)) => Some((first, last)),
                 _ => None,
             },
@@ -362,8 +361,9 @@ impl PgStore {
     /// numbered are numbered here first (the fan-out loop steps once a second when idle).
     pub async fn fan_out(&self) -> Result<FanOut, StoreError> {
         let mut out = self.fan_out_step().await?;
-        // Notes of waiting deliveries that a process which died after its commit never
-        // checked (fan-out checks its own right after committing).
+        // Every RECHECK_EVERY: notes of waiting deliveries that a process which died after
+        // its commit never checked (fan-out checks its own right after committing), and the
+        // next stretch of the sweep for deliveries whose release was missed.
         let due = self
             .rechecked_at
             .lock()
