@@ -110,9 +110,9 @@ pub struct PgStore {
     /// User creations without an Idempotency-Key, written in batches (see `intake`); bounded
     /// ([`QUEUE_CAPACITY`]).
     intake: tokio::sync::mpsc::Sender<intake::Creation>,
-    /// When this instance last checked the notes of waiting deliveries
-    /// (`deliveries::recheck_ordered`).
-    rechecked_at: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    /// When this instance last took up left-over recheck notes and swept waiting deliveries
+    /// (`deliveries::recheck_ordered`, `deliveries::sweep_waiting`).
+    upkept_at: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
     /// Where this instance's sweep of waiting deliveries goes on from
     /// (`deliveries::sweep_waiting`).
     swept_through: Arc<std::sync::atomic::AtomicI64>,
@@ -199,7 +199,7 @@ impl PgStore {
             sequencer,
             intake,
             keys: Arc::default(),
-            rechecked_at: Arc::default(),
+            upkept_at: Arc::default(),
             swept_through: Arc::default(),
         };
         store.migrate().await?;

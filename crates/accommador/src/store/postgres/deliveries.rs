@@ -355,6 +355,24 @@ async fn release_unblocked(
     Ok(endpoints)
 }
 
+/// The settings of the recheck's and the sweep's transactions: not waited for on disk (a
+/// step a database crash loses is done again), and the rows read by key and each user's
+/// through deliveries_user_pending: without statistics the planner would rather walk every
+/// waiting delivery's entry in the due index, or every pending delivery of the endpoint and
+/// sort them (bitmap scans and sorts are kept out of its way; migration 0020 says the same of
+/// the triggers).
+const KEYED_UPKEEP: &str = "SET LOCAL synchronous_commit TO off;
+    SET LOCAL enable_bitmapscan TO off; SET LOCAL enable_sort TO off";
+
+/// Adds `more` endpoints to `woken`, each once.
+fn wake_also(woken: &mut Vec<String>, more: Vec<String>) {
+    for endpoint in more {
+        if !woken.contains(&endpoint) {
+            woken.push(endpoint);
+        }
+    }
+}
+
 impl PgStore {
     /// Fans out the next events in commit order. Events are numbered by the sequencer after
     /// each commit; when none is waiting, events that a crashed process committed and never
@@ -364,11 +382,15 @@ impl PgStore {
         // Every RECHECK_EVERY: notes of waiting deliveries that a process which died after
         // its commit never checked (fan-out checks its own right after committing), and the
         // next stretch of the sweep for deliveries whose release was missed.
-        let due = self
-            .rechecked_at
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_none_or(|at| at.elapsed() >= RECHECK_EVERY);
+        // (Its own clock: fan-out's rechecks after each commit must not put the sweep off.)
+        let due = {
+            let mut at = self.upkept_at.lock().unwrap_or_else(|e| e.into_inner());
+            let due = at.is_none_or(|at| at.elapsed() >= RECHECK_EVERY);
+            if due {
+                *at = Some(std::time::Instant::now());
+            }
+            due
+        };
         if due {
             self.recheck_ordered_now(&mut out.woken).await;
             self.sweep_waiting_now(&mut out.woken).await;
@@ -387,11 +409,7 @@ impl PgStore {
             }
         }
         let mut next = self.fan_out_step().await?;
-        for endpoint in out.woken {
-            if !next.woken.contains(&endpoint) {
-                next.woken.push(endpoint);
-            }
-        }
+        wake_also(&mut next.woken, out.woken);
         Ok(next)
     }
 
@@ -580,19 +598,11 @@ impl PgStore {
     /// (a deadlock with a recorder, say) leaves the notes for the next recheck.
     async fn recheck_ordered_now(&self, woken: &mut Vec<String>) {
         match self.recheck_ordered().await {
-            Ok(released) => {
-                for endpoint in released {
-                    if !woken.contains(&endpoint) {
-                        woken.push(endpoint);
-                    }
-                }
-            }
+            Ok(released) => wake_also(woken, released),
             Err(e) => {
                 tracing::warn!(error = %e, "rechecking waiting deliveries failed; retried later")
             }
         }
-        *self.rechecked_at.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(std::time::Instant::now());
     }
 
     /// Checks the waiting deliveries that fan-out noted (migration 0020) again, after the
@@ -608,19 +618,9 @@ impl PgStore {
     pub(super) async fn recheck_ordered(&self) -> Result<Vec<String>, StoreError> {
         let mut client = self.background_client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
-        // Not waited for on disk: a step a database crash loses leaves its notes, checked
-        // again after the restart.
+        // A step a database crash loses leaves its notes, checked again after the restart.
         let (_, notes) = tokio::try_join!(
-            // The noted deliveries are read by key, and each one's user through
-            // deliveries_user_pending: without statistics the planner would rather walk every
-            // waiting delivery's entry in the due index, or every pending delivery of the
-            // endpoint and sort them (bitmap scans, sorts, and `next_attempt_at IS NULL` as an
-            // index condition are kept out of its way; migration 0020 says the same of the
-            // triggers).
-            tx.batch_execute(
-                "SET LOCAL synchronous_commit TO off; SET LOCAL enable_bitmapscan TO off;
-                 SET LOCAL enable_sort TO off"
-            ),
+            tx.batch_execute(KEYED_UPKEEP),
             tx.fetch(
                 "SELECT id, first_seq, last_seq FROM ordered_recheck ORDER BY id
                  LIMIT $1 FOR UPDATE SKIP LOCKED",
@@ -695,11 +695,7 @@ impl PgStore {
                         "released deliveries left waiting with nothing pending before them"
                     );
                 }
-                for endpoint in released {
-                    if !woken.contains(&endpoint) {
-                        woken.push(endpoint);
-                    }
-                }
+                wake_also(woken, released);
             }
             Err(e) => tracing::warn!(error = %e, "sweeping waiting deliveries failed"),
         }
@@ -722,10 +718,7 @@ impl PgStore {
         let tx = client.transaction().await.map_err(pg_err)?;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&after, &SWEEP_BATCH];
         let (_, rows) = tokio::try_join!(
-            tx.batch_execute(
-                "SET LOCAL synchronous_commit TO off; SET LOCAL enable_bitmapscan TO off;
-                 SET LOCAL enable_sort TO off"
-            ),
+            tx.batch_execute(KEYED_UPKEEP),
             tx.fetch(
                 "SELECT seq FROM deliveries
                  WHERE status = 'pending' AND next_attempt_at IS NULL AND seq > $1
