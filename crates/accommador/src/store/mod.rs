@@ -651,9 +651,6 @@ impl Store {
         }
     }
 
-    /// After an endpoint's ordering went back to `none`: its deliveries that waited behind an
-    /// earlier one are due now, released in batches of at most [`CANCEL_BATCH`] rows (each
-    /// its own short write). Returns how many.
     /// Most deliveries one [`Store::cancel_step`] fails on this backend.
     pub fn cancel_batch(&self) -> usize {
         match self {
@@ -662,6 +659,9 @@ impl Store {
         }
     }
 
+    /// After an endpoint's ordering went back to `none`: its deliveries that waited behind an
+    /// earlier one are due now, released in batches of at most [`CANCEL_BATCH`] rows (each
+    /// its own short write). Returns how many.
     pub async fn release_waiting(&self, endpoint_id: String) -> Result<usize, StoreError> {
         let mut released = 0;
         loop {

@@ -196,7 +196,6 @@ impl PgStore {
     }
 }
 
-/// Clears the personal data of a user row and queues the rest of the erasure.
 /// One purge step in its own transaction on `client` (see [`PgStore::purge_step`]).
 async fn purge_batch(
     client: &mut deadpool_postgres::Object,
@@ -359,6 +358,7 @@ async fn purge_batch(
     Ok(step)
 }
 
+/// Clears the personal data of a user row and queues the rest of the erasure.
 async fn mark_erased(tx: &Transaction<'_>, id: &str, now: Timestamp) -> Result<(), StoreError> {
     tx.run(
         "UPDATE users SET email = '', email_lower = '', name = NULL, attributes = '{}',

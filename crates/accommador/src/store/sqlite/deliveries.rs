@@ -40,8 +40,6 @@ const FANOUT_EVENTS: i64 = 256;
 /// so it never holds the writer long.
 const FANOUT_DELIVERIES: usize = 1_000;
 
-/// Fails up to `limit` pending deliveries of an endpoint numbered up to `through` with
-/// `endpoint_disabled`, recording why as an attempt in each one's log. Returns how many.
 /// The next batch of an endpoint's pending deliveries, from the index of pending ones only:
 /// walking the endpoint's whole history instead would pass over every delivery the earlier
 /// batches already failed (quadratic in the backlog).
@@ -49,6 +47,8 @@ pub(super) const FAIL_PENDING_SQL: &str =
     "SELECT id FROM deliveries INDEXED BY deliveries_endpoint_due
      WHERE endpoint_id = ?1 AND status = 'pending' AND seq <= ?3 LIMIT ?2";
 
+/// Fails up to `limit` pending deliveries of an endpoint numbered up to `through` with
+/// `endpoint_disabled`, recording why as an attempt in each one's log. Returns how many.
 fn fail_pending(
     c: &Connection,
     endpoint_id: &str,
@@ -1018,7 +1018,7 @@ impl SqliteStore {
     }
 }
 
-/// id, event_id, next_attempt_at, manual, attempt_count, payload, occurred_at, url.
+/// id, event_id, next_attempt_at, manual, attempt_count, payload, occurred_at, url, seq.
 type DueRow = (
     String,
     String,
@@ -1031,12 +1031,6 @@ type DueRow = (
     i64,
 );
 
-/// The due-delivery statement of a lane (`?1` the endpoint, `?2` how many rows). Earliest due
-/// first through `deliveries_endpoint_due`. With per-user ordering, a row is taken only when no
-/// earlier delivery of its user to this endpoint is pending (one probe of
-/// `deliveries_user_pending`; one in flight is pending too), and the walk starts after the
-/// deliveries that wait behind an earlier one (no `next_attempt_at`, see migration 0013), so
-/// a user whose receiver keeps failing costs each read at most its one due delivery.
 /// The due gauge and the age of the oldest due delivery, both read from the due index: the
 /// count stops at its bound (`?2`), the oldest is the index's first entry.
 pub(super) const DUE_STATS_SQL: &str = "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM deliveries
@@ -1046,6 +1040,12 @@ pub(super) const DUE_STATS_SQL: &str = "SELECT (SELECT COUNT(*) FROM (SELECT 1 F
               WHERE status = 'pending' AND next_attempt_at <= ?1
               ORDER BY next_attempt_at LIMIT 1)";
 
+/// The due-delivery statement of a lane (`?1` the endpoint, `?2` how many rows). Earliest due
+/// first through `deliveries_endpoint_due`. With per-user ordering, a row is taken only when no
+/// earlier delivery of its user to this endpoint is pending (one probe of
+/// `deliveries_user_pending`; one in flight is pending too), and the walk starts after the
+/// deliveries that wait behind an earlier one (no `next_attempt_at`, see migration 0013), so
+/// a user whose receiver keeps failing costs each read at most its one due delivery.
 fn lane_sql(ordering: DeliveryOrder) -> String {
     let gate = match ordering {
         DeliveryOrder::None => "",
