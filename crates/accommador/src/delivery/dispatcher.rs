@@ -53,7 +53,8 @@ const QUEUED_AT_MOST: usize = 1024;
 /// When every due lane belongs to an organization near its bound, a read would start one or
 /// two deliveries per finished attempt (one event to 10,000 endpoints of one organization:
 /// 10,000 reads). Such reads wait until this long after the previous read, so the slots freed
-/// meanwhile are filled by one read. New work (a wake-up) is read at once.
+/// meanwhile are filled by one read. A wake-up ends the wait (the read is held again only if
+/// every due lane is still crowded).
 const CROWDED_READ_EVERY: Duration = Duration::from_millis(5);
 
 /// How late a paced send may start and still count from its reserved time (see
@@ -264,9 +265,15 @@ pub struct Dispatcher {
     changes: EndpointChanges,
     /// When the last read of due lanes began.
     last_read: Instant,
-    /// No read before this (every due lane's organization was near its bound), unless a
-    /// wake-up brings new work.
-    read_after: Option<Instant>,
+    /// No read before `last_read + CROWDED_READ_EVERY` (every due lane's organization was
+    /// near its bound), unless a wake-up brings new work.
+    crowded_wait: bool,
+}
+
+/// `at` as the dispatcher's next wake-up, from `now`: at least a millisecond ahead.
+fn wake_up_at(at: Instant, now: Timestamp) -> Timestamp {
+    let left = at.saturating_duration_since(Instant::now());
+    Timestamp(now.millis() + left.as_millis().max(1) as i64)
 }
 
 impl Dispatcher {
@@ -312,7 +319,7 @@ impl Dispatcher {
             announcer: outbox.announcer.clone(),
             held: HashMap::new(),
             last_read: Instant::now(),
-            read_after: None,
+            crowded_wait: false,
             targets: Targets::new(store.clone(), changes),
             store,
             client,
@@ -333,7 +340,7 @@ impl Dispatcher {
     }
 
     fn on_wake(&mut self, w: Wake) {
-        self.read_after = None;
+        self.crowded_wait = false;
         match w {
             Wake::Endpoint { endpoint_id, at } => self.wake(endpoint_id, at),
             Wake::Rescan => self.rescan_pending = true,
@@ -467,12 +474,12 @@ impl Dispatcher {
         let now = Timestamp::now();
         self.start_queued();
         self.reslot_missed().await;
-        if let Some(at) = self.read_after {
-            let left = at.saturating_duration_since(Instant::now());
-            if !left.is_zero() {
-                return Some(Timestamp(now.millis() + left.as_millis().max(1) as i64));
+        if self.crowded_wait {
+            let at = self.last_read + CROWDED_READ_EVERY;
+            if at > Instant::now() {
+                return Some(wake_up_at(at, now));
             }
-            self.read_after = None;
+            self.crowded_wait = false;
         }
         let bound = self.per_endpoint;
         self.learn_policies().await;
@@ -495,10 +502,8 @@ impl Dispatcher {
             && self.last_read.elapsed() < CROWDED_READ_EVERY
             && ready.iter().all(|(_, id)| crowded(id))
         {
-            let at = self.last_read + CROWDED_READ_EVERY;
-            self.read_after = Some(at);
-            let left = at.saturating_duration_since(Instant::now());
-            return Some(Timestamp(now.millis() + left.as_millis().max(1) as i64));
+            self.crowded_wait = true;
+            return Some(wake_up_at(self.last_read + CROWDED_READ_EVERY, now));
         }
         ready.sort();
         let mut ready = self.take_turns(ready, |(_, id)| id);
