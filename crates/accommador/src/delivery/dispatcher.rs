@@ -9,7 +9,10 @@
 //! due time of a lane; it never polls. On PostgreSQL a lane whose due work other instances'
 //! leases hold back (the endpoint's or the organization's bound across instances) waits for
 //! one of them to be given up (`Wake::Freed`, announced by the instance that recorded it), or
-//! at the latest until the first of them runs out. When every due lane's organization is near
+//! at the latest until the first of them runs out. There, an organization's lanes lease up to
+//! its bound again ahead (granted only while no other instance holds a lease of it) and start
+//! those as its slots free: its attempts in flight stay within the bound, and its next sends
+//! do not wait for a read. When every due lane's organization is near
 //! its bound, reads are spaced a few milliseconds apart so that the slots freed meanwhile are
 //! filled together, instead of one read per finished attempt.
 //!
@@ -314,6 +317,7 @@ impl Dispatcher {
                 millis: lease_millis,
                 per_endpoint: per_endpoint.max(1),
                 per_org: per_org.max(1),
+                org_ahead: if shared { per_org.max(1) } else { 0 },
             },
             rescan_pending: false,
             announcer: outbox.announcer.clone(),
@@ -428,7 +432,7 @@ impl Dispatcher {
     fn finish(&mut self, done: Done) {
         // Its lease is given up: lanes of its organization held back here or on other
         // instances may go on.
-        let org = self.org_key(&done.endpoint_id);
+        let org = self.org_key(&done.endpoint_id).to_owned();
         if let Some(a) = &self.announcer {
             a.freed(&org);
         }
@@ -488,16 +492,19 @@ impl Dispatcher {
         let org_load = self.org_load();
         // A lane is read when it is due and has room: free slots, or room to lease ahead, and
         // its organization is under its bound. Organizations take turns, then their lanes.
-        let mut ready: Vec<(Timestamp, String)> = self
+        // Borrowed, not copied: with one event to 10,000 endpoints every lane is due at once,
+        // and this pass runs before every read.
+        let ready: Vec<(Timestamp, &str)> = self
             .lanes
             .iter()
-            .filter(|(id, l)| self.has_room(l) && self.org_has_room(id, &org_busy))
-            .filter_map(|(id, l)| l.due_at.filter(|d| *d <= now).map(|d| (d, id.clone())))
+            .filter_map(|(id, l)| l.due_at.filter(|d| *d <= now).map(|d| (d, id, l)))
+            .filter(|(_, id, l)| {
+                self.has_room(l) && self.org_read_room(id, &org_busy, &org_load) > 0
+            })
+            .map(|(d, id, _)| (d, id.as_str()))
             .collect();
-        let crowded = |id: &String| {
-            let busy = org_busy.get(&self.org_key(id)).copied().unwrap_or(0);
-            self.per_org.saturating_sub(busy) < (self.per_org / 4).max(1)
-        };
+        let crowded =
+            |id: &str| self.org_read_room(id, &org_busy, &org_load) < (self.per_org / 4).max(1);
         if !ready.is_empty()
             && self.last_read.elapsed() < CROWDED_READ_EVERY
             && ready.iter().all(|(_, id)| crowded(id))
@@ -505,9 +512,7 @@ impl Dispatcher {
             self.crowded_wait = true;
             return Some(wake_up_at(self.last_read + CROWDED_READ_EVERY, now));
         }
-        ready.sort();
-        let mut ready = self.take_turns(ready, |(_, id)| id);
-        ready.truncate(LANES_PER_STEP);
+        let ready = self.take_turns(ready, LANES_PER_STEP);
         let mut permits = self.global.available_permits();
         let mut room = QUEUED_AT_MOST.saturating_sub(self.queued);
         let mut given_back = Vec::new();
@@ -518,7 +523,10 @@ impl Dispatcher {
             // lanes in turn: a lane's count is its free slots, not its due deliveries, so
             // giving the first lanes all their slots would let a few lanes with one delivery
             // each take the organization's whole room (one event to many endpoints).
-            let orgs: Vec<String> = ready.iter().map(|(_, id)| self.org_key(id)).collect();
+            let orgs: Vec<String> = ready
+                .iter()
+                .map(|(_, id)| self.org_key(id).to_owned())
+                .collect();
             let busy: Vec<usize> = ready
                 .iter()
                 .map(|(_, id)| {
@@ -554,7 +562,7 @@ impl Dispatcher {
                 .iter()
                 .map(|o| {
                     let load = org_load.get(o).copied().unwrap_or(0);
-                    (o.clone(), self.per_org.saturating_sub(load))
+                    (o.clone(), self.org_lease_bound().saturating_sub(load))
                 })
                 .collect();
             for (o, n) in orgs.iter().zip(&startable) {
@@ -622,7 +630,7 @@ impl Dispatcher {
                 Ok(work) => {
                     let slots = self.reserve_sends(&work).await;
                     for w in work {
-                        let org = self.org_key(&w.endpoint_id);
+                        let org = self.org_key(&w.endpoint_id).to_owned();
                         let lane = self.lanes.entry(w.endpoint_id.clone()).or_default();
                         lane.held = w.held_until.is_some();
                         if let Some(until) = w.held_until {
@@ -680,20 +688,25 @@ impl Dispatcher {
         // A lane waiting for room (its own, or its organization's) is woken by a finished
         // attempt, not by the clock; one whose next send time is reserved, at that time.
         let org_busy = self.org_busy();
-        let next_send = self
-            .lanes
-            .iter()
-            .filter(|(id, l)| l.active < l.cap(bound) && self.org_has_room(id, &org_busy))
-            .filter_map(|(_, l)| l.next_paced())
-            .min()
-            .map(|at| {
-                let wait = at.saturating_duration_since(Instant::now());
-                Timestamp(Timestamp::now().millis() + wait.as_micros().div_ceil(1000) as i64)
-            });
-        self.lanes
-            .iter()
-            .filter(|(id, l)| self.has_room(l) && self.org_has_room(id, &org_busy))
-            .filter_map(|(_, l)| l.due_at)
+        let org_load = self.org_load();
+        let next_send = self.next_send_at().map(|at| {
+            let wait = at.saturating_duration_since(Instant::now());
+            Timestamp(Timestamp::now().millis() + wait.as_micros().div_ceil(1000) as i64)
+        });
+        // The earliest due lane with room: room is looked up only for a lane that is earlier
+        // than the earliest found so far.
+        let mut next_due: Option<Timestamp> = None;
+        for (id, l) in &self.lanes {
+            if let Some(due) = l.due_at
+                && next_due.is_none_or(|n| due < n)
+                && self.has_room(l)
+                && self.org_read_room(id, &org_busy, &org_load) > 0
+            {
+                next_due = Some(due);
+            }
+        }
+        next_due
+            .into_iter()
             .chain(next_rescan)
             .chain(next_send)
             .min()
@@ -725,8 +738,9 @@ impl Dispatcher {
         let org_busy = self.org_busy();
         self.lanes
             .iter()
-            .filter(|(id, l)| l.active < l.cap(bound) && self.org_has_room(id, &org_busy))
-            .filter_map(|(_, l)| l.next_paced())
+            .filter_map(|(id, l)| l.next_paced().map(|at| (id, l, at)))
+            .filter(|(id, l, _)| l.active < l.cap(bound) && self.org_has_room(id, &org_busy))
+            .map(|(_, _, at)| at)
             .min()
     }
 
@@ -795,18 +809,21 @@ impl Dispatcher {
     /// where never read, read over [`POLICY_FRESH`] ago, or changed here since.
     async fn learn_policies(&mut self) {
         let now = Timestamp::now();
-        let stale: Vec<String> = self
-            .lanes
-            .iter()
-            .filter(|(id, l)| {
-                let wanted = !l.queued.is_empty() || l.due_at.is_some_and(|d| d <= now);
-                wanted
-                    && l.policy.is_none_or(|(_, at)| {
-                        at.elapsed() >= POLICY_FRESH || self.changes.changed_since(id, at)
-                    })
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
+        // One lock for the whole pass (a scope, so no guard lives across an await).
+        let stale: Vec<String> = {
+            let changes = self.changes.read();
+            self.lanes
+                .iter()
+                .filter(|(id, l)| {
+                    let wanted = !l.queued.is_empty() || l.due_at.is_some_and(|d| d <= now);
+                    wanted
+                        && l.policy.is_none_or(|(_, at)| {
+                            at.elapsed() >= POLICY_FRESH || changes.changed_since(id, at)
+                        })
+                })
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
         if stale.is_empty() {
             return;
         }
@@ -867,18 +884,17 @@ impl Dispatcher {
 
     /// The organization an endpoint's lane counts against (until it is known, the lane
     /// counts alone).
-    fn org_key(&self, endpoint_id: &str) -> String {
+    fn org_key<'a>(&'a self, endpoint_id: &'a str) -> &'a str {
         self.org_of
             .get(endpoint_id)
-            .cloned()
-            .unwrap_or_else(|| endpoint_id.to_owned())
+            .map_or(endpoint_id, String::as_str)
     }
 
     /// Where a turn starts in `orgs` (sorted): after the organization served last.
-    fn first_turn(&self, orgs: &[String]) -> usize {
+    fn first_turn<S: AsRef<str>>(&self, orgs: &[S]) -> usize {
         self.last_served
-            .as_ref()
-            .and_then(|last| orgs.iter().position(|o| o > last))
+            .as_deref()
+            .and_then(|last| orgs.iter().position(|o| o.as_ref() > last))
             .unwrap_or(0)
     }
 
@@ -898,7 +914,7 @@ impl Dispatcher {
         for (id, lane) in &self.lanes {
             let n = count(lane);
             if n > 0 {
-                *counts.entry(self.org_key(id)).or_default() += n;
+                *counts.entry(self.org_key(id).to_owned()).or_default() += n;
             }
         }
         counts
@@ -906,46 +922,76 @@ impl Dispatcher {
 
     fn org_has_room(&self, endpoint_id: &str, org_busy: &HashMap<String, usize>) -> bool {
         org_busy
-            .get(&self.org_key(endpoint_id))
+            .get(self.org_key(endpoint_id))
             .is_none_or(|n| *n < self.per_org)
     }
 
-    /// `items` (each naming its endpoint by `endpoint`) reordered so organizations take turns:
-    /// the first of each organization, then the second of each, and so on; within one
-    /// organization the order is kept. The turn starts after the organization served last.
-    fn take_turns<T>(&self, items: Vec<T>, endpoint: impl Fn(&T) -> &String) -> Vec<T> {
-        let mut by_org: HashMap<String, VecDeque<T>> = HashMap::new();
-        let mut orgs: Vec<String> = Vec::new();
-        for item in items {
-            let org = self.org_key(endpoint(&item));
-            let queue = by_org.entry(org.clone()).or_default();
-            if queue.is_empty() {
-                orgs.push(org);
-            }
-            queue.push_back(item);
+    /// What one organization's attempts in flight and leased ahead add up to at most: its
+    /// bound, and on PostgreSQL as much again leased ahead (the store grants that only to an
+    /// instance alone on the organization; starts stay within the bound: `start_queued`).
+    fn org_lease_bound(&self) -> usize {
+        self.per_org + self.lease.org_ahead
+    }
+
+    /// How much a read may hand the endpoint's organization (nothing: its lanes are not read):
+    /// its free slots, or its room to lease ahead if that is more.
+    fn org_read_room(
+        &self,
+        endpoint_id: &str,
+        org_busy: &HashMap<String, usize>,
+        org_load: &HashMap<String, usize>,
+    ) -> usize {
+        let org = self.org_key(endpoint_id);
+        let busy = org_busy.get(org).copied().unwrap_or(0);
+        let load = org_load.get(org).copied().unwrap_or(0);
+        self.per_org
+            .saturating_sub(busy)
+            .max(self.org_lease_bound().saturating_sub(load))
+    }
+
+    /// The first `most` of the due lanes `ready` (each with its due time), oldest due first
+    /// within an organization, organizations taking turns: the first of each, then the second
+    /// of each, and so on, the turn starting after the organization served last. Linear in the
+    /// number of lanes (each organization's earliest are selected, not all of them sorted).
+    fn take_turns(&self, ready: Vec<(Timestamp, &str)>, most: usize) -> Vec<(Timestamp, String)> {
+        if most == 0 {
+            return Vec::new();
         }
-        if orgs.len() <= 1 {
-            return by_org
-                .into_values()
-                .next()
-                .map(Vec::from)
-                .unwrap_or_default();
+        let mut by_org: HashMap<&str, Vec<(Timestamp, &str)>> = HashMap::new();
+        for (at, id) in ready {
+            by_org.entry(self.org_key(id)).or_default().push((at, id));
         }
-        orgs.sort_unstable();
-        let first = self.first_turn(&orgs);
+        let mut orgs: Vec<(&str, std::vec::IntoIter<(Timestamp, &str)>)> = by_org
+            .into_iter()
+            .map(|(org, mut lanes)| {
+                if lanes.len() > most {
+                    lanes.select_nth_unstable(most - 1);
+                    lanes.truncate(most);
+                }
+                lanes.sort_unstable();
+                (org, lanes.into_iter())
+            })
+            .collect();
+        orgs.sort_unstable_by_key(|(org, _)| *org);
+        let names: Vec<&str> = orgs.iter().map(|(org, _)| *org).collect();
+        let first = self.first_turn(&names);
         orgs.rotate_left(first);
         let mut out = Vec::new();
-        loop {
+        while out.len() < most {
             let before = out.len();
-            for org in &orgs {
-                if let Some(item) = by_org.get_mut(org).and_then(VecDeque::pop_front) {
-                    out.push(item);
+            for (_, lanes) in orgs.iter_mut() {
+                if out.len() == most {
+                    break;
+                }
+                if let Some((at, id)) = lanes.next() {
+                    out.push((at, id.to_owned()));
                 }
             }
             if out.len() == before {
-                return out;
+                break;
             }
         }
+        out
     }
 
     /// Whether reading the lane could hand out anything: it has a free slot, or room to lease
@@ -979,8 +1025,8 @@ impl Dispatcher {
         // Lanes with something queued and a free slot, organizations taking turns: each turn
         // starts one delivery per organization under its bound, while global permits last.
         let mut org_active: HashMap<String, usize> = HashMap::new();
-        for (id, lane) in &self.lanes {
-            *org_active.entry(self.org_key(id)).or_default() += lane.active;
+        for (id, lane) in self.lanes.iter().filter(|(_, l)| l.active > 0) {
+            *org_active.entry(self.org_key(id).to_owned()).or_default() += lane.active;
         }
         let mut waiting: Vec<&String> = self
             .lanes
@@ -992,7 +1038,7 @@ impl Dispatcher {
         let mut by_org: HashMap<String, VecDeque<String>> = HashMap::new();
         for id in waiting {
             by_org
-                .entry(self.org_key(id))
+                .entry(self.org_key(id).to_owned())
                 .or_default()
                 .push_back(id.clone());
         }

@@ -105,9 +105,26 @@ impl EndpointChanges {
 
     /// Whether `endpoint_id` changed at or after `read_at`.
     pub fn changed_since(&self, endpoint_id: &str, read_at: Instant) -> bool {
-        let map = self.0.lock().expect("endpoint changes lock");
-        map.all.is_some_and(|at| at >= read_at)
-            || map
+        self.read().changed_since(endpoint_id, read_at)
+    }
+
+    /// The changes held still for many look-ups (the dispatcher asks about each of its lanes
+    /// in one pass): one lock instead of one per endpoint.
+    pub fn read(&self) -> ChangesRead<'_> {
+        ChangesRead(self.0.lock().expect("endpoint changes lock"))
+    }
+}
+
+/// [`EndpointChanges`] locked for a series of look-ups; touches wait until it is dropped.
+#[derive(Debug)]
+pub struct ChangesRead<'a>(std::sync::MutexGuard<'a, Changes>);
+
+impl ChangesRead<'_> {
+    /// Whether `endpoint_id` changed at or after `read_at`.
+    pub fn changed_since(&self, endpoint_id: &str, read_at: Instant) -> bool {
+        self.0.all.is_some_and(|at| at >= read_at)
+            || self
+                .0
                 .changed
                 .get(endpoint_id)
                 .is_some_and(|at| *at >= read_at)

@@ -826,8 +826,13 @@ pub struct Lease {
     /// Attempts in flight to one endpoint across every instance, at most.
     pub per_endpoint: usize,
     /// Unexpired leases of one organization across every instance, at most
-    /// (`ACCOMMADOR_ORG_CONCURRENCY`).
+    /// (`ACCOMMADOR_ORG_CONCURRENCY`), unless one instance is alone on it: see `org_ahead`.
     pub per_org: usize,
+    /// How many more than `per_org` an instance may lease ahead for an organization on which
+    /// no other instance holds a lease (it starts at most `per_org` at once; another instance
+    /// counts these leases whole, so the attempts open across instances stay within
+    /// `per_org`), as `LaneRequest::ahead` does for an endpoint.
+    pub org_ahead: usize,
 }
 
 impl std::fmt::Debug for DueDelivery {
