@@ -19,6 +19,8 @@
 mod cached;
 mod deliveries;
 mod intake;
+#[cfg(test)]
+mod keyed_plans;
 mod keys;
 mod leasing;
 mod lifetime;
@@ -470,25 +472,13 @@ impl PgStore {
         // as it passes them. Left to itself, without statistics, the planner read
         // events_commit_order's NULL entries by bitmap instead: every event numbered since the
         // last vacuum, each step (3 ms a step after 35,000 events, in every write's latency).
-        tx.batch_execute(
-            "SET LOCAL enable_bitmapscan TO off; SET LOCAL enable_sort TO off;
-             SELECT 1 FROM event_sequencer WHERE id = 1 FOR UPDATE",
-        )
+        tx.batch_execute(&format!(
+            "{SEQUENCE_SETTINGS}; SELECT 1 FROM event_sequencer WHERE id = 1 FOR UPDATE"
+        ))
         .await
         .map_err(pg_err)?;
         let n = tx
-            .run(
-                // Numbers are drawn in seq order (the innermost ORDER BY feeds nextval), and
-                // the partial index on unnumbered events keeps this off the whole table.
-                "UPDATE events e SET commit_seq = n.cs
-                 -- The limit is a parameter so the statement is planned for the table's
-                 -- current size (see `open`), not once while it was empty.
-                 FROM (SELECT q.seq, nextval('events_commit_seq') AS cs
-                       FROM (SELECT seq FROM events WHERE commit_seq IS NULL
-                             ORDER BY seq LIMIT $1) q) n
-                 WHERE e.seq = n.seq",
-                &[&SEQUENCE_STEP],
-            )
+            .run(SEQUENCE_EVENTS, &[&SEQUENCE_STEP])
             .await
             .map_err(pg_err)?;
         tx.commit().await.map_err(pg_err)?;
@@ -920,6 +910,20 @@ impl PgStore {
     }
 }
 
+/// The numbering step's settings (see [`PgStore::sequence_events`]; a plan test holds them to
+/// it: `keyed_plans`).
+const SEQUENCE_SETTINGS: &str = "SET LOCAL enable_bitmapscan TO off; SET LOCAL enable_sort TO off";
+
+/// One numbering step: numbers are drawn in seq order (the innermost ORDER BY feeds nextval),
+/// and the partial index on unnumbered events (events_unsequenced) keeps this off the whole
+/// table. The limit is a parameter so the statement is planned for the table's current size
+/// (see `open`), not once while it was empty.
+const SEQUENCE_EVENTS: &str = "UPDATE events e SET commit_seq = n.cs
+     FROM (SELECT q.seq, nextval('events_commit_seq') AS cs
+           FROM (SELECT seq FROM events WHERE commit_seq IS NULL
+                 ORDER BY seq LIMIT $1) q) n
+     WHERE e.seq = n.seq";
+
 /// Serves `sequence_after_commit` requests in batches until every sender is gone.
 async fn run_sequencer(
     store: PgStore,
@@ -1097,21 +1101,22 @@ async fn live_user(
     id: &str,
     for_update: bool,
 ) -> Result<Option<UserRecord>, StoreError> {
+    tx.fetch_opt(&live_user_sql(for_update), &[&id, &org])
+        .await
+        .map_err(pg_err)?
+        .map(|r| user_from_row(&r))
+        .transpose()
+}
+
+/// A live user by ID (`$1`) in its organization (`$2`), by the ID's unique index: `org_id = $2`
+/// is kept from being an index condition (without table statistics the planner would walk the
+/// organization's live list, every user of it, for each lookup; `keyed_plans` tests it).
+fn live_user_sql(for_update: bool) -> String {
     let lock = if for_update { " FOR UPDATE" } else { "" };
-    tx.fetch_opt(
-        &format!(
-            // By its ID's unique index: `org_id = $2` is kept from being an index condition
-            // (without table statistics the planner would walk the organization's live list,
-            // every user of it, for each lookup).
-            "SELECT {USER_COLUMNS} FROM users
-             WHERE id = $1 AND (org_id = $2) IS TRUE AND deleted_at IS NULL{lock}"
-        ),
-        &[&id, &org],
+    format!(
+        "SELECT {USER_COLUMNS} FROM users
+         WHERE id = $1 AND (org_id = $2) IS TRUE AND deleted_at IS NULL{lock}"
     )
-    .await
-    .map_err(pg_err)?
-    .map(|r| user_from_row(&r))
-    .transpose()
 }
 
 async fn insert_user(tx: &Transaction<'_>, org: &str, u: &UserRecord) -> Result<(), StoreError> {
@@ -1217,25 +1222,25 @@ pub(super) fn endpoint_from_row(r: &Row) -> Result<EndpointRecord, StoreError> {
     })
 }
 
+/// A live endpoint by ID (`$1`) in its organization (`$2`), by the ID's unique index, as
+/// [`live_user_sql`] reads a user.
+fn live_endpoint_sql(for_update: bool) -> String {
+    let lock = if for_update { " FOR UPDATE" } else { "" };
+    format!(
+        "SELECT {ENDPOINT_COLUMNS} FROM endpoints
+         WHERE id = $1 AND (org_id = $2) IS TRUE AND deleted_at IS NULL{lock}"
+    )
+}
+
 async fn live_endpoint(
     tx: &Transaction<'_>,
     org: &str,
     id: &str,
     for_update: bool,
 ) -> Result<Option<EndpointRecord>, StoreError> {
-    let lock = if for_update { " FOR UPDATE" } else { "" };
-    tx.fetch_opt(
-        &format!(
-            // By its ID's unique index: `org_id = $2` is kept from being an index condition
-            // (without table statistics the planner would walk the organization's live list,
-            // every endpoint of it, for each lookup).
-            "SELECT {ENDPOINT_COLUMNS} FROM endpoints
-             WHERE id = $1 AND (org_id = $2) IS TRUE AND deleted_at IS NULL{lock}"
-        ),
-        &[&id, &org],
-    )
-    .await
-    .map_err(pg_err)?
-    .map(|r| endpoint_from_row(&r))
-    .transpose()
+    tx.fetch_opt(&live_endpoint_sql(for_update), &[&id, &org])
+        .await
+        .map_err(pg_err)?
+        .map(|r| endpoint_from_row(&r))
+        .transpose()
 }

@@ -335,17 +335,7 @@ async fn release_unblocked(
         return Ok(Vec::new());
     }
     let mut endpoints: Vec<String> = tx
-        .fetch(
-            "UPDATE deliveries w SET next_attempt_at = accommador_now_ms()
-             WHERE w.seq = ANY($1) AND w.status = 'pending' AND (w.next_attempt_at + 0) IS NULL
-               AND (SELECT p.seq FROM deliveries p
-                    WHERE p.endpoint_id = w.endpoint_id AND p.user_id = w.user_id
-                      AND p.status = 'pending' AND p.user_id IS NOT NULL
-                      AND p.event_seq < w.event_seq
-                    ORDER BY p.event_seq LIMIT 1) IS NULL
-             RETURNING w.endpoint_id",
-            &[&waiting],
-        )
+        .fetch(RELEASE_UNBLOCKED, &[&waiting])
         .await?
         .iter()
         .map(|r| r.get(0))
@@ -355,13 +345,52 @@ async fn release_unblocked(
     Ok(endpoints)
 }
 
+/// [`release_unblocked`]'s statement (`$1` the waiting deliveries' numbers); run under
+/// [`KEYED_UPKEEP`]. The rows are read by key: `status = 'pending'` is written so that it
+/// cannot select deliveries_due (whose predicate it is), which the planner, without
+/// statistics, would rather read whole than probe the key 100 times (`keyed_plans` tests it).
+pub(super) const RELEASE_UNBLOCKED: &str =
+    "UPDATE deliveries w SET next_attempt_at = accommador_now_ms()
+     WHERE w.seq = ANY($1) AND (w.status = 'pending') IS TRUE AND (w.next_attempt_at + 0) IS NULL
+       AND (SELECT p.seq FROM deliveries p
+            WHERE p.endpoint_id = w.endpoint_id AND p.user_id = w.user_id
+              AND p.status = 'pending' AND p.user_id IS NOT NULL
+              AND p.event_seq < w.event_seq
+            ORDER BY p.event_seq LIMIT 1) IS NULL
+     RETURNING w.endpoint_id";
+
+/// The noted deliveries that still wait (`$1`, `$2`: the notes' first and last numbers), each
+/// with the IDs of the earliest pending ones of its user before it that are in flight and
+/// that another transaction has touched (see [`PgStore::recheck_ordered`]); by key, as
+/// [`RELEASE_UNBLOCKED`] reads them.
+pub(super) const RECHECK_NOTED: &str = "SELECT w.seq, ARRAY(
+         SELECT p.id FROM (
+             SELECT p.id, p.next_attempt_at, p.xmax FROM deliveries p
+             WHERE p.endpoint_id = w.endpoint_id AND p.user_id = w.user_id
+               AND p.status = 'pending' AND p.user_id IS NOT NULL
+               AND p.event_seq < w.event_seq
+             ORDER BY p.event_seq LIMIT 3) p
+         WHERE p.next_attempt_at IS NOT NULL AND p.xmax::text <> '0')
+     FROM deliveries w
+     WHERE w.seq = ANY(ARRAY(
+               SELECT generate_series(n.first_seq, n.last_seq)
+               FROM UNNEST($1::int8[], $2::int8[]) AS n(first_seq, last_seq)))
+       AND (w.status = 'pending') IS TRUE AND (w.next_attempt_at + 0) IS NULL
+       AND w.user_id IS NOT NULL";
+
+/// The next stretch of the sweep: waiting deliveries after `$1`, at most `$2`, in number order
+/// through deliveries_waiting.
+pub(super) const SWEEP_WAITING: &str = "SELECT seq FROM deliveries
+     WHERE status = 'pending' AND next_attempt_at IS NULL AND seq > $1
+     ORDER BY seq LIMIT $2";
+
 /// The settings of the recheck's and the sweep's transactions: not waited for on disk (a
 /// step a database crash loses is done again), and the rows read by key and each user's
 /// through deliveries_user_pending: without statistics the planner would rather walk every
 /// waiting delivery's entry in the due index, or every pending delivery of the endpoint and
 /// sort them (bitmap scans and sorts are kept out of its way; migration 0020 says the same of
 /// the triggers).
-const KEYED_UPKEEP: &str = "SET LOCAL synchronous_commit TO off;
+pub(super) const KEYED_UPKEEP: &str = "SET LOCAL synchronous_commit TO off;
     SET LOCAL enable_bitmapscan TO off; SET LOCAL enable_sort TO off";
 
 /// Adds `more` endpoints to `woken`, each once.
@@ -638,23 +667,7 @@ impl PgStore {
         let mut waiting: Vec<i64> = Vec::new();
         let mut touched: Vec<String> = Vec::new();
         for r in tx
-            .fetch(
-                "SELECT w.seq, ARRAY(
-                     SELECT p.id FROM (
-                         SELECT p.id, p.next_attempt_at, p.xmax FROM deliveries p
-                         WHERE p.endpoint_id = w.endpoint_id AND p.user_id = w.user_id
-                           AND p.status = 'pending' AND p.user_id IS NOT NULL
-                           AND p.event_seq < w.event_seq
-                         ORDER BY p.event_seq LIMIT 3) p
-                     WHERE p.next_attempt_at IS NOT NULL AND p.xmax::text <> '0')
-                 FROM deliveries w
-                 WHERE w.seq = ANY(ARRAY(
-                           SELECT generate_series(n.first_seq, n.last_seq)
-                           FROM UNNEST($1::int8[], $2::int8[]) AS n(first_seq, last_seq)))
-                   AND w.status = 'pending' AND (w.next_attempt_at + 0) IS NULL
-                   AND w.user_id IS NOT NULL",
-                &[&firsts, &lasts],
-            )
+            .fetch(RECHECK_NOTED, &[&firsts, &lasts])
             .await
             .map_err(pg_err)?
         {
@@ -719,12 +732,7 @@ impl PgStore {
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&after, &SWEEP_BATCH];
         let (_, rows) = tokio::try_join!(
             tx.batch_execute(KEYED_UPKEEP),
-            tx.fetch(
-                "SELECT seq FROM deliveries
-                 WHERE status = 'pending' AND next_attempt_at IS NULL AND seq > $1
-                 ORDER BY seq LIMIT $2",
-                &params,
-            ),
+            tx.fetch(SWEEP_WAITING, &params,),
         )
         .map_err(pg_err)?;
         let waiting: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();

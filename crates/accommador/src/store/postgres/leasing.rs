@@ -85,7 +85,7 @@ const LANE_STATES: &str = "SELECT ep.id, ep.org_id, ep.status, ep.disabled_reaso
 /// a TID scan, and each leased row's event and endpoint are one key probe each (`OFFSET 0`
 /// keeps them lookups). Joining the update to `endpoints` let the planner, without
 /// statistics, walk every endpoint of the database per step (50 ms at 10,000 endpoints).
-const LEASE_LANES: &str = "WITH clock AS MATERIALIZED (SELECT accommador_now_ms() AS t),
+pub(super) const LEASE_LANES: &str = "WITH clock AS MATERIALIZED (SELECT accommador_now_ms() AS t),
      picked AS (
          SELECT p.ctid FROM
              UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $8::bool[])

@@ -10,7 +10,7 @@
 use tokio_postgres::types::ToSql;
 
 use super::deliveries::delivery_walk_sql;
-use super::test_db::{TestDatabase, connect};
+use super::test_db::{TestDatabase, connect, explain};
 use super::{IN_ORDER, PgStore, event_walk_sql};
 use crate::store::{DeliveryWalk, EventWalk};
 
@@ -54,17 +54,7 @@ async fn plan(
     in_order: bool,
     params: &[&(dyn ToSql + Sync)],
 ) -> String {
-    let tx = client.transaction().await.unwrap();
-    if in_order {
-        tx.batch_execute(IN_ORDER).await.unwrap();
-    }
-    tx.query(&format!("EXPLAIN {sql}"), params)
-        .await
-        .unwrap_or_else(|e| panic!("explaining {sql}: {e}"))
-        .iter()
-        .map(|r| r.get::<_, String>(0))
-        .collect::<Vec<_>>()
-        .join("\n")
+    explain(client, if in_order { IN_ORDER } else { "" }, sql, params).await
 }
 
 fn assert_walks(plan: &str, index: &str, sorted: bool, what: &str) {

@@ -66,3 +66,24 @@ pub(crate) async fn connect(url: &str) -> tokio_postgres::Client {
     tokio::spawn(conn);
     client
 }
+
+/// `EXPLAIN` of `sql` with `params`, after `settings` (if any) in the same transaction: the
+/// plan's lines, for the plan tests.
+pub(crate) async fn explain(
+    client: &mut tokio_postgres::Client,
+    settings: &str,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> String {
+    let tx = client.transaction().await.unwrap();
+    if !settings.is_empty() {
+        tx.batch_execute(settings).await.unwrap();
+    }
+    tx.query(&format!("EXPLAIN {sql}"), params)
+        .await
+        .unwrap_or_else(|e| panic!("explaining {sql}: {e}"))
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
