@@ -503,8 +503,13 @@ impl Dispatcher {
             })
             .map(|(d, id, _)| (d, id.as_str()))
             .collect();
-        let crowded =
-            |id: &str| self.org_read_room(id, &org_busy, &org_load) < (self.per_org / 4).max(1);
+        // Crowded: few free slots left in the organization. Its room to lease ahead does not
+        // count here: beside another instance it is never granted, and alone one read every
+        // CROWDED_READ_EVERY keeps the queue ahead of the sends.
+        let crowded = |id: &str| {
+            let busy = org_busy.get(self.org_key(id)).copied().unwrap_or(0);
+            self.per_org.saturating_sub(busy) < (self.per_org / 4).max(1)
+        };
         if !ready.is_empty()
             && self.last_read.elapsed() < CROWDED_READ_EVERY
             && ready.iter().all(|(_, id)| crowded(id))
@@ -609,15 +614,18 @@ impl Dispatcher {
                 // see `lane_work_within_caps`).
                 let mut lease = self.lease.clone();
                 lease.per_endpoint = caps[i];
-                requests.push(LaneRequest {
-                    endpoint_id: id.clone(),
-                    limit: startable[i] + ahead[i],
-                    in_flight: self.lanes[id].in_flight.iter().cloned().collect(),
-                    active: busy[i],
-                    ahead: lease_ahead[i],
-                    org_active: org_load.get(&orgs[i]).copied().unwrap_or(0),
-                    lease: Some(lease),
-                });
+                requests.push((
+                    LaneRequest {
+                        endpoint_id: id.clone(),
+                        limit: startable[i] + ahead[i],
+                        in_flight: self.lanes[id].in_flight.iter().cloned().collect(),
+                        active: busy[i],
+                        ahead: lease_ahead[i],
+                        org_active: org_load.get(&orgs[i]).copied().unwrap_or(0),
+                        lease: Some(lease),
+                    },
+                    orgs[i].clone(),
+                ));
             }
             if served.is_some() {
                 self.last_served = served;
@@ -625,6 +633,12 @@ impl Dispatcher {
             // Before the read: whatever changes after this instant is checked again at send.
             let leased_at = Instant::now();
             self.last_read = leased_at;
+            if requests.is_empty() {
+                // Due lanes, yet none may take anything now (their slots and the queues are
+                // full): look again after the crowded spacing or a wake-up, not at once.
+                self.crowded_wait = true;
+                return Some(wake_up_at(leased_at + CROWDED_READ_EVERY, now));
+            }
             let reading = lane_work_within_caps(self.store.clone(), bound, requests, now);
             match self.while_waiting(reading).await {
                 Ok(work) => {
@@ -934,7 +948,7 @@ impl Dispatcher {
     }
 
     /// How much a read may hand the endpoint's organization (nothing: its lanes are not read):
-    /// its free slots, or its room to lease ahead if that is more.
+    /// its free slots, or its room to lease ahead (while the queues have room) if that is more.
     fn org_read_room(
         &self,
         endpoint_id: &str,
@@ -944,9 +958,14 @@ impl Dispatcher {
         let org = self.org_key(endpoint_id);
         let busy = org_busy.get(org).copied().unwrap_or(0);
         let load = org_load.get(org).copied().unwrap_or(0);
-        self.per_org
-            .saturating_sub(busy)
-            .max(self.org_lease_bound().saturating_sub(load))
+        // Leasing ahead needs room in the queues too: without it a read could hand out
+        // nothing, and the lane would be read again at once.
+        let ahead = if self.queued < QUEUED_AT_MOST {
+            self.org_lease_bound().saturating_sub(load)
+        } else {
+            0
+        };
+        self.per_org.saturating_sub(busy).max(ahead)
     }
 
     /// The first `most` of the due lanes `ready` (each with its due time), oldest due first
@@ -1363,23 +1382,47 @@ fn record_metrics(d: &DueDelivery, r: &crate::domain::delivery::AttemptResult) {
 /// `bound` by adaptive concurrency): one call per bound, since leasing applies one per call.
 /// Usually every lane has the configured bound and this is one call. Owns what it reads, so
 /// the dispatcher goes on starting paced sends meanwhile.
+///
+/// Each request comes with its endpoint's organization: what one call leased for an
+/// organization counts in the next calls' `org_active`, so that the calls together stay within
+/// its bound (each is its own transaction, and the store counts only other instances' leases).
 async fn lane_work_within_caps(
     store: Store,
     bound: usize,
-    requests: Vec<LaneRequest>,
+    requests: Vec<(LaneRequest, String)>,
     now: Timestamp,
 ) -> Result<Vec<crate::store::LaneWork>, crate::store::StoreError> {
     let cap_of = |r: &LaneRequest| r.lease.as_ref().map_or(0, |l| l.per_endpoint);
-    if requests.iter().all(|r| cap_of(r) == bound) {
-        return store.lane_work(requests, now).await;
+    if requests.iter().all(|(r, _)| cap_of(r) == bound) {
+        return store
+            .lane_work(requests.into_iter().map(|(r, _)| r).collect(), now)
+            .await;
     }
-    let mut by_cap: HashMap<usize, Vec<LaneRequest>> = HashMap::new();
-    for r in requests {
-        by_cap.entry(cap_of(&r)).or_default().push(r);
+    let org_of: HashMap<String, String> = requests
+        .iter()
+        .map(|(r, org)| (r.endpoint_id.clone(), org.clone()))
+        .collect();
+    let mut by_cap: HashMap<usize, Vec<(LaneRequest, String)>> = HashMap::new();
+    for (r, org) in requests {
+        by_cap.entry(cap_of(&r)).or_default().push((r, org));
     }
+    let mut leased: HashMap<String, usize> = HashMap::new();
     let mut work = Vec::new();
     for (_, requests) in by_cap {
-        work.extend(store.lane_work(requests, now).await?);
+        let requests = requests
+            .into_iter()
+            .map(|(mut r, org)| {
+                r.org_active += leased.get(&org).copied().unwrap_or(0);
+                r
+            })
+            .collect();
+        let got = store.lane_work(requests, now).await?;
+        for w in &got {
+            if let Some(org) = org_of.get(&w.endpoint_id) {
+                *leased.entry(org.clone()).or_default() += w.due.len();
+            }
+        }
+        work.extend(got);
     }
     Ok(work)
 }
