@@ -129,12 +129,13 @@ async fn lookups_on_the_delivery_path_read_their_index_without_statistics() {
         "the numbering step",
     );
 
-    // The release of waiting deliveries (fan-out's recheck, the sweep): each by key, and
-    // whether an earlier one of its user is pending through deliveries_user_pending.
+    // The release of waiting deliveries (fan-out's recheck: up to 100 a note; the sweep: up
+    // to 1,000 a pass): each by key, and whether an earlier one of its user is pending
+    // through deliveries_user_pending.
     let waiting_seqs: Vec<i64> = client
         .query(
             "SELECT seq FROM deliveries WHERE next_attempt_at IS NULL AND status = 'pending'
-             ORDER BY seq LIMIT 100",
+             ORDER BY seq LIMIT 1000",
             &[],
         )
         .await
@@ -142,19 +143,16 @@ async fn lookups_on_the_delivery_path_read_their_index_without_statistics() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let shown = explain(
-        &mut client,
-        KEYED_UPKEEP,
-        RELEASE_UNBLOCKED,
-        &[&waiting_seqs],
-    )
-    .await;
-    assert_plan(
-        &shown,
-        &["deliveries_pkey", "deliveries_user_pending"],
-        &["deliveries_endpoint_due", "deliveries_due"],
-        "the release of waiting deliveries",
-    );
+    for n in [100, 1000] {
+        let seqs = &waiting_seqs[..n];
+        let shown = explain(&mut client, KEYED_UPKEEP, RELEASE_UNBLOCKED, &[&seqs]).await;
+        assert_plan(
+            &shown,
+            &["deliveries_pkey", "deliveries_user_pending"],
+            &["deliveries_endpoint_due", "deliveries_due"],
+            &format!("the release of {n} waiting deliveries"),
+        );
+    }
 
     // Fan-out's recheck of the waiting deliveries it noted (ranges of numbers): each by key.
     let (firsts, lasts) = (vec![waiting_seqs[0]], vec![waiting_seqs[99]]);
