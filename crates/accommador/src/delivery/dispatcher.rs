@@ -749,12 +749,21 @@ impl Dispatcher {
     /// The earliest reserved send time among lanes that may start their next delivery.
     fn next_send_at(&self) -> Option<Instant> {
         let bound = self.per_endpoint;
-        let org_busy = self.org_busy();
-        self.lanes
+        let paced: Vec<(&String, Instant)> = self
+            .lanes
             .iter()
-            .filter_map(|(id, l)| l.next_paced().map(|at| (id, l, at)))
-            .filter(|(id, l, _)| l.active < l.cap(bound) && self.org_has_room(id, &org_busy))
-            .map(|(_, _, at)| at)
+            .filter(|(_, l)| l.active < l.cap(bound))
+            .filter_map(|(id, l)| l.next_paced().map(|at| (id, at)))
+            .collect();
+        // Usually none is paced: the organizations are counted only when one is.
+        if paced.is_empty() {
+            return None;
+        }
+        let org_busy = self.org_busy();
+        paced
+            .into_iter()
+            .filter(|(id, _)| self.org_has_room(id, &org_busy))
+            .map(|(_, at)| at)
             .min()
     }
 
