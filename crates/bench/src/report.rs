@@ -976,6 +976,15 @@ pub fn human(report: &Report) -> String {
                 refused(&run.load),
                 lat(&run.latency)
             );
+            let _ = writeln!(
+                o,
+                "             p99/max by second (ms): {}",
+                run.by_second
+                    .iter()
+                    .map(|s| format!("{:.0}/{:.0}", s.p99_ms, s.max_ms))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
             let _ = writeln!(o, "             API latency {}", lat(&run.load.api_latency));
             let _ = writeln!(o, "             {}", usage(&run.usage));
             let _ = writeln!(

@@ -123,6 +123,45 @@ pub struct DeliveryTimes {
     pub unmatched: u64,
     /// Receipt instants, sorted.
     pub arrivals: Vec<Instant>,
+    /// Each matched receipt's 2xx instant and latency, in no order (for [`by_second`]).
+    pub by_ack: Vec<(Instant, Duration)>,
+}
+
+/// One second of a run (by the 2xx instant, from the first): how many receipts and their
+/// p99 and max, to tell a tail spread over the run from a stall or a slow start.
+#[derive(Debug, Clone, Serialize)]
+pub struct SecondLatency {
+    pub second: u64,
+    pub count: u64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// Splits `by_ack` into seconds from its earliest 2xx.
+pub fn by_second(by_ack: &[(Instant, Duration)]) -> Vec<SecondLatency> {
+    let Some(start) = by_ack.iter().map(|(at, _)| *at).min() else {
+        return Vec::new();
+    };
+    let mut seconds: Vec<Latencies> = Vec::new();
+    for (at, latency) in by_ack {
+        let i = at.saturating_duration_since(start).as_secs() as usize;
+        if seconds.len() <= i {
+            seconds.resize_with(i + 1, Latencies::default);
+        }
+        seconds[i].record(*latency);
+    }
+    seconds
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| {
+            l.summary().map(|s| SecondLatency {
+                second: i as u64,
+                count: s.count,
+                p99_ms: s.p99_ms,
+                max_ms: s.max_ms,
+            })
+        })
+        .collect()
 }
 
 /// Matches receipts at `endpoints` to the acknowledged users by user id.
@@ -149,7 +188,9 @@ pub fn delivery_times(
                 if at < acked {
                     times.before_ack += 1;
                 }
-                times.latencies.record(at.saturating_duration_since(acked));
+                let latency = at.saturating_duration_since(acked);
+                times.latencies.record(latency);
+                times.by_ack.push((acked, latency));
             }
             None => times.unmatched += 1,
         }
@@ -526,6 +567,8 @@ pub struct LatencyRun {
     pub load: LoadSummary,
     /// 2xx → receipt.
     pub latency: Option<LatencySummary>,
+    /// The same, second by second.
+    pub by_second: Vec<SecondLatency>,
     pub arrived_before_ack: u64,
     pub drained: bool,
     pub tally: Tally,
@@ -587,6 +630,7 @@ pub async fn latency(b: &Bench) -> anyhow::Result<LatencyScenario> {
             seconds: b.cli.seconds,
             load: load_summary(&outcome),
             latency: times.latencies.summary(),
+            by_second: by_second(&times.by_ack),
             arrived_before_ack: times.before_ack,
             drained,
             tally,
