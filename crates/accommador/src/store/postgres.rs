@@ -27,6 +27,7 @@ mod lifetime;
 #[cfg(test)]
 mod list_plans;
 mod pacing;
+mod pipelined;
 mod rollups;
 mod secrets;
 #[cfg(test)]
@@ -1169,7 +1170,7 @@ async fn insert_event(tx: &Transaction<'_>, org: &str, e: &NewEvent) -> Result<(
 /// Writes an operational event; fan-out sends it to the endpoints that list its type, except
 /// the one it is about. Numbered by the sequencer after the commit, like every event.
 pub(super) async fn insert_operational_event(
-    tx: &Transaction<'_>,
+    tx: &impl Cached,
     org: &str,
     e: &OperationalEvent,
 ) -> Result<(), StoreError> {

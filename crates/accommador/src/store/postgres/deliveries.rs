@@ -16,7 +16,9 @@ use std::sync::Arc;
 
 use accommador_webhooks::EventType;
 use deadpool_postgres::Transaction;
+use tokio_postgres::types::ToSql;
 
+use super::pipelined::Pipelined;
 use super::rollups::{self, add_counts_sql};
 use super::{
     Cached, ENDPOINT_COLUMNS, PgStore, conversion, endpoint_from_row, insert_operational_event,
@@ -87,7 +89,7 @@ async fn recoverable(
 /// Disables an endpoint and writes its `endpoint.disabled` event; its pending deliveries are
 /// then failed in the background, in bounded batches ([`PgStore::cancel_step`]).
 async fn disable_endpoint(
-    tx: &Transaction<'_>,
+    tx: &impl Cached,
     endpoint_id: &str,
     reason: &str,
     now: Timestamp,
@@ -178,52 +180,73 @@ impl NewDeliveries {
         self.endpoint_id.push(endpoint.to_owned());
     }
 
-    /// Inserts them, pending and due now (unless one waits behind an earlier delivery of its
-    /// user: migration 0015); one delivery per (event, endpoint), whoever creates it first
-    /// (fan-out or recover). Returns how many were new, and the range of numbers of those
-    /// that wait. Each copies its event's user (a lookup by primary key) so that a user's
-    /// deliveries are one index range.
+    /// Inserts them with [`INSERT_DELIVERIES`] (see there); nothing when there are none.
     async fn insert(&self, tx: &Transaction<'_>, now: Timestamp) -> Result<Inserted, StoreError> {
         if self.id.is_empty() {
             return Ok(Inserted::default());
         }
+        let now = now.millis();
         let row = tx
-            .fetch_one(
-                "WITH ins AS (
-                     INSERT INTO deliveries (id, org_id, event_seq, event_id, event_type,
-                                             endpoint_id, user_id, status, next_attempt_at,
-                                             created_at, updated_at)
-                     SELECT u.*, (SELECT e.user_id FROM events e WHERE e.seq = u.event_seq),
-                            'pending', $7::bigint, $7::bigint, $7::bigint
-                     FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[],
-                                 $6::text[])
-                          AS u(id, org_id, event_seq, event_id, event_type, endpoint_id)
-                     ORDER BY u.event_seq, u.endpoint_id
-                     ON CONFLICT (event_id, endpoint_id) DO NOTHING
-                     RETURNING seq, next_attempt_at IS NULL AS waits)
-                 SELECT count(*), min(seq) FILTER (WHERE waits), max(seq) FILTER (WHERE waits)
-                 FROM ins",
-                &[
-                    &self.id,
-                    &self.org_id,
-                    &self.event_seq,
-                    &self.event_id,
-                    &self.event_type,
-                    &self.endpoint_id,
-                    &now.millis(),
-                ],
-            )
+            .fetch_one(INSERT_DELIVERIES, &self.params(&now))
             .await
             .map_err(pg_err)?;
-        Ok(Inserted {
-            new: row.get::<_, i64>(0) as u64,
-            waiting: match (row.get(1), row.get(2)) {
-                (Some(first), Some(last)) => Some((first, last)),
-                _ => None,
-            },
-        })
+        Ok(Inserted::from_row(&row))
+    }
+
+    /// The parameters of [`INSERT_DELIVERIES`] and [`INSERT_DELIVERIES_NOTED`].
+    fn params<'a>(&'a self, now: &'a i64) -> [&'a (dyn ToSql + Sync); 7] {
+        [
+            &self.id,
+            &self.org_id,
+            &self.event_seq,
+            &self.event_id,
+            &self.event_type,
+            &self.endpoint_id,
+            now,
+        ]
     }
 }
+
+/// The insert of new deliveries (column arrays `$1`–`$6`, `$7` now), pending and due now
+/// (unless one waits behind an earlier delivery of its user: migration 0015); one delivery per
+/// (event, endpoint), whoever creates it first (fan-out or recover). Answers how many were new,
+/// and the range of numbers of those that wait. Each copies its event's user (a lookup by
+/// primary key) so that a user's deliveries are one index range. `$note` is a further
+/// data-modifying `WITH` item, or nothing.
+macro_rules! insert_deliveries {
+    ($note:literal) => {
+        concat!(
+            "WITH ins AS (
+                 INSERT INTO deliveries (id, org_id, event_seq, event_id, event_type,
+                                         endpoint_id, user_id, status, next_attempt_at,
+                                         created_at, updated_at)
+                 SELECT u.*, (SELECT e.user_id FROM events e WHERE e.seq = u.event_seq),
+                        'pending', $7::bigint, $7::bigint, $7::bigint
+                 FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[],
+                             $6::text[])
+                      AS u(id, org_id, event_seq, event_id, event_type, endpoint_id)
+                 ORDER BY u.event_seq, u.endpoint_id
+                 ON CONFLICT (event_id, endpoint_id) DO NOTHING
+                 RETURNING seq, next_attempt_at IS NULL AS waits),
+             span AS (
+                 SELECT count(*) AS n, min(seq) FILTER (WHERE waits) AS first,
+                        max(seq) FILTER (WHERE waits) AS last
+                 FROM ins)",
+            $note,
+            " SELECT n, first, last FROM span"
+        )
+    };
+}
+
+/// New deliveries (see [`insert_deliveries`]).
+const INSERT_DELIVERIES: &str = insert_deliveries!("");
+
+/// New deliveries, and in the same statement fan-out's note of the range of those that wait
+/// (migration 0020, [`PgStore::recheck_ordered`]), if any does.
+const INSERT_DELIVERIES_NOTED: &str = insert_deliveries!(
+    ", note AS (INSERT INTO ordered_recheck (first_seq, last_seq)
+                SELECT first, last FROM span WHERE first IS NOT NULL)"
+);
 
 /// What [`NewDeliveries::insert`] created.
 #[derive(Default)]
@@ -232,6 +255,19 @@ struct Inserted {
     /// The range of numbers (`seq`) of the new ones that wait behind an earlier delivery of
     /// their user, if any does.
     waiting: Option<(i64, i64)>,
+}
+
+impl Inserted {
+    /// From the row of [`INSERT_DELIVERIES`].
+    fn from_row(row: &tokio_postgres::Row) -> Inserted {
+        Inserted {
+            new: row.get::<_, i64>(0) as u64,
+            waiting: match (row.get(1), row.get(2)) {
+                (Some(first), Some(last)) => Some((first, last)),
+                _ => None,
+            },
+        }
+    }
 }
 
 const DELIVERY_COLUMNS: &str = "id, event_id, event_type, endpoint_id, status, attempt_count,
@@ -406,6 +442,11 @@ fn wake_also(woken: &mut Vec<String>, mut more: Vec<String>) {
     woken.extend(more);
 }
 
+/// Fan-out's cursor after a step: the last event done (in commit order), and the endpoint it
+/// stopped at within the next one, if the step's budget ran out in the middle of it.
+const MOVE_FANOUT_CURSOR: &str =
+    "UPDATE fanout_cursor SET last_commit_seq = $1, partial_endpoint = $2 WHERE id = 1";
+
 impl PgStore {
     /// Fans out the next events in commit order. Events are numbered by the sequencer after
     /// each commit; when none is waiting, events that a crashed process committed and never
@@ -449,17 +490,19 @@ impl PgStore {
     /// The cursor row lock makes each event fanned out exactly once across instances. A step
     /// is a fixed number of statements, whatever the number of events and endpoints.
     async fn fan_out_step(&self) -> Result<FanOut, StoreError> {
-        let mut client = self.background_client().await?;
-        let tx = client.transaction().await.map_err(pg_err)?;
+        // Four round trips (BEGIN travels with the first and COMMIT with the last:
+        // [`Pipelined`]): the events, how many endpoints their organizations have, the pairs,
+        // then the deliveries, their note and the cursor.
+        let tx = Pipelined::new(self.background_client().await?);
         // Not waited for on disk: if a database crash loses this step, it loses the cursor
         // move with it and the events are fanned out again; an acknowledgement of one of its
         // deliveries (a durable commit) flushes it first.
-        let (_, events) = tokio::try_join!(
+        let (_, events, insert, cursor) = tokio::try_join!(
             // Waiting deliveries are checked again after the commit instead of share-locking
             // what they wait behind (migration 0020, [`PgStore::recheck_ordered`]).
-            tx.batch_execute(
+            tx.begin(
                 "SET LOCAL synchronous_commit TO off;
-                 SET LOCAL accommador.ordered_recheck TO 'on'"
+                 SET LOCAL accommador.ordered_recheck TO 'on';"
             ),
             tx.fetch(
                 // The cursor as a parameter (not a join), so the scan starts at it.
@@ -472,6 +515,9 @@ impl PgStore {
                  ORDER BY e.commit_seq LIMIT $1",
                 &[&FANOUT_EVENTS],
             ),
+            // Prepared now: they go with the COMMIT.
+            tx.prepare_cached(INSERT_DELIVERIES_NOTED),
+            tx.prepare_cached(MOVE_FANOUT_CURSOR),
         )
         .map_err(pg_err)?;
         if events.is_empty() {
@@ -593,31 +639,22 @@ impl PgStore {
             }
             last = event.get(4);
         }
-        let inserted = rows.insert(&tx, now).await?;
-        let note = async {
-            match inserted.waiting {
-                Some((first, last)) => {
-                    tx.run(
-                        "INSERT INTO ordered_recheck (first_seq, last_seq) VALUES ($1, $2)",
-                        &[&first, &last],
-                    )
-                    .await
+        let now = now.millis();
+        let cursor_params: [&(dyn ToSql + Sync); 2] = [&last, &stopped_at];
+        let (inserted, _, _) = tokio::try_join!(
+            async {
+                if rows.id.is_empty() {
+                    return Ok(Inserted::default());
                 }
-                None => Ok(0),
-            }
-        };
-        let cursor: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&last, &stopped_at];
-        tokio::try_join!(
-            tx.run(
-                "UPDATE fanout_cursor SET last_commit_seq = $1, partial_endpoint = $2
-                 WHERE id = 1",
-                &cursor,
-            ),
-            note,
+                tx.query_one(&insert, &rows.params(&now))
+                    .await
+                    .map(|row| Inserted::from_row(&row))
+            },
+            tx.execute(&cursor, &cursor_params),
+            tx.commit(),
         )
         .map_err(pg_err)?;
-        tx.commit().await.map_err(pg_err)?;
-        drop(client);
+        drop(tx);
         if inserted.waiting.is_some() {
             self.recheck_ordered_now(&mut woken).await;
         }
@@ -958,8 +995,7 @@ impl PgStore {
         batch: &[Attempted],
         policy: &RetryPolicy,
     ) -> Result<Vec<Result<Recorded, StoreError>>, StoreError> {
-        let mut client = self.background_client().await?;
-        let tx = client.transaction().await.map_err(pg_err)?;
+        let tx = Pipelined::new(self.background_client().await?);
         let now = Timestamp::now();
         let mut rows = lock_batch(&tx, batch).await?;
         let Decided {
@@ -970,14 +1006,20 @@ impl PgStore {
             exhausted,
             endings,
         } = decide(batch, &mut rows, policy, now);
-        if !attempts.delivery_id.is_empty() {
-            attempts.insert(&tx).await?;
-            updates.apply(&tx, now).await?;
-        }
-        rollups::add_endings(&tx, &endings, now).await?;
-        report_exhausted(&tx, &exhausted).await?;
-        let disabled = move_failure_clocks(&tx, &rows, &mut outcomes, policy, now).await?;
+        // Every write of the batch in one round trip, in this order.
+        tokio::try_join!(
+            async {
+                if attempts.delivery_id.is_empty() {
+                    return Ok(());
+                }
+                tokio::try_join!(attempts.insert(&*tx), updates.apply(&*tx, now)).map(|_| ())
+            },
+            rollups::add_endings(&*tx, &endings, now),
+        )?;
+        report_exhausted(&*tx, &exhausted).await?;
+        let disabled = move_failure_clocks(&*tx, &rows, &mut outcomes, policy, now).await?;
         tx.commit().await.map_err(pg_err)?;
+        drop(tx);
         if !disabled.is_empty() {
             for ((delivery_id, _, _), recorded) in batch.iter().zip(out.iter_mut()) {
                 if let (Ok(r), Some(endpoint)) = (recorded, rows.endpoint_of.get(delivery_id))
@@ -1021,25 +1063,28 @@ struct BatchRows {
     current: HashMap<String, tokio_postgres::Row>,
 }
 
-/// Reads the batch's deliveries and locks what changes: the endpoints whose failure clock
-/// moves first, then the deliveries, each in ID order (the order disabling and deleting use).
-async fn lock_batch(tx: &Transaction<'_>, batch: &[Attempted]) -> Result<BatchRows, StoreError> {
+/// Begins the transaction with its first read (one round trip), reads the batch's
+/// deliveries and locks what changes: the endpoints whose failure clock moves first, then the
+/// deliveries, each in ID order (the order disabling and deleting use).
+async fn lock_batch(tx: &Pipelined, batch: &[Attempted]) -> Result<BatchRows, StoreError> {
     let ids: Vec<String> = batch.iter().map(|b| b.0.clone()).collect();
     let mut endpoint_of: HashMap<String, String> = HashMap::new();
     let mut clock_set: HashMap<String, bool> = HashMap::new();
     let mut event_type_of: HashMap<String, String> = HashMap::new();
     let (mut ordered, mut out_of_order) = (HashSet::new(), HashSet::new());
-    for r in tx
-        .fetch(
+    let ids_param: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&ids];
+    let (_, facts) = tokio::try_join!(
+        tx.begin(""),
+        tx.fetch(
             "SELECT d.id, d.endpoint_id, ep.failing_since IS NOT NULL, d.event_type,
                     ep.ordering = 'per_user' AND d.user_id IS NOT NULL, d.out_of_order
              FROM deliveries d JOIN endpoints ep ON ep.id = d.endpoint_id
              WHERE d.id = ANY($1)",
-            &[&ids],
-        )
-        .await
-        .map_err(pg_err)?
-    {
+            &ids_param,
+        ),
+    )
+    .map_err(pg_err)?;
+    for r in facts {
         endpoint_of.insert(r.get(0), r.get(1));
         clock_set.insert(r.get(1), r.get(2));
         event_type_of.insert(r.get(0), r.get(3));
@@ -1212,7 +1257,7 @@ fn decide(
 
 /// Writes `delivery.failed` for each delivery whose schedule was used up, each as
 /// `GET /v1/deliveries/{id}` now shows it, in the recording's transaction.
-async fn report_exhausted(tx: &Transaction<'_>, exhausted: &[String]) -> Result<(), StoreError> {
+async fn report_exhausted(tx: &impl Cached, exhausted: &[String]) -> Result<(), StoreError> {
     if exhausted.is_empty() {
         return Ok(());
     }
@@ -1238,7 +1283,7 @@ async fn report_exhausted(tx: &Transaction<'_>, exhausted: &[String]) -> Result<
 /// failure after it starts it again. 410 Gone, or failing for too long, disables the endpoint
 /// (and its pending deliveries are failed in the background). Returns the endpoints disabled.
 async fn move_failure_clocks(
-    tx: &Transaction<'_>,
+    tx: &impl Cached,
     rows: &BatchRows,
     outcomes: &mut HashMap<String, Vec<(i64, bool, bool)>>,
     policy: &RetryPolicy,
@@ -1310,7 +1355,7 @@ impl AttemptColumns {
         self.response_body.push(r.response_body.clone());
     }
 
-    async fn insert(&self, tx: &Transaction<'_>) -> Result<(), StoreError> {
+    async fn insert(&self, tx: &impl Cached) -> Result<(), StoreError> {
         tx.run(
             "INSERT INTO attempts (delivery_id, number, trigger, started_at, duration_ms,
                                    status_code, error_class, error, response_headers,
@@ -1371,7 +1416,7 @@ impl DeliveryColumns {
             .push(decided.and_then(|r| r.status_code).map(i32::from));
     }
 
-    async fn apply(&self, tx: &Transaction<'_>, now: Timestamp) -> Result<(), StoreError> {
+    async fn apply(&self, tx: &impl Cached, now: Timestamp) -> Result<(), StoreError> {
         tx.run(
             "UPDATE deliveries d SET status = u.status, attempt_count = u.attempt_count,
                  retries_used = d.retries_used + u.spent, next_attempt_at = u.next_attempt_at,

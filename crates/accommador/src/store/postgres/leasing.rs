@@ -12,19 +12,21 @@
 //!   another instance counts those leases whole, so the attempts open across instances stay
 //!   within the bounds. (One event to 10,000 endpoints of one organization was a round trip
 //!   per 64 sends without it.)
-//! - One dispatcher step is three round trips whatever its number of lanes: the organizations'
-//!   locks, counts and the endpoints' state; then one set-based statement leasing every lane
-//!   (`UNNEST` of the lanes, `LATERAL … FOR UPDATE SKIP LOCKED`) and one telling when each is
-//!   due next; then the commit.
+//! - One dispatcher step is two round trips whatever its number of lanes: `BEGIN`, the
+//!   organizations' locks, counts and the endpoints' state; then one set-based statement
+//!   leasing every lane (`UNNEST` of the lanes, `LATERAL … FOR UPDATE SKIP LOCKED`), one
+//!   telling when each is due next, and `COMMIT` ([`super::pipelined`]). At 1,000 events/s to
+//!   one endpoint a step's round trips were what bounded it: a step leases the endpoint's
+//!   bound ahead, and the next one starts as those start.
 //! - A lane whose due work others' leases hold back waits for a release to be announced
 //!   (`accommador_freed`), not for a timer: [`LaneWork::held_until`].
 
 use std::collections::HashMap;
 
-use deadpool_postgres::Transaction;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
+use super::pipelined::Pipelined;
 use super::{Cached, PgStore, pg_err};
 use crate::delivery::notify::FREED;
 use crate::domain::delivery::Trigger;
@@ -260,21 +262,10 @@ fn due_delivery(r: &Row, secrets: &[String], token: &str) -> DueDelivery {
 /// Marks closed endpoints for the background task that fails their pending deliveries
 /// (`cancel_step`): a bulk write inside the leasing transaction would hold every lane of
 /// this step.
-async fn mark_closed(tx: &Transaction<'_>, closed: &[String]) -> Result<(), StoreError> {
-    if closed.is_empty() {
-        return Ok(());
-    }
-    tx.run(
-        "UPDATE endpoints SET cancel_pending = true,
-             cancel_through = (SELECT COALESCE(max(seq), 0) FROM deliveries)
-         WHERE id = ANY($1) AND NOT cancel_pending
-           AND (status <> 'enabled' OR deleted_at IS NOT NULL)",
-        &[&closed],
-    )
-    .await
-    .map(|_| ())
-    .map_err(pg_err)
-}
+const MARK_CLOSED: &str = "UPDATE endpoints SET cancel_pending = true,
+         cancel_through = (SELECT COALESCE(max(seq), 0) FROM deliveries)
+     WHERE id = ANY($1) AND NOT cancel_pending
+       AND (status <> 'enabled' OR deleted_at IS NOT NULL)";
 
 impl PgStore {
     /// Leases the due deliveries of each requested endpoint within the bounds across
@@ -299,16 +290,20 @@ impl PgStore {
                 org_ahead: 0,
             });
         let endpoint_ids: Vec<String> = requests.iter().map(|r| r.endpoint_id.clone()).collect();
-        let mut client = self.background_client().await?;
-        let tx = client.transaction().await.map_err(pg_err)?;
-        let (lock_orgs, org_leases, lane_states, lease_lanes, next_due) = tokio::try_join!(
-            tx.prepare_cached(LOCK_ORGS),
-            tx.prepare_cached(ORG_LEASES),
-            tx.prepare_cached(LANE_STATES),
-            tx.prepare_cached(LEASE_LANES),
-            tx.prepare_cached(NEXT_DUE),
-        )
-        .map_err(pg_err)?;
+        // BEGIN goes with round trip 1 and COMMIT with round trip 2 (see `pipelined`).
+        let tx = Pipelined::new(self.background_client().await?);
+        // Prepared first (a connection parses each once): round trip 2 ends with the COMMIT,
+        // so its statements must go out as they are polled, not after a parse.
+        let (lock_orgs, org_leases, lane_states, lease_lanes, next_due, mark_closed) =
+            tokio::try_join!(
+                tx.prepare_cached(LOCK_ORGS),
+                tx.prepare_cached(ORG_LEASES),
+                tx.prepare_cached(LANE_STATES),
+                tx.prepare_cached(LEASE_LANES),
+                tx.prepare_cached(NEXT_DUE),
+                tx.prepare_cached(MARK_CLOSED),
+            )
+            .map_err(pg_err)?;
 
         // Round trip 1, pipelined (sent together, run in order). Every statement reads one
         // endpoint's or organization's rows through an index, in index order where it takes
@@ -320,9 +315,7 @@ impl PgStore {
         let org_params: [&(dyn ToSql + Sync); 2] = [&endpoint_ids, &lease.token];
         let state_params: [&(dyn ToSql + Sync); 2] = [&endpoint_ids, &now_ms];
         let (_, _, org_rows, state_rows) = tokio::try_join!(
-            tx.batch_execute(
-                "SET LOCAL synchronous_commit TO off; SET LOCAL enable_bitmapscan TO off"
-            ),
+            tx.begin("SET LOCAL synchronous_commit TO off; SET LOCAL enable_bitmapscan TO off;"),
             tx.query_one(&lock_orgs, &lock_params),
             tx.query(&org_leases, &org_params),
             tx.query(&lane_states, &state_params),
@@ -356,7 +349,20 @@ impl PgStore {
             .collect();
         let limits = share_org_room(&requests, &states, &mut orgs);
 
-        // Round trip 2: every lane leased at once, then when each is due next.
+        // Deliveries that slipped past a disable or delete (created concurrently with it) are
+        // failed in the background rather than sent: their endpoints are marked in round
+        // trip 2.
+        let closed: Vec<String> = requests
+            .iter()
+            .filter(|r| {
+                states
+                    .get(&r.endpoint_id)
+                    .is_none_or(|s| s.closed.is_some())
+            })
+            .map(|r| r.endpoint_id.clone())
+            .collect();
+
+        // Round trip 2: every lane leased at once, when each is due next, the commit.
         let as_i64 = |f: fn(&LaneRequest) -> usize| -> Vec<i64> {
             requests.iter().map(|r| f(r) as i64).collect()
         };
@@ -394,12 +400,20 @@ impl PgStore {
         } else {
             "SET LOCAL enable_sort TO on"
         };
-        let (_, leased, next) = tokio::try_join!(
+        let (_, leased, next, _, _) = tokio::try_join!(
             tx.batch_execute(sorts),
             tx.query(&lease_lanes, &lease_params),
             tx.query(&next_due, &next_params),
+            async {
+                if closed.is_empty() {
+                    return Ok(0);
+                }
+                tx.execute(&mark_closed, &[&closed]).await
+            },
+            tx.commit(),
         )
         .map_err(pg_err)?;
+        drop(tx);
 
         let mut due_of: HashMap<String, Vec<DueDelivery>> = HashMap::new();
         for r in leased
@@ -416,16 +430,12 @@ impl PgStore {
         }
         let next_of: HashMap<String, Option<i64>> =
             next.iter().map(|r| (r.get(0), r.get(1))).collect();
-        let mut closed = Vec::new();
         let now = Timestamp::now();
         let out = requests
             .into_iter()
             .map(|req| {
                 let state = states.get(&req.endpoint_id);
-                // Deliveries that slipped past a disable or delete (created concurrently
-                // with it) are failed in the background rather than sent.
                 if state.is_none_or(|s| s.closed.is_some()) {
-                    closed.push(req.endpoint_id.clone());
                     return LaneWork {
                         endpoint_id: req.endpoint_id,
                         due: Vec::new(),
@@ -457,8 +467,6 @@ impl PgStore {
                 }
             })
             .collect();
-        mark_closed(&tx, &closed).await?;
-        tx.commit().await.map_err(pg_err)?;
         Ok(out)
     }
 

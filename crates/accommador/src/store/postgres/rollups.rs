@@ -6,8 +6,6 @@
 
 use std::collections::BTreeMap;
 
-use deadpool_postgres::Transaction;
-
 use super::{Cached, PgStore, pg_err};
 use crate::domain::Timestamp;
 use crate::domain::delivery::ErrorClass;
@@ -32,7 +30,7 @@ pub(super) fn add_counts_sql(src: &str) -> String {
 /// Adds the endings of a recorded batch: (endpoint, succeeded) of each delivery that left
 /// `pending`, all at `now`.
 pub(super) async fn add_endings(
-    tx: &Transaction<'_>,
+    tx: &impl Cached,
     endings: &[(String, bool)],
     now: Timestamp,
 ) -> Result<(), StoreError> {
