@@ -12,7 +12,9 @@
 //! at the latest until the first of them runs out. There, an organization's lanes lease up to
 //! its bound again ahead (granted only while no other instance holds a lease of it) and start
 //! those as its slots free: its attempts in flight stay within the bound, and its next sends
-//! do not wait for a read. When every due lane's organization is near
+//! do not wait for a read (an answer that comes during a read starts the next queued
+//! delivery at once). An endpoint leases its bound again ahead, four times that while it
+//! answers fast ([`Dispatcher::lane_ahead`]). When every due lane's organization is near
 //! its bound, reads are spaced a few milliseconds apart so that the slots freed meanwhile are
 //! filled together, instead of one read per finished attempt.
 //!
@@ -49,6 +51,13 @@ const SATURATED_RETRY_MS: i64 = 20;
 
 /// Most lanes served by one step (one read of the database).
 const LANES_PER_STEP: usize = 256;
+
+/// A lane whose endpoint answered its last request within this leases [`FAST_AHEAD`] times
+/// as far ahead ([`Dispatcher::lane_ahead`]).
+const FAST_ANSWER: Duration = Duration::from_millis(250);
+
+/// How many times the bound a lane whose endpoint answers fast leases ahead.
+const FAST_AHEAD: usize = 4;
 
 /// Most deliveries leased ahead and queued, over all lanes (each queued one holds its payload).
 const QUEUED_AT_MOST: usize = 1024;
@@ -105,8 +114,8 @@ struct Lane {
     /// A slot frees when the endpoint answers, not when the result is committed, so a busy
     /// database does not throttle deliveries to an endpoint that answers quickly.
     active: usize,
-    /// Leased ahead (up to the per-endpoint bound again, when no other instance is on the
-    /// endpoint): started the moment a slot frees (and its send time, under a rate limit,
+    /// Leased ahead (when no other instance is on the endpoint: [`Dispatcher::lane_ahead`]):
+    /// started the moment a slot frees (and its send time, under a rate limit,
     /// comes), without a round trip to the database.
     queued: VecDeque<Queued>,
     /// Due, but other instances' leases hold it back: waits for a release of its
@@ -117,6 +126,8 @@ struct Lane {
     /// When its last paced send started: sends that fell late (a slow machine) are spread
     /// out again rather than sent in a bunch.
     last_paced: Option<Instant>,
+    /// Its last request was answered within [`FAST_ANSWER`]: it may lease further ahead.
+    answers_fast: bool,
 }
 
 impl Lane {
@@ -167,6 +178,8 @@ enum Finished {
         endpoint_id: String,
         /// What the answer says about the endpoint's load.
         signal: Option<Signal>,
+        /// How long the request took (`None`: nothing was sent).
+        took: Option<Duration>,
     },
     Recorded(Done),
     /// Allowed concurrencies as stored (every instance's changes included).
@@ -198,6 +211,7 @@ impl Unsent {
     async fn give_back(self, why: Checked) {
         drop(self.permit);
         let _ = self.done.send(Finished::Answered {
+            took: None,
             endpoint_id: self.endpoint_id.clone(),
             signal: None,
         });
@@ -241,7 +255,8 @@ pub struct Dispatcher {
     /// Deliveries queued in all lanes.
     queued: usize,
     /// How many a lane may lease beyond its free slots: the bound on PostgreSQL, where each
-    /// read is a round trip; none on SQLite, where reading is cheap and local.
+    /// read is a round trip (more for a lane that answers fast: [`Dispatcher::lane_ahead`]);
+    /// none on SQLite, where reading is cheap and local.
     ahead: usize,
     wake_rx: mpsc::UnboundedReceiver<Wake>,
     done_tx: mpsc::UnboundedSender<Finished>,
@@ -271,6 +286,10 @@ pub struct Dispatcher {
     /// No read before `last_read + CROWDED_READ_EVERY` (every due lane's organization was
     /// near its bound), unless a wake-up brings new work.
     crowded_wait: bool,
+    /// Finished attempts taken in during a read other than answers (recordings, stored
+    /// concurrencies): applied at the start of the next step, in order, so that what the read
+    /// returns does not overwrite them.
+    deferred: Vec<Finished>,
 }
 
 /// `at` as the dispatcher's next wake-up, from `now`: at least a millisecond ahead.
@@ -324,6 +343,7 @@ impl Dispatcher {
             held: HashMap::new(),
             last_read: Instant::now(),
             crowded_wait: false,
+            deferred: Vec::new(),
             targets: Targets::new(store.clone(), changes),
             store,
             client,
@@ -384,12 +404,16 @@ impl Dispatcher {
             Finished::Answered {
                 endpoint_id,
                 signal,
+                took,
             } => {
                 let bound = self.per_endpoint;
                 let Some(lane) = self.lanes.get_mut(&endpoint_id) else {
                     return;
                 };
                 lane.active = lane.active.saturating_sub(1);
+                if let Some(took) = took {
+                    lane.answers_fast = took < FAST_ANSWER;
+                }
                 let Some(signal) = signal else {
                     return;
                 };
@@ -471,6 +495,9 @@ impl Dispatcher {
             if let Err(e) = self.restore().await {
                 tracing::warn!(error = %e, "rescanning pending deliveries failed");
             }
+        }
+        for f in std::mem::take(&mut self.deferred) {
+            self.on_finished(f);
         }
         while let Ok(f) = self.done_rx.try_recv() {
             self.on_finished(f);
@@ -578,12 +605,14 @@ impl Dispatcher {
             // What each lane may lease beyond: a rate-limited one, as many as may start within
             // the pacing window and have a free slot to start in; an endpoint held below the
             // bound, no more than it may have open; others, the bound again ahead.
-            let lease_ahead: Vec<usize> = (0..ready.len())
-                .map(|i| {
+            let lease_ahead: Vec<usize> = ready
+                .iter()
+                .enumerate()
+                .map(|(i, (_, id))| {
                     if rates[i].is_some() || caps[i] < bound {
                         0
                     } else {
-                        self.ahead
+                        self.lane_ahead(&self.lanes[id])
                     }
                 })
                 .collect();
@@ -726,8 +755,9 @@ impl Dispatcher {
             .min()
     }
 
-    /// Awaits `fut` (a database round trip), meanwhile starting queued deliveries as their
-    /// reserved send times come: a slow read never makes paced sends late and then bunched.
+    /// Awaits `fut` (a database round trip), meanwhile starting queued deliveries as slots
+    /// free and as their reserved send times come: a slow read never holds sends back, nor
+    /// makes paced sends late and then bunched.
     async fn while_waiting<T>(&mut self, fut: impl std::future::Future<Output = T>) -> T {
         tokio::pin!(fut);
         let mut stuck = false;
@@ -736,6 +766,18 @@ impl Dispatcher {
             tokio::select! {
                 biased;
                 out = &mut fut => return out,
+                // An answer frees a slot: a queued delivery takes it now, not when the read
+                // returns (a read is a round trip or two; a fast endpoint answers several
+                // times meanwhile, and its sends waited for every read).
+                f = self.done_rx.recv() => match f {
+                    Some(f @ Finished::Answered { .. }) => {
+                        self.on_finished(f);
+                        self.start_queued();
+                        stuck = false;
+                    }
+                    Some(other) => self.deferred.push(other),
+                    None => {}
+                },
                 () = tokio::time::sleep_until(next.unwrap_or_else(Instant::now).into()),
                     if next.is_some() => {
                     // Nothing started (no permit, or the organization is full): wait for the
@@ -1036,7 +1078,22 @@ impl Dispatcher {
         if cap < self.per_endpoint {
             return busy < cap;
         }
-        busy < cap || (busy < cap + self.ahead && self.queued < QUEUED_AT_MOST)
+        busy < cap || (busy < cap + self.lane_ahead(lane) && self.queued < QUEUED_AT_MOST)
+    }
+
+    /// How many the lane may lease beyond its free slots (unless rate-limited or held below
+    /// the bound): [`Dispatcher::ahead`], or [`FAST_AHEAD`] times that while its endpoint
+    /// answers within [`FAST_ANSWER`]. A lane with a backlog is read again as soon as a read
+    /// returns, and each read hands it about what it leases ahead: at the bound (16) and a
+    /// round trip of 10-20 ms on a loaded machine, one endpoint could not take 1,000 events/s.
+    /// A slow endpoint keeps the bound: what it leases ahead would wait in its queue for
+    /// whole attempts, towards its lease's end.
+    fn lane_ahead(&self, lane: &Lane) -> usize {
+        if lane.answers_fast {
+            self.ahead * FAST_AHEAD
+        } else {
+            self.ahead
+        }
     }
 
     /// Starts queued deliveries on lanes with free slots, while global permits last. One
@@ -1185,10 +1242,12 @@ impl Dispatcher {
                 }
             };
             let permit = unsent.permit;
+            let sent_at = Instant::now();
             let result = client.attempt(&d, &secrets).await;
             // The endpoint has answered: its slot and the global one are free again.
             drop(permit);
             let _ = done.send(Finished::Answered {
+                took: Some(sent_at.elapsed()),
                 endpoint_id: d.endpoint_id.clone(),
                 signal: Signal::of(&result),
             });
@@ -1280,6 +1339,9 @@ impl Dispatcher {
     /// recorded, so a restart or deploy does not send those again. Open requests are not
     /// waited for: their leases are given back at once (`release`).
     async fn flush_answered(&mut self) {
+        for f in std::mem::take(&mut self.deferred) {
+            self.on_finished(f);
+        }
         let deadline = tokio::time::Instant::now() + SHUTDOWN_FLUSH;
         while self
             .lanes
