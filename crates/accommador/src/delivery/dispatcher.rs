@@ -13,8 +13,7 @@
 //! its bound again ahead (granted only while no other instance holds a lease of it) and start
 //! those as its slots free: its attempts in flight stay within the bound, and its next sends
 //! do not wait for a read (an answer that comes during a read starts the next queued
-//! delivery at once). An endpoint leases its bound again ahead, four times that while it
-//! answers fast ([`Dispatcher::lane_ahead`]). When every due lane's organization is near
+//! delivery at once). When every due lane's organization is near
 //! its bound, reads are spaced a few milliseconds apart so that the slots freed meanwhile are
 //! filled together, instead of one read per finished attempt.
 //!
@@ -51,13 +50,6 @@ const SATURATED_RETRY_MS: i64 = 20;
 
 /// Most lanes served by one step (one read of the database).
 const LANES_PER_STEP: usize = 256;
-
-/// A lane whose endpoint answered its last request within this leases [`FAST_AHEAD`] times
-/// as far ahead ([`Dispatcher::lane_ahead`]).
-const FAST_ANSWER: Duration = Duration::from_millis(250);
-
-/// How many times the bound a lane whose endpoint answers fast leases ahead.
-const FAST_AHEAD: usize = 4;
 
 /// Most deliveries leased ahead and queued, over all lanes (each queued one holds its payload).
 const QUEUED_AT_MOST: usize = 1024;
@@ -114,8 +106,8 @@ struct Lane {
     /// A slot frees when the endpoint answers, not when the result is committed, so a busy
     /// database does not throttle deliveries to an endpoint that answers quickly.
     active: usize,
-    /// Leased ahead (when no other instance is on the endpoint: [`Dispatcher::lane_ahead`]):
-    /// started the moment a slot frees (and its send time, under a rate limit,
+    /// Leased ahead (up to the per-endpoint bound again, when no other instance is on the
+    /// endpoint): started the moment a slot frees (and its send time, under a rate limit,
     /// comes), without a round trip to the database.
     queued: VecDeque<Queued>,
     /// Due, but other instances' leases hold it back: waits for a release of its
@@ -126,8 +118,6 @@ struct Lane {
     /// When its last paced send started: sends that fell late (a slow machine) are spread
     /// out again rather than sent in a bunch.
     last_paced: Option<Instant>,
-    /// Its last request was answered within [`FAST_ANSWER`]: it may lease further ahead.
-    answers_fast: bool,
 }
 
 impl Lane {
@@ -178,12 +168,19 @@ enum Finished {
         endpoint_id: String,
         /// What the answer says about the endpoint's load.
         signal: Option<Signal>,
-        /// How long the request took (`None`: nothing was sent).
-        took: Option<Duration>,
     },
     Recorded(Done),
     /// Allowed concurrencies as stored (every instance's changes included).
     Concurrency(Vec<(String, u32)>),
+}
+
+/// Whether [`Dispatcher::while_waiting`] takes in answers (and starts queued deliveries in
+/// the slots they free) while it waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answers {
+    TakeIn,
+    /// Left for the step's end.
+    Leave,
 }
 
 /// A recorded attempt.
@@ -211,7 +208,6 @@ impl Unsent {
     async fn give_back(self, why: Checked) {
         drop(self.permit);
         let _ = self.done.send(Finished::Answered {
-            took: None,
             endpoint_id: self.endpoint_id.clone(),
             signal: None,
         });
@@ -255,8 +251,7 @@ pub struct Dispatcher {
     /// Deliveries queued in all lanes.
     queued: usize,
     /// How many a lane may lease beyond its free slots: the bound on PostgreSQL, where each
-    /// read is a round trip (more for a lane that answers fast: [`Dispatcher::lane_ahead`]);
-    /// none on SQLite, where reading is cheap and local.
+    /// read is a round trip; none on SQLite, where reading is cheap and local.
     ahead: usize,
     wake_rx: mpsc::UnboundedReceiver<Wake>,
     done_tx: mpsc::UnboundedSender<Finished>,
@@ -290,6 +285,11 @@ pub struct Dispatcher {
     /// concurrencies): applied at the start of the next step, in order, so that what the read
     /// returns does not overwrite them.
     deferred: Vec<Finished>,
+    /// Lanes that may have deliveries queued, and lanes that may have attempts open (a
+    /// superset of each; `start_queued` trims them): what it walks instead of every lane, since
+    /// it runs on every answer during a read.
+    queued_lanes: HashSet<String>,
+    active_lanes: HashSet<String>,
 }
 
 /// `at` as the dispatcher's next wake-up, from `now`: at least a millisecond ahead.
@@ -344,6 +344,8 @@ impl Dispatcher {
             last_read: Instant::now(),
             crowded_wait: false,
             deferred: Vec::new(),
+            queued_lanes: HashSet::new(),
+            active_lanes: HashSet::new(),
             targets: Targets::new(store.clone(), changes),
             store,
             client,
@@ -404,16 +406,12 @@ impl Dispatcher {
             Finished::Answered {
                 endpoint_id,
                 signal,
-                took,
             } => {
                 let bound = self.per_endpoint;
                 let Some(lane) = self.lanes.get_mut(&endpoint_id) else {
                     return;
                 };
                 lane.active = lane.active.saturating_sub(1);
-                if let Some(took) = took {
-                    lane.answers_fast = took < FAST_ANSWER;
-                }
                 let Some(signal) = signal else {
                     return;
                 };
@@ -605,14 +603,12 @@ impl Dispatcher {
             // What each lane may lease beyond: a rate-limited one, as many as may start within
             // the pacing window and have a free slot to start in; an endpoint held below the
             // bound, no more than it may have open; others, the bound again ahead.
-            let lease_ahead: Vec<usize> = ready
-                .iter()
-                .enumerate()
-                .map(|(i, (_, id))| {
+            let lease_ahead: Vec<usize> = (0..ready.len())
+                .map(|i| {
                     if rates[i].is_some() || caps[i] < bound {
                         0
                     } else {
-                        self.lane_ahead(&self.lanes[id])
+                        self.ahead
                     }
                 })
                 .collect();
@@ -669,7 +665,7 @@ impl Dispatcher {
                 return Some(wake_up_at(leased_at + CROWDED_READ_EVERY, now));
             }
             let reading = lane_work_within_caps(self.store.clone(), bound, requests, now);
-            match self.while_waiting(reading).await {
+            match self.while_waiting(reading, Answers::TakeIn).await {
                 Ok(work) => {
                     let slots = self.reserve_sends(&work).await;
                     for w in work {
@@ -705,6 +701,7 @@ impl Dispatcher {
                                         slot: slots.map(|s| (s.nth(i), s.interval)),
                                     });
                                     self.queued += 1;
+                                    self.queued_lanes.insert(w.endpoint_id.clone());
                                 }
                                 // No send time could be reserved: given back, to be leased
                                 // again (never sent unpaced).
@@ -758,7 +755,11 @@ impl Dispatcher {
     /// Awaits `fut` (a database round trip), meanwhile starting queued deliveries as slots
     /// free and as their reserved send times come: a slow read never holds sends back, nor
     /// makes paced sends late and then bunched.
-    async fn while_waiting<T>(&mut self, fut: impl std::future::Future<Output = T>) -> T {
+    async fn while_waiting<T>(
+        &mut self,
+        fut: impl std::future::Future<Output = T>,
+        answers: Answers,
+    ) -> T {
         tokio::pin!(fut);
         let mut stuck = false;
         loop {
@@ -769,7 +770,7 @@ impl Dispatcher {
                 // An answer frees a slot: a queued delivery takes it now, not when the read
                 // returns (a read is a round trip or two; a fast endpoint answers several
                 // times meanwhile, and its sends waited for every read).
-                f = self.done_rx.recv() => match f {
+                f = self.done_rx.recv(), if answers == Answers::TakeIn => match f {
                     Some(f @ Finished::Answered { .. }) => {
                         self.on_finished(f);
                         self.start_queued();
@@ -827,7 +828,7 @@ impl Dispatcher {
             return Ok(HashMap::new());
         }
         let reserving = self.pacer.reserve(wanted);
-        self.while_waiting(reserving).await.map_err(|e| {
+        self.while_waiting(reserving, Answers::TakeIn).await.map_err(|e| {
             tracing::warn!(error = %e, "reserving send times under rate limits failed; retrying");
         })
     }
@@ -853,7 +854,7 @@ impl Dispatcher {
         }
         let ids: Vec<String> = missed.iter().map(|(id, _, _)| id.clone()).collect();
         let reserving = self.pacer.reserve(missed);
-        match self.while_waiting(reserving).await {
+        match self.while_waiting(reserving, Answers::TakeIn).await {
             Ok(slots) => {
                 for id in ids {
                     if let Some(lane) = self.lanes.get_mut(&id) {
@@ -895,7 +896,12 @@ impl Dispatcher {
         let began = Instant::now();
         let store = self.store.clone();
         match self
-            .while_waiting(async move { store.endpoint_policies(stale).await })
+            // Not during a policy read: an answer's change to the allowed concurrency would be
+            // overwritten by the value read.
+            .while_waiting(
+                async move { store.endpoint_policies(stale).await },
+                Answers::Leave,
+            )
             .await
         {
             Ok(found) => {
@@ -1078,22 +1084,7 @@ impl Dispatcher {
         if cap < self.per_endpoint {
             return busy < cap;
         }
-        busy < cap || (busy < cap + self.lane_ahead(lane) && self.queued < QUEUED_AT_MOST)
-    }
-
-    /// How many the lane may lease beyond its free slots (unless rate-limited or held below
-    /// the bound): [`Dispatcher::ahead`], or [`FAST_AHEAD`] times that while its endpoint
-    /// answers within [`FAST_ANSWER`]. A lane with a backlog is read again as soon as a read
-    /// returns, and each read hands it about what it leases ahead: at the bound (16) and a
-    /// round trip of 10-20 ms on a loaded machine, one endpoint could not take 1,000 events/s.
-    /// A slow endpoint keeps the bound: what it leases ahead would wait in its queue for
-    /// whole attempts, towards its lease's end.
-    fn lane_ahead(&self, lane: &Lane) -> usize {
-        if lane.answers_fast {
-            self.ahead * FAST_AHEAD
-        } else {
-            self.ahead
-        }
+        busy < cap || (busy < cap + self.ahead && self.queued < QUEUED_AT_MOST)
     }
 
     /// Starts queued deliveries on lanes with free slots, while global permits last. One
@@ -1114,15 +1105,22 @@ impl Dispatcher {
         let mut stale: Vec<(String, String)> = Vec::new();
         // Lanes with something queued and a free slot, organizations taking turns: each turn
         // starts one delivery per organization under its bound, while global permits last.
+        let lanes = &self.lanes;
+        self.active_lanes
+            .retain(|id| lanes.get(id).is_some_and(|l| l.active > 0));
+        self.queued_lanes
+            .retain(|id| lanes.get(id).is_some_and(|l| !l.queued.is_empty()));
         let mut org_active: HashMap<String, usize> = HashMap::new();
-        for (id, lane) in self.lanes.iter().filter(|(_, l)| l.active > 0) {
-            *org_active.entry(self.org_key(id).to_owned()).or_default() += lane.active;
+        for id in &self.active_lanes {
+            *org_active.entry(self.org_key(id).to_owned()).or_default() += self.lanes[id].active;
         }
         let mut waiting: Vec<&String> = self
-            .lanes
+            .queued_lanes
             .iter()
-            .filter(|(_, l)| l.head_ready(now) && l.active < l.cap(bound))
-            .map(|(id, _)| id)
+            .filter(|id| {
+                let l = &self.lanes[*id];
+                l.head_ready(now) && l.active < l.cap(bound)
+            })
             .collect();
         waiting.sort_unstable();
         let mut by_org: HashMap<String, VecDeque<String>> = HashMap::new();
@@ -1185,6 +1183,7 @@ impl Dispatcher {
                     });
                 }
                 lane.active += 1;
+                self.active_lanes.insert(endpoint_id.clone());
                 *org_n += 1;
                 starts.push((q.d, q.read_at, permit));
                 served = Some(org.clone());
@@ -1247,12 +1246,10 @@ impl Dispatcher {
                 }
             };
             let permit = unsent.permit;
-            let sent_at = Instant::now();
             let result = client.attempt(&d, &secrets).await;
             // The endpoint has answered: its slot and the global one are free again.
             drop(permit);
             let _ = done.send(Finished::Answered {
-                took: Some(sent_at.elapsed()),
                 endpoint_id: d.endpoint_id.clone(),
                 signal: Signal::of(&result),
             });
@@ -1304,6 +1301,11 @@ impl Dispatcher {
         tokio::pin!(shutdown);
         loop {
             let next = self.step().await;
+            // Finished attempts taken in during the step's reads and not applied yet: applied
+            // by the next step (nothing else would wake this loop for them).
+            if !self.deferred.is_empty() {
+                continue;
+            }
             // If a lane is ready but every global permit is taken, a finished attempt wakes us.
             let sleep = match next {
                 Some(at) => {

@@ -498,6 +498,7 @@ impl PgStore {
         // move with it and the events are fanned out again; an acknowledgement of one of its
         // deliveries (a durable commit) flushes it first.
         let (_, events, insert, cursor) = tokio::try_join!(
+            biased;
             // Waiting deliveries are checked again after the commit instead of share-locking
             // what they wait behind (migration 0020, [`PgStore::recheck_ordered`]).
             tx.begin(
@@ -642,6 +643,7 @@ impl PgStore {
         let now = now.millis();
         let cursor_params: [&(dyn ToSql + Sync); 2] = [&last, &stopped_at];
         let (inserted, _, _) = tokio::try_join!(
+            biased;
             async {
                 if rows.id.is_empty() {
                     return Ok(Inserted::default());
@@ -1008,11 +1010,13 @@ impl PgStore {
         } = decide(batch, &mut rows, policy, now);
         // Every write of the batch in one round trip, in this order.
         tokio::try_join!(
+            biased;
             async {
                 if attempts.delivery_id.is_empty() {
                     return Ok(());
                 }
-                tokio::try_join!(attempts.insert(&*tx), updates.apply(&*tx, now)).map(|_| ())
+                tokio::try_join!(biased; attempts.insert(&*tx), updates.apply(&*tx, now))
+                    .map(|_| ())
             },
             rollups::add_endings(&*tx, &endings, now),
         )?;
@@ -1074,6 +1078,7 @@ async fn lock_batch(tx: &Pipelined, batch: &[Attempted]) -> Result<BatchRows, St
     let (mut ordered, mut out_of_order) = (HashSet::new(), HashSet::new());
     let ids_param: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&ids];
     let (_, facts) = tokio::try_join!(
+        biased;
         tx.begin(""),
         tx.fetch(
             "SELECT d.id, d.endpoint_id, ep.failing_since IS NOT NULL, d.event_type,

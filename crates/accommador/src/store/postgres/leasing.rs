@@ -15,9 +15,9 @@
 //! - One dispatcher step is two round trips whatever its number of lanes: `BEGIN`, the
 //!   organizations' locks, counts and the endpoints' state; then one set-based statement
 //!   leasing every lane (`UNNEST` of the lanes, `LATERAL … FOR UPDATE SKIP LOCKED`), one
-//!   telling when each is due next, and `COMMIT` ([`super::pipelined`]). At 1,000 events/s to
-//!   one endpoint a step's round trips were what bounded it: a step leases the endpoint's
-//!   bound ahead, and the next one starts as those start.
+//!   telling when each is due next, and `COMMIT` ([`super::pipelined`]). (It was four; at
+//!   1,000 events/s to one endpoint the reads' round trips were part of what bounded its
+//!   sends.)
 //! - A lane whose due work others' leases hold back waits for a release to be announced
 //!   (`accommador_freed`), not for a timer: [`LaneWork::held_until`].
 
@@ -315,6 +315,7 @@ impl PgStore {
         let org_params: [&(dyn ToSql + Sync); 2] = [&endpoint_ids, &lease.token];
         let state_params: [&(dyn ToSql + Sync); 2] = [&endpoint_ids, &now_ms];
         let (_, _, org_rows, state_rows) = tokio::try_join!(
+            biased;
             tx.begin("SET LOCAL synchronous_commit TO off; SET LOCAL enable_bitmapscan TO off;"),
             tx.query_one(&lock_orgs, &lock_params),
             tx.query(&org_leases, &org_params),
@@ -401,6 +402,7 @@ impl PgStore {
             "SET LOCAL enable_sort TO on"
         };
         let (_, leased, next, _, _) = tokio::try_join!(
+            biased;
             tx.batch_execute(sorts),
             tx.query(&lease_lanes, &lease_params),
             tx.query(&next_due, &next_params),

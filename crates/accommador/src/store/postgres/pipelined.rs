@@ -1,7 +1,8 @@
 //! Transactions whose `BEGIN` and `COMMIT` travel with their statements.
 //!
-//! `tokio_postgres` pipelines statements that are awaited together (`try_join!`): they are
-//! sent at once and run in order. Its `Transaction`, though, waits for `BEGIN` on its own and
+//! `tokio_postgres` pipelines statements that are awaited together (`try_join!(biased; …)`,
+//! which polls them in the order written: without `biased` it rotates the first one polled
+//! on each wake-up): they are sent at once and run in order. Its `Transaction`, though, waits for `BEGIN` on its own and
 //! takes `COMMIT` by value, so the two cost a round trip each. On the delivery path (fan-out,
 //! leasing, recording: a chain of steps between an API answer and the send) those two round
 //! trips were a third of every step. A [`Pipelined`] sends `BEGIN` with the first statements
@@ -9,8 +10,10 @@
 //!
 //! A connection must never go back to the pool inside a transaction. A `Pipelined` that is
 //! dropped before its `COMMIT` was answered (an error, a cancelled future) closes its
-//! connection instead of returning it, and PostgreSQL rolls the transaction back. The pool
-//! opens another connection when it needs one.
+//! connection instead of returning it: PostgreSQL rolls the transaction back, unless the
+//! `COMMIT` had already reached it (then, as with any answer lost on the way, the caller does
+//! not know; every step on the delivery path may be done twice). The pool opens another
+//! connection when it needs one.
 //!
 //! Two rules for callers:
 //! - Every statement of the transaction is awaited before, or together with, the `COMMIT`.
@@ -115,11 +118,13 @@ mod tests {
         };
         let tx = Pipelined::new(pool.get().await.unwrap());
         tokio::try_join!(
+            biased;
             tx.begin("SET LOCAL synchronous_commit TO off;"),
             tx.batch_execute("INSERT INTO pipelined_probe VALUES (1)"),
         )
         .unwrap();
         tokio::try_join!(
+            biased;
             tx.batch_execute("INSERT INTO pipelined_probe VALUES (2)"),
             tx.commit()
         )
@@ -156,6 +161,7 @@ mod tests {
         };
         let tx = Pipelined::new(pool.get().await.unwrap());
         let failed = tokio::try_join!(
+            biased;
             tx.begin(""),
             tx.batch_execute("INSERT INTO pipelined_probe VALUES (1)"),
             tx.batch_execute("INSERT INTO pipelined_probe VALUES (1 / 0)"),
@@ -173,6 +179,7 @@ mod tests {
         // fresh connection, never one left inside the transaction.
         let tx = Pipelined::new(pool.get().await.unwrap());
         tokio::try_join!(
+            biased;
             tx.begin(""),
             tx.batch_execute("INSERT INTO pipelined_probe VALUES (3)"),
         )
